@@ -1,0 +1,111 @@
+"""Multi-scale bilinear feature gathering: ``bilinear_gather(feat, coords)`` -> ``[B, N, C]``.
+
+Backends: ``torch`` (grid_sample: the reference), ``cpp`` and ``cuda`` (``torch.ops.infinidepth``,
+built from csrc/), ``triton`` (kernels/). ``auto`` picks the compiled kernel of the tensor's device.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+BACKENDS = ("torch", "cpp", "cuda", "triton")
+
+try:  # the compiled extension registers torch.ops.infinidepth.* on import
+    from infinidepth import _C  # noqa: F401
+
+    HAS_EXTENSION = True
+except ImportError:  # pragma: no cover - a source checkout that was never built
+    HAS_EXTENSION = False
+
+
+def has_cuda_kernels() -> bool:
+    return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("infinidepth::bilinear_gather", "CUDA")
+
+
+def has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """Backends that can run on ``device`` in this installation, reference first."""
+    device = torch.device(device)
+    out = ["torch"]
+    if device.type == "cpu" and HAS_EXTENSION:
+        out.append("cpp")
+    if device.type == "cuda" and has_cuda_kernels():
+        out.append("cuda")
+    if has_triton() and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"):
+        out.append("triton")
+    return out
+
+
+def resolve_backend(backend: str, device: torch.device | str) -> str:
+    """Turn ``auto`` into a concrete backend and reject one that cannot run here, by name."""
+    device = torch.device(device)
+    if backend == "auto":
+        if device.type == "cuda" and has_cuda_kernels():
+            return "cuda"
+        if device.type == "cpu" and HAS_EXTENSION:
+            return "cpp"
+        return "torch"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose one of {('auto',) + BACKENDS}")
+    if backend not in available_backends(device):
+        raise RuntimeError(
+            f"backend {backend!r} is not available for {device.type} tensors here "
+            f"(available: {available_backends(device)})"
+        )
+    return backend
+
+
+def check_coords(coords: torch.Tensor, batch: int | None = None) -> None:
+    """Clear errors for query coordinates instead of garbage from a kernel."""
+    if not isinstance(coords, torch.Tensor):
+        raise TypeError(f"coords must be a tensor, got {type(coords).__name__}")
+    if coords.dim() != 3 or coords.shape[-1] != 2:
+        raise ValueError(f"coords must have shape [B, N, 2] holding normalised (y, x), got {tuple(coords.shape)}")
+    if batch is not None and coords.shape[0] != batch:
+        raise ValueError(f"coords batch {coords.shape[0]} does not match the features' batch {batch}")
+    if not coords.is_floating_point():
+        raise TypeError(f"coords must be floating point, got {coords.dtype}")
+    if not torch.isfinite(coords).all():
+        raise ValueError("coords contain NaN or infinite values")
+
+
+def bilinear_gather_reference(feat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
+    """The oracle: grid_sample with our convention, returned as ``[B, N, C]``."""
+    grid = coords.flip(-1).unsqueeze(1).to(feat.dtype)  # [B, 1, N, 2] in (x, y)
+    return F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0].transpose(1, 2)
+
+
+def bilinear_gather(feat: torch.Tensor, coords: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Bilinear samples of ``feat`` ``[B, C, H, W]`` at ``coords`` ``[B, N, 2]`` (y, x) -> ``[B, N, C]``."""
+    if feat.dim() != 4:
+        raise ValueError(f"feat must have shape [B, C, H, W], got {tuple(feat.shape)}")
+    check_coords(coords, feat.shape[0])
+    backend = resolve_backend(backend, feat.device)
+    if backend == "torch":
+        return bilinear_gather_reference(feat, coords)
+    dtype = feat.dtype
+    feat32, coords32 = feat.float(), coords.float()
+    if backend == "triton":
+        from infinidepth.kernels.bilinear_gather import bilinear_gather_triton
+
+        out = bilinear_gather_triton(feat32, coords32)
+    else:
+        out = torch.ops.infinidepth.bilinear_gather(feat32, coords32)
+    return out.to(dtype)
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("infinidepth::bilinear_gather")
+    def _bilinear_gather_fake(feat, coords):
+        return feat.new_empty((feat.shape[0], coords.shape[1], feat.shape[1]))

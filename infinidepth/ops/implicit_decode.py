@@ -1,0 +1,106 @@
+"""The implicit decoder as one op: ``implicit_decode(maps, coords, decoder, backend)`` -> ``[B, N]``.
+
+Two decoder families share it (DESIGN.md section 1):
+
+* :class:`ConcatDecoder` (the released InfiniDepth): gather every map at the query, concatenate,
+  MLP with ReLU between layers and ELU on the output.
+* :class:`HierarchicalDecoder` (the paper): ``h_1 = f^1``,
+  ``h_{k+1} = FFN_k(f^{k+1} + sigmoid(gate_k) * Linear_k(h_k))`` with ``FFN = Linear, GELU, Linear``,
+  then an MLP head (ReLU between, ELU on the output).
+
+``backend="torch"`` is plain PyTorch, obviously right, and the oracle for every kernel. The other
+backends (``cpp``, ``cuda``, ``triton``) gather with the compiled kernels of ops/gather.py and run
+the layers with torch; the fused kernels of DESIGN.md section 2 replace this path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .gather import bilinear_gather, bilinear_gather_reference, check_coords, resolve_backend
+
+Linear = tuple[torch.Tensor, torch.Tensor]  # (weight [out, in], bias [out])
+
+
+@dataclass
+class ConcatDecoder:
+    layers: Sequence[Linear]
+
+    def in_channels(self) -> list[int]:
+        return [self.layers[0][0].shape[1]]
+
+
+@dataclass
+class HierarchicalDecoder:
+    gates: Sequence[torch.Tensor]  # K-1 raw per-channel gate parameters (sigmoid gives the gate)
+    laterals: Sequence[Linear]  # Linear_k: C_k -> C_{k+1}
+    ffns: Sequence[tuple[Linear, Linear]]  # FFN_k: C_{k+1} -> e*C_{k+1} -> C_{k+1}
+    head: Sequence[Linear]
+
+
+def _mlp(x: torch.Tensor, layers: Sequence[Linear]) -> torch.Tensor:
+    for i, (w, b) in enumerate(layers):
+        x = F.linear(x, w, b)
+        x = F.relu(x) if i < len(layers) - 1 else F.elu(x)
+    return x
+
+
+def _check_maps(maps: Sequence[torch.Tensor]) -> None:
+    if len(maps) == 0:
+        raise ValueError("implicit_decode needs at least one feature map")
+    for i, m in enumerate(maps):
+        if m.dim() != 4:
+            raise ValueError(f"feature map {i} must have shape [B, C, H, W], got {tuple(m.shape)}")
+        if m.shape[0] != maps[0].shape[0]:
+            raise ValueError(f"feature map {i} has batch {m.shape[0]}, map 0 has {maps[0].shape[0]}")
+
+
+def _decode(gathered: list[torch.Tensor], decoder) -> torch.Tensor:
+    if isinstance(decoder, ConcatDecoder):
+        feats = torch.cat(gathered, dim=-1)
+        expected = decoder.layers[0][0].shape[1]
+        if feats.shape[-1] != expected:
+            raise ValueError(f"maps have {feats.shape[-1]} channels in all, the decoder's first layer takes {expected}")
+        return _mlp(feats, decoder.layers)[..., 0]
+    if isinstance(decoder, HierarchicalDecoder):
+        if len(gathered) != len(decoder.laterals) + 1:
+            raise ValueError(f"hierarchical decoder expects {len(decoder.laterals) + 1} maps, got {len(gathered)}")
+        h = gathered[0]
+        for f, gate, (lw, lb), ((w1, b1), (w2, b2)) in zip(gathered[1:], decoder.gates, decoder.laterals, decoder.ffns):
+            x = f + torch.sigmoid(gate) * F.linear(h, lw, lb)
+            h = F.linear(F.gelu(F.linear(x, w1, b1)), w2, b2)
+        return _mlp(h, decoder.head)[..., 0]
+    raise TypeError(f"unknown decoder type {type(decoder).__name__}")
+
+
+def implicit_decode(
+    maps: Sequence[torch.Tensor],
+    coords: torch.Tensor,
+    decoder: ConcatDecoder | HierarchicalDecoder,
+    backend: str = "auto",
+    chunk: int | None = None,
+) -> torch.Tensor:
+    """Decode the field at ``coords`` ``[B, N, 2]`` (normalised y, x) from feature ``maps``.
+
+    Returns ``[B, N]`` in the decoder's output space. ``chunk`` bounds the number of queries in
+    flight (peak memory), without changing the result.
+    """
+    _check_maps(maps)
+    check_coords(coords, maps[0].shape[0])
+    backend = resolve_backend(backend, maps[0].device)
+    coords = coords.to(maps[0].dtype)
+    n = coords.shape[1]
+    step = n if not chunk else max(1, int(chunk))
+    outs = []
+    for start in range(0, max(n, 1), max(step, 1)):
+        c = coords[:, start : start + step]
+        if backend == "torch":
+            gathered = [bilinear_gather_reference(m, c) for m in maps]
+        else:
+            gathered = [bilinear_gather(m, c, backend=backend) for m in maps]
+        outs.append(_decode(gathered, decoder))
+    return torch.cat(outs, dim=1) if outs else coords.new_zeros((coords.shape[0], 0))
