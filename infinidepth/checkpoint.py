@@ -1,0 +1,182 @@
+"""Loading and saving models.
+
+Accepted files:
+* the released Lightning checkpoints (``.ckpt``: ``state_dict`` with keys prefixed ``pipeline.``);
+* plain state dicts (``.pt``/``.pth``/``.bin``) and ``.safetensors`` files of the same keys;
+* our own format: ``.safetensors`` whose metadata carries the architecture and its config (no
+  pickle, exact round trip). ``save_model`` writes it atomically.
+
+Foreign files carry no config, so the architecture is read off the key names and shapes.
+Loading is strict: a file whose keys do not fit gets one error listing what is missing, what is
+unexpected and which shapes differ.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from infinidepth.models import ARCHS, PRESETS, ImplicitDepthModel, build_model, from_preset
+from infinidepth.models.official import OfficialConfig
+from infinidepth.models.paper import PaperConfig
+from infinidepth.models.vit import ViTConfig
+
+FORMAT = "infinidepth"
+FORMAT_VERSION = "1"
+_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 20, 1536: 24}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read or does not fit the architecture."""
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
+    """State dict and (for our own format) the model description."""
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+            sd = load_file(str(path))
+        except Exception as e:  # safetensors raises several types for a damaged file
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        info = json.loads(meta["infinidepth"]) if "infinidepth" in meta else None
+        return sd, info
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "weights_only" not in str(e) and "Unpickl" not in type(e).__name__ and "pickle" not in str(e).lower():
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        # Lightning files may pickle hyper-parameter objects; the user chose to open this file.
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict of tensors or a Lightning checkpoint, got {type(obj).__name__}")
+    info = obj.get(FORMAT) if isinstance(obj.get(FORMAT), dict) else None
+    sd = obj.get("state_dict", obj.get("model", obj))
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: its 'state_dict' is not a dict")
+    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+    if sd and all(k.startswith("pipeline.") for k in sd):
+        sd = {k[len("pipeline.") :]: v for k, v in sd.items()}
+    if not sd:
+        raise CheckpointError(f"{path}: holds no tensors")
+    return sd, info
+
+
+def _vit_config(sd: dict[str, torch.Tensor], prefix: str) -> ViTConfig:
+    try:
+        dim = sd[f"{prefix}patch_embed.proj.weight"].shape[0]
+        patch = sd[f"{prefix}patch_embed.proj.weight"].shape[-1]
+        depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(prefix)}blocks\.(\d+)\.", k)))
+        hidden = sd[f"{prefix}blocks.0.mlp.fc1.weight"].shape[0]
+        storage = sd[f"{prefix}storage_tokens"].shape[1]
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"cannot read the ViT shape from keys under {prefix!r}: missing {e}") from e
+    return ViTConfig(
+        embed_dim=dim,
+        depth=depth,
+        num_heads=_HEADS.get(dim, max(1, dim // 64)),
+        ffn_ratio=hidden / dim,
+        n_storage_tokens=storage,
+        patch_size=patch,
+    )
+
+
+def infer_architecture(sd: dict[str, torch.Tensor]) -> tuple[str, object]:
+    """(arch, config) of a state dict that came without a description."""
+    if any(k.startswith("depth_implicit_head.") for k in sd):
+        arch = "InfiniDepth_DepthSensor" if any(k.startswith("prompt_model.") for k in sd) else "InfiniDepth"
+        linears = sorted(
+            (int(m.group(1)), v.shape[0])
+            for k, v in sd.items()
+            if (m := re.match(r"depth_implicit_head\.out_layer\.layers\.(\d+)\.weight", k))
+        )
+        cnn = sd.get("basic_encoder.conv3.weight")
+        if cnn is None:
+            raise CheckpointError("checkpoint has a depth_implicit_head but no basic_encoder.conv3.weight")
+        return arch, OfficialConfig(vit=_vit_config(sd, "pretrained."), cnn_dim=cnn.shape[0], hidden=tuple(n for _, n in linears[:-1]))
+    if any(k.startswith("decoder.stages.") for k in sd):
+        channels = tuple(sd[f"reassemble.{i}.project.weight"].shape[0] for i in range(3))
+        heads = sorted(
+            (int(m.group(1)), v.shape[0]) for k, v in sd.items() if (m := re.match(r"decoder\.mlp\.(\d+)\.weight", k))
+        )
+        ratio = sd["decoder.stages.0.ffn_in.weight"].shape[0] // channels[1]
+        return "InfiniDepthPaper", PaperConfig(
+            vit=_vit_config(sd, "encoder."), channels=channels, head=tuple(n for _, n in heads[:-1]), ffn_ratio=ratio
+        )
+    sample = ", ".join(sorted(sd)[:5])
+    raise CheckpointError(f"unrecognised checkpoint layout (first keys: {sample}); expected InfiniDepth or infinidepth keys")
+
+
+def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    own = model.state_dict()
+    missing = sorted(set(own) - set(sd))
+    unexpected = sorted(set(sd) - set(own))
+    mismatched = [(k, tuple(sd[k].shape), tuple(own[k].shape)) for k in sorted(set(sd) & set(own)) if sd[k].shape != own[k].shape]
+    if missing or unexpected or mismatched:
+
+        def show(items):
+            return "; ".join(str(i) for i in items[:10]) + (f"; ... ({len(items) - 10} more)" if len(items) > 10 else "")
+
+        lines = [f"{source} does not fit {type(model).__name__}:"]
+        if missing:
+            lines.append(f"  {len(missing)} missing keys: {show(missing)}")
+        if unexpected:
+            lines.append(f"  {len(unexpected)} unexpected keys: {show(unexpected)}")
+        if mismatched:
+            lines.append(
+                f"  {len(mismatched)} shape mismatches: "
+                + show([f"{k}: file {a} vs model {b}" for k, a, b in mismatched])
+            )
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(sd, strict=True)
+
+
+def load_model(path_or_preset: str | os.PathLike, device: str | torch.device = "cpu") -> ImplicitDepthModel:
+    """A ready-to-use model (eval mode, on ``device``) from a checkpoint file or a preset name."""
+    name = str(path_or_preset)
+    path = Path(name)
+    if not path.exists():
+        if name in PRESETS:
+            return from_preset(name).to(device)
+        raise FileNotFoundError(f"no checkpoint file {name!r} (and no preset of that name; presets: {sorted(PRESETS)})")
+    if path.is_dir():
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+    sd, info = _read(path)
+    if info is not None:
+        if info.get("arch") not in ARCHS:
+            raise CheckpointError(f"{path}: unknown architecture {info.get('arch')!r}")
+        model = build_model(info["arch"], info["config"])
+    else:
+        arch, config = infer_architecture(sd)
+        model = build_model(arch, config)
+    load_state_dict_strict(model, sd, source=str(path))
+    return model.to(device).eval()
+
+
+def save_model(model: ImplicitDepthModel, path: str | os.PathLike) -> Path:
+    """Write ``model`` in our format (``.safetensors`` + its description), atomically."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"models are saved as .safetensors, got {path.name}")
+    info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "config": model.config_dict()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(sd, tmp, metadata={"infinidepth": json.dumps(info)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

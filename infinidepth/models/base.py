@@ -1,0 +1,127 @@
+"""What every implicit depth model offers: encode once, decode anywhere, predict at any size."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from infinidepth.ops import pixel_centers
+from infinidepth.ops.gather import check_coords, resolve_backend
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Features:
+    """The result of one encoder pass: feature maps the decoder gathers from, and per-image state."""
+
+    maps: list[torch.Tensor]
+    image_size: tuple[int, int]
+    disparity_scale: torch.Tensor | None = None  # [B], the sensor model's median (prompt normalisation)
+    extras: dict = field(default_factory=dict)
+
+    @property
+    def batch(self) -> int:
+        return self.maps[0].shape[0]
+
+
+def check_image(image: torch.Tensor, multiple: int = 16) -> None:
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"image must be a torch.Tensor [B, 3, H, W], got {type(image).__name__}")
+    if image.dim() != 4 or image.shape[1] != 3:
+        raise ValueError(f"image must have shape [B, 3, H, W], got {tuple(image.shape)}")
+    if not image.is_floating_point():
+        raise TypeError(f"image must be a float tensor with values in [0, 1], got {image.dtype}")
+    H, W = image.shape[-2:]
+    if H % multiple or W % multiple or H == 0 or W == 0:
+        raise ValueError(f"image height and width must be positive multiples of {multiple}, got {H}x{W}")
+    if not torch.isfinite(image).all():
+        raise ValueError("image contains NaN or infinite values")
+    lo, hi = float(image.min()), float(image.max())
+    if lo < -1e-3 or hi > 1 + 1e-3:
+        raise ValueError(f"image values must be in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
+
+
+class ImplicitDepthModel(nn.Module):
+    """Base of the models: subclasses define ``encode``, ``decode_raw`` and ``to_depth``."""
+
+    arch: str = ""
+    #: what ``decode`` returns, for people and for the CLI
+    output_space: str = ""
+
+    def __init__(self):
+        super().__init__()
+        #: decoder backend used when a call does not name one ("auto": the fastest available)
+        self.backend = "auto"
+        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
+        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
+
+    # -- to be provided by subclasses -------------------------------------------------------
+    def config_dict(self) -> dict:
+        raise NotImplementedError
+
+    def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
+        raise NotImplementedError
+
+    def decode_raw(self, feats: Features, coords: torch.Tensor, backend: str, chunk: int | None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- shared -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self._mean.device
+
+    def resolved_backend(self, backend: str | None = None) -> str:
+        return resolve_backend(backend or self.backend, self.device)
+
+    @torch.no_grad()
+    def decode(self, feats: Features, coords: torch.Tensor, backend: str | None = None, chunk: int | None = 65536):
+        """Raw network output at ``coords`` ``[B, N, 2]`` (normalised y, x) -> ``[B, N]``."""
+        if not isinstance(feats, Features):
+            raise TypeError("decode expects the Features returned by model.encode(image)")
+        check_coords(coords, feats.batch)
+        return self.decode_raw(feats, coords.to(self.device), self.resolved_backend(backend), chunk)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        image: torch.Tensor,
+        output_size: tuple[int, int] | None = None,
+        sparse_depth: torch.Tensor | None = None,
+        backend: str | None = None,
+        chunk: int = 65536,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """Depth ``[B, 1, H_out, W_out]`` on a dense grid of any size (default: the input's)."""
+        feats = self.encode(image, sparse_depth=sparse_depth)
+        H, W = output_size or image.shape[-2:]
+        H, W = int(H), int(W)
+        if H <= 0 or W <= 0:
+            raise ValueError(f"output size must be positive, got {H}x{W}")
+        B = image.shape[0]
+        out = torch.empty((B, H * W), device=self.device, dtype=torch.float32)
+        rows_per_step = max(1, chunk // W)
+        steps = range(0, H, rows_per_step)
+        if progress:
+            from tqdm import tqdm
+
+            steps = tqdm(steps, desc=f"decoding {H}x{W}", unit="tile", total=len(steps))
+        for y0 in steps:
+            y1 = min(H, y0 + rows_per_step)
+            raw = self.decode(feats, _rows(H, W, y0, y1, B, self.device), backend=backend, chunk=None)
+            out[:, y0 * W : y1 * W] = self.to_depth(raw).float()
+        return out.reshape(B, 1, H, W)
+
+
+def _rows(H: int, W: int, y0: int, y1: int, batch: int, device) -> torch.Tensor:
+    """Query coordinates of rows y0..y1 of an H x W output grid (no full-size grid is built)."""
+    ys = pixel_centers(H, device)[y0:y1]
+    xs = pixel_centers(W, device)
+    gy, gx = torch.meshgrid(ys, xs, indexing="ij")
+    return torch.stack([gy, gx], dim=-1).reshape(1, -1, 2).expand(batch, -1, -1)

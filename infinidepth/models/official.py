@@ -1,0 +1,164 @@
+"""The released InfiniDepth models, parameter for parameter (keys as in the Lightning checkpoints
+after stripping ``pipeline.``), in plain PyTorch.
+
+* ``InfiniDepth``: DINOv3 ViT (last layer's normalised patch tokens, stride 16) and a CNN branch
+  (stride 4) on ``2*I - 1``; the decoder samples both at the query, concatenates, and runs an MLP
+  (ReLU, ELU out). Output: normalised disparity; depth = 1 / clamp(disparity, 5e-3).
+* ``InfiniDepth_DepthSensor``: the same, with sparse metric depth injected as prompt tokens into
+  the last layer's tokens. The prompt is disparity divided by its median; the output is multiplied
+  back (the "unwarp"), so it is metric disparity.
+
+As released, query coordinates are clamped to [-1 + 1e-6, 1 - 1e-6] before sampling.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from infinidepth.ops import ConcatDecoder, implicit_decode
+
+from .base import Features, ImplicitDepthModel, check_image
+from .cnn import BasicEncoder
+from .prompt import PromptModel
+from .vit import VIT_SIZES, ViTConfig, VisionTransformer, default_layers
+
+DISPARITY_FLOOR = 5e-3  # the released depth = 1 / clamp(disparity, 5e-3)
+COORD_CLAMP = 1e-6
+
+
+@dataclass
+class OfficialConfig:
+    vit: ViTConfig = field(default_factory=lambda: VIT_SIZES["large"])
+    cnn_dim: int = 128
+    hidden: tuple[int, ...] = (1024, 256, 32)
+    layer: int | None = None  # the ViT block whose tokens are decoded (default: the last)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OfficialConfig":
+        d = dict(d)
+        d["vit"] = ViTConfig(**d["vit"])
+        d["hidden"] = tuple(d["hidden"])
+        return cls(**d)
+
+
+class _MLPLayers(nn.Module):
+    """``out_layer.layers``: Linear/ReLU pairs numbered as nn.Sequential numbers them (0, 2, 4, ...)."""
+
+    def __init__(self, dims: list[int]):
+        super().__init__()
+        mods = []
+        for i in range(len(dims) - 1):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            mods.append(nn.ReLU() if i < len(dims) - 2 else nn.ELU())
+        self.layers = nn.Sequential(*mods)
+
+    def linears(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        return [(m.weight, m.bias) for m in self.layers if isinstance(m, nn.Linear)]
+
+
+class _ImplicitHead(nn.Module):
+    def __init__(self, in_dim: int, hidden: tuple[int, ...]):
+        super().__init__()
+        self.out_layer = _MLPLayers([in_dim, *hidden, 1])
+
+
+class InfiniDepth(ImplicitDepthModel):
+    arch = "InfiniDepth"
+    output_space = "normalised disparity (relative)"
+    Config = OfficialConfig
+
+    def __init__(self, config: OfficialConfig | None = None):
+        super().__init__()
+        self.config = config or OfficialConfig()
+        cfg = self.config
+        self.pretrained = VisionTransformer(cfg.vit)
+        self.basic_encoder = BasicEncoder(cfg.cnn_dim)
+        self.depth_implicit_head = _ImplicitHead(cfg.vit.embed_dim + cfg.cnn_dim, cfg.hidden)
+        self.layer = cfg.layer if cfg.layer is not None else default_layers(cfg.vit.depth, 1)[0]
+
+    def config_dict(self) -> dict:
+        return self.config.to_dict()
+
+    def _prompt(self, image: torch.Tensor, sparse_depth, tokens, h, w):
+        if sparse_depth is not None:
+            raise ValueError(f"{self.arch} takes no sparse depth; use an InfiniDepth_DepthSensor checkpoint")
+        return tokens, None
+
+    def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
+        check_image(image, self.pretrained.patch_size)
+        image = image.to(self.device, torch.float32)
+        B, _, H, W = image.shape
+        h, w = H // self.pretrained.patch_size, W // self.pretrained.patch_size
+        with torch.no_grad():
+            tokens = self.pretrained.intermediate_layers((image - self._mean) / self._std, [self.layer])[0]
+            tokens, scale = self._prompt(image, sparse_depth, tokens, h, w)
+            vit_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
+            cnn_map = self.basic_encoder(2 * image - 1)
+        return Features(maps=[vit_map, cnn_map], image_size=(H, W), disparity_scale=scale)
+
+    def decoder_weights(self) -> ConcatDecoder:
+        return ConcatDecoder(self.depth_implicit_head.out_layer.linears())
+
+    def decode_raw(self, feats, coords, backend, chunk):
+        coords = coords.clamp(-1 + COORD_CLAMP, 1 - COORD_CLAMP)
+        return implicit_decode(feats.maps, coords, self.decoder_weights(), backend=backend, chunk=chunk)
+
+    def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
+        return 1.0 / raw.clamp(min=DISPARITY_FLOOR)
+
+
+def sparse_disparity(sparse_depth: torch.Tensor) -> torch.Tensor:
+    """Metric depth (0 = missing) to disparity (0 = missing), as the released pipeline feeds the prompt."""
+    disp = torch.zeros_like(sparse_depth)
+    valid = sparse_depth > 0
+    disp[valid] = 1.0 / sparse_depth[valid]
+    return disp
+
+
+class InfiniDepthDepthSensor(InfiniDepth):
+    arch = "InfiniDepth_DepthSensor"
+    output_space = "metric disparity (1/m)"
+
+    def __init__(self, config: OfficialConfig | None = None):
+        super().__init__(config)
+        self.prompt_model = PromptModel(self.config.vit.embed_dim)
+
+    def _prompt(self, image, sparse_depth, tokens, h, w):
+        if sparse_depth is None:
+            raise ValueError("InfiniDepth_DepthSensor needs sparse_depth: a metric depth map [B, 1, H, W], 0 = missing")
+        sparse_depth = check_sparse_depth(sparse_depth, image).to(self.device, torch.float32)
+        disp = sparse_disparity(sparse_depth)
+        medians = []
+        for b in range(disp.shape[0]):
+            valid = disp[b] > 0
+            if not valid.any():
+                raise ValueError(f"sparse_depth of image {b} has no valid (positive) value")
+            medians.append(torch.quantile(disp[b][valid], 0.5))
+        median = torch.stack(medians)
+        prompt = disp / median.clamp(min=1e-2).view(-1, 1, 1, 1)  # the released "warp"
+        return self.prompt_model(tokens, prompt, h, w), median
+
+    def decode_raw(self, feats, coords, backend, chunk):
+        raw = super().decode_raw(feats, coords, backend, chunk)
+        return raw * feats.disparity_scale.clamp(min=1e-3).view(-1, 1)  # the released "unwarp"
+
+
+def check_sparse_depth(sparse_depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    if not isinstance(sparse_depth, torch.Tensor):
+        raise TypeError(f"sparse_depth must be a tensor [B, 1, H, W], got {type(sparse_depth).__name__}")
+    B, _, H, W = image.shape
+    if tuple(sparse_depth.shape) != (B, 1, H, W):
+        raise ValueError(f"sparse_depth must have shape {(B, 1, H, W)} (the image's), got {tuple(sparse_depth.shape)}")
+    if torch.isnan(sparse_depth).any():
+        raise ValueError("sparse_depth contains NaN; mark missing samples with 0")
+    if (sparse_depth < 0).any():
+        raise ValueError("sparse_depth contains negative depth; mark missing samples with 0")
+    if torch.isinf(sparse_depth).any():
+        raise ValueError("sparse_depth contains infinite depth; mark missing samples with 0")
+    return sparse_depth
