@@ -51,6 +51,8 @@ class ImplicitDepthModel(nn.Module):
     arch: str = ""
     #: what ``decode`` returns, for people and for the CLI
     output_space: str = ""
+    #: where a relative prediction is aligned to a reference ("disparity", "log_depth"); None if metric
+    alignment: str | None = None
 
     def __init__(self):
         super().__init__()

@@ -71,6 +71,7 @@ class _ImplicitHead(nn.Module):
 class InfiniDepth(ImplicitDepthModel):
     arch = "InfiniDepth"
     output_space = "normalised disparity (relative)"
+    alignment = "disparity"
     Config = OfficialConfig
 
     def __init__(self, config: OfficialConfig | None = None):
@@ -124,6 +125,7 @@ def sparse_disparity(sparse_depth: torch.Tensor) -> torch.Tensor:
 class InfiniDepthDepthSensor(InfiniDepth):
     arch = "InfiniDepth_DepthSensor"
     output_space = "metric disparity (1/m)"
+    alignment = None
 
     def __init__(self, config: OfficialConfig | None = None):
         super().__init__(config)

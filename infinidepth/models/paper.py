@@ -83,6 +83,7 @@ class HierarchicalHead(nn.Module):
 class InfiniDepthPaper(ImplicitDepthModel):
     arch = "InfiniDepthPaper"
     output_space = "normalised log-depth (relative)"
+    alignment = "log_depth"
     Config = PaperConfig
 
     def __init__(self, config: PaperConfig | None = None):

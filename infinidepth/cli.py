@@ -1,0 +1,236 @@
+"""The ``infinidepth`` command.
+
+    infinidepth predict IMAGE [--checkpoint PATH] [--output-size HxW | --scale S] [--sparse-depth FILE]
+                              [--reference-depth FILE] [--out DIR] [--ply] [--fx F --fy F --cx C --cy C]
+    infinidepth demo [--out DIR]
+
+Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
+zero focal length, an input size that is not a multiple of 16) gets one line on stderr, exit code
+2, and no output files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infinidepth.checkpoint import CheckpointError, load_model
+from infinidepth.io import (
+    DEPTH_SUFFIXES,
+    InputError,
+    backproject,
+    check_depth_values,
+    colorize_depth,
+    depth_to_png16,
+    read_depth,
+    read_image,
+    write_npy,
+    write_ply,
+    write_png,
+)
+
+DEFAULT_CHECKPOINT = "tiny"  # replaced by the bundled trained demo model once it exists
+MAX_INPUT_SIDE = 1024
+
+
+def parse_size(text: str, what: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"{what} must look like HxW (e.g. 768x1024), got {text!r}") from None
+    if h <= 0 or w <= 0:
+        raise InputError(f"{what} must be positive, got {text!r}")
+    return h, w
+
+
+def default_input_size(h: int, w: int) -> tuple[int, int]:
+    """Aspect kept, long side at most 1024, both sides multiples of 16."""
+    s = min(1.0, MAX_INPUT_SIDE / max(h, w))
+    return max(16, round(h * s / 16) * 16), max(16, round(w * s / 16) * 16)
+
+
+def resize_nearest(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize (never blends a valid sample with a missing one)."""
+    H, W = depth.shape
+    rows = np.minimum(((np.arange(size[0]) + 0.5) * H / size[0]).astype(np.int64), H - 1)
+    cols = np.minimum(((np.arange(size[1]) + 0.5) * W / size[1]).astype(np.int64), W - 1)
+    return depth[rows][:, cols]
+
+
+def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    from PIL import Image
+
+    if rgb.shape[:2] == tuple(size):
+        return rgb
+    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+
+
+def load_depth_input(path: str, what: str, allowed: dict[str, tuple[int, int]], target: tuple[int, int]) -> np.ndarray:
+    depth = read_depth(path)
+    check_depth_values(depth, f"{what} {path}")
+    if tuple(depth.shape) not in allowed.values():
+        sizes = ", ".join(f"{h}x{w} ({name})" for name, (h, w) in allowed.items())
+        raise InputError(f"{what} {path} is {depth.shape[0]}x{depth.shape[1]}; expected {sizes}")
+    return resize_nearest(depth, target)
+
+
+def subsample_prompt(depth: np.ndarray, max_points: int, seed: int) -> np.ndarray:
+    valid = np.flatnonzero(depth > 0)
+    if valid.size <= max_points:
+        return depth
+    keep = np.random.default_rng(seed).choice(valid, max_points, replace=False)
+    out = np.zeros_like(depth)
+    out.flat[keep] = depth.flat[keep]
+    return out
+
+
+def align_to_reference(depth: np.ndarray, reference: np.ndarray, space: str, seed: int) -> tuple[np.ndarray, float, float]:
+    from infinidepth.align import fit_affine_robust
+
+    valid = reference > 0
+    if valid.sum() < 2:
+        raise InputError("reference depth has fewer than 2 valid samples")
+    forward, inverse = {
+        "disparity": (lambda d: 1.0 / np.maximum(d, 1e-8), lambda x: 1.0 / np.maximum(x, 1e-8)),
+        "log_depth": (lambda d: np.log(np.maximum(d, 1e-8)), np.exp),
+    }[space]
+    a, b = fit_affine_robust(forward(depth[valid]), forward(reference[valid]), seed=seed)
+    return inverse(a * forward(depth) + b).astype(np.float32), a, b
+
+
+def predict(args) -> dict:
+    # Everything is read and checked before anything is computed or written.
+    rgb = read_image(args.image)
+    H0, W0 = rgb.shape[:2]
+    input_size = parse_size(args.input_size, "--input-size") if args.input_size else default_input_size(H0, W0)
+    if input_size[0] % 16 or input_size[1] % 16:
+        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {input_size[0]}x{input_size[1]}")
+    if args.output_size and args.scale:
+        raise InputError("give either --output-size or --scale, not both")
+    if args.output_size:
+        out_size = parse_size(args.output_size, "--output-size")
+    elif args.scale:
+        if not args.scale > 0:
+            raise InputError(f"--scale must be positive, got {args.scale}")
+        out_size = (max(1, round(H0 * args.scale)), max(1, round(W0 * args.scale)))
+    else:
+        out_size = (H0, W0)
+    fx = args.fx if args.fx is not None else float(max(H0, W0))
+    fy = args.fy if args.fy is not None else fx
+    cx = args.cx if args.cx is not None else W0 / 2
+    cy = args.cy if args.cy is not None else H0 / 2
+    for name, v in (("fx", fx), ("fy", fy)):
+        if not np.isfinite(v) or v <= 0:
+            raise InputError(f"focal length {name} must be positive and finite, got {v}")
+    for name, v in (("cx", cx), ("cy", cy)):
+        if not np.isfinite(v):
+            raise InputError(f"principal point {name} must be finite, got {v}")
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
+    sizes = {"image": (H0, W0), "network input": input_size}
+    sparse = None
+    if args.sparse_depth:
+        if model.arch != "InfiniDepth_DepthSensor":
+            raise InputError(f"--sparse-depth needs an InfiniDepth_DepthSensor checkpoint; this one is {model.arch}")
+        sparse = load_depth_input(args.sparse_depth, "sparse depth", sizes, input_size)
+        sparse = subsample_prompt(sparse, args.max_prompt_points, args.seed)
+    elif model.arch == "InfiniDepth_DepthSensor":
+        raise InputError("this InfiniDepth_DepthSensor checkpoint needs --sparse-depth FILE")
+    reference = None
+    if args.reference_depth:
+        reference = load_depth_input(args.reference_depth, "reference depth", {**sizes, "output": out_size}, out_size)
+
+    image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255)
+    sparse_t = None if sparse is None else torch.from_numpy(sparse)[None, None]
+    t0 = time.perf_counter()
+    depth = model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=not args.quiet)
+    depth = depth[0, 0].cpu().numpy()
+    seconds = time.perf_counter() - t0
+    metric = model.alignment is None
+    note = ""
+    if reference is not None:
+        if model.alignment is None:
+            print("note: the model predicts metric depth; --reference-depth is used for nothing", file=sys.stderr)
+        else:
+            depth, a, b = align_to_reference(depth, reference, model.alignment, args.seed)
+            metric = True
+            note = f", aligned to the reference in {model.alignment} space (a={a:.4g}, b={b:.4g})"
+
+    out = Path(args.out)
+    stem = Path(args.image).stem
+    png16, encoding = depth_to_png16(depth, metric)
+    written = [out / f"{stem}_depth.npy", out / f"{stem}_depth.png", out / f"{stem}_depth_color.png"]
+    write_npy(written[0], depth.astype(np.float32))
+    write_png(written[1], png16)
+    write_png(written[2], colorize_depth(depth))
+    if args.ply:
+        sy, sx = out_size[0] / H0, out_size[1] / W0
+        points = backproject(depth, fx * sx, fy * sy, cx * sx, cy * sy)
+        colors = resize_rgb(rgb, out_size).reshape(-1, 3)
+        written.append(out / f"{stem}.ply")
+        write_ply(written[-1], points, colors)
+    if not args.quiet:
+        print(f"{model.arch} on {device}, input {input_size[0]}x{input_size[1]}, output {out_size[0]}x{out_size[1]} "
+              f"in {seconds:.2f} s{note}")
+        print(f"16-bit PNG holds {encoding}")
+        for p in written:
+            print(f"wrote {p}")
+    return {"depth": depth, "files": written}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("predict", help="depth map (and point cloud) of one image")
+    p.add_argument("image", help="input image (PNG, JPEG, ...)")
+    p.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
+    p.add_argument("--output-size", help="output HxW, any size (default: the image's)")
+    p.add_argument("--scale", type=float, help="output size as a multiple of the image's")
+    p.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, long side <= 1024)")
+    p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; PNG in mm)")
+    p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample)")
+    p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift)")
+    p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
+    p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply)")
+    p.add_argument("--fx", type=float, help="focal length in pixels of the original image (default: max(H, W))")
+    p.add_argument("--fy", type=float, help="default: fx")
+    p.add_argument("--cx", type=float, help="principal point x in pixels (default: W/2)")
+    p.add_argument("--cy", type=float, help="principal point y in pixels (default: H/2)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompt subsampling and robust alignment")
+    p.add_argument("--quiet", action="store_true")
+
+    d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
+    d.add_argument("--out", default="infinidepth_demo")
+    d.add_argument("--device")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            with resources.as_file(resources.files("infinidepth") / "assets" / "demo.png") as image:
+                args = build_parser().parse_args(
+                    ["predict", str(image), "--scale", "2", "--ply", "--out", args.out]
+                    + (["--device", args.device] if args.device else [])
+                )
+                predict(args)
+        else:
+            predict(args)
+    except (InputError, CheckpointError, FileNotFoundError) as e:
+        print(f"infinidepth: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

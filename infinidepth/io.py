@@ -1,0 +1,195 @@
+"""Files in and out: images, depth maps in the formats sensors and datasets use, point clouds.
+
+Every writer is atomic (a temporary file in the target folder, then a rename), so an interrupted
+run never leaves a half-written file and never clobbers a good one with a broken one.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+DEPTH_SUFFIXES = (".npy", ".npz", ".png", ".exr", ".h5", ".hdf5")
+
+
+class InputError(ValueError):
+    """Bad user input, reported as one clear line (the CLI exits with code 2)."""
+
+
+# -- reading ----------------------------------------------------------------------------------
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """RGB ``uint8 [H, W, 3]``; EXIF orientation applied, alpha dropped, greyscale expanded."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB")).copy()
+    except (UnidentifiedImageError, OSError) as e:
+        raise InputError(f"cannot read image {path}: {e}") from e
+
+
+def read_depth(path: str | os.PathLike) -> np.ndarray:
+    """A depth map ``float32 [H, W]`` in metres; 0 marks missing samples.
+
+    ``.npy``/``.npz`` (first array, or one named depth), 16-bit ``.png`` (millimetres), ``.exr``
+    (first channel, or one named Z/depth), ``.h5``/``.hdf5`` (dataset named depth, else the first).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"depth file not found: {path}")
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".npy":
+            depth = np.load(path, allow_pickle=False)
+        elif suffix == ".npz":
+            with np.load(path, allow_pickle=False) as z:
+                if not z.files:
+                    raise InputError(f"{path}: empty .npz")
+                depth = z["depth"] if "depth" in z.files else z[z.files[0]]
+        elif suffix == ".png":
+            depth = _read_png16(path)
+        elif suffix == ".exr":
+            depth = _read_exr(path)
+        elif suffix in (".h5", ".hdf5"):
+            depth = _read_h5(path)
+        else:
+            raise InputError(f"unsupported depth format {suffix!r} for {path}; use one of {DEPTH_SUFFIXES}")
+    except InputError:
+        raise
+    except Exception as e:  # each reader library raises its own types for a broken file
+        raise InputError(f"cannot read depth file {path}: {e}") from e
+    depth = np.squeeze(np.asarray(depth))
+    if depth.ndim != 2:
+        raise InputError(f"depth in {path} must be a single-channel 2-D map, got shape {depth.shape}")
+    if not np.issubdtype(depth.dtype, np.number):
+        raise InputError(f"depth in {path} is not numeric (dtype {depth.dtype})")
+    return depth.astype(np.float32)
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im)
+    if arr.dtype != np.uint16 and not (arr.dtype == np.int32 and im.mode.startswith("I")):
+        raise InputError(f"{path}: depth PNGs must be 16-bit single-channel (millimetres), got mode {im.mode}")
+    return arr.astype(np.float32) / 1000.0
+
+
+def _read_exr(path: Path) -> np.ndarray:
+    import OpenEXR
+
+    with OpenEXR.File(str(path)) as f:
+        channels = f.channels()
+        for name in ("Z", "depth", "Y", "R"):
+            if name in channels:
+                return np.asarray(channels[name].pixels, dtype=np.float32)
+        first = next(iter(channels.values())).pixels
+        return np.asarray(first, dtype=np.float32)[..., 0] if np.ndim(first) == 3 else np.asarray(first, np.float32)
+
+
+def _read_h5(path: Path) -> np.ndarray:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        found = []
+        f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
+        if not found:
+            raise InputError(f"{path}: no dataset inside")
+        name = next((n for n in found if n.split("/")[-1] in ("depth", "dataset", "data")), found[0])
+        return f[name][()]
+
+
+def check_depth_values(depth: np.ndarray, what: str, allow_missing: bool = True) -> None:
+    if np.isnan(depth).any():
+        raise InputError(f"{what} contains NaN; mark missing samples with 0")
+    if np.isinf(depth).any():
+        raise InputError(f"{what} contains infinite values; mark missing samples with 0")
+    if (depth < 0).any():
+        raise InputError(f"{what} contains negative depth ({float(depth.min()):.3g}); mark missing samples with 0")
+    if not (depth > 0).any():
+        raise InputError(f"{what} has no valid (positive) depth")
+
+
+# -- writing ------------------------------------------------------------------------------------
+@contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yields a temporary path beside ``path``; renamed onto it only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give what open() would
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_npy(path, array: np.ndarray) -> None:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
+
+
+def write_png(path, array: np.ndarray) -> None:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def depth_to_png16(depth: np.ndarray, metric: bool) -> tuple[np.ndarray, str]:
+    """16-bit encoding: millimetres for metric depth; for relative depth, its range over 0..65535."""
+    if metric:
+        return np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16), "millimetres"
+    lo, hi = float(depth.min()), float(depth.max())
+    scaled = (depth - lo) / max(hi - lo, 1e-12) * 65535.0
+    return np.round(scaled).astype(np.uint16), f"relative depth, 0..65535 spans [{lo:.6g}, {hi:.6g}]"
+
+
+def colorize_depth(depth: np.ndarray, cmap: str = "Spectral") -> np.ndarray:
+    """RGB ``uint8`` picture of a depth map: near is red, far is blue; 2-98% of inverse depth spans the map."""
+    from matplotlib import colormaps
+
+    inv = 1.0 / np.maximum(depth, 1e-6)
+    lo, hi = np.percentile(inv, [2, 98])
+    t = np.clip((inv - lo) / max(hi - lo, 1e-12), 0, 1)
+    return (colormaps[cmap](1.0 - t)[..., :3] * 255).astype(np.uint8)
+
+
+def write_ply(path, points: np.ndarray, colors: np.ndarray) -> None:
+    """Binary PLY point cloud: float32 x, y, z and uint8 red, green, blue."""
+    from plyfile import PlyData, PlyElement
+
+    vertex = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    for i, k in enumerate("xyz"):
+        vertex[k] = points[:, i]
+    for i, k in enumerate(("red", "green", "blue")):
+        vertex[k] = colors[:, i]
+    with atomic_path(path) as tmp:
+        PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(str(tmp))
+
+
+def backproject(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
+    """Camera-frame points ``[H*W, 3]`` of a z-depth map; pixel (i, j)'s centre is at (j + 0.5, i + 0.5)."""
+    H, W = depth.shape
+    u = np.arange(W, dtype=np.float32) + 0.5
+    v = np.arange(H, dtype=np.float32) + 0.5
+    uu, vv = np.meshgrid(u, v)
+    z = depth.astype(np.float32)
+    return np.stack([(uu - cx) / fx * z, (vv - cy) / fy * z, z], axis=-1).reshape(-1, 3)

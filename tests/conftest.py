@@ -1,0 +1,20 @@
+import os
+
+# Triton kernels run on the CPU through the interpreter; it must be set before triton is imported.
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Max abs difference relative to the reference's spread (the tolerance unit of the issues)."""
+    scale = b.float().std().item() if b.numel() > 1 else 1.0
+    return ((a.float() - b.float()).abs().max().item()) / max(scale, 1e-12)

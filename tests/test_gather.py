@@ -1,0 +1,86 @@
+"""Every backend of bilinear_gather against the torch reference, fuzzed; plus the op's contract."""
+
+import random
+
+import pytest
+import torch
+
+from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference
+from infinidepth.ops.gather import HAS_EXTENSION, has_cuda_kernels
+
+from conftest import rel_err
+
+KERNEL_BACKENDS = [b for b in available_backends("cpu") if b != "torch"]
+
+
+def random_case(rng: random.Random, contiguous: bool = True):
+    B, C, H, W, N = rng.randint(1, 3), rng.randint(1, 40), rng.randint(1, 17), rng.randint(1, 17), rng.randint(0, 300)
+    feat = torch.randn(B, C, H, W)
+    coords = torch.rand(B, N, 2) * 2.8 - 1.4  # inside, on and beyond the borders
+    if N >= 6:
+        coords[:, :6] = torch.tensor([[-1.0, -1.0], [1.0, 1.0], [-1.0, 1.0], [1.0, -1.0], [1e6, 0.0], [0.0, -1e6]])
+    if not contiguous:
+        feat = torch.randn(B, W, H, C).permute(0, 3, 2, 1)  # channels-last memory
+        coords = torch.rand(B, 2, N).mul(2.8).sub(1.4).transpose(1, 2)
+    return feat, coords
+
+
+def test_extension_is_built():
+    assert HAS_EXTENSION, "infinidepth._C did not import: the C++ extension is not built"
+    assert "cpp" in available_backends("cpu")
+
+
+def test_cuda_sources_compiled_when_possible():
+    import shutil
+
+    if torch.version.cuda is None or shutil.which("nvcc") is None:
+        pytest.skip("this torch has no CUDA or nvcc is absent: the CUDA part is not built")
+    assert has_cuda_kernels(), "torch has CUDA and nvcc exists, but the CUDA kernels were not compiled in"
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_backend_matches_reference_fuzzed(backend, contiguous):
+    rng = random.Random(hash((backend, contiguous)) & 0xFFFF)
+    for _ in range(12 if backend == "cpp" else 4):
+        feat, coords = random_case(rng, contiguous)
+        got = bilinear_gather(feat, coords, backend=backend)
+        want = bilinear_gather_reference(feat, coords)
+        assert got.shape == want.shape
+        if want.numel():
+            assert rel_err(got, want) < 1e-5  # fp32 tolerance
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
+def test_bad_coordinates_get_clear_errors(backend):
+    feat = torch.randn(1, 4, 5, 6)
+    with pytest.raises(ValueError, match="NaN"):
+        bilinear_gather(feat, torch.tensor([[[0.0, float("nan")]]]), backend=backend)
+    with pytest.raises(ValueError, match=r"\[B, N, 2\]"):
+        bilinear_gather(feat, torch.zeros(1, 5, 3), backend=backend)
+    with pytest.raises(ValueError, match="batch"):
+        bilinear_gather(feat, torch.zeros(2, 5, 2), backend=backend)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        bilinear_gather(torch.randn(4, 5, 6), torch.zeros(1, 5, 2), backend=backend)
+
+
+def test_unknown_or_unavailable_backend_is_named():
+    feat, coords = torch.randn(1, 2, 3, 3), torch.zeros(1, 1, 2)
+    with pytest.raises(ValueError, match="unknown backend 'fast'"):
+        bilinear_gather(feat, coords, backend="fast")
+    with pytest.raises(RuntimeError, match="'cuda' is not available for cpu"):
+        bilinear_gather(feat, coords, backend="cuda")
+
+
+def test_custom_op_contract():
+    """Schema, fake (meta) implementation and dispatch pass torch.library's own checks."""
+    op = torch.ops.infinidepth.bilinear_gather.default
+    torch.library.opcheck(op, (torch.randn(2, 3, 5, 7), torch.rand(2, 11, 2) * 2 - 1),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_double_inputs_are_computed_and_returned_in_their_dtype():
+    feat, coords = torch.randn(1, 3, 4, 4, dtype=torch.float64), torch.rand(1, 9, 2, dtype=torch.float64) * 2 - 1
+    got = bilinear_gather(feat, coords, backend="cpp")
+    assert got.dtype == torch.float64
+    assert rel_err(got, bilinear_gather_reference(feat, coords)) < 1e-5
