@@ -28,7 +28,6 @@ from infinidepth.models.vit import ViTConfig
 
 FORMAT = "infinidepth"
 FORMAT_VERSION = "1"
-_HEADS = {384: 6, 768: 12, 1024: 16, 1280: 20, 1536: 24}
 
 
 class CheckpointError(ValueError):
@@ -52,10 +51,13 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        if "weights_only" not in str(e) and "Unpickl" not in type(e).__name__ and "pickle" not in str(e).lower():
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
         # Lightning files may pickle hyper-parameter objects; the user chose to open this file.
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        try:
+            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        except Exception as e2:
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e2).__name__}: {e2})") from e2
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors or a Lightning checkpoint, got {type(obj).__name__}")
     info = obj.get(FORMAT) if isinstance(obj.get(FORMAT), dict) else None
@@ -77,12 +79,13 @@ def _vit_config(sd: dict[str, torch.Tensor], prefix: str) -> ViTConfig:
         depth = 1 + max(int(m.group(1)) for k in sd if (m := re.match(rf"{re.escape(prefix)}blocks\.(\d+)\.", k)))
         hidden = sd[f"{prefix}blocks.0.mlp.fc1.weight"].shape[0]
         storage = sd[f"{prefix}storage_tokens"].shape[1]
+        rope_freqs = sd[f"{prefix}rope_embed.periods"].shape[0]  # head_dim / 4
     except (KeyError, ValueError) as e:
         raise CheckpointError(f"cannot read the ViT shape from keys under {prefix!r}: missing {e}") from e
     return ViTConfig(
         embed_dim=dim,
         depth=depth,
-        num_heads=_HEADS.get(dim, max(1, dim // 64)),
+        num_heads=dim // (4 * rope_freqs),
         ffn_ratio=hidden / dim,
         n_storage_tokens=storage,
         patch_size=patch,

@@ -1,0 +1,109 @@
+"""Checkpoints: the released layouts (key lists in tests/data), round trips, and clear mismatch errors."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import infinidepth
+from infinidepth.checkpoint import CheckpointError, infer_architecture
+from infinidepth.models import build_model, from_preset
+
+DATA = Path(__file__).parent / "data"
+
+
+def released_layout(name):
+    """{key: shape} from the key listing of a released checkpoint."""
+    out = {}
+    for line in (DATA / f"official_keys_{name}.txt").read_text().splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        key, shape, _ = line.split("\t")
+        out[key] = tuple(int(v) for v in shape.strip("[]").split(",") if v.strip())
+    return out
+
+
+@pytest.mark.parametrize("name,arch", [("infinidepth", "InfiniDepth"), ("depthsensor", "InfiniDepth_DepthSensor")])
+def test_large_models_have_the_released_keys_and_shapes(name, arch):
+    want = released_layout(name)
+    with torch.device("meta"):
+        model = build_model(arch)
+    have = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    assert sorted(set(want) - set(have)) == [] and sorted(set(have) - set(want)) == []
+    assert {k: v for k, v in have.items() if want[k] != v} == {}
+    # and a file with exactly those keys is recognised as that architecture, ViT-L inside
+    with torch.device("meta"):
+        sd = {k: torch.empty(s) for k, s in want.items()}
+    got_arch, cfg = infer_architecture(sd)
+    assert got_arch == arch
+    assert (cfg.vit.embed_dim, cfg.vit.depth, cfg.vit.num_heads, cfg.hidden) == (1024, 24, 16, (1024, 256, 32))
+
+
+def outputs(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    image = torch.rand(1, 3, 32, 32, generator=g)
+    sparse = None
+    if "Sensor" in model.arch:
+        sparse = torch.where(torch.rand(1, 1, 32, 32, generator=g) < 0.1, 2 + torch.rand(1, 1, 32, 32, generator=g), torch.zeros(1, 1, 32, 32))
+    return model.decode(model.encode(image, sparse_depth=sparse), torch.rand(1, 30, 2, generator=g) * 2 - 1, backend="torch")
+
+
+@pytest.mark.parametrize("preset", ["tiny", "official-tiny", "sensor-tiny"])
+def test_save_and_reload_without_loss(tmp_path, preset):
+    model = from_preset(preset, seed=3)
+    path = infinidepth.save_model(model, tmp_path / "m.safetensors")
+    again = infinidepth.load_model(path)
+    assert type(again) is type(model) and again.config == model.config
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert torch.equal(outputs(model), outputs(again))
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("preset", ["official-tiny", "sensor-tiny", "tiny"])
+@pytest.mark.parametrize("layout", ["lightning", "plain_pt", "plain_safetensors"])
+def test_foreign_files_load_by_their_keys(tmp_path, preset, layout):
+    model = from_preset(preset, seed=5)
+    sd = model.state_dict()
+    if layout == "lightning":
+        path = tmp_path / "m.ckpt"
+        torch.save({"state_dict": {f"pipeline.{k}": v for k, v in sd.items()}, "epoch": 1, "global_step": 10}, path)
+    elif layout == "plain_pt":
+        path = tmp_path / "m.pt"
+        torch.save(sd, path)
+    else:
+        from safetensors.torch import save_file
+
+        path = tmp_path / "m.safetensors"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+    loaded = infinidepth.load_model(path)
+    assert loaded.arch == model.arch
+    assert torch.equal(outputs(model), outputs(loaded))
+
+
+def test_mismatched_checkpoint_lists_missing_unexpected_and_shapes(tmp_path):
+    sd = from_preset("official-tiny").state_dict()
+    sd.pop("depth_implicit_head.out_layer.layers.2.bias")
+    sd["pretrained.extra_thing"] = torch.zeros(3)
+    sd["basic_encoder.conv1.bias"] = torch.zeros(7)
+    path = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": {f"pipeline.{k}": v for k, v in sd.items()}}, path)
+    with pytest.raises(CheckpointError) as err:
+        infinidepth.load_model(path)
+    msg = str(err.value)
+    assert "1 missing keys: depth_implicit_head.out_layer.layers.2.bias" in msg
+    assert "1 unexpected keys: pretrained.extra_thing" in msg
+    assert "basic_encoder.conv1.bias: file (7,) vs model (16,)" in msg
+
+
+def test_unreadable_and_unknown_files(tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        infinidepth.load_model(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"backbone.weight": torch.zeros(2)}, other)
+    with pytest.raises(CheckpointError, match="unrecognised checkpoint layout"):
+        infinidepth.load_model(other)
+    with pytest.raises(ValueError, match="safetensors"):
+        infinidepth.save_model(from_preset("tiny"), tmp_path / "m.pt")

@@ -1,0 +1,119 @@
+"""File formats: each reader on files written here in that format; writers are atomic."""
+
+import numpy as np
+import pytest
+
+from infinidepth.io import (
+    InputError,
+    atomic_path,
+    backproject,
+    check_depth_values,
+    depth_to_png16,
+    read_depth,
+    read_image,
+    write_npy,
+    write_ply,
+)
+
+
+@pytest.fixture
+def depth():
+    return (np.arange(12, dtype=np.float32).reshape(3, 4) + 1) * 0.25
+
+
+def write_format(path, depth):
+    suffix = path.suffix
+    if suffix == ".npy":
+        np.save(path, depth)
+    elif suffix == ".npz":
+        np.savez(path, depth=depth, other=np.zeros(2))
+    elif suffix == ".png":
+        from PIL import Image
+
+        Image.fromarray(np.round(depth * 1000).astype(np.uint16)).save(path)
+    elif suffix == ".exr":
+        import OpenEXR
+
+        OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, {"Z": depth}).write(str(path))
+    elif suffix == ".h5":
+        import h5py
+
+        with h5py.File(path, "w") as f:
+            f.create_dataset("meta/scale", data=np.ones(1))
+            f.create_dataset("depth", data=depth)
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".npz", ".png", ".exr", ".h5"])
+def test_depth_readers(tmp_path, depth, suffix):
+    path = tmp_path / f"d{suffix}"
+    write_format(path, depth)
+    got = read_depth(path)
+    assert got.dtype == np.float32 and got.shape == (3, 4)
+    np.testing.assert_allclose(got, depth, atol=1e-3 if suffix == ".png" else 0)
+
+
+def test_depth_reader_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_depth(tmp_path / "missing.npy")
+    (tmp_path / "d.tiff").write_bytes(b"x")
+    with pytest.raises(InputError, match="unsupported depth format"):
+        read_depth(tmp_path / "d.tiff")
+    (tmp_path / "broken.npy").write_bytes(b"garbage")
+    with pytest.raises(InputError, match="cannot read depth file"):
+        read_depth(tmp_path / "broken.npy")
+    np.save(tmp_path / "rgb.npy", np.zeros((4, 4, 3), np.float32))
+    with pytest.raises(InputError, match="single-channel"):
+        read_depth(tmp_path / "rgb.npy")
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "eight.png")
+    with pytest.raises(InputError, match="16-bit"):
+        read_depth(tmp_path / "eight.png")
+
+
+@pytest.mark.parametrize("bad,match", [(np.nan, "NaN"), (-1.0, "negative"), (np.inf, "infinite")])
+def test_depth_value_checks(depth, bad, match):
+    depth[1, 1] = bad
+    with pytest.raises(InputError, match=match):
+        check_depth_values(depth, "sparse depth x")
+    with pytest.raises(InputError, match="no valid"):
+        check_depth_values(np.zeros((2, 2)), "sparse depth x")
+
+
+def test_read_image_errors(tmp_path):
+    with pytest.raises(InputError, match="not found"):
+        read_image(tmp_path / "none.png")
+    (tmp_path / "fake.png").write_text("not an image")
+    with pytest.raises(InputError, match="cannot read image"):
+        read_image(tmp_path / "fake.png")
+
+
+def test_atomic_write_keeps_old_file_on_failure(tmp_path):
+    target = tmp_path / "out.npy"
+    write_npy(target, np.ones(3))
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(b"half")
+            raise RuntimeError("interrupted")
+    np.testing.assert_array_equal(np.load(target), np.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.npy"]
+
+
+def test_png16_encodings(depth):
+    mm, how = depth_to_png16(depth, metric=True)
+    assert mm.dtype == np.uint16 and mm[0, 0] == 250 and how == "millimetres"
+    rel, how = depth_to_png16(depth, metric=False)
+    assert rel.min() == 0 and rel.max() == 65535 and "relative" in how
+
+
+def test_backproject_and_ply_round_trip(tmp_path, depth):
+    pts = backproject(depth, fx=2.0, fy=4.0, cx=2.0, cy=1.5)
+    # pixel (1, 3): centre (3.5, 1.5), depth 2.0 -> x = (3.5 - 2) / 2 * 2, y = 0, z = 2
+    np.testing.assert_allclose(pts[1 * 4 + 3], [1.5, 0.0, 2.0])
+    from plyfile import PlyData
+
+    colors = np.arange(36, dtype=np.uint8).reshape(12, 3)
+    write_ply(tmp_path / "p.ply", pts, colors)
+    v = PlyData.read(str(tmp_path / "p.ply"))["vertex"]
+    np.testing.assert_allclose(np.stack([v["x"], v["y"], v["z"]], -1), pts)
+    np.testing.assert_array_equal(np.stack([v["red"], v["green"], v["blue"]], -1), colors)

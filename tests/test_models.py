@@ -1,0 +1,164 @@
+"""Models: the public API contract, input checks, and behaviour the released code defines."""
+
+import pytest
+import torch
+
+import infinidepth
+from infinidepth.models import from_preset
+from infinidepth.ops import grid_coords
+
+from conftest import rel_err
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: from_preset(name) for name in ("tiny", "official-tiny", "sensor-tiny")}
+
+
+def sparse_for(image, density=0.05, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    B, _, H, W = image.shape
+    depth = 1 + 9 * torch.rand(B, 1, H, W, generator=g)
+    return torch.where(torch.rand(B, 1, H, W, generator=g) < density, depth, torch.zeros_like(depth))
+
+
+def encode(model, image):
+    return model.encode(image, sparse_depth=sparse_for(image) if "Sensor" in model.arch else None)
+
+
+@pytest.mark.parametrize("name", ["tiny", "official-tiny", "sensor-tiny"])
+def test_api_shapes_and_predict_matches_decode(models, name):
+    model = models[name]
+    image = torch.rand(2, 3, 32, 48)
+    feats = encode(model, image)
+    coords = torch.rand(2, 40, 2) * 2 - 1
+    out = model.decode(feats, coords, backend="torch")
+    assert out.shape == (2, 40) and torch.isfinite(out).all()
+    # predict at an arbitrary size == decoding the dense grid of that size, then to_depth
+    sparse = sparse_for(image) if "Sensor" in model.arch else None
+    depth = model.predict(image, output_size=(37, 53), sparse_depth=sparse, backend="torch", chunk=300)
+    assert depth.shape == (2, 1, 37, 53)
+    want = model.to_depth(model.decode(feats, grid_coords(37, 53, batch=2), backend="torch")).reshape(2, 1, 37, 53)
+    torch.testing.assert_close(depth, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tiny", "official-tiny", "sensor-tiny"])
+def test_default_backend_is_visible_and_agrees_with_torch(models, name):
+    model = models[name]
+    assert model.backend == "auto"
+    assert model.resolved_backend() in ("cpp", "torch")
+    feats = encode(model, torch.rand(1, 3, 32, 32))
+    coords = torch.rand(1, 64, 2) * 2.4 - 1.2
+    assert rel_err(model.decode(feats, coords), model.decode(feats, coords, backend="torch")) < 1e-5
+
+
+@pytest.mark.parametrize(
+    "image,match",
+    [
+        (torch.rand(1, 3, 30, 32), "multiples of 16"),
+        (torch.rand(1, 1, 32, 32), r"\[B, 3, H, W\]"),
+        (torch.rand(3, 32, 32), r"\[B, 3, H, W\]"),
+        (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
+        (torch.rand(1, 3, 32, 32) * 255, r"\[0, 1\]"),
+        (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), "float"),
+    ],
+)
+def test_bad_images_get_clear_errors(models, image, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        models["tiny"].encode(image)
+
+
+def test_decode_rejects_bad_coordinates(models):
+    feats = models["tiny"].encode(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="NaN"):
+        models["tiny"].decode(feats, torch.tensor([[[float("nan"), 0.0]]]))
+    with pytest.raises(ValueError, match="batch"):
+        models["tiny"].decode(feats, torch.zeros(2, 3, 2))
+
+
+def test_official_clamps_coordinates_like_the_release(models):
+    """Released decoder clamps to [-1 + 1e-6, 1 - 1e-6]: the edge and far beyond it give the same value."""
+    model = models["official-tiny"]
+    feats = model.encode(torch.rand(1, 3, 32, 32))
+    edge = torch.tensor([[[1.0, -1.0], [0.3, 1.0], [-1.0, 0.0]]])
+    beyond = torch.tensor([[[7.0, -3.0], [0.3, 1.5], [-40.0, 0.0]]])
+    torch.testing.assert_close(model.decode(feats, beyond, backend="torch"), model.decode(feats, edge, backend="torch"))
+
+
+def test_sensor_output_scales_with_the_metric_prompt(models):
+    """Median warp/unwarp: scaling the sparse depth by k scales the predicted disparity by 1/k."""
+    model = models["sensor-tiny"]
+    image = torch.rand(1, 3, 32, 32)
+    sparse = sparse_for(image, density=0.2)
+    coords = torch.rand(1, 50, 2) * 2 - 1
+    base = model.decode(model.encode(image, sparse_depth=sparse), coords, backend="torch")
+    scaled = model.decode(model.encode(image, sparse_depth=3.0 * sparse), coords, backend="torch")
+    torch.testing.assert_close(scaled, base / 3.0, rtol=1e-5, atol=1e-7)
+    # and the prompt matters: other depth values give another output
+    other = model.decode(model.encode(image, sparse_depth=sparse.pow(2)), coords, backend="torch")
+    assert not torch.allclose(other * other.abs().mean() / base.abs().mean(), base, rtol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "mutate,match",
+    [
+        (lambda s: None, "needs sparse_depth"),
+        (lambda s: s[:, :, :16], "shape"),
+        (lambda s: torch.where(s > 0, torch.full_like(s, float("nan")), s), "NaN"),
+        (lambda s: -s, "negative"),
+        (lambda s: torch.zeros_like(s), "no valid"),
+    ],
+)
+def test_sensor_bad_sparse_depth(models, mutate, match):
+    image = torch.rand(1, 3, 32, 32)
+    with pytest.raises(ValueError, match=match):
+        models["sensor-tiny"].encode(image, sparse_depth=mutate(sparse_for(image)))
+
+
+def test_models_without_prompts_refuse_sparse_depth(models):
+    image = torch.rand(1, 3, 32, 32)
+    for name in ("tiny", "official-tiny"):
+        with pytest.raises(ValueError, match="sparse"):
+            models[name].encode(image, sparse_depth=sparse_for(image))
+
+
+def test_vit_intermediate_layers_follow_the_block_stack():
+    vit = from_preset("official-tiny").pretrained
+    x = torch.randn(1, 3, 32, 48)
+    layers = vit.intermediate_layers(x, [0, 3])
+    assert [t.shape for t in layers] == [(1, 6, 64), (1, 6, 64)]
+    # by hand: tokens through all blocks, normalised, prefix dropped
+    tokens = torch.cat([vit.cls_token, vit.storage_tokens, vit.patch_embed(x)], dim=1)
+    rope = vit.rope_embed(2, 3)
+    for blk in vit.blocks:
+        tokens = blk(tokens, rope)
+    torch.testing.assert_close(layers[1], vit.norm(tokens)[:, 5:])
+
+
+def test_rope_rotates_pairs_by_position_dependent_angles():
+    vit = from_preset("official-tiny").pretrained
+    sin, cos = vit.rope_embed(2, 3)
+    assert sin.shape == (6, 32)
+    torch.testing.assert_close(sin**2 + cos**2, torch.ones_like(sin))
+    # first patch (row 0, col 0) sits at normalised (-0.5, -2/3); the lowest frequency has period 1
+    assert torch.allclose(sin[0, 0], torch.sin(torch.tensor(2 * torch.pi * -0.5)), atol=1e-6)
+    assert torch.allclose(sin[0, 8], torch.sin(torch.tensor(2 * torch.pi * -2 / 3)), atol=1e-6)
+
+
+def test_paper_model_is_differentiable_end_to_end():
+    model = from_preset("tiny").train()
+    image = torch.rand(1, 3, 32, 32)
+    maps = model.pyramid(image)
+    assert [m.shape[-2:] for m in maps] == [(8, 8), (4, 4), (2, 2)]
+    from infinidepth.ops import implicit_decode
+
+    out = implicit_decode(maps, torch.rand(1, 20, 2) * 2 - 1, model.decoder.weights(), backend="torch")
+    out.sum().backward()
+    assert model.encoder.blocks[0].attn.qkv.weight.grad is not None
+    assert model.decoder.stages[0].gate.grad is not None
+
+
+def test_load_model_preset_and_unknown_name():
+    assert isinstance(infinidepth.load_model("tiny"), infinidepth.ImplicitDepthModel)
+    with pytest.raises(FileNotFoundError, match="no checkpoint file"):
+        infinidepth.load_model("/nonexistent/model.ckpt")
