@@ -68,7 +68,7 @@ def resize_rgb(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
     if rgb.shape[:2] == tuple(size):
         return rgb
-    return np.asarray(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BICUBIC))
+    return np.array(Image.fromarray(rgb).resize((size[1], size[0]), Image.Resampling.BICUBIC))
 
 
 def load_depth_input(path: str, what: str, allowed: dict[str, tuple[int, int]], target: tuple[int, int]) -> np.ndarray:
