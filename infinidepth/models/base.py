@@ -61,9 +61,9 @@ class ImplicitDepthModel(nn.Module):
         self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 
-    # -- to be provided by subclasses -------------------------------------------------------
+    # -- to be provided by subclasses (and a ``config`` dataclass with ``to_dict``) -------------
     def config_dict(self) -> dict:
-        raise NotImplementedError
+        return self.config.to_dict()
 
     def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
         raise NotImplementedError

@@ -83,9 +83,6 @@ class InfiniDepth(ImplicitDepthModel):
         self.depth_implicit_head = _ImplicitHead(cfg.vit.embed_dim + cfg.cnn_dim, cfg.hidden)
         self.layer = cfg.layer if cfg.layer is not None else default_layers(cfg.vit.depth, 1)[0]
 
-    def config_dict(self) -> dict:
-        return self.config.to_dict()
-
     def _prompt(self, image: torch.Tensor, sparse_depth, tokens, h, w):
         if sparse_depth is not None:
             raise ValueError(f"{self.arch} takes no sparse depth; use an InfiniDepth_DepthSensor checkpoint")

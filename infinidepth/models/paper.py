@@ -96,9 +96,6 @@ class InfiniDepthPaper(ImplicitDepthModel):
         self.reassemble = nn.ModuleList(Reassemble(d, c, up) for c, up in zip(cfg.channels, (4, 2, 1)))
         self.decoder = HierarchicalHead(cfg.channels, cfg.head, cfg.ffn_ratio)
 
-    def config_dict(self) -> dict:
-        return self.config.to_dict()
-
     def pyramid(self, image: torch.Tensor) -> list[torch.Tensor]:
         """Feature maps at strides 4, 8, 16 (differentiable: training calls this)."""
         B, _, H, W = image.shape
