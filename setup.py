@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = Path(__file__).parent
-CPU_SOURCES = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/bilinear_gather_cpu.cpp"]
+CPU_SOURCES = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/bilinear_gather_cpu.cpp", "csrc/fused_decode_cpu.cpp", "csrc/cpu_math.cpp"]
 CUDA_SOURCES = ["csrc/ops_cuda.cpp", "csrc/bilinear_gather_cuda.cu"]
 
 
@@ -37,7 +37,7 @@ def want_cuda() -> bool:
 
 
 def extension():
-    cxx = ["-O3", "-fopenmp"]
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
     if want_cuda():
         return CUDAExtension(
             "infinidepth._C",

@@ -3,8 +3,13 @@
 #include <ATen/ATen.h>
 
 #include "bilinear_gather.h"
+#include "cpu_math.h"
+#include "fused_decode.h"
 
 namespace infinidepth {
+
+void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& packed, const float* coords,
+                      float* out, int64_t B, int64_t N);
 
 // Shared checks; Python validates user input first, these guard direct callers of torch.ops.
 void check_gather_args(const at::Tensor& feat, const at::Tensor& coords) {
@@ -18,7 +23,84 @@ void check_gather_args(const at::Tensor& feat, const at::Tensor& coords) {
   TORCH_CHECK(feat.device() == coords.device(), "bilinear_gather: feat and coords on different devices");
 }
 
+// Checks the program's tensors and fills the plain description the kernels read. Tensors that
+// must outlive the call (contiguous copies) are appended to keep_alive.
+FusedProgram make_program(const at::Tensor& coords, const std::vector<at::Tensor>& maps, at::IntArrayRef map_layer,
+                          const std::vector<std::optional<at::Tensor>>& weights, const std::vector<at::Tensor>& biases,
+                          at::IntArrayRef acts, std::vector<at::Tensor>& keep_alive) {
+  TORCH_CHECK(coords.dim() == 3 && coords.size(2) == 2, "fused_decode: coords must be [B, N, 2], got ", coords.sizes());
+  TORCH_CHECK(coords.scalar_type() == at::kFloat, "fused_decode: coords must be float32");
+  const int L = static_cast<int>(biases.size());
+  TORCH_CHECK(L >= 1 && L <= kMaxLayers, "fused_decode: 1 to ", kMaxLayers, " layers supported, got ", L);
+  TORCH_CHECK(static_cast<int>(weights.size()) == L && static_cast<int>(acts.size()) == L,
+              "fused_decode: weights, biases and acts must have one entry per layer");
+  TORCH_CHECK(maps.size() == map_layer.size(), "fused_decode: one map_layer entry per map");
+  TORCH_CHECK(static_cast<int>(maps.size()) <= kMaxMaps, "fused_decode: at most ", kMaxMaps, " maps");
+  FusedProgram p{};
+  p.num_layers = L;
+  p.num_maps = static_cast<int>(maps.size());
+  p.max_width = 0;
+  int64_t prev = 0;
+  for (int l = 0; l < L; ++l) {
+    const at::Tensor b = biases[l].contiguous();
+    keep_alive.push_back(b);
+    TORCH_CHECK(b.dim() == 1 && b.scalar_type() == at::kFloat && b.device() == coords.device(),
+                "fused_decode: bias ", l, " must be a float32 vector on the coords' device");
+    FusedLayer& layer = p.layers[l];
+    layer.bias = b.data_ptr<float>();
+    layer.out = b.size(0);
+    layer.in = prev;
+    layer.act = static_cast<int>(acts[l]);
+    TORCH_CHECK(layer.act >= kNone && layer.act <= kElu, "fused_decode: unknown activation code ", layer.act);
+    if (weights[l].has_value() && weights[l]->defined()) {
+      TORCH_CHECK(l > 0, "fused_decode: layer 0 takes no weight (it starts from the gathered maps)");
+      const at::Tensor w = weights[l]->contiguous();
+      keep_alive.push_back(w);
+      TORCH_CHECK(w.dim() == 2 && w.size(0) == layer.out && w.size(1) == prev && w.scalar_type() == at::kFloat,
+                  "fused_decode: weight ", l, " must be float32 [", layer.out, ", ", prev, "], got ", w.sizes());
+      layer.weight = w.data_ptr<float>();
+    } else {
+      TORCH_CHECK(l == 0, "fused_decode: layer ", l, " needs a weight");
+      layer.weight = nullptr;
+    }
+    p.max_width = std::max(p.max_width, layer.out);
+    prev = layer.out;
+  }
+  TORCH_CHECK(prev == 1, "fused_decode: the last layer must have width 1, got ", prev);
+  for (size_t m = 0; m < maps.size(); ++m) {
+    const at::Tensor& t = maps[m];
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == coords.size(0) && t.scalar_type() == at::kFloat && t.is_contiguous() &&
+                    t.device() == coords.device(),
+                "fused_decode: map ", m, " must be a contiguous float32 channels-last [B, H, W, C] tensor with the "
+                "coords' batch and device, got ", t.sizes());
+    const int l = static_cast<int>(map_layer[m]);
+    TORCH_CHECK(l >= 0 && l < L, "fused_decode: map ", m, " feeds layer ", l, " which does not exist");
+    TORCH_CHECK(t.size(3) == p.layers[l].out, "fused_decode: map ", m, " has ", t.size(3), " channels, layer ", l,
+                " has width ", p.layers[l].out);
+    p.maps[m] = FusedMap{t.data_ptr<float>(), t.size(1), t.size(2), t.size(3), l};
+  }
+  return p;
+}
+
 namespace {
+
+at::Tensor fused_decode_cpu_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+                                 const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
+                                 at::IntArrayRef acts) {
+  std::vector<at::Tensor> keep;
+  std::vector<std::optional<at::Tensor>> w(weights.begin(), weights.end());
+  const at::Tensor q = coords.contiguous();
+  const FusedProgram p = make_program(q, maps.vec(), map_layer, w, biases.vec(), acts, keep);
+  std::vector<at::Tensor> packed(p.num_layers);  // weights in the GEMM's panel layout (cheap: once per call)
+  for (int l = 1; l < p.num_layers; ++l) {
+    const FusedLayer& L = p.layers[l];
+    packed[l] = at::empty({packed_size(L.out, L.in)}, at::kFloat);
+    pack_weight(L.weight, L.out, L.in, packed[l].data_ptr<float>());
+  }
+  at::Tensor out = at::empty({q.size(0), q.size(1)}, q.options());
+  fused_decode_cpu(p, packed, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1));
+  return out;
+}
 
 at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& coords) {
   check_gather_args(feat, coords);
@@ -34,10 +116,12 @@ at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& co
 
 TORCH_LIBRARY(infinidepth, m) {
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
+  m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infinidepth, CPU, m) {
   m.impl("bilinear_gather", &bilinear_gather_cpu_impl);
+  m.impl("fused_decode", &fused_decode_cpu_impl);
 }
 
 }  // namespace infinidepth

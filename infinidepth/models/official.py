@@ -105,7 +105,7 @@ class InfiniDepth(ImplicitDepthModel):
 
     def decode_raw(self, feats, coords, backend, chunk):
         coords = coords.clamp(-1 + COORD_CLAMP, 1 - COORD_CLAMP)
-        return implicit_decode(feats.maps, coords, self.decoder_weights(), backend=backend, chunk=chunk)
+        return implicit_decode(feats.maps, coords, self.decoder_weights(), backend=backend, chunk=chunk, cache=feats.extras)
 
     def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
         return 1.0 / raw.clamp(min=DISPARITY_FLOOR)

@@ -114,7 +114,7 @@ class InfiniDepthPaper(ImplicitDepthModel):
         return Features(maps=maps, image_size=tuple(image.shape[-2:]))
 
     def decode_raw(self, feats, coords, backend, chunk):
-        return implicit_decode(feats.maps, coords, self.decoder.weights(), backend=backend, chunk=chunk)
+        return implicit_decode(feats.maps, coords, self.decoder.weights(), backend=backend, chunk=chunk, cache=feats.extras)
 
     def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw)

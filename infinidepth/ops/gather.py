@@ -109,3 +109,7 @@ if HAS_EXTENSION:
     @torch.library.register_fake("infinidepth::bilinear_gather")
     def _bilinear_gather_fake(feat, coords):
         return feat.new_empty((feat.shape[0], coords.shape[1], feat.shape[1]))
+
+    @torch.library.register_fake("infinidepth::fused_decode")
+    def _fused_decode_fake(coords, maps, map_layer, weights, biases, acts):
+        return coords.new_empty((coords.shape[0], coords.shape[1]))

@@ -9,8 +9,10 @@ Two decoder families share it (DESIGN.md section 1):
   then an MLP head (ReLU between, ELU on the output).
 
 ``backend="torch"`` is plain PyTorch, obviously right, and the oracle for every kernel. The other
-backends (``cpp``, ``cuda``, ``triton``) gather with the compiled kernels of ops/gather.py and run
-the layers with torch; the fused kernels of DESIGN.md section 2 replace this path.
+backends (``cpp``, ``cuda``, ``triton``) fold the decoder into the maps (ops/fold.py) and run the
+folded program in one fused pass over the queries (csrc/fused_decode_*, kernels/fused_decode.py).
+The fold is done once per image: pass a dict as ``cache`` (models pass their ``Features``) and it
+is kept there.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .gather import bilinear_gather, bilinear_gather_reference, check_coords, resolve_backend
+from .gather import bilinear_gather_reference, check_coords, resolve_backend
 
 Linear = tuple[torch.Tensor, torch.Tensor]  # (weight [out, in], bias [out])
 
@@ -83,24 +85,31 @@ def implicit_decode(
     decoder: ConcatDecoder | HierarchicalDecoder,
     backend: str = "auto",
     chunk: int | None = None,
+    cache: dict | None = None,
 ) -> torch.Tensor:
     """Decode the field at ``coords`` ``[B, N, 2]`` (normalised y, x) from feature ``maps``.
 
     Returns ``[B, N]`` in the decoder's output space. ``chunk`` bounds the number of queries in
-    flight (peak memory), without changing the result.
+    flight (peak memory of the reference path), without changing the result.
     """
     _check_maps(maps)
     check_coords(coords, maps[0].shape[0])
     backend = resolve_backend(backend, maps[0].device)
+    if backend != "torch":
+        from .fold import fold_decoder, run_fused
+
+        key = ("folded", backend)
+        folded = cache.get(key) if cache is not None else None
+        if folded is None:
+            folded = fold_decoder([m.float() for m in maps], decoder)
+            if cache is not None:
+                cache[key] = folded
+        return run_fused(folded, coords.float(), backend).to(maps[0].dtype)
     coords = coords.to(maps[0].dtype)
     n = coords.shape[1]
     step = n if not chunk else max(1, int(chunk))
     outs = []
     for start in range(0, max(n, 1), max(step, 1)):
         c = coords[:, start : start + step]
-        if backend == "torch":
-            gathered = [bilinear_gather_reference(m, c) for m in maps]
-        else:
-            gathered = [bilinear_gather(m, c, backend=backend) for m in maps]
-        outs.append(_decode(gathered, decoder))
+        outs.append(_decode([bilinear_gather_reference(m, c) for m in maps], decoder))
     return torch.cat(outs, dim=1) if outs else coords.new_zeros((coords.shape[0], 0))

@@ -1,0 +1,144 @@
+#include "cpu_math.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "fused_decode.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define INFINIDEPTH_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define INFINIDEPTH_CLONES
+#endif
+
+// Helpers must be inlined into each clone to be compiled for its instruction set.
+#define INFINIDEPTH_INLINE inline __attribute__((always_inline))
+
+namespace infinidepth {
+namespace {
+
+typedef float v8 __attribute__((vector_size(32)));  // 8 floats: one AVX2 register, two SSE ones
+
+INFINIDEPTH_INLINE v8 load8(const float* p) {
+  v8 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// R rows x 16 columns of y accumulated in registers over the whole K loop.
+template <int R>
+INFINIDEPTH_INLINE void block16(const float* x, int64_t ldx, const float* b, int64_t ldb, float* y, int64_t ldy, int64_t K) {
+  v8 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = v8{};
+  for (int64_t k = 0; k < K; ++k) {
+    const v8 b0 = load8(b + k * ldb), b1 = load8(b + k * ldb + 8);
+    for (int r = 0; r < R; ++r) {
+      const float xv = x[r * ldx + k];
+      acc[r][0] += xv * b0;
+      acc[r][1] += xv * b1;
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const v8 y0 = load8(y + r * ldy) + acc[r][0], y1 = load8(y + r * ldy + 8) + acc[r][1];
+    std::memcpy(y + r * ldy, &y0, sizeof y0);
+    std::memcpy(y + r * ldy + 8, &y1, sizeof y1);
+  }
+}
+
+INFINIDEPTH_INLINE void edge(const float* x, int64_t ldx, const float* b, int64_t ldb, float* y, int64_t ldy, int64_t rows,
+                 int64_t K, int64_t cols) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t k = 0; k < K; ++k) {
+      const float xv = x[r * ldx + k];
+      for (int64_t j = 0; j < cols; ++j) y[r * ldy + j] += xv * b[k * ldb + j];
+    }
+}
+
+// exp for x <= 0 (all this file needs), branch-free so that loops over it vectorise:
+// 2^n * p(r), n = round(x / ln 2), r = x - n ln 2 split in two parts, p a degree-6 Taylor polynomial.
+INFINIDEPTH_INLINE float exp_nonpositive(float x) {
+  x = x < -87.f ? -87.f : x;
+  const float n = std::floor(x * 1.4426950408889634f + 0.5f);
+  const float r = x - n * 0.693145751953125f - n * 1.4286068203094172e-06f;
+  float p = 1.f / 720.f;
+  p = p * r + 1.f / 120.f;
+  p = p * r + 1.f / 24.f;
+  p = p * r + 1.f / 6.f;
+  p = p * r + 0.5f;
+  p = p * r + 1.f;
+  p = p * r + 1.f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return p * scale;
+}
+
+// erf by Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), odd extension.
+INFINIDEPTH_INLINE float erf_approx(float x) {
+  const float a = std::fabs(x);
+  const float t = 1.f / (1.f + 0.3275911f * a);
+  float poly = 1.061405429f;
+  poly = poly * t - 1.453152027f;
+  poly = poly * t + 1.421413741f;
+  poly = poly * t - 0.284496736f;
+  poly = poly * t + 0.254829592f;
+  const float y = 1.f - poly * t * exp_nonpositive(-a * a);
+  return std::copysign(y, x);
+}
+
+}  // namespace
+
+void pack_weight(const float* w, int64_t N, int64_t K, float* packed) {
+  for (int64_t p = 0; p < (N + 15) / 16; ++p)
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t c = 0; c < 16; ++c) {
+        const int64_t n = p * 16 + c;
+        packed[(p * K + k) * 16 + c] = n < N ? w[n * K + k] : 0.f;
+      }
+}
+
+INFINIDEPTH_CLONES
+void gemm_accumulate(const float* x, int64_t ldx, const float* packed, float* y, int64_t ldy, int64_t T, int64_t K,
+                     int64_t N) {
+  // 6 rows x 16 columns: 12 AVX2 accumulators (the classic Haswell micro-kernel shape).
+  constexpr int R = 6;
+  for (int64_t j = 0; j < N; j += 16) {
+    const float* panel = packed + j * K;  // panel j/16 starts at (j/16) * K * 16 floats
+    const int64_t cols = N - j < 16 ? N - j : 16;
+    int64_t r = 0;
+    if (cols < 16) {
+      edge(x, ldx, panel, 16, y + j, ldy, T, K, cols);
+      continue;
+    }
+    for (; r + R <= T; r += R) block16<R>(x + r * ldx, ldx, panel, 16, y + r * ldy + j, ldy, K);
+    const float* xr = x + r * ldx;
+    float* yr = y + r * ldy + j;
+    switch (T - r) {  // 0..5 rows left: one smaller block
+      case 1: block16<1>(xr, ldx, panel, 16, yr, ldy, K); break;
+      case 2: block16<2>(xr, ldx, panel, 16, yr, ldy, K); break;
+      case 3: block16<3>(xr, ldx, panel, 16, yr, ldy, K); break;
+      case 4: block16<4>(xr, ldx, panel, 16, yr, ldy, K); break;
+      case 5: block16<5>(xr, ldx, panel, 16, yr, ldy, K); break;
+      default: break;
+    }
+  }
+}
+
+INFINIDEPTH_CLONES
+void activate_inplace(float* x, int64_t n, int act) {
+  switch (act) {
+    case kRelu:
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+      break;
+    case kGelu:
+      for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + erf_approx(x[i] * 0.70710678118654752f));
+      break;
+    case kElu:
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : exp_nonpositive(x[i]) - 1.f;
+      break;
+    default:
+      break;
+  }
+}
+
+}  // namespace infinidepth

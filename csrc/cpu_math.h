@@ -1,0 +1,24 @@
+// Vectorisable CPU building blocks of the fused decoder: a register-blocked GEMM for a tile of
+// queries and the activations. Each entry point is compiled for AVX-512, AVX2+FMA and baseline
+// x86-64 and picked at run time (GCC target_clones), so one binary is fast on any x86 machine.
+#pragma once
+#include <cstdint>
+
+namespace infinidepth {
+
+// Floats needed by pack_weight's output.
+inline int64_t packed_size(int64_t N, int64_t K) { return (N + 15) / 16 * K * 16; }
+
+// Packs a weight w [N, K] (row-major, out x in) into panels of 16 output columns, [ceil(N/16)][K][16],
+// zero-padded: the layout gemm_accumulate streams through (contiguous, one cache line per k).
+void pack_weight(const float* w, int64_t N, int64_t K, float* packed);
+
+// y[T, N] += x[T, K] @ w^T with w packed by pack_weight; x and y row-major with leading dims ldx, ldy.
+void gemm_accumulate(const float* x, int64_t ldx, const float* packed, float* y, int64_t ldy, int64_t T, int64_t K,
+                     int64_t N);
+
+// In-place activation of n values (codes of fused_decode.h). GELU is the exact (erf) one, with erf
+// evaluated to ~2e-7 absolute error.
+void activate_inplace(float* x, int64_t n, int act);
+
+}  // namespace infinidepth

@@ -1,0 +1,41 @@
+// The fused implicit decoder: one pass over the queries of a folded decoder program
+// (infinidepth/ops/fold.py). Layer l computes
+//     x_l = act_l( W_l x_{l-1} + b_l + sum over maps m feeding l of bilerp(P_m, query) )
+// with W_0 absent; the last layer has width 1 and its value is the query's output.
+// Maps are channels-last [B, H, W, C_l]; the coordinate convention is bilinear_gather.h's.
+#pragma once
+#include <cstdint>
+
+namespace infinidepth {
+
+enum Activation : int { kNone = 0, kRelu = 1, kGelu = 2, kElu = 3 };
+
+constexpr int kMaxLayers = 8;
+constexpr int kMaxMaps = 8;
+
+struct FusedMap {
+  const float* data;  // [B, H, W, C] channels-last
+  int64_t H, W, C;
+  int layer;  // the layer whose pre-activation it adds to
+};
+
+struct FusedLayer {
+  const float* weight;  // [out, in] row-major, nullptr for layer 0
+  const float* bias;    // [out]
+  int64_t in, out;
+  int act;
+};
+
+struct FusedProgram {
+  FusedMap maps[kMaxMaps];
+  int num_maps;
+  FusedLayer layers[kMaxLayers];
+  int num_layers;
+  int64_t max_width;  // widest layer
+};
+
+// CUDA launcher (fp32 SIMT path); stream is a cudaStream_t passed as void*.
+void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,
+                       void* stream);
+
+}  // namespace infinidepth
