@@ -16,8 +16,9 @@ from test_coords import bilinear_by_hand
 KERNEL_BACKENDS = [b for b in available_backends("cpu") if b != "torch"]
 
 
-def lin(cin, cout):
-    return torch.randn(cout, cin, dtype=torch.float64) / math.sqrt(cin), torch.randn(cout, dtype=torch.float64) * 0.1
+def lin(cin, cout, gain=1.0):
+    w = torch.randn(cout, cin, dtype=torch.float64) * gain / math.sqrt(cin)
+    return w, torch.randn(cout, dtype=torch.float64) * 0.1
 
 
 def random_concat(rng):
@@ -32,7 +33,7 @@ def random_hierarchical(rng):
         gates=[torch.randn(c, dtype=torch.float64) for c in chans[1:]],
         laterals=[lin(a, b) for a, b in zip(chans[:-1], chans[1:])],
         ffns=[(lin(c, 4 * c), lin(4 * c, c)) for c in chans[1:]],
-        head=[lin(chans[-1], 5), lin(5, 4), lin(4, 1)],
+        head=[lin(chans[-1], 5), lin(5, 4), lin(4, 1, gain=4.0)],
     )
 
 
@@ -95,18 +96,21 @@ def test_backends_match_reference_fp32(family, backend):
     rng = random.Random(11)
     for _ in range(4):
         chans, decoder = family(rng)
-        decoder = type(decoder)(**{k: _to32(v) for k, v in vars(decoder).items()})
+        decoder = type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()})
         maps = [m.float() for m in random_maps(rng, chans, batch=rng.randint(1, 3))]
         coords = torch.rand(maps[0].shape[0], rng.randint(1, 200), 2) * 2.6 - 1.3
-        want = implicit_decode(maps, coords, decoder, backend="torch")
+        # oracle: the same fp32 inputs through the reference in float64
+        decoder64 = type(decoder)(**{k: _to(v, torch.float64) for k, v in vars(decoder).items()})
+        want = implicit_decode([m.double() for m in maps], coords.double(), decoder64, backend="torch")
         got = implicit_decode(maps, coords, decoder, backend=backend)
+        assert got.dtype == torch.float32 and got.shape == want.shape
         assert rel_err(got, want) < 1e-5
 
 
-def _to32(v):
+def _to(v, dtype):
     if isinstance(v, torch.Tensor):
-        return v.float()
-    return type(v)(_to32(t) for t in v)
+        return v.to(dtype)
+    return type(v)(_to(t, dtype) for t in v)
 
 
 def test_chunking_does_not_change_the_result():
@@ -125,3 +129,97 @@ def test_mismatched_channels_are_reported():
     maps = [torch.randn(1, 50, 4, 4, dtype=torch.float64)]
     with pytest.raises(ValueError, match="channels"):
         implicit_decode(maps, torch.zeros(1, 3, 2, dtype=torch.float64), decoder, backend="torch")
+
+
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical])
+def test_folding_is_exact_up_to_rounding(family):
+    from infinidepth.ops.fold import fold_decoder, run_folded_reference
+
+    rng = random.Random(21)
+    for _ in range(4):
+        chans, decoder = family(rng)
+        maps = random_maps(rng, chans, batch=2)
+        coords = torch.rand(2, 64, 2, dtype=torch.float64) * 2.6 - 1.3
+        folded = fold_decoder(maps, decoder)
+        np.testing.assert_allclose(
+            run_folded_reference(folded, coords).numpy(), implicit_decode(maps, coords, decoder, backend="torch").numpy(), atol=1e-12
+        )
+
+
+def test_fold_shapes_of_the_released_sizes():
+    """ViT-L sizes fold to the program DESIGN.md describes; per-query work drops accordingly."""
+    from infinidepth.ops.fold import fold_decoder
+
+    with torch.device("meta"):
+        maps = [torch.empty(1, 1024, 48, 64), torch.empty(1, 128, 192, 256)]
+        dims = [1152, 1024, 256, 32, 1]
+        official = fold_decoder(maps, ConcatDecoder([(torch.empty(b, a), torch.empty(b)) for a, b in zip(dims[:-1], dims[1:])]))
+        assert [m.shape[-1] for m in official.layers[0].maps] == [1024, 1024]
+        assert official.macs_per_query() == 1024 * 256 + 256 * 32 + 32  # the 1152x1024 layer is gone
+        chans = [256, 512, 1024]
+        lin_ = lambda a, b: (torch.empty(b, a), torch.empty(b))  # noqa: E731
+        paper = fold_decoder(
+            [torch.empty(1, c, 768 // s, 1024 // s) for c, s in zip(chans, (4, 8, 16))],
+            HierarchicalDecoder(
+                gates=[torch.empty(512), torch.empty(1024)],
+                laterals=[lin_(256, 512), lin_(512, 1024)],
+                ffns=[(lin_(512, 2048), lin_(2048, 512)), (lin_(1024, 4096), lin_(4096, 1024))],
+                head=[lin_(1024, 256), lin_(256, 256), lin_(256, 1)],
+            ),
+        )
+    widths = [l.width for l in paper.layers]
+    assert widths == [2048, 512, 4096, 256, 256, 1]  # FFN_2's output merged into the head's first layer
+    assert paper.macs_per_query() == 2048 * 512 + 512 * 4096 + 4096 * 256 + 256 * 256 + 256
+
+
+def test_fused_op_rejects_malformed_programs():
+    from infinidepth.ops.gather import HAS_EXTENSION
+
+    if not HAS_EXTENSION:
+        pytest.skip("extension not built")
+    op = torch.ops.infinidepth.fused_decode
+    coords = torch.zeros(1, 4, 2)
+    m = torch.zeros(1, 3, 3, 8)
+    with pytest.raises(RuntimeError, match="last layer must have width 1"):
+        op(coords, [m], [0], [None], [torch.zeros(8)], [1])
+    with pytest.raises(RuntimeError, match="has 8 channels, layer 0 has width 5"):
+        op(coords, [m], [0], [None, torch.zeros(1, 5)], [torch.zeros(5), torch.zeros(1)], [1, 3])
+    with pytest.raises(RuntimeError, match=r"weight 1 must be float32 \[1, 8\]"):
+        op(coords, [m], [0], [None, torch.zeros(1, 7)], [torch.zeros(8), torch.zeros(1)], [1, 3])
+    with pytest.raises(RuntimeError, match="unknown activation"):
+        op(coords, [m], [0], [None, torch.zeros(1, 8)], [torch.zeros(8), torch.zeros(1)], [9, 3])
+
+
+def test_fused_op_contract():
+    from infinidepth.ops.fold import ACT_CODES, fold_decoder
+
+    rng = random.Random(2)
+    chans, decoder = random_concat(rng)
+    folded = fold_decoder([m.float() for m in random_maps(rng, chans, batch=1)], type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()}))
+    args = (
+        torch.rand(1, 9, 2) * 2 - 1,
+        [m for l in folded.layers for m in l.maps],
+        [i for i, l in enumerate(folded.layers) for _ in l.maps],
+        [l.weight for l in folded.layers],
+        [l.bias for l in folded.layers],
+        [ACT_CODES[l.act] for l in folded.layers],
+    )
+    torch.library.opcheck(torch.ops.infinidepth.fused_decode.default, args, test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.skipif("triton" not in KERNEL_BACKENDS, reason="triton is not available")
+def test_triton_16bit_path_within_its_tolerance():
+    """fp16 operands here: the Triton interpreter computes bf16 dots wrongly (its numpy has no
+    bf16); the bf16 path is the same code with another cast and is checked on a GPU."""
+    from infinidepth.kernels.fused_decode import fused_decode_triton
+    from infinidepth.ops.fold import fold_decoder
+
+    rng = random.Random(8)
+    for family in (random_concat, random_hierarchical):
+        chans, decoder = family(rng)
+        maps = random_maps(rng, chans, batch=2)
+        coords = torch.rand(2, 50, 2, dtype=torch.float64) * 2 - 1
+        want = implicit_decode(maps, coords, decoder, backend="torch")
+        folded = fold_decoder([m.float() for m in maps], type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()}))
+        got = fused_decode_triton(folded, coords.float(), precision="fp16")
+        assert rel_err(got, want) < 1e-2

@@ -101,11 +101,13 @@ def _fold_hierarchical(maps, decoder: HierarchicalDecoder) -> list[FoldedLayer]:
 
 
 def _merge_linear_chains(layers: list[FoldedLayer]) -> list[FoldedLayer]:
-    """``B(A x)`` -> ``(BA) x`` when A has no activation and no maps, and the product is cheaper."""
+    """``B(A x)`` -> ``(BA) x`` when A has no activation, neither has maps, and the product is cheaper."""
     out = [layers[0]]
     for nxt in layers[1:]:
         prev = out[-1]
-        if prev.act == "none" and not prev.maps and prev.weight is not None and nxt.weight is not None:
+        # Only into a layer without maps: the program keeps its shape (wide layers with gathers stay
+        # separate), which the Triton kernel relies on.
+        if prev.act == "none" and not prev.maps and not nxt.maps and prev.weight is not None and nxt.weight is not None:
             merged_cost = nxt.weight.shape[0] * prev.weight.shape[1]
             if merged_cost < prev.weight.numel() + nxt.weight.numel():
                 out[-1] = FoldedLayer(nxt.weight @ prev.weight, nxt.weight @ prev.bias + nxt.bias, nxt.maps, nxt.act)

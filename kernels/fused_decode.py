@@ -1,0 +1,233 @@
+"""Triton fused decoder: the folded program (infinidepth/ops/fold.py) in one pass over the queries.
+
+The program is read as up to two *streamed pairs* and a *tail*:
+
+* pair = a wide layer A (gathered maps, optionally plus ``W_A x``) whose output is produced
+  ``BLOCK_K`` channels at a time and contracted at once into the narrower layer B by ``tl.dot`` --
+  the wide activations never exist in full, not even in registers;
+* tail = the remaining small layers, zero-padded to one width and run in a loop.
+
+Official decoder: pair (gather 1024 -> 256), tail (32, 1). Paper decoder: pair (gather 2048 -> 512),
+pair (512 + gather -> 4096 -> 256), tail (256, 1). fp32 uses IEEE dot products (no TF32); bf16 and
+fp16 feed the dots 16-bit operands with fp32 accumulation (tensor cores on the GPU).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .bilinear_gather import _tap
+
+ACT_CODES = {"none": 0, "relu": 1, "gelu": 2, "elu": 3}
+
+
+@triton.jit
+def _act(x, code: tl.constexpr):
+    if code == 1:
+        x = tl.maximum(x, 0.0)
+    elif code == 2:
+        x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
+    elif code == 3:
+        x = tl.where(x > 0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0)
+    return x
+
+
+@triton.jit
+def _act_runtime(x, code):
+    x = tl.where(code == 1, tl.maximum(x, 0.0), x)
+    x = tl.where(code == 2, 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476)), x)
+    x = tl.where(code == 3, tl.where(x > 0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0), x)
+    return x
+
+
+@triton.jit
+def _gather_chunk(map_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
+    """Bilinear samples of channels ``chan`` of one channels-last map at the block's queries."""
+    py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
+    px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
+    fy = tl.floor(py)
+    fx = tl.floor(px)
+    wy1 = py - fy
+    wx1 = px - fx
+    y0 = fy.to(tl.int32)
+    x0 = fx.to(tl.int32)
+    acc = _tap(map_ptr, b, y0, x0, (1.0 - wy1) * (1.0 - wx1), H, W, C, chan, q_mask, c_mask)
+    acc += _tap(map_ptr, b, y0, x0 + 1, (1.0 - wy1) * wx1, H, W, C, chan, q_mask, c_mask)
+    acc += _tap(map_ptr, b, y0 + 1, x0, wy1 * (1.0 - wx1), H, W, C, chan, q_mask, c_mask)
+    acc += _tap(map_ptr, b, y0 + 1, x0 + 1, wy1 * wx1, H, W, C, chan, q_mask, c_mask)
+    return acc
+
+
+@triton.jit
+def _dot(a, b, LOW: tl.constexpr):
+    """LOW = 0: fp32 IEEE; 1: bf16 operands; 2: fp16 operands (fp32 accumulation in all)."""
+    if LOW == 1:
+        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    if LOW == 2:
+        return tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
+    return tl.dot(a, b, input_precision="ieee")
+
+
+@triton.jit
+def _stream_pair(
+    x_prev, b, y, x, q_mask,
+    wa_ptr, ba_ptr, ka, n_wide,
+    m1_ptr, m1_h, m1_w, m2_ptr, m2_h, m2_w,
+    wb_ptr, n_narrow,
+    HAS_WA: tl.constexpr, N_MAPS: tl.constexpr, ACT_A: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KA_PAD: tl.constexpr, NB_PAD: tl.constexpr, LOW: tl.constexpr,
+):
+    """acc[BLOCK_Q, NB_PAD] = sum over chunks of act_A(A chunk) @ W_B^T chunk."""
+    acc = tl.zeros((BLOCK_Q, NB_PAD), dtype=tl.float32)
+    nb = tl.arange(0, NB_PAD)
+    ka_idx = tl.arange(0, KA_PAD)
+    for k0 in range(0, n_wide, BLOCK_K):
+        chan = k0 + tl.arange(0, BLOCK_K)
+        c_mask = chan < n_wide
+        h = tl.load(ba_ptr + chan, mask=c_mask, other=0.0)[None, :] + tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
+        if HAS_WA:  # W_A stored transposed: [ka, n_wide]
+            wa = tl.load(wa_ptr + ka_idx[:, None] * n_wide + chan[None, :],
+                         mask=(ka_idx[:, None] < ka) & c_mask[None, :], other=0.0)
+            h += _dot(x_prev, wa, LOW)
+        if N_MAPS >= 1:
+            h += _gather_chunk(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask)
+        if N_MAPS >= 2:
+            h += _gather_chunk(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask)
+        h = _act(h, ACT_A)
+        h = tl.where(c_mask[None, :], h, 0.0)
+        wb = tl.load(wb_ptr + chan[:, None] * n_narrow + nb[None, :],  # W_B^T: [n_wide, n_narrow]
+                     mask=c_mask[:, None] & (nb[None, :] < n_narrow), other=0.0)
+        acc += _dot(h, wb, LOW)
+    return acc
+
+
+@triton.jit
+def _fused_decode_kernel(
+    coords_ptr, out_ptr, N,
+    # pair 1
+    a1_b, a1_n, m11, m11_h, m11_w, m12, m12_h, m12_w, b1_wt, b1_b, b1_n,
+    # pair 2 (A with a weight on pair 1's output)
+    a2_wt, a2_b, a2_n, m21, m21_h, m21_w, b2_wt, b2_b, b2_n,
+    # tail: stacked padded transposed weights [L, TW, TW], biases [L, TW], activation codes [L]
+    tail_w, tail_b, tail_act, n_tail,
+    N_MAPS1: tl.constexpr, ACT_A1: tl.constexpr, ACT_B1: tl.constexpr, NB1_PAD: tl.constexpr,
+    HAS_PAIR2: tl.constexpr, ACT_A2: tl.constexpr, ACT_B2: tl.constexpr, NB2_PAD: tl.constexpr,
+    TW: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, LOW: tl.constexpr,
+):
+    b = tl.program_id(1)
+    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    q_mask = q < N
+    row = (b * N + q).to(tl.int64)
+    y = tl.load(coords_ptr + row * 2, mask=q_mask, other=0.0)
+    x = tl.load(coords_ptr + row * 2 + 1, mask=q_mask, other=0.0)
+
+    nb1 = tl.arange(0, NB1_PAD)
+    acc = _stream_pair(tl.zeros((BLOCK_Q, 16), dtype=tl.float32), b, y, x, q_mask,
+                       a1_b, a1_b, 0, a1_n, m11, m11_h, m11_w, m12, m12_h, m12_w, b1_wt, b1_n,
+                       False, N_MAPS1, ACT_A1, BLOCK_Q, BLOCK_K, 16, NB1_PAD, LOW)
+    h = _act(acc + tl.load(b1_b + nb1, mask=nb1 < b1_n, other=0.0)[None, :], ACT_B1)
+    if HAS_PAIR2:
+        nb2 = tl.arange(0, NB2_PAD)
+        acc2 = _stream_pair(h, b, y, x, q_mask,
+                            a2_wt, a2_b, b1_n, a2_n, m21, m21_h, m21_w, m21, m21_h, m21_w, b2_wt, b2_n,
+                            True, 1, ACT_A2, BLOCK_Q, BLOCK_K, NB1_PAD, NB2_PAD, LOW)
+        h = _act(acc2 + tl.load(b2_b + nb2, mask=nb2 < b2_n, other=0.0)[None, :], ACT_B2)
+        width: tl.constexpr = NB2_PAD
+    else:
+        width: tl.constexpr = NB1_PAD
+    # widen h to the tail width
+    t_idx = tl.arange(0, TW)
+    if width < TW:
+        pad = tl.zeros((BLOCK_Q, TW), dtype=tl.float32)
+        eye = (tl.arange(0, width)[:, None] == t_idx[None, :]).to(tl.float32)
+        h = pad + tl.dot(h, eye, input_precision="ieee")
+    for l in range(n_tail):
+        w = tl.load(tail_w + l * TW * TW + t_idx[:, None] * TW + t_idx[None, :])
+        h = _dot(h, w, LOW) + tl.load(tail_b + l * TW + t_idx)[None, :]
+        h = _act_runtime(h, tl.load(tail_act + l))
+    out = tl.sum(tl.where(t_idx[None, :] == 0, h, 0.0), axis=1)
+    tl.store(out_ptr + row, out, mask=q_mask)
+
+
+def _pad16(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _split(folded):
+    """The program as (pair1, pair2 or None, tail layers), or a clear error."""
+    layers = folded.layers
+    if len(layers) < 2 or layers[0].weight is not None or not 1 <= len(layers[0].maps) <= 2 or layers[1].maps:
+        raise ValueError("the triton decoder expects a first layer of 1-2 gathered maps followed by a dense layer")
+    pair1, rest = (layers[0], layers[1]), layers[2:]
+    pair2 = None
+    if rest and rest[0].maps:
+        if len(rest) < 2 or len(rest[0].maps) != 1 or rest[0].weight is None or rest[1].maps:
+            raise ValueError("the triton decoder supports one gathered map in a second streamed pair")
+        pair2, rest = (rest[0], rest[1]), rest[2:]
+    if any(l.maps for l in rest):
+        raise ValueError("the triton decoder supports at most two layers with gathered maps")
+    return pair1, pair2, rest
+
+
+LOW_CODES = {"fp32": 0, "bf16": 1, "fp16": 2}
+
+
+def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """``coords`` [B, N, 2] float32 -> [B, N] float32. ``precision`` of the dot operands:
+    fp32 (IEEE), bf16 or fp16 (accumulation is fp32 always)."""
+    if precision not in LOW_CODES:
+        raise ValueError(f"precision must be one of {sorted(LOW_CODES)}, got {precision!r}")
+    pair1, pair2, tail = _split(folded)
+    dev = coords.device
+    f32 = dict(device=dev, dtype=torch.float32)
+    B, N = coords.shape[:2]
+    coords = coords.contiguous()
+
+    def wt(layer):  # transposed weight [in, out], contiguous
+        return layer.weight.to(**f32).t().contiguous()
+
+    last = pair2[1] if pair2 else pair1[1]
+    widths = [last.width] + [d for l in tail for d in l.weight.shape]
+    TW = _pad16(max(widths))
+    n_tail = len(tail)
+    tail_w = torch.zeros(max(n_tail, 1), TW, TW, **f32)
+    tail_b = torch.zeros(max(n_tail, 1), TW, **f32)
+    for i, l in enumerate(tail):
+        tail_w[i, : l.weight.shape[1], : l.weight.shape[0]] = l.weight.t()
+        tail_b[i, : l.width] = l.bias
+    tail_act = torch.tensor([ACT_CODES[l.act] for l in tail] or [0], device=dev, dtype=torch.int32)
+    if not tail:  # the pair's output is the answer: it must have width 1
+        if last.width != 1:
+            raise ValueError("the program must end in a layer of width 1")
+
+    a1, b1 = pair1
+    maps1 = [m.contiguous() for m in a1.maps]
+    m11 = maps1[0]
+    m12 = maps1[1] if len(maps1) > 1 else maps1[0]
+    if pair2:
+        a2, b2 = pair2
+        m21 = a2.maps[0].contiguous()
+        p2 = (wt(a2), a2.bias.to(**f32).contiguous(), a2.width, m21, m21.shape[1], m21.shape[2], wt(b2),
+              b2.bias.to(**f32).contiguous(), b2.width)
+    else:
+        dummy = torch.zeros(16, **f32)
+        p2 = (dummy, dummy, 0, m11, 1, 1, dummy, dummy, 0)
+    out = torch.empty(B, N, **f32)
+    if out.numel() == 0:
+        return out
+    block_q = 16
+    grid = (triton.cdiv(N, block_q), B)
+    _fused_decode_kernel[grid](
+        coords, out, N,
+        a1.bias.to(**f32).contiguous(), a1.width, m11, m11.shape[1], m11.shape[2], m12, m12.shape[1], m12.shape[2],
+        wt(b1), b1.bias.to(**f32).contiguous(), b1.width,
+        *p2,
+        tail_w, tail_b, tail_act, n_tail,
+        N_MAPS1=len(maps1), ACT_A1=ACT_CODES[a1.act], ACT_B1=ACT_CODES[b1.act], NB1_PAD=_pad16(b1.width),
+        HAS_PAIR2=pair2 is not None, ACT_A2=ACT_CODES[pair2[0].act] if pair2 else 0,
+        ACT_B2=ACT_CODES[pair2[1].act] if pair2 else 0, NB2_PAD=_pad16(pair2[1].width) if pair2 else 16,
+        TW=TW, BLOCK_Q=block_q, BLOCK_K=32, LOW=LOW_CODES[precision],
+    )
+    return out
