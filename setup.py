@@ -27,7 +27,7 @@ from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, C
 
 ROOT = Path(__file__).parent
 CPU_SOURCES = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/bilinear_gather_cpu.cpp", "csrc/fused_decode_cpu.cpp", "csrc/cpu_math.cpp"]
-CUDA_SOURCES = ["csrc/ops_cuda.cpp", "csrc/bilinear_gather_cuda.cu"]
+CUDA_SOURCES = ["csrc/ops_cuda.cpp", "csrc/bilinear_gather_cuda.cu", "csrc/fused_decode_cuda.cu"]
 
 
 def want_cuda() -> bool:

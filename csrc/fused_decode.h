@@ -20,8 +20,10 @@ struct FusedMap {
 };
 
 struct FusedLayer {
-  const float* weight;  // [out, in] row-major, nullptr for layer 0
-  const float* bias;    // [out]
+  const float* weight;    // [out, in] row-major, nullptr for layer 0
+  const float* weight_t;  // [in, out] row-major (filled for the CUDA kernel)
+  const void* weight_t16; // the same in bf16, for tensor cores (CUDA, bf16 precision only)
+  const float* bias;      // [out]
   int64_t in, out;
   int act;
 };
@@ -34,8 +36,12 @@ struct FusedProgram {
   int64_t max_width;  // widest layer
 };
 
-// CUDA launcher (fp32 SIMT path); stream is a cudaStream_t passed as void*.
+// CUDA launcher; stream is a cudaStream_t passed as void*. With tensor_cores the GEMMs take bf16
+// operands (weight_t16) with fp32 accumulation; otherwise everything is fp32 on CUDA cores.
+// Layers wider than fused_decode_cuda_narrow_limit() are streamed into the next layer, which must
+// exist and be narrower.
 void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,
-                       void* stream);
+                       bool tensor_cores, void* stream);
+int64_t fused_decode_cuda_narrow_limit();
 
 }  // namespace infinidepth

@@ -86,7 +86,8 @@ namespace {
 
 at::Tensor fused_decode_cpu_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
                                  const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
-                                 at::IntArrayRef acts) {
+                                 at::IntArrayRef acts, c10::string_view precision) {
+  TORCH_CHECK(precision == "fp32", "fused_decode: the CPU kernel computes in fp32, got precision '", precision, "'");
   std::vector<at::Tensor> keep;
   std::vector<std::optional<at::Tensor>> w(weights.begin(), weights.end());
   const at::Tensor q = coords.contiguous();
@@ -116,7 +117,7 @@ at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& co
 
 TORCH_LIBRARY(infinidepth, m) {
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
-  m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts) -> Tensor");
+  m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infinidepth, CPU, m) {

@@ -5,10 +5,14 @@
 #include <c10/cuda/CUDAStream.h>
 
 #include "bilinear_gather.h"
+#include "fused_decode.h"
 
 namespace infinidepth {
 
 void check_gather_args(const at::Tensor& feat, const at::Tensor& coords);
+FusedProgram make_program(const at::Tensor& coords, const std::vector<at::Tensor>& maps, at::IntArrayRef map_layer,
+                          const std::vector<std::optional<at::Tensor>>& weights, const std::vector<at::Tensor>& biases,
+                          at::IntArrayRef acts, std::vector<at::Tensor>& keep_alive);
 
 namespace {
 
@@ -25,10 +29,48 @@ at::Tensor bilinear_gather_cuda_impl(const at::Tensor& feat, const at::Tensor& c
   return out;
 }
 
+at::Tensor fused_decode_cuda_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+                                  const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
+                                  at::IntArrayRef acts, c10::string_view precision) {
+  TORCH_CHECK(precision == "fp32" || precision == "bf16", "fused_decode: precision must be fp32 or bf16, got '",
+              precision, "'");
+  const bool tensor_cores = precision == "bf16";
+  const c10::cuda::CUDAGuard guard(coords.device());
+  std::vector<at::Tensor> keep;
+  std::vector<std::optional<at::Tensor>> w(weights.begin(), weights.end());
+  const at::Tensor q = coords.contiguous();
+  FusedProgram p = make_program(q, maps.vec(), map_layer, w, biases.vec(), acts, keep);
+  const int64_t narrow = fused_decode_cuda_narrow_limit();
+  for (int l = 0; l < p.num_layers; ++l) {
+    FusedLayer& L = p.layers[l];
+    if (L.out > narrow) {
+      TORCH_CHECK(l + 1 < p.num_layers && p.layers[l + 1].out <= narrow, "fused_decode (cuda): layer ", l,
+                  " is wider than ", narrow, " and must feed a layer of at most that width");
+    }
+    TORCH_CHECK(!(l > 0 && p.layers[l - 1].out > narrow && L.out > narrow), "fused_decode (cuda): two wide layers in a row");
+    if (L.weight) {
+      const at::Tensor wt = w[l]->t().contiguous();
+      keep.push_back(wt);
+      L.weight_t = wt.data_ptr<float>();
+      if (tensor_cores) {
+        const at::Tensor wt16 = wt.to(at::kBFloat16);
+        keep.push_back(wt16);
+        L.weight_t16 = wt16.data_ptr();
+      }
+    }
+  }
+  at::Tensor out = at::empty({q.size(0), q.size(1)}, q.options());
+  fused_decode_cuda(p, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1), tensor_cores,
+                    c10::cuda::getCurrentCUDAStream().stream());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(infinidepth, CUDA, m) {
   m.impl("bilinear_gather", &bilinear_gather_cuda_impl);
+  m.impl("fused_decode", &fused_decode_cuda_impl);
 }
 
 }  // namespace infinidepth

@@ -223,3 +223,14 @@ def test_triton_16bit_path_within_its_tolerance():
         folded = fold_decoder([m.float() for m in maps], type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()}))
         got = fused_decode_triton(folded, coords.float(), precision="fp16")
         assert rel_err(got, want) < 1e-2
+
+
+def test_reduced_precision_is_refused_where_not_computed():
+    rng = random.Random(4)
+    chans, decoder = random_concat(rng)
+    maps = random_maps(rng, chans, batch=1)
+    for backend in ("torch", *[b for b in KERNEL_BACKENDS if b == "cpp"]):
+        with pytest.raises(ValueError, match="computes in fp32"):
+            implicit_decode(maps, torch.zeros(1, 2, 2, dtype=torch.float64), decoder, backend=backend, precision="bf16")
+    with pytest.raises(ValueError, match="precision must be"):
+        implicit_decode(maps, torch.zeros(1, 2, 2, dtype=torch.float64), decoder, precision="int8")

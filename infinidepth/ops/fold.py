@@ -144,12 +144,12 @@ def run_folded_reference(folded: FoldedDecoder, coords: torch.Tensor) -> torch.T
 ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # the codes of csrc/fused_decode.h
 
 
-def run_fused(folded: FoldedDecoder, coords: torch.Tensor, backend: str) -> torch.Tensor:
+def run_fused(folded: FoldedDecoder, coords: torch.Tensor, backend: str, precision: str = "fp32") -> torch.Tensor:
     """The folded program through a fused kernel (``cpp``, ``cuda`` or ``triton``) -> ``[B, N]``."""
     if backend == "triton":
         from infinidepth.kernels.fused_decode import fused_decode_triton
 
-        return fused_decode_triton(folded, coords)
+        return fused_decode_triton(folded, coords, precision)
     maps, map_layer = [], []
     for index, layer in enumerate(folded.layers):
         for m in layer.maps:
@@ -162,4 +162,5 @@ def run_fused(folded: FoldedDecoder, coords: torch.Tensor, backend: str) -> torc
         [layer.weight for layer in folded.layers],
         [layer.bias for layer in folded.layers],
         [ACT_CODES[layer.act] for layer in folded.layers],
+        precision,
     )

@@ -111,5 +111,5 @@ if HAS_EXTENSION:
         return feat.new_empty((feat.shape[0], coords.shape[1], feat.shape[1]))
 
     @torch.library.register_fake("infinidepth::fused_decode")
-    def _fused_decode_fake(coords, maps, map_layer, weights, biases, acts):
+    def _fused_decode_fake(coords, maps, map_layer, weights, biases, acts, precision="fp32"):
         return coords.new_empty((coords.shape[0], coords.shape[1]))

@@ -86,15 +86,22 @@ def implicit_decode(
     backend: str = "auto",
     chunk: int | None = None,
     cache: dict | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Decode the field at ``coords`` ``[B, N, 2]`` (normalised y, x) from feature ``maps``.
 
     Returns ``[B, N]`` in the decoder's output space. ``chunk`` bounds the number of queries in
-    flight (peak memory of the reference path), without changing the result.
+    flight (peak memory of the reference path), without changing the result. ``precision`` of the
+    fused kernels' matrix products: ``fp32``, or ``bf16`` operands with fp32 accumulation (tensor
+    cores; ``cuda`` and ``triton``).
     """
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     _check_maps(maps)
     check_coords(coords, maps[0].shape[0])
     backend = resolve_backend(backend, maps[0].device)
+    if precision != "fp32" and backend in ("torch", "cpp"):
+        raise ValueError(f"the {backend} backend computes in fp32; precision {precision!r} needs cuda or triton")
     if backend != "torch":
         from .fold import fold_decoder, run_fused
 
@@ -104,7 +111,7 @@ def implicit_decode(
             folded = fold_decoder([m.float() for m in maps], decoder)
             if cache is not None:
                 cache[key] = folded
-        return run_fused(folded, coords.float(), backend).to(maps[0].dtype)
+        return run_fused(folded, coords.float(), backend, precision).to(maps[0].dtype)
     coords = coords.to(maps[0].dtype)
     n = coords.shape[1]
     step = n if not chunk else max(1, int(chunk))

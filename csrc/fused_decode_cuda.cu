@@ -1,0 +1,198 @@
+// CUDA fused decoder: one thread block decodes a tile of kTQ queries through the whole folded
+// program (fused_decode.h), keeping the tile's activations in shared memory; only one float per
+// query is written to global memory.
+//
+// Wide layers (wider than kNarrow) are never stored whole: they are produced kKC channels at a time
+// and contracted at once into the next layer's accumulator ("streamed pairs", as in
+// kernels/fused_decode.py). GEMMs run either on tensor cores (WMMA, bf16 operands, fp32
+// accumulation) or, for the fp32 path and shapes that are not multiples of 16, on CUDA cores.
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <mma.h>
+
+#include "bilinear_gather.h"
+#include "fused_decode.h"
+
+namespace infinidepth {
+namespace {
+
+constexpr int kTQ = 16;       // queries per block (one WMMA row tile)
+constexpr int kNarrow = 512;  // widest layer kept whole in shared memory
+constexpr int kKC = 64;       // channels of a wide layer produced per step
+constexpr int kThreads = 256;
+
+struct Smem {
+  float* x;              // [kTQ, kNarrow] previous layer's output
+  float* y;              // [kTQ, kNarrow] accumulator of the layer being built
+  float* chunk;          // [kTQ, kKC] a slice of a wide layer
+  __nv_bfloat16* x16;    // bf16 copy of x (tensor-core operand)
+  __nv_bfloat16* chunk16;
+};
+
+__device__ __forceinline__ float activate(float v, int act) {
+  switch (act) {
+    case kRelu: return v > 0.f ? v : 0.f;
+    case kGelu: return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
+    case kElu: return v > 0.f ? v : expm1f(v);
+    default: return v;
+  }
+}
+
+// dst[q, c] += bilerp(map, query q) over channels [c0, c0 + count) into a row of width ld.
+__device__ void gather_add(const FusedMap& m, const float* coords, int64_t q0, int64_t N, int64_t total, int64_t c0,
+                           int count, float* dst, int ld) {
+  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) {
+    const int t = i / count, c = i % count;
+    const int64_t q = q0 + t;
+    if (q >= total) continue;
+    const BilinearTaps taps = bilinear_taps(coords[2 * q], coords[2 * q + 1], m.H, m.W);
+    const float* base = m.data + (q / N) * m.H * m.W * m.C + c0 + c;
+    dst[t * ld + c] += taps.weight[0] * __ldg(base + taps.index[0] * m.C) + taps.weight[1] * __ldg(base + taps.index[1] * m.C) +
+                       taps.weight[2] * __ldg(base + taps.index[2] * m.C) + taps.weight[3] * __ldg(base + taps.index[3] * m.C);
+  }
+}
+
+// C[t, n] += sum_k A[t, k] * Bt[k, n] for n in [0, N): A in shared memory (fp32, and bf16 copy when
+// tensor cores are used), Bt = W^T slice in global memory with row stride ldb.
+template <bool kTensorCores>
+__device__ void gemm_acc(const float* A, const __nv_bfloat16* A16, int lda, int K, const float* Bt,
+                         const __nv_bfloat16* Bt16, int64_t ldb, int N, float* C, int ldc) {
+  if constexpr (kTensorCores) {
+    if (K % 16 == 0 && N % 16 == 0 && ldb % 8 == 0 && lda % 8 == 0) {
+      using namespace nvcuda;
+      const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+      for (int n0 = warp * 16; n0 < N; n0 += warps * 16) {
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+        wmma::load_matrix_sync(acc, C + n0, ldc, wmma::mem_row_major);
+        for (int k0 = 0; k0 < K; k0 += 16) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
+          wmma::load_matrix_sync(a, A16 + k0, lda);
+          wmma::load_matrix_sync(b, Bt16 + k0 * ldb + n0, static_cast<unsigned>(ldb));
+          wmma::mma_sync(acc, a, b, acc);
+        }
+        wmma::store_matrix_sync(C + n0, acc, ldc, wmma::mem_row_major);
+      }
+      return;
+    }
+  }
+  for (int i = threadIdx.x; i < kTQ * N; i += blockDim.x) {
+    const int t = i / N, n = i % N;
+    float acc = 0.f;
+    for (int k = 0; k < K; ++k) acc += A[t * lda + k] * __ldg(Bt + k * ldb + n);
+    C[t * ldc + n] += acc;
+  }
+}
+
+__device__ __forceinline__ const __nv_bfloat16* w16(const FusedLayer& L) {
+  return static_cast<const __nv_bfloat16*>(L.weight_t16);
+}
+
+__device__ void to_bf16(const float* src, __nv_bfloat16* dst, int n) {
+  for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __float2bfloat16(src[i]);
+}
+
+__device__ void fill_bias(float* dst, int ld, const float* bias, int64_t offset, int count) {
+  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) dst[(i / count) * ld + i % count] = bias[offset + i % count];
+}
+
+__device__ void activate_rows(float* dst, int ld, int count, int act) {
+  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) {
+    float& v = dst[(i / count) * ld + i % count];
+    v = activate(v, act);
+  }
+}
+
+template <bool kTensorCores>
+__global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
+                                                               float* __restrict__ out, int64_t N, int64_t total) {
+  extern __shared__ __align__(16) unsigned char raw[];
+  Smem s;
+  s.x = reinterpret_cast<float*>(raw);
+  s.y = s.x + kTQ * kNarrow;
+  s.chunk = s.y + kTQ * kNarrow;
+  s.x16 = reinterpret_cast<__nv_bfloat16*>(s.chunk + kTQ * kKC);
+  s.chunk16 = s.x16 + kTQ * kNarrow;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kTQ;
+  int width = 0;  // of the layer held in s.x
+
+  for (int l = 0; l < P.num_layers;) {
+    const FusedLayer& L = P.layers[l];
+    const bool streamed = L.out > kNarrow;
+    if (!streamed) {  // the whole layer in s.y, then it becomes s.x
+      fill_bias(s.y, kNarrow, L.bias, 0, static_cast<int>(L.out));
+      __syncthreads();
+      if (L.weight) {
+        if (kTensorCores) to_bf16(s.x, s.x16, kTQ * kNarrow), __syncthreads();
+        gemm_acc<kTensorCores>(s.x, s.x16, kNarrow, width, L.weight_t, w16(L), L.out, static_cast<int>(L.out), s.y,
+                               kNarrow);
+        __syncthreads();
+      }
+      for (int m = 0; m < P.num_maps; ++m)
+        if (P.maps[m].layer == l) gather_add(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, kNarrow);
+      __syncthreads();
+      activate_rows(s.y, kNarrow, static_cast<int>(L.out), L.act);
+      __syncthreads();
+      float* tmp = s.x; s.x = s.y; s.y = tmp;
+      width = static_cast<int>(L.out);
+      l += 1;
+      continue;
+    }
+    // Streamed pair: layer l (wide) produced kKC channels at a time into layer l + 1's accumulator.
+    const FusedLayer& Nx = P.layers[l + 1];
+    fill_bias(s.y, kNarrow, Nx.bias, 0, static_cast<int>(Nx.out));
+    if (kTensorCores && L.weight) to_bf16(s.x, s.x16, kTQ * kNarrow);
+    __syncthreads();
+    for (int64_t c0 = 0; c0 < L.out; c0 += kKC) {
+      const int count = static_cast<int>(L.out - c0 < kKC ? L.out - c0 : kKC);
+      fill_bias(s.chunk, kKC, L.bias, c0, count);
+      __syncthreads();
+      if (L.weight) {
+        gemm_acc<kTensorCores>(s.x, s.x16, kNarrow, width, L.weight_t + c0, w16(L) ? w16(L) + c0 : nullptr, L.out,
+                               count, s.chunk, kKC);
+        __syncthreads();
+      }
+      for (int m = 0; m < P.num_maps; ++m)
+        if (P.maps[m].layer == l) gather_add(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);
+      __syncthreads();
+      activate_rows(s.chunk, kKC, count, L.act);
+      __syncthreads();
+      if (kTensorCores) to_bf16(s.chunk, s.chunk16, kTQ * kKC), __syncthreads();
+      gemm_acc<kTensorCores>(s.chunk, s.chunk16, kKC, count, Nx.weight_t + c0 * Nx.out,
+                             w16(Nx) ? w16(Nx) + c0 * Nx.out : nullptr, Nx.out, static_cast<int>(Nx.out), s.y, kNarrow);
+      __syncthreads();
+    }
+    for (int m = 0; m < P.num_maps; ++m)
+      if (P.maps[m].layer == l + 1) gather_add(P.maps[m], coords, q0, N, total, 0, static_cast<int>(Nx.out), s.y, kNarrow);
+    __syncthreads();
+    activate_rows(s.y, kNarrow, static_cast<int>(Nx.out), Nx.act);
+    __syncthreads();
+    float* tmp = s.x; s.x = s.y; s.y = tmp;
+    width = static_cast<int>(Nx.out);
+    l += 2;
+  }
+  for (int t = threadIdx.x; t < kTQ; t += blockDim.x)
+    if (q0 + t < total) out[q0 + t] = s.x[t * kNarrow];
+}
+
+}  // namespace
+
+int64_t fused_decode_cuda_narrow_limit() { return kNarrow; }
+
+void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,
+                       bool tensor_cores, void* stream) {
+  const int64_t total = B * N;
+  if (total == 0) return;
+  const size_t smem = sizeof(float) * (2 * kTQ * kNarrow + kTQ * kKC) + sizeof(__nv_bfloat16) * (kTQ * kNarrow + kTQ * kKC);
+  const unsigned blocks = static_cast<unsigned>((total + kTQ - 1) / kTQ);
+  auto s = static_cast<cudaStream_t>(stream);
+  if (tensor_cores) {
+    cudaFuncSetAttribute(fused_decode_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    fused_decode_kernel<true><<<blocks, kThreads, smem, s>>>(program, coords, out, N, total);
+  } else {
+    cudaFuncSetAttribute(fused_decode_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    fused_decode_kernel<false><<<blocks, kThreads, smem, s>>>(program, coords, out, N, total);
+  }
+}
+
+}  // namespace infinidepth
