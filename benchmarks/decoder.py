@@ -9,6 +9,8 @@ Baseline: the decoder run the way the released code runs it, in chunks of 10,000
 matches the released implementation to the bit (see the README's parity section). The fused
 backends fold the decoder into the maps once per image; that cost is reported separately
 (``fold_ms``) and the throughput is the steady state of decoding an image's queries.
+``max_rel_err``: max |error| / std of the output, against the reference in float64 on the first
+4,096 queries, for every row including the baseline.
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def make_problem(decoder: str, device):
             head=[linear(1024, 256, device), linear(256, 256, device), linear(256, 1, device)],
         )
     return [m.to(device) for m in maps], dec
+
+
+def _to_double(v):
+    if isinstance(v, torch.Tensor):
+        return v.double()
+    if isinstance(v, (ConcatDecoder, HierarchicalDecoder)):
+        return type(v)(**{k: _to_double(x) for k, x in vars(v).items()})
+    return type(v)(_to_double(x) for x in v)
 
 
 def query_grid(n: int, device):
@@ -97,25 +107,37 @@ def main(argv=None):
         coords = coords.clamp(-1 + 1e-6, 1 - 1e-6)  # as the released decoder does
 
     with torch.no_grad():
-        want = implicit_decode(maps, coords, dec, backend="torch", chunk=BASELINE_CHUNK)
-        base_t = timeit(lambda: implicit_decode(maps, coords, dec, backend="torch", chunk=BASELINE_CHUNK), device)
-        results = [{"backend": "released-style torch (baseline)", "dtype": "float32", "queries_per_s": args.queries / base_t,
-                    "speedup_vs_baseline": 1.0, "max_rel_err": 0.0, "fold_ms": 0.0}]
+        # Accuracy oracle: the reference in float64 on the first 4096 queries (the fp32 baseline has
+        # rounding error of its own, reported in its row).
+        probe = coords[:, :4096]
+        want = implicit_decode([m.double() for m in maps], probe.double(), _to_double(dec), backend="torch")
+
+        def err(out):
+            return ((out[:, : probe.shape[1]].double() - want).abs().max() / want.std()).item()
+
+        base = lambda: implicit_decode(maps, coords, dec, backend="torch", chunk=BASELINE_CHUNK)  # noqa: E731
+        base_t = timeit(base, device)
+        results = [{"backend": "released-style torch (baseline)", "dtype": "fp32", "queries_per_s": args.queries / base_t,
+                    "speedup_vs_baseline": 1.0, "max_rel_err": err(base()), "fold_ms": 0.0}]
         backends = args.backends.split(",") if args.backends else [b for b in available_backends(device) if b != "torch"]
-        for backend in backends:
+        runs = [(b, "fp32") for b in backends]
+        if device.type == "cuda":  # tensor cores: bf16 operands, fp32 accumulation
+            runs += [(b, "bf16") for b in backends if b in ("cuda", "triton")]
+        for backend, precision in runs:
             t0 = time.perf_counter()
             cache: dict = {}
-            got = implicit_decode(maps, coords[:, :1], dec, backend=backend, cache=cache)  # folds once
+            kw = dict(backend=backend, cache=cache, precision=precision)
+            got = implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once
             sync(device)
             fold_ms = (time.perf_counter() - t0) * 1e3
-            t = timeit(lambda: implicit_decode(maps, coords, dec, backend=backend, cache=cache), device)
-            got = implicit_decode(maps, coords, dec, backend=backend, cache=cache)
+            t = timeit(lambda: implicit_decode(maps, coords, dec, **kw), device)
+            got = implicit_decode(maps, coords, dec, **kw)
             results.append({
                 "backend": backend,
-                "dtype": "float32",
+                "dtype": precision,
                 "queries_per_s": args.queries / t,
                 "speedup_vs_baseline": base_t / t,
-                "max_rel_err": ((got.float() - want).abs().max() / want.std()).item(),
+                "max_rel_err": err(got),
                 "fold_ms": fold_ms,
             })
     report = {"device": device_name(device), "decoder": args.decoder, "queries": args.queries, "results": results}

@@ -36,6 +36,7 @@ def test_cuda_sources_compiled_when_possible():
     if torch.version.cuda is None or shutil.which("nvcc") is None:
         pytest.skip("this torch has no CUDA or nvcc is absent: the CUDA part is not built")
     assert has_cuda_kernels(), "torch has CUDA and nvcc exists, but the CUDA kernels were not compiled in"
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("infinidepth::fused_decode", "CUDA")
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

@@ -234,3 +234,19 @@ def test_reduced_precision_is_refused_where_not_computed():
             implicit_decode(maps, torch.zeros(1, 2, 2, dtype=torch.float64), decoder, backend=backend, precision="bf16")
     with pytest.raises(ValueError, match="precision must be"):
         implicit_decode(maps, torch.zeros(1, 2, 2, dtype=torch.float64), decoder, precision="int8")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_fused_backends_take_non_contiguous_inputs_and_reject_nan(backend):
+    rng = random.Random(13)
+    chans, decoder = random_hierarchical(rng)
+    decoder = type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()})
+    maps = [torch.randn(2, 7, 6, c).permute(0, 3, 2, 1) for c in chans]  # [B, C, H, W] views, channels-last memory
+    coords = (torch.rand(2, 2, 90) * 2.4 - 1.2).transpose(1, 2)  # [B, N, 2] view
+    assert not coords.is_contiguous() and not maps[0].is_contiguous()
+    want = implicit_decode([m.double() for m in maps], coords.double(), type(decoder)(**{k: _to(v, torch.float64) for k, v in vars(decoder).items()}), backend="torch")
+    assert rel_err(implicit_decode(maps, coords, decoder, backend=backend), want) < 1e-5
+    bad = coords.clone()
+    bad[1, 5, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        implicit_decode(maps, bad, decoder, backend=backend)
