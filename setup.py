@@ -37,7 +37,8 @@ def want_cuda() -> bool:
 
 
 def extension():
-    cxx = ["-O3", "-fopenmp", "-Wno-psabi"]
+    # No FP traps or errno: lets GCC vectorise the activations' exp/erf (csrc/cpu_math.cpp).
+    cxx = ["-O3", "-fopenmp", "-Wno-psabi", "-fno-trapping-math", "-fno-math-errno"]
     if want_cuda():
         return CUDAExtension(
             "infinidepth._C",
