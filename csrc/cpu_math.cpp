@@ -125,6 +125,20 @@ void gemm_accumulate(const float* x, int64_t ldx, const float* packed, float* y,
 }
 
 INFINIDEPTH_CLONES
+void bilinear_accumulate(const float* const* taps, const float* weights, float* y, int64_t ldy, int64_t rows,
+                         int64_t C) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict__ p0 = taps[4 * r];
+    const float* __restrict__ p1 = taps[4 * r + 1];
+    const float* __restrict__ p2 = taps[4 * r + 2];
+    const float* __restrict__ p3 = taps[4 * r + 3];
+    const float w0 = weights[4 * r], w1 = weights[4 * r + 1], w2 = weights[4 * r + 2], w3 = weights[4 * r + 3];
+    float* __restrict__ row = y + r * ldy;
+    for (int64_t c = 0; c < C; ++c) row[c] += w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
+  }
+}
+
+INFINIDEPTH_CLONES
 void activate_inplace(float* x, int64_t n, int act) {
   switch (act) {
     case kRelu:

@@ -17,6 +17,10 @@ void pack_weight(const float* w, int64_t N, int64_t K, float* packed);
 void gemm_accumulate(const float* x, int64_t ldx, const float* packed, float* y, int64_t ldy, int64_t T, int64_t K,
                      int64_t N);
 
+// y[r, :C] += sum_i weights[4r + i] * taps[4r + i][:C] for r < rows: the bilinear blend of each
+// row's four taps (pointers to C contiguous floats).
+void bilinear_accumulate(const float* const* taps, const float* weights, float* y, int64_t ldy, int64_t rows, int64_t C);
+
 // In-place activation of n values (codes of fused_decode.h). GELU is the exact (erf) one, with erf
 // evaluated to ~2e-7 absolute error.
 void activate_inplace(float* x, int64_t n, int act);

@@ -19,19 +19,18 @@ constexpr int64_t kTile = 48;  // a multiple of the GEMM's 6-row block
 
 // y[t, :] += bilerp(map, query q0 + t) for the tile's queries.
 void gather_add(const FusedMap& m, const float* coords, int64_t q0, int64_t count, int64_t N, float* y) {
-  const int64_t C = m.C;
+  const float* taps[4 * kTile];
+  float weights[4 * kTile];
   for (int64_t t = 0; t < count; ++t) {
     const int64_t q = q0 + t;
-    const BilinearTaps taps = bilinear_taps(coords[2 * q], coords[2 * q + 1], m.H, m.W);
-    const float* base = m.data + (q / N) * m.H * m.W * C;
-    const float* __restrict__ p0 = base + taps.index[0] * C;
-    const float* __restrict__ p1 = base + taps.index[1] * C;
-    const float* __restrict__ p2 = base + taps.index[2] * C;
-    const float* __restrict__ p3 = base + taps.index[3] * C;
-    const float w0 = taps.weight[0], w1 = taps.weight[1], w2 = taps.weight[2], w3 = taps.weight[3];
-    float* __restrict__ row = y + t * C;
-    for (int64_t c = 0; c < C; ++c) row[c] += w0 * p0[c] + w1 * p1[c] + w2 * p2[c] + w3 * p3[c];
+    const BilinearTaps b = bilinear_taps(coords[2 * q], coords[2 * q + 1], m.H, m.W);
+    const float* base = m.data + (q / N) * m.H * m.W * m.C;
+    for (int i = 0; i < 4; ++i) {
+      taps[4 * t + i] = base + b.index[i] * m.C;
+      weights[4 * t + i] = b.weight[i];
+    }
   }
+  bilinear_accumulate(taps, weights, y, m.C, count, m.C);
 }
 
 }  // namespace

@@ -151,6 +151,16 @@ def _fused_decode_kernel(
     tl.store(out_ptr + row, out, mask=q_mask)
 
 
+# On the GPU the block sizes are autotuned per program shape; the interpreter (CPU) uses one config.
+_fused_decode_kernel_tuned = triton.autotune(
+    configs=[
+        triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=st)
+        for bq, bk, w, st in [(16, 32, 4, 2), (32, 32, 4, 2), (32, 64, 8, 3), (64, 32, 8, 3), (64, 64, 8, 2), (128, 32, 8, 2)]
+    ],
+    key=["N", "a1_n", "b1_n", "a2_n", "b2_n", "n_tail", "NB1_PAD", "NB2_PAD", "TW", "LOW"],
+)(_fused_decode_kernel)
+
+
 def _pad16(n: int) -> int:
     return max(16, triton.next_power_of_2(n))
 
@@ -217,9 +227,14 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32") -
     out = torch.empty(B, N, **f32)
     if out.numel() == 0:
         return out
-    block_q = 16
-    grid = (triton.cdiv(N, block_q), B)
-    _fused_decode_kernel[grid](
+    tuned = coords.is_cuda
+    kernel = _fused_decode_kernel_tuned if tuned else _fused_decode_kernel
+    blocks = {} if tuned else {"BLOCK_Q": 16, "BLOCK_K": 32}
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_Q"]), B)
+
+    kernel[grid](
         coords, out, N,
         a1.bias.to(**f32).contiguous(), a1.width, m11, m11.shape[1], m11.shape[2], m12, m12.shape[1], m12.shape[2],
         wt(b1), b1.bias.to(**f32).contiguous(), b1.width,
@@ -228,6 +243,6 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32") -
         N_MAPS1=len(maps1), ACT_A1=ACT_CODES[a1.act], ACT_B1=ACT_CODES[b1.act], NB1_PAD=_pad16(b1.width),
         HAS_PAIR2=pair2 is not None, ACT_A2=ACT_CODES[pair2[0].act] if pair2 else 0,
         ACT_B2=ACT_CODES[pair2[1].act] if pair2 else 0, NB2_PAD=_pad16(pair2[1].width) if pair2 else 16,
-        TW=TW, BLOCK_Q=block_q, BLOCK_K=32, LOW=LOW_CODES[precision],
+        TW=TW, LOW=LOW_CODES[precision], **blocks,
     )
     return out
