@@ -18,10 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import platform
 import time
 
 import torch
+
+from common import device_name, sync, timeit
 
 from infinidepth.ops import ConcatDecoder, HierarchicalDecoder, available_backends, grid_coords, implicit_decode
 
@@ -70,26 +71,7 @@ def query_grid(n: int, device):
     return grid_coords(h, w, device=device)[:, :n].contiguous()
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
-
-def timeit(fn, device, min_time=2.0, max_iters=20):
-    fn()
-    sync(device)
-    iters, start = 0, time.perf_counter()
-    while iters < max_iters and (iters < 2 or time.perf_counter() - start < min_time):
-        fn()
-        iters += 1
-    sync(device)
-    return (time.perf_counter() - start) / iters
-
-
-def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def main(argv=None):

@@ -10,29 +10,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import time
 
 import torch
+
+from common import device_name, timeit
 
 from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference
 
 
-def timeit(fn, device, min_time=1.0, max_iters=50):
-    fn()  # warm-up (and Triton compilation)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    iters, start = 0, time.perf_counter()
-    while iters < max_iters and (iters < 3 or time.perf_counter() - start < min_time):
-        fn()
-        iters += 1
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - start) / iters
-
-
-def device_name(device):
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def main(argv=None):

@@ -16,15 +16,8 @@ def _tap(feat_ptr, b, yy, xx, w, H, W, C, chan, q_mask, c_mask):
 
 
 @triton.jit
-def _bilinear_gather_kernel(feat_ptr, coords_ptr, out_ptr, N, H, W, C, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):
-    b = tl.program_id(2)
-    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
-    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
-    q_mask = q < N
-    c_mask = chan < C
-    row = (b * N + q).to(tl.int64)
-    y = tl.load(coords_ptr + row * 2, mask=q_mask, other=0.0)
-    x = tl.load(coords_ptr + row * 2 + 1, mask=q_mask, other=0.0)
+def bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
+    """Bilinear samples [BLOCK_Q, BLOCK_C] of channels ``chan`` of a channels-last map at queries (y, x)."""
     # Far-away queries clamp to one pixel outside the map: same result, defined integer conversion.
     py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
     px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
@@ -38,6 +31,20 @@ def _bilinear_gather_kernel(feat_ptr, coords_ptr, out_ptr, N, H, W, C, BLOCK_Q: 
     acc += _tap(feat_ptr, b, y0, x0 + 1, (1.0 - wy1) * wx1, H, W, C, chan, q_mask, c_mask)
     acc += _tap(feat_ptr, b, y0 + 1, x0, wy1 * (1.0 - wx1), H, W, C, chan, q_mask, c_mask)
     acc += _tap(feat_ptr, b, y0 + 1, x0 + 1, wy1 * wx1, H, W, C, chan, q_mask, c_mask)
+    return acc
+
+
+@triton.jit
+def _bilinear_gather_kernel(feat_ptr, coords_ptr, out_ptr, N, H, W, C, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):
+    b = tl.program_id(2)
+    q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
+    chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
+    q_mask = q < N
+    c_mask = chan < C
+    row = (b * N + q).to(tl.int64)
+    y = tl.load(coords_ptr + row * 2, mask=q_mask, other=0.0)
+    x = tl.load(coords_ptr + row * 2 + 1, mask=q_mask, other=0.0)
+    acc = bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask)
     tl.store(out_ptr + row[:, None] * C + chan[None, :], acc, mask=q_mask[:, None] & c_mask[None, :])
 
 

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .bilinear_gather import _tap
+from .bilinear_gather import bilerp_block
 
 ACT_CODES = {"none": 0, "relu": 1, "gelu": 2, "elu": 3}
 
@@ -40,24 +40,6 @@ def _act_runtime(x, code):
     x = tl.where(code == 2, 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476)), x)
     x = tl.where(code == 3, tl.where(x > 0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0), x)
     return x
-
-
-@triton.jit
-def _gather_chunk(map_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
-    """Bilinear samples of channels ``chan`` of one channels-last map at the block's queries."""
-    py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
-    px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
-    fy = tl.floor(py)
-    fx = tl.floor(px)
-    wy1 = py - fy
-    wx1 = px - fx
-    y0 = fy.to(tl.int32)
-    x0 = fx.to(tl.int32)
-    acc = _tap(map_ptr, b, y0, x0, (1.0 - wy1) * (1.0 - wx1), H, W, C, chan, q_mask, c_mask)
-    acc += _tap(map_ptr, b, y0, x0 + 1, (1.0 - wy1) * wx1, H, W, C, chan, q_mask, c_mask)
-    acc += _tap(map_ptr, b, y0 + 1, x0, wy1 * (1.0 - wx1), H, W, C, chan, q_mask, c_mask)
-    acc += _tap(map_ptr, b, y0 + 1, x0 + 1, wy1 * wx1, H, W, C, chan, q_mask, c_mask)
-    return acc
 
 
 @triton.jit
@@ -92,9 +74,9 @@ def _stream_pair(
                          mask=(ka_idx[:, None] < ka) & c_mask[None, :], other=0.0)
             h += _dot(x_prev, wa, LOW)
         if N_MAPS >= 1:
-            h += _gather_chunk(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask)
+            h += bilerp_block(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask)
         if N_MAPS >= 2:
-            h += _gather_chunk(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask)
+            h += bilerp_block(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask)
         h = _act(h, ACT_A)
         h = tl.where(c_mask[None, :], h, 0.0)
         wb = tl.load(wb_ptr + chan[:, None] * n_narrow + nb[None, :],  # W_B^T: [n_wide, n_narrow]
