@@ -1,0 +1,75 @@
+"""GPU backends (cuda, triton) against the float64 reference: skipped without a GPU.
+
+On a machine with one: ``pytest tests/test_gpu.py`` (and under ``compute-sanitizer``).
+"""
+
+import random
+
+import pytest
+import torch
+
+from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference, implicit_decode
+
+from conftest import rel_err
+from test_implicit_decode import _to, random_concat, random_hierarchical, random_maps
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
+
+GPU_BACKENDS = [b for b in available_backends("cuda") if b != "torch"] if torch.cuda.is_available() else []
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gather_on_gpu(backend):
+    rng = random.Random(1)
+    for _ in range(8):
+        B, C, H, W, N = rng.randint(1, 3), rng.randint(1, 70), rng.randint(1, 33), rng.randint(1, 33), rng.randint(0, 999)
+        feat = torch.randn(B, C, H, W, device="cuda")
+        coords = torch.rand(B, N, 2, device="cuda") * 2.8 - 1.4
+        want = bilinear_gather_reference(feat.double(), coords.double())
+        got = bilinear_gather(feat, coords, backend=backend)
+        if want.numel():
+            assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 1e-2)])
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_fused_decoder_on_gpu(backend, family, precision, tol):
+    rng = random.Random(5)
+    for _ in range(6):
+        chans, decoder = family(rng)
+        maps64 = random_maps(rng, chans, batch=rng.randint(1, 3))
+        coords = torch.rand(maps64[0].shape[0], rng.randint(1, 3000), 2, dtype=torch.float64) * 2.6 - 1.3
+        want = implicit_decode(maps64, coords, decoder, backend="torch")
+        dec32 = type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()})
+        dec32 = type(dec32)(**{k: _to_device(v) for k, v in vars(dec32).items()})
+        got = implicit_decode([m.float().cuda() for m in maps64], coords.float().cuda(), dec32, backend=backend, precision=precision)
+        assert rel_err(got.cpu(), want) < tol
+
+
+@pytest.mark.parametrize("precision,tol", [("fp32", 1e-5), ("bf16", 1e-2)])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_fused_decoder_released_sizes_on_gpu(backend, precision, tol):
+    """The ViT-L shapes (wide layers streamed, tensor-core tiles): a few thousand queries."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from decoder import make_problem, query_grid
+
+    for name in ("official", "paper"):
+        maps, dec = make_problem(name, torch.device("cuda"))
+        coords = query_grid(4096, "cuda")
+        want = implicit_decode([m.double() for m in maps], coords.double(), _to_double(dec), backend="torch")
+        got = implicit_decode(maps, coords, dec, backend=backend, precision=precision)
+        assert rel_err(got, want) < tol, name
+
+
+def _to_device(v):
+    if isinstance(v, torch.Tensor):
+        return v.cuda()
+    return type(v)(_to_device(t) for t in v)
+
+
+def _to_double(dec):
+    return type(dec)(**{k: _to(v, torch.float64) for k, v in vars(dec).items()})
