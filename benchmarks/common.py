@@ -29,3 +29,15 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def write_report(path: str | None, report: dict) -> None:
+    """The report as JSON at ``path`` (atomically; nothing when path is None)."""
+    if not path:
+        return
+    import json
+
+    from infinidepth.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(report, indent=2) + "\n")

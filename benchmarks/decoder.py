@@ -16,13 +16,12 @@ backends fold the decoder into the maps once per image; that cost is reported se
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 
 import torch
 
-from common import device_name, sync, timeit
+from common import device_name, sync, timeit, write_report
 
 from infinidepth.ops import ConcatDecoder, HierarchicalDecoder, available_backends, grid_coords, implicit_decode
 
@@ -128,9 +127,7 @@ def main(argv=None):
     for r in results:
         print(f"{r['backend']:34s} {r['dtype']:8s} {r['queries_per_s']:12.4g} {r['speedup_vs_baseline']:7.2f}x "
               f"{r['max_rel_err']:12.2e} {r['fold_ms']:8.1f}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_report(args.json, report)
     return report
 
 

@@ -9,11 +9,10 @@ Defaults are the official decoder's ViT-L token map for a 768x1024 input (1024 c
 from __future__ import annotations
 
 import argparse
-import json
 
 import torch
 
-from common import device_name, timeit
+from common import device_name, timeit, write_report
 
 from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference
 
@@ -52,9 +51,7 @@ def main(argv=None):
     print(f"{'backend':8s} {'queries/s':>14s} {'vs grid_sample':>15s} {'max rel err':>12s}   [{report['device']}]")
     for r in results:
         print(f"{r['backend']:8s} {r['queries_per_s']:14.4g} {r['speedup_vs_baseline']:14.2f}x {r['max_rel_err']:12.2e}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+    write_report(args.json, report)
     return report
 
 
