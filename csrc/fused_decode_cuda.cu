@@ -103,6 +103,20 @@ __device__ void activate_rows(float* dst, int ld, int count, int act) {
   }
 }
 
+// Layer l's accumulator in s.y gets its maps' samples and its activation, then becomes s.x.
+__device__ void finish_layer(const FusedProgram& P, int l, const float* coords, int64_t q0, int64_t N, int64_t total,
+                             Smem& s) {
+  const FusedLayer& L = P.layers[l];
+  for (int m = 0; m < P.num_maps; ++m)
+    if (P.maps[m].layer == l) gather_add(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, kNarrow);
+  __syncthreads();
+  activate_rows(s.y, kNarrow, static_cast<int>(L.out), L.act);
+  __syncthreads();
+  float* tmp = s.x;
+  s.x = s.y;
+  s.y = tmp;
+}
+
 template <bool kTensorCores>
 __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
                                                                float* __restrict__ out, int64_t N, int64_t total) {
@@ -128,12 +142,7 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
                                kNarrow);
         __syncthreads();
       }
-      for (int m = 0; m < P.num_maps; ++m)
-        if (P.maps[m].layer == l) gather_add(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, kNarrow);
-      __syncthreads();
-      activate_rows(s.y, kNarrow, static_cast<int>(L.out), L.act);
-      __syncthreads();
-      float* tmp = s.x; s.x = s.y; s.y = tmp;
+      finish_layer(P, l, coords, q0, N, total, s);
       width = static_cast<int>(L.out);
       l += 1;
       continue;
@@ -162,12 +171,7 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
                              w16(Nx) ? w16(Nx) + c0 * Nx.out : nullptr, Nx.out, static_cast<int>(Nx.out), s.y, kNarrow);
       __syncthreads();
     }
-    for (int m = 0; m < P.num_maps; ++m)
-      if (P.maps[m].layer == l + 1) gather_add(P.maps[m], coords, q0, N, total, 0, static_cast<int>(Nx.out), s.y, kNarrow);
-    __syncthreads();
-    activate_rows(s.y, kNarrow, static_cast<int>(Nx.out), Nx.act);
-    __syncthreads();
-    float* tmp = s.x; s.x = s.y; s.y = tmp;
+    finish_layer(P, l + 1, coords, q0, N, total, s);
     width = static_cast<int>(Nx.out);
     l += 2;
   }

@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .bilinear_gather import bilerp_block
+from infinidepth.ops.fold import ACT_CODES
 
-ACT_CODES = {"none": 0, "relu": 1, "gelu": 2, "elu": 3}
+from .bilinear_gather import bilerp_block
 
 
 @triton.jit
@@ -190,9 +190,8 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32") -
         tail_w[i, : l.weight.shape[1], : l.weight.shape[0]] = l.weight.t()
         tail_b[i, : l.width] = l.bias
     tail_act = torch.tensor([ACT_CODES[l.act] for l in tail] or [0], device=dev, dtype=torch.int32)
-    if not tail:  # the pair's output is the answer: it must have width 1
-        if last.width != 1:
-            raise ValueError("the program must end in a layer of width 1")
+    if not tail and last.width != 1:  # the pair's output is the answer
+        raise ValueError("the program must end in a layer of width 1")
 
     a1, b1 = pair1
     maps1 = [m.contiguous() for m in a1.maps]

@@ -11,7 +11,7 @@ import torch
 from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference, implicit_decode
 
 from conftest import rel_err
-from test_implicit_decode import _to, random_concat, random_hierarchical, random_maps
+from test_implicit_decode import cast, random_concat, random_hierarchical, random_maps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
 
@@ -41,8 +41,7 @@ def test_fused_decoder_on_gpu(backend, family, precision, tol):
         maps64 = random_maps(rng, chans, batch=rng.randint(1, 3))
         coords = torch.rand(maps64[0].shape[0], rng.randint(1, 3000), 2, dtype=torch.float64) * 2.6 - 1.3
         want = implicit_decode(maps64, coords, decoder, backend="torch")
-        dec32 = type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()})
-        dec32 = type(dec32)(**{k: _to_device(v) for k, v in vars(dec32).items()})
+        dec32 = type(decoder)(**{k: _to_device(v) for k, v in vars(cast(decoder, torch.float32)).items()})
         got = implicit_decode([m.float().cuda() for m in maps64], coords.float().cuda(), dec32, backend=backend, precision=precision)
         assert rel_err(got.cpu(), want) < tol
 
@@ -60,7 +59,7 @@ def test_fused_decoder_released_sizes_on_gpu(backend, precision, tol):
     for name in ("official", "paper"):
         maps, dec = make_problem(name, torch.device("cuda"))
         coords = query_grid(4096, "cuda")
-        want = implicit_decode([m.double() for m in maps], coords.double(), _to_double(dec), backend="torch")
+        want = implicit_decode([m.double() for m in maps], coords.double(), cast(dec, torch.float64), backend="torch")
         got = implicit_decode(maps, coords, dec, backend=backend, precision=precision)
         assert rel_err(got, want) < tol, name
 
@@ -69,7 +68,3 @@ def _to_device(v):
     if isinstance(v, torch.Tensor):
         return v.cuda()
     return type(v)(_to_device(t) for t in v)
-
-
-def _to_double(dec):
-    return type(dec)(**{k: _to(v, torch.float64) for k, v in vars(dec).items()})

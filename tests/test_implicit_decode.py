@@ -96,11 +96,11 @@ def test_backends_match_reference_fp32(family, backend):
     rng = random.Random(11)
     for _ in range(4):
         chans, decoder = family(rng)
-        decoder = type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()})
+        decoder = cast(decoder, torch.float32)
         maps = [m.float() for m in random_maps(rng, chans, batch=rng.randint(1, 3))]
         coords = torch.rand(maps[0].shape[0], rng.randint(1, 200), 2) * 2.6 - 1.3
         # oracle: the same fp32 inputs through the reference in float64
-        decoder64 = type(decoder)(**{k: _to(v, torch.float64) for k, v in vars(decoder).items()})
+        decoder64 = cast(decoder, torch.float64)
         want = implicit_decode([m.double() for m in maps], coords.double(), decoder64, backend="torch")
         got = implicit_decode(maps, coords, decoder, backend=backend)
         assert got.dtype == torch.float32 and got.shape == want.shape
@@ -111,6 +111,11 @@ def _to(v, dtype):
     if isinstance(v, torch.Tensor):
         return v.to(dtype)
     return type(v)(_to(t, dtype) for t in v)
+
+
+def cast(decoder, dtype):
+    """The same decoder with every tensor in ``dtype``."""
+    return type(decoder)(**{k: _to(v, dtype) for k, v in vars(decoder).items()})
 
 
 def test_chunking_does_not_change_the_result():
@@ -195,7 +200,7 @@ def test_fused_op_contract():
 
     rng = random.Random(2)
     chans, decoder = random_concat(rng)
-    folded = fold_decoder([m.float() for m in random_maps(rng, chans, batch=1)], type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()}))
+    folded = fold_decoder([m.float() for m in random_maps(rng, chans, batch=1)], cast(decoder, torch.float32))
     args = (
         torch.rand(1, 9, 2) * 2 - 1,
         [m for l in folded.layers for m in l.maps],
@@ -220,7 +225,7 @@ def test_triton_16bit_path_within_its_tolerance():
         maps = random_maps(rng, chans, batch=2)
         coords = torch.rand(2, 50, 2, dtype=torch.float64) * 2 - 1
         want = implicit_decode(maps, coords, decoder, backend="torch")
-        folded = fold_decoder([m.float() for m in maps], type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()}))
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
         got = fused_decode_triton(folded, coords.float(), precision="fp16")
         assert rel_err(got, want) < 1e-2
 
@@ -240,11 +245,11 @@ def test_reduced_precision_is_refused_where_not_computed():
 def test_fused_backends_take_non_contiguous_inputs_and_reject_nan(backend):
     rng = random.Random(13)
     chans, decoder = random_hierarchical(rng)
-    decoder = type(decoder)(**{k: _to(v, torch.float32) for k, v in vars(decoder).items()})
+    decoder = cast(decoder, torch.float32)
     maps = [torch.randn(2, 7, 6, c).permute(0, 3, 2, 1) for c in chans]  # [B, C, H, W] views, channels-last memory
     coords = (torch.rand(2, 2, 90) * 2.4 - 1.2).transpose(1, 2)  # [B, N, 2] view
     assert not coords.is_contiguous() and not maps[0].is_contiguous()
-    want = implicit_decode([m.double() for m in maps], coords.double(), type(decoder)(**{k: _to(v, torch.float64) for k, v in vars(decoder).items()}), backend="torch")
+    want = implicit_decode([m.double() for m in maps], coords.double(), cast(decoder, torch.float64), backend="torch")
     assert rel_err(implicit_decode(maps, coords, decoder, backend=backend), want) < 1e-5
     bad = coords.clone()
     bad[1, 5, 0] = float("nan")

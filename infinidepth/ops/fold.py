@@ -63,7 +63,7 @@ def fold_decoder(maps: list[torch.Tensor], decoder: ConcatDecoder | Hierarchical
         return FoldedDecoder(_merge_linear_chains(layers))
 
 
-def _mlp_layers(linears, first_act_index: int = 0) -> list[FoldedLayer]:
+def _mlp_layers(linears) -> list[FoldedLayer]:
     n = len(linears)
     return [
         FoldedLayer(w.detach(), b.detach(), act="relu" if i < n - 1 else "elu")
