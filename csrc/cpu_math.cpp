@@ -86,6 +86,13 @@ INFINIDEPTH_INLINE float erf_approx(float x) {
   return std::copysign(y, x);
 }
 
+INFINIDEPTH_INLINE float gelu(float x) { return 0.5f * x * (1.f + erf_approx(x * 0.70710678118654752f)); }
+
+// d/dx of x * Phi(x) = Phi(x) + x * phi(x).
+INFINIDEPTH_INLINE float gelu_derivative(float x) {
+  return 0.5f * (1.f + erf_approx(x * 0.70710678118654752f)) + x * 0.3989422804014327f * exp_nonpositive(-0.5f * x * x);
+}
+
 }  // namespace
 
 void pack_weight(const float* w, int64_t N, int64_t K, float* packed) {
@@ -145,13 +152,41 @@ void activate_inplace(float* x, int64_t n, int act) {
       for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
       break;
     case kGelu:
-      for (int64_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.f + erf_approx(x[i] * 0.70710678118654752f));
+      for (int64_t i = 0; i < n; ++i) x[i] = gelu(x[i]);
       break;
     case kElu:
       for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : exp_nonpositive(x[i]) - 1.f;
       break;
     default:
       break;
+  }
+}
+
+INFINIDEPTH_CLONES
+void activate_with_tangents(float* x, int64_t rows, int64_t width, int act) {
+  if (act == kNone) return;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* __restrict__ v = x + r * width;
+    float* __restrict__ ty = x + (rows + r) * width;
+    float* __restrict__ tx = x + (2 * rows + r) * width;
+    for (int64_t c = 0; c < width; ++c) {
+      const float pre = v[c];
+      float d, out;
+      if (act == kRelu) {
+        d = pre > 0.f ? 1.f : 0.f;
+        out = pre > 0.f ? pre : 0.f;
+      } else if (act == kGelu) {
+        d = gelu_derivative(pre);
+        out = gelu(pre);
+      } else {  // kElu: exp(min(pre, 0)) is the derivative for pre <= 0 and 1 above, the value minus 1
+        const float e = exp_nonpositive(pre < 0.f ? pre : 0.f);
+        d = pre > 0.f ? 1.f : e;
+        out = pre > 0.f ? pre : e - 1.f;
+      }
+      ty[c] *= d;
+      tx[c] *= d;
+      v[c] = out;
+    }
   }
 }
 

@@ -25,4 +25,9 @@ void bilinear_accumulate(const float* const* taps, const float* weights, float* 
 // evaluated to ~2e-7 absolute error.
 void activate_inplace(float* x, int64_t n, int act);
 
+// Forward-mode step of an activation over a tile stored as `rows` value rows followed by two blocks
+// of `rows` tangent rows (d/dy, d/dx), each row `width` floats: the tangents are multiplied by
+// act'(value), then the values are activated.
+void activate_with_tangents(float* x, int64_t rows, int64_t width, int act);
+
 }  // namespace infinidepth

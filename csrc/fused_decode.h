@@ -37,11 +37,12 @@ struct FusedProgram {
 };
 
 // CUDA launcher; stream is a cudaStream_t passed as void*. With tensor_cores the GEMMs take bf16
-// operands (weight_t16) with fp32 accumulation; otherwise everything is fp32 on CUDA cores.
+// operands (weight_t16) with fp32 accumulation; otherwise everything is fp32 on CUDA cores. With
+// with_grad, out is [B, N, 3]: the value and its derivatives d/dy, d/dx (forward mode).
 // Layers wider than fused_decode_cuda_narrow_limit() are streamed into the next layer, which must
 // exist and be narrower.
 void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,
-                       bool tensor_cores, void* stream);
+                       bool tensor_cores, bool with_grad, void* stream);
 int64_t fused_decode_cuda_narrow_limit();
 
 }  // namespace infinidepth

@@ -6,6 +6,10 @@
 // and contracted at once into the next layer's accumulator ("streamed pairs", as in
 // kernels/fused_decode.py). GEMMs run either on tensor cores (WMMA, bf16 operands, fp32
 // accumulation) or, for the fp32 path and shapes that are not multiples of 16, on CUDA cores.
+//
+// With kGrad the block's 16 rows hold 5 queries' values, then their d/dy tangents, then their d/dx
+// tangents (row 15 stays zero): the weights act on all rows alike, the gathers give tangent rows the
+// differentiated bilinear weights, and the activation scales tangents by act'(value) (forward mode).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
@@ -16,7 +20,7 @@
 namespace infinidepth {
 namespace {
 
-constexpr int kTQ = 16;       // queries per block (one WMMA row tile)
+constexpr int kTQ = 16;       // rows per block (one WMMA row tile)
 constexpr int kNarrow = 512;  // widest layer kept whole in shared memory
 constexpr int kKC = 64;       // channels of a wide layer produced per step
 constexpr int kThreads = 256;
@@ -29,6 +33,19 @@ struct Smem {
   __nv_bfloat16* chunk16;
 };
 
+// Queries per block: one per row, or with tangents one per three rows.
+template <bool kGrad>
+constexpr int kQueries = kGrad ? kTQ / 3 : kTQ;
+
+__device__ __forceinline__ float activate_derivative(float v, int act) {
+  switch (act) {
+    case kRelu: return v > 0.f ? 1.f : 0.f;
+    case kGelu: return 0.5f * (1.f + erff(v * 0.70710678118654752f)) + v * 0.3989422804014327f * expf(-0.5f * v * v);
+    case kElu: return v > 0.f ? 1.f : expf(v);
+    default: return 1.f;
+  }
+}
+
 __device__ __forceinline__ float activate(float v, int act) {
   switch (act) {
     case kRelu: return v > 0.f ? v : 0.f;
@@ -38,17 +55,22 @@ __device__ __forceinline__ float activate(float v, int act) {
   }
 }
 
-// dst[q, c] += bilerp(map, query q) over channels [c0, c0 + count) into a row of width ld.
+// dst[r, c] += bilerp(map, row r's query) over channels [c0, c0 + count) into rows of width ld; tangent
+// rows (kGrad) get the blend with the weights' derivatives.
+template <bool kGrad>
 __device__ void gather_add(const FusedMap& m, const float* coords, int64_t q0, int64_t N, int64_t total, int64_t c0,
                            int count, float* dst, int ld) {
+  constexpr int Q = kQueries<kGrad>;
   for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) {
-    const int t = i / count, c = i % count;
+    const int r = i / count, c = i % count;
+    const int t = r % Q, role = r / Q;
     const int64_t q = q0 + t;
-    if (q >= total) continue;
-    const BilinearTaps taps = bilinear_taps(coords[2 * q], coords[2 * q + 1], m.H, m.W);
+    if (role > 2 || q >= total) continue;
+    const BilinearTapsGrad taps = bilinear_taps_grad(coords[2 * q], coords[2 * q + 1], m.H, m.W);
+    const float* w = (!kGrad || role == 0) ? taps.weight : (role == 1 ? taps.dy : taps.dx);
     const float* base = m.data + (q / N) * m.H * m.W * m.C + c0 + c;
-    dst[t * ld + c] += taps.weight[0] * __ldg(base + taps.index[0] * m.C) + taps.weight[1] * __ldg(base + taps.index[1] * m.C) +
-                       taps.weight[2] * __ldg(base + taps.index[2] * m.C) + taps.weight[3] * __ldg(base + taps.index[3] * m.C);
+    dst[r * ld + c] += w[0] * __ldg(base + taps.index[0] * m.C) + w[1] * __ldg(base + taps.index[1] * m.C) +
+                       w[2] * __ldg(base + taps.index[2] * m.C) + w[3] * __ldg(base + taps.index[3] * m.C);
   }
 }
 
@@ -92,32 +114,47 @@ __device__ void to_bf16(const float* src, __nv_bfloat16* dst, int n) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __float2bfloat16(src[i]);
 }
 
+// Value rows start from the bias; tangent rows and the unused row from zero.
+template <bool kGrad>
 __device__ void fill_bias(float* dst, int ld, const float* bias, int64_t offset, int count) {
-  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) dst[(i / count) * ld + i % count] = bias[offset + i % count];
+  constexpr int Q = kQueries<kGrad>;
+  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) {
+    const int r = i / count, c = i % count;
+    dst[r * ld + c] = r < Q ? bias[offset + c] : 0.f;
+  }
 }
 
+template <bool kGrad>
 __device__ void activate_rows(float* dst, int ld, int count, int act) {
-  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) {
-    float& v = dst[(i / count) * ld + i % count];
-    v = activate(v, act);
+  constexpr int Q = kQueries<kGrad>;
+  for (int i = threadIdx.x; i < Q * count; i += blockDim.x) {
+    const int t = i / count, c = i % count;
+    const float v = dst[t * ld + c];
+    if (kGrad) {
+      const float d = activate_derivative(v, act);
+      dst[(t + Q) * ld + c] *= d;
+      dst[(t + 2 * Q) * ld + c] *= d;
+    }
+    dst[t * ld + c] = activate(v, act);
   }
 }
 
 // Layer l's accumulator in s.y gets its maps' samples and its activation, then becomes s.x.
+template <bool kGrad>
 __device__ void finish_layer(const FusedProgram& P, int l, const float* coords, int64_t q0, int64_t N, int64_t total,
                              Smem& s) {
   const FusedLayer& L = P.layers[l];
   for (int m = 0; m < P.num_maps; ++m)
-    if (P.maps[m].layer == l) gather_add(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, kNarrow);
+    if (P.maps[m].layer == l) gather_add<kGrad>(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, kNarrow);
   __syncthreads();
-  activate_rows(s.y, kNarrow, static_cast<int>(L.out), L.act);
+  activate_rows<kGrad>(s.y, kNarrow, static_cast<int>(L.out), L.act);
   __syncthreads();
   float* tmp = s.x;
   s.x = s.y;
   s.y = tmp;
 }
 
-template <bool kTensorCores>
+template <bool kTensorCores, bool kGrad>
 __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
                                                                float* __restrict__ out, int64_t N, int64_t total) {
   extern __shared__ __align__(16) unsigned char raw[];
@@ -127,14 +164,15 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
   s.chunk = s.y + kTQ * kNarrow;
   s.x16 = reinterpret_cast<__nv_bfloat16*>(s.chunk + kTQ * kKC);
   s.chunk16 = s.x16 + kTQ * kNarrow;
-  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * kTQ;
+  constexpr int Q = kQueries<kGrad>;
+  const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Q;
   int width = 0;  // of the layer held in s.x
 
   for (int l = 0; l < P.num_layers;) {
     const FusedLayer& L = P.layers[l];
     const bool streamed = L.out > kNarrow;
     if (!streamed) {  // the whole layer in s.y, then it becomes s.x
-      fill_bias(s.y, kNarrow, L.bias, 0, static_cast<int>(L.out));
+      fill_bias<kGrad>(s.y, kNarrow, L.bias, 0, static_cast<int>(L.out));
       __syncthreads();
       if (L.weight) {
         if (kTensorCores) to_bf16(s.x, s.x16, kTQ * kNarrow), __syncthreads();
@@ -142,19 +180,19 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
                                kNarrow);
         __syncthreads();
       }
-      finish_layer(P, l, coords, q0, N, total, s);
+      finish_layer<kGrad>(P, l, coords, q0, N, total, s);
       width = static_cast<int>(L.out);
       l += 1;
       continue;
     }
     // Streamed pair: layer l (wide) produced kKC channels at a time into layer l + 1's accumulator.
     const FusedLayer& Nx = P.layers[l + 1];
-    fill_bias(s.y, kNarrow, Nx.bias, 0, static_cast<int>(Nx.out));
+    fill_bias<kGrad>(s.y, kNarrow, Nx.bias, 0, static_cast<int>(Nx.out));
     if (kTensorCores && L.weight) to_bf16(s.x, s.x16, kTQ * kNarrow);
     __syncthreads();
     for (int64_t c0 = 0; c0 < L.out; c0 += kKC) {
       const int count = static_cast<int>(L.out - c0 < kKC ? L.out - c0 : kKC);
-      fill_bias(s.chunk, kKC, L.bias, c0, count);
+      fill_bias<kGrad>(s.chunk, kKC, L.bias, c0, count);
       __syncthreads();
       if (L.weight) {
         gemm_acc<kTensorCores>(s.x, s.x16, kNarrow, width, L.weight_t + c0, w16(L) ? w16(L) + c0 : nullptr, L.out,
@@ -162,21 +200,38 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
         __syncthreads();
       }
       for (int m = 0; m < P.num_maps; ++m)
-        if (P.maps[m].layer == l) gather_add(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);
+        if (P.maps[m].layer == l) gather_add<kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);
       __syncthreads();
-      activate_rows(s.chunk, kKC, count, L.act);
+      activate_rows<kGrad>(s.chunk, kKC, count, L.act);
       __syncthreads();
       if (kTensorCores) to_bf16(s.chunk, s.chunk16, kTQ * kKC), __syncthreads();
       gemm_acc<kTensorCores>(s.chunk, s.chunk16, kKC, count, Nx.weight_t + c0 * Nx.out,
                              w16(Nx) ? w16(Nx) + c0 * Nx.out : nullptr, Nx.out, static_cast<int>(Nx.out), s.y, kNarrow);
       __syncthreads();
     }
-    finish_layer(P, l + 1, coords, q0, N, total, s);
+    finish_layer<kGrad>(P, l + 1, coords, q0, N, total, s);
     width = static_cast<int>(Nx.out);
     l += 2;
   }
-  for (int t = threadIdx.x; t < kTQ; t += blockDim.x)
-    if (q0 + t < total) out[q0 + t] = s.x[t * kNarrow];
+  for (int r = threadIdx.x; r < kTQ; r += blockDim.x) {
+    const int t = r % Q, role = r / Q;
+    if (role > 2 || q0 + t >= total) continue;
+    if (kGrad) {
+      out[3 * (q0 + t) + role] = s.x[r * kNarrow];
+    } else {
+      out[q0 + t] = s.x[r * kNarrow];
+    }
+  }
+}
+
+template <bool kTensorCores, bool kGrad>
+void launch(const FusedProgram& program, const float* coords, float* out, int64_t N, int64_t total, cudaStream_t s) {
+  constexpr int Q = kQueries<kGrad>;
+  const size_t smem = sizeof(float) * (2 * kTQ * kNarrow + kTQ * kKC) + sizeof(__nv_bfloat16) * (kTQ * kNarrow + kTQ * kKC);
+  const unsigned blocks = static_cast<unsigned>((total + Q - 1) / Q);
+  cudaFuncSetAttribute(fused_decode_kernel<kTensorCores, kGrad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                       static_cast<int>(smem));
+  fused_decode_kernel<kTensorCores, kGrad><<<blocks, kThreads, smem, s>>>(program, coords, out, N, total);
 }
 
 }  // namespace
@@ -184,18 +239,14 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
 int64_t fused_decode_cuda_narrow_limit() { return kNarrow; }
 
 void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,
-                       bool tensor_cores, void* stream) {
+                       bool tensor_cores, bool with_grad, void* stream) {
   const int64_t total = B * N;
   if (total == 0) return;
-  const size_t smem = sizeof(float) * (2 * kTQ * kNarrow + kTQ * kKC) + sizeof(__nv_bfloat16) * (kTQ * kNarrow + kTQ * kKC);
-  const unsigned blocks = static_cast<unsigned>((total + kTQ - 1) / kTQ);
   auto s = static_cast<cudaStream_t>(stream);
   if (tensor_cores) {
-    cudaFuncSetAttribute(fused_decode_kernel<true>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    fused_decode_kernel<true><<<blocks, kThreads, smem, s>>>(program, coords, out, N, total);
+    with_grad ? launch<true, true>(program, coords, out, N, total, s) : launch<true, false>(program, coords, out, N, total, s);
   } else {
-    cudaFuncSetAttribute(fused_decode_kernel<false>, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    fused_decode_kernel<false><<<blocks, kThreads, smem, s>>>(program, coords, out, N, total);
+    with_grad ? launch<false, true>(program, coords, out, N, total, s) : launch<false, false>(program, coords, out, N, total, s);
   }
 }
 

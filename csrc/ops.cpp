@@ -9,7 +9,7 @@
 namespace infinidepth {
 
 void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& packed, const float* coords,
-                      float* out, int64_t B, int64_t N);
+                      float* out, int64_t B, int64_t N, bool with_grad);
 
 // Shared checks; Python validates user input first, these guard direct callers of torch.ops.
 void check_gather_args(const at::Tensor& feat, const at::Tensor& coords) {
@@ -84,9 +84,9 @@ FusedProgram make_program(const at::Tensor& coords, const std::vector<at::Tensor
 
 namespace {
 
-at::Tensor fused_decode_cpu_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
-                                 const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
-                                 at::IntArrayRef acts, c10::string_view precision) {
+at::Tensor fused_decode_cpu_run(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+                                const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
+                                at::IntArrayRef acts, c10::string_view precision, bool with_grad) {
   TORCH_CHECK(precision == "fp32", "fused_decode: the CPU kernel computes in fp32, got precision '", precision, "'");
   std::vector<at::Tensor> keep;
   std::vector<std::optional<at::Tensor>> w(weights.begin(), weights.end());
@@ -98,9 +98,21 @@ at::Tensor fused_decode_cpu_impl(const at::Tensor& coords, at::TensorList maps, 
     packed[l] = at::empty({packed_size(L.out, L.in)}, at::kFloat);
     pack_weight(L.weight, L.out, L.in, packed[l].data_ptr<float>());
   }
-  at::Tensor out = at::empty({q.size(0), q.size(1)}, q.options());
-  fused_decode_cpu(p, packed, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1));
+  at::Tensor out = with_grad ? at::empty({q.size(0), q.size(1), 3}, q.options()) : at::empty({q.size(0), q.size(1)}, q.options());
+  fused_decode_cpu(p, packed, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1), with_grad);
   return out;
+}
+
+at::Tensor fused_decode_cpu_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+                                 const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
+                                 at::IntArrayRef acts, c10::string_view precision) {
+  return fused_decode_cpu_run(coords, maps, map_layer, weights, biases, acts, precision, false);
+}
+
+at::Tensor fused_decode_with_grad_cpu_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+                                           const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
+                                           at::IntArrayRef acts, c10::string_view precision) {
+  return fused_decode_cpu_run(coords, maps, map_layer, weights, biases, acts, precision, true);
 }
 
 at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& coords) {
@@ -118,11 +130,14 @@ at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& co
 TORCH_LIBRARY(infinidepth, m) {
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
   m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
+  // The same program carrying the forward-mode tangents: [B, N, 3] = (value, d/dy, d/dx) per query.
+  m.def("fused_decode_with_grad(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(infinidepth, CPU, m) {
   m.impl("bilinear_gather", &bilinear_gather_cpu_impl);
   m.impl("fused_decode", &fused_decode_cpu_impl);
+  m.impl("fused_decode_with_grad", &fused_decode_with_grad_cpu_impl);
 }
 
 }  // namespace infinidepth

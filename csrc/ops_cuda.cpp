@@ -29,9 +29,9 @@ at::Tensor bilinear_gather_cuda_impl(const at::Tensor& feat, const at::Tensor& c
   return out;
 }
 
-at::Tensor fused_decode_cuda_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+at::Tensor fused_decode_cuda_run(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
                                   const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
-                                  at::IntArrayRef acts, c10::string_view precision) {
+                                  at::IntArrayRef acts, c10::string_view precision, bool with_grad) {
   TORCH_CHECK(precision == "fp32" || precision == "bf16", "fused_decode: precision must be fp32 or bf16, got '",
               precision, "'");
   const bool tensor_cores = precision == "bf16";
@@ -59,11 +59,23 @@ at::Tensor fused_decode_cuda_impl(const at::Tensor& coords, at::TensorList maps,
       }
     }
   }
-  at::Tensor out = at::empty({q.size(0), q.size(1)}, q.options());
-  fused_decode_cuda(p, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1), tensor_cores,
+  at::Tensor out = with_grad ? at::empty({q.size(0), q.size(1), 3}, q.options()) : at::empty({q.size(0), q.size(1)}, q.options());
+  fused_decode_cuda(p, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1), tensor_cores, with_grad,
                     c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
+}
+
+at::Tensor fused_decode_cuda_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+                                  const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
+                                  at::IntArrayRef acts, c10::string_view precision) {
+  return fused_decode_cuda_run(coords, maps, map_layer, weights, biases, acts, precision, false);
+}
+
+at::Tensor fused_decode_with_grad_cuda_impl(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
+                                            const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
+                                            at::IntArrayRef acts, c10::string_view precision) {
+  return fused_decode_cuda_run(coords, maps, map_layer, weights, biases, acts, precision, true);
 }
 
 }  // namespace
@@ -71,6 +83,7 @@ at::Tensor fused_decode_cuda_impl(const at::Tensor& coords, at::TensorList maps,
 TORCH_LIBRARY_IMPL(infinidepth, CUDA, m) {
   m.impl("bilinear_gather", &bilinear_gather_cuda_impl);
   m.impl("fused_decode", &fused_decode_cuda_impl);
+  m.impl("fused_decode_with_grad", &fused_decode_with_grad_cuda_impl);
 }
 
 }  // namespace infinidepth

@@ -35,6 +35,30 @@ def bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
 
 
 @triton.jit
+def bilerp_block_grad(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
+    """Bilinear samples as :func:`bilerp_block`, and their derivatives with respect to y and x
+    (the differentiated bilinear weights; one-sided at cell borders, as grid_sample's backward)."""
+    py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
+    px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
+    fy = tl.floor(py)
+    fx = tl.floor(px)
+    wy1 = (py - fy)[:, None]
+    wx1 = (px - fx)[:, None]
+    y0 = fy.to(tl.int32)
+    x0 = fx.to(tl.int32)
+    v00 = _tap(feat_ptr, b, y0, x0, 1.0, H, W, C, chan, q_mask, c_mask)
+    v01 = _tap(feat_ptr, b, y0, x0 + 1, 1.0, H, W, C, chan, q_mask, c_mask)
+    v10 = _tap(feat_ptr, b, y0 + 1, x0, 1.0, H, W, C, chan, q_mask, c_mask)
+    v11 = _tap(feat_ptr, b, y0 + 1, x0 + 1, 1.0, H, W, C, chan, q_mask, c_mask)
+    top = v00 + (v01 - v00) * wx1  # along x at rows y0 and y0 + 1
+    bottom = v10 + (v11 - v10) * wx1
+    value = top + (bottom - top) * wy1
+    dy = (bottom - top) * (0.5 * H)
+    dx = ((v01 - v00) * (1.0 - wy1) + (v11 - v10) * wy1) * (0.5 * W)
+    return value, dy, dx
+
+
+@triton.jit
 def _bilinear_gather_kernel(feat_ptr, coords_ptr, out_ptr, N, H, W, C, BLOCK_Q: tl.constexpr, BLOCK_C: tl.constexpr):
     b = tl.program_id(2)
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)

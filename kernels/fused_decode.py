@@ -10,6 +10,11 @@ The program is read as up to two *streamed pairs* and a *tail*:
 Official decoder: pair (gather 1024 -> 256), tail (32, 1). Paper decoder: pair (gather 2048 -> 512),
 pair (512 + gather -> 4096 -> 256), tail (256, 1). fp32 uses IEEE dot products (no TF32); bf16 and
 fp16 feed the dots 16-bit operands with fp32 accumulation (tensor cores on the GPU).
+
+With ``WITH_GRAD`` the kernel carries two tangents beside every activation (forward mode): the
+derivatives with respect to the query's y and x. Weights act on them as on the value, gathers give
+them the differentiated bilinear blend, activations scale them by ``act'(pre-activation)``; the
+output is ``[B, N, 3]`` = (value, d/dy, d/dx).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import triton.language as tl
 
 from infinidepth.ops.fold import ACT_CODES
 
-from .bilinear_gather import bilerp_block
+from .bilinear_gather import bilerp_block, bilerp_block_grad
 
 
 @triton.jit
@@ -32,6 +37,29 @@ def _act(x, code: tl.constexpr):
     elif code == 3:
         x = tl.where(x > 0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0)
     return x
+
+
+@triton.jit
+def _act_grad(x, code: tl.constexpr):
+    """The activation's derivative at the pre-activation x."""
+    if code == 1:
+        d = tl.where(x > 0, 1.0, 0.0)
+    elif code == 2:
+        d = 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * tl.exp(-0.5 * x * x)
+    elif code == 3:
+        d = tl.where(x > 0, 1.0, tl.exp(tl.minimum(x, 0.0)))
+    else:
+        d = tl.full(x.shape, 1.0, tl.float32)
+    return d
+
+
+@triton.jit
+def _act_grad_runtime(x, code):
+    d = tl.full(x.shape, 1.0, tl.float32)
+    d = tl.where(code == 1, tl.where(x > 0, 1.0, 0.0), d)
+    d = tl.where(code == 2, 0.5 * (1.0 + tl.math.erf(x * 0.7071067811865476)) + x * 0.3989422804014327 * tl.exp(-0.5 * x * x), d)
+    d = tl.where(code == 3, tl.where(x > 0, 1.0, tl.exp(tl.minimum(x, 0.0))), d)
+    return d
 
 
 @triton.jit
@@ -54,35 +82,64 @@ def _dot(a, b, LOW: tl.constexpr):
 
 @triton.jit
 def _stream_pair(
-    x_prev, b, y, x, q_mask,
+    x_prev, ty_prev, tx_prev, b, y, x, q_mask,
     wa_ptr, ba_ptr, ka, n_wide,
     m1_ptr, m1_h, m1_w, m2_ptr, m2_h, m2_w,
     wb_ptr, n_narrow,
     HAS_WA: tl.constexpr, N_MAPS: tl.constexpr, ACT_A: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, KA_PAD: tl.constexpr, NB_PAD: tl.constexpr, LOW: tl.constexpr,
+    WITH_GRAD: tl.constexpr,
 ):
-    """acc[BLOCK_Q, NB_PAD] = sum over chunks of act_A(A chunk) @ W_B^T chunk."""
+    """acc[BLOCK_Q, NB_PAD] = sum over chunks of act_A(A chunk) @ W_B^T chunk, and with WITH_GRAD the
+    same for the tangents (acc_y, acc_x); without, those two are returned as acc."""
     acc = tl.zeros((BLOCK_Q, NB_PAD), dtype=tl.float32)
+    acc_y = tl.zeros((BLOCK_Q, NB_PAD), dtype=tl.float32)
+    acc_x = tl.zeros((BLOCK_Q, NB_PAD), dtype=tl.float32)
     nb = tl.arange(0, NB_PAD)
     ka_idx = tl.arange(0, KA_PAD)
     for k0 in range(0, n_wide, BLOCK_K):
         chan = k0 + tl.arange(0, BLOCK_K)
         c_mask = chan < n_wide
         h = tl.load(ba_ptr + chan, mask=c_mask, other=0.0)[None, :] + tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
+        h_y = tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
+        h_x = tl.zeros((BLOCK_Q, BLOCK_K), dtype=tl.float32)
         if HAS_WA:  # W_A stored transposed: [ka, n_wide]
             wa = tl.load(wa_ptr + ka_idx[:, None] * n_wide + chan[None, :],
                          mask=(ka_idx[:, None] < ka) & c_mask[None, :], other=0.0)
             h += _dot(x_prev, wa, LOW)
-        if N_MAPS >= 1:
-            h += bilerp_block(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask)
-        if N_MAPS >= 2:
-            h += bilerp_block(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask)
+            if WITH_GRAD:
+                h_y += _dot(ty_prev, wa, LOW)
+                h_x += _dot(tx_prev, wa, LOW)
+        if WITH_GRAD:
+            if N_MAPS >= 1:
+                v, gy, gx = bilerp_block_grad(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask)
+                h += v
+                h_y += gy
+                h_x += gx
+            if N_MAPS >= 2:
+                v, gy, gx = bilerp_block_grad(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask)
+                h += v
+                h_y += gy
+                h_x += gx
+            d = tl.where(c_mask[None, :], _act_grad(h, ACT_A), 0.0)
+            h_y = h_y * d
+            h_x = h_x * d
+        else:
+            if N_MAPS >= 1:
+                h += bilerp_block(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask)
+            if N_MAPS >= 2:
+                h += bilerp_block(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask)
         h = _act(h, ACT_A)
         h = tl.where(c_mask[None, :], h, 0.0)
         wb = tl.load(wb_ptr + chan[:, None] * n_narrow + nb[None, :],  # W_B^T: [n_wide, n_narrow]
                      mask=c_mask[:, None] & (nb[None, :] < n_narrow), other=0.0)
         acc += _dot(h, wb, LOW)
-    return acc
+        if WITH_GRAD:
+            acc_y += _dot(h_y, wb, LOW)
+            acc_x += _dot(h_x, wb, LOW)
+    if WITH_GRAD:
+        return acc, acc_y, acc_x
+    return acc, acc, acc
 
 
 @triton.jit
@@ -96,7 +153,7 @@ def _fused_decode_kernel(
     tail_w, tail_b, tail_act, n_tail,
     N_MAPS1: tl.constexpr, ACT_A1: tl.constexpr, ACT_B1: tl.constexpr, NB1_PAD: tl.constexpr,
     HAS_PAIR2: tl.constexpr, ACT_A2: tl.constexpr, ACT_B2: tl.constexpr, NB2_PAD: tl.constexpr,
-    TW: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, LOW: tl.constexpr,
+    TW: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, LOW: tl.constexpr, WITH_GRAD: tl.constexpr,
 ):
     b = tl.program_id(1)
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
@@ -106,31 +163,58 @@ def _fused_decode_kernel(
     x = tl.load(coords_ptr + row * 2 + 1, mask=q_mask, other=0.0)
 
     nb1 = tl.arange(0, NB1_PAD)
-    acc = _stream_pair(tl.zeros((BLOCK_Q, 16), dtype=tl.float32), b, y, x, q_mask,
-                       a1_b, a1_b, 0, a1_n, m11, m11_h, m11_w, m12, m12_h, m12_w, b1_wt, b1_n,
-                       False, N_MAPS1, ACT_A1, BLOCK_Q, BLOCK_K, 16, NB1_PAD, LOW)
-    h = _act(acc + tl.load(b1_b + nb1, mask=nb1 < b1_n, other=0.0)[None, :], ACT_B1)
+    zero16 = tl.zeros((BLOCK_Q, 16), dtype=tl.float32)
+    acc, acc_y, acc_x = _stream_pair(zero16, zero16, zero16, b, y, x, q_mask,
+                                     a1_b, a1_b, 0, a1_n, m11, m11_h, m11_w, m12, m12_h, m12_w, b1_wt, b1_n,
+                                     False, N_MAPS1, ACT_A1, BLOCK_Q, BLOCK_K, 16, NB1_PAD, LOW, WITH_GRAD)
+    pre = acc + tl.load(b1_b + nb1, mask=nb1 < b1_n, other=0.0)[None, :]
+    if WITH_GRAD:
+        d = _act_grad(pre, ACT_B1)
+        t_y = acc_y * d
+        t_x = acc_x * d
+    else:
+        t_y = acc
+        t_x = acc
+    h = _act(pre, ACT_B1)
     if HAS_PAIR2:
         nb2 = tl.arange(0, NB2_PAD)
-        acc2 = _stream_pair(h, b, y, x, q_mask,
-                            a2_wt, a2_b, b1_n, a2_n, m21, m21_h, m21_w, m21, m21_h, m21_w, b2_wt, b2_n,
-                            True, 1, ACT_A2, BLOCK_Q, BLOCK_K, NB1_PAD, NB2_PAD, LOW)
-        h = _act(acc2 + tl.load(b2_b + nb2, mask=nb2 < b2_n, other=0.0)[None, :], ACT_B2)
+        acc2, acc2_y, acc2_x = _stream_pair(h, t_y, t_x, b, y, x, q_mask,
+                                            a2_wt, a2_b, b1_n, a2_n, m21, m21_h, m21_w, m21, m21_h, m21_w, b2_wt, b2_n,
+                                            True, 1, ACT_A2, BLOCK_Q, BLOCK_K, NB1_PAD, NB2_PAD, LOW, WITH_GRAD)
+        pre = acc2 + tl.load(b2_b + nb2, mask=nb2 < b2_n, other=0.0)[None, :]
+        if WITH_GRAD:
+            d = _act_grad(pre, ACT_B2)
+            t_y = acc2_y * d
+            t_x = acc2_x * d
+        h = _act(pre, ACT_B2)
         width: tl.constexpr = NB2_PAD
     else:
         width: tl.constexpr = NB1_PAD
-    # widen h to the tail width
+    # widen h (and its tangents) to the tail width
     t_idx = tl.arange(0, TW)
     if width < TW:
         pad = tl.zeros((BLOCK_Q, TW), dtype=tl.float32)
         eye = (tl.arange(0, width)[:, None] == t_idx[None, :]).to(tl.float32)
         h = pad + tl.dot(h, eye, input_precision="ieee")
+        if WITH_GRAD:
+            t_y = pad + tl.dot(t_y, eye, input_precision="ieee")
+            t_x = pad + tl.dot(t_x, eye, input_precision="ieee")
     for l in range(n_tail):
         w = tl.load(tail_w + l * TW * TW + t_idx[:, None] * TW + t_idx[None, :])
-        h = _dot(h, w, LOW) + tl.load(tail_b + l * TW + t_idx)[None, :]
-        h = _act_runtime(h, tl.load(tail_act + l))
-    out = tl.sum(tl.where(t_idx[None, :] == 0, h, 0.0), axis=1)
-    tl.store(out_ptr + row, out, mask=q_mask)
+        pre = _dot(h, w, LOW) + tl.load(tail_b + l * TW + t_idx)[None, :]
+        code = tl.load(tail_act + l)
+        if WITH_GRAD:
+            d = _act_grad_runtime(pre, code)
+            t_y = _dot(t_y, w, LOW) * d
+            t_x = _dot(t_x, w, LOW) * d
+        h = _act_runtime(pre, code)
+    first = t_idx[None, :] == 0
+    if WITH_GRAD:
+        tl.store(out_ptr + row * 3, tl.sum(tl.where(first, h, 0.0), axis=1), mask=q_mask)
+        tl.store(out_ptr + row * 3 + 1, tl.sum(tl.where(first, t_y, 0.0), axis=1), mask=q_mask)
+        tl.store(out_ptr + row * 3 + 2, tl.sum(tl.where(first, t_x, 0.0), axis=1), mask=q_mask)
+    else:
+        tl.store(out_ptr + row, tl.sum(tl.where(first, h, 0.0), axis=1), mask=q_mask)
 
 
 # On the GPU the block sizes are autotuned per program shape; the interpreter (CPU) uses one config.
@@ -139,7 +223,7 @@ _fused_decode_kernel_tuned = triton.autotune(
         triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=st)
         for bq, bk, w, st in [(16, 32, 4, 2), (32, 32, 4, 2), (32, 64, 8, 3), (64, 32, 8, 3), (64, 64, 8, 2), (128, 32, 8, 2)]
     ],
-    key=["N", "a1_n", "b1_n", "a2_n", "b2_n", "n_tail", "NB1_PAD", "NB2_PAD", "TW", "LOW"],
+    key=["N", "a1_n", "b1_n", "a2_n", "b2_n", "n_tail", "NB1_PAD", "NB2_PAD", "TW", "LOW", "WITH_GRAD"],
 )(_fused_decode_kernel)
 
 
@@ -166,9 +250,10 @@ def _split(folded):
 LOW_CODES = {"fp32": 0, "bf16": 1, "fp16": 2}
 
 
-def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
-    """``coords`` [B, N, 2] float32 -> [B, N] float32. ``precision`` of the dot operands:
-    fp32 (IEEE), bf16 or fp16 (accumulation is fp32 always)."""
+def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", with_grad: bool = False) -> torch.Tensor:
+    """``coords`` [B, N, 2] float32 -> [B, N] float32 (with_grad: [B, N, 3], the value and its
+    derivatives with respect to y and x). ``precision`` of the dot operands: fp32 (IEEE), bf16 or
+    fp16 (accumulation is fp32 always)."""
     if precision not in LOW_CODES:
         raise ValueError(f"precision must be one of {sorted(LOW_CODES)}, got {precision!r}")
     pair1, pair2, tail = _split(folded)
@@ -205,7 +290,7 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32") -
     else:
         dummy = torch.zeros(16, **f32)
         p2 = (dummy, dummy, 0, m11, 1, 1, dummy, dummy, 0)
-    out = torch.empty(B, N, **f32)
+    out = torch.empty(B, N, 3, **f32) if with_grad else torch.empty(B, N, **f32)
     if out.numel() == 0:
         return out
     tuned = coords.is_cuda
@@ -224,6 +309,6 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32") -
         N_MAPS1=len(maps1), ACT_A1=ACT_CODES[a1.act], ACT_B1=ACT_CODES[b1.act], NB1_PAD=_pad16(b1.width),
         HAS_PAIR2=pair2 is not None, ACT_A2=ACT_CODES[pair2[0].act] if pair2 else 0,
         ACT_B2=ACT_CODES[pair2[1].act] if pair2 else 0, NB2_PAD=_pad16(pair2[1].width) if pair2 else 16,
-        TW=TW, LOW=LOW_CODES[precision], **blocks,
+        TW=TW, LOW=LOW_CODES[precision], WITH_GRAD=with_grad, **blocks,
     )
     return out

@@ -64,6 +64,27 @@ def test_fused_decoder_released_sizes_on_gpu(backend, precision, tol):
         assert rel_err(got, want) < tol, name
 
 
+@pytest.mark.parametrize("precision,tol", [("fp32", 2e-5), ("bf16", 2e-2)])
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical])
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_fused_decoder_tangents_on_gpu(backend, family, precision, tol):
+    """with_grad: the forward-mode tangents of the CUDA (5 queries x 3 rows per tile) and Triton kernels."""
+    from test_decode_grad import fuzz_coords
+
+    rng = random.Random(6)
+    for _ in range(6):
+        chans, decoder = family(rng)
+        batch = rng.randint(1, 3)
+        maps64 = random_maps(rng, chans, batch=batch)
+        coords = fuzz_coords(batch, rng.randint(5, 3000), rng.randint(0, 999))
+        want_v, want_g = implicit_decode(maps64, coords, decoder, backend="torch", with_grad=True)
+        dec32 = type(decoder)(**{k: _to_device(v) for k, v in vars(cast(decoder, torch.float32)).items()})
+        got_v, got_g = implicit_decode([m.float().cuda() for m in maps64], coords.float().cuda(), dec32, backend=backend,
+                                       precision=precision, with_grad=True)
+        assert rel_err(got_v.cpu(), want_v) < tol
+        assert rel_err(got_g.cpu(), want_g) < tol
+
+
 def _to_device(v):
     if isinstance(v, torch.Tensor):
         return v.cuda()

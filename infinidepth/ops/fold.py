@@ -144,18 +144,21 @@ def run_folded_reference(folded: FoldedDecoder, coords: torch.Tensor) -> torch.T
 ACT_CODES = {name: i for i, name in enumerate(ACTIVATIONS)}  # the codes of csrc/fused_decode.h
 
 
-def run_fused(folded: FoldedDecoder, coords: torch.Tensor, backend: str, precision: str = "fp32") -> torch.Tensor:
-    """The folded program through a fused kernel (``cpp``, ``cuda`` or ``triton``) -> ``[B, N]``."""
+def run_fused(folded: FoldedDecoder, coords: torch.Tensor, backend: str, precision: str = "fp32",
+              with_grad: bool = False) -> torch.Tensor:
+    """The folded program through a fused kernel (``cpp``, ``cuda`` or ``triton``) -> ``[B, N]``, or
+    with ``with_grad`` ``[B, N, 3]``: the value and its derivatives with respect to (y, x)."""
     if backend == "triton":
         from infinidepth.kernels.fused_decode import fused_decode_triton
 
-        return fused_decode_triton(folded, coords, precision)
+        return fused_decode_triton(folded, coords, precision, with_grad)
     maps, map_layer = [], []
     for index, layer in enumerate(folded.layers):
         for m in layer.maps:
             maps.append(m)
             map_layer.append(index)
-    return torch.ops.infinidepth.fused_decode(
+    op = torch.ops.infinidepth.fused_decode_with_grad if with_grad else torch.ops.infinidepth.fused_decode
+    return op(
         coords.contiguous(),
         maps,
         map_layer,

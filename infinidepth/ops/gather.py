@@ -113,3 +113,7 @@ if HAS_EXTENSION:
     @torch.library.register_fake("infinidepth::fused_decode")
     def _fused_decode_fake(coords, maps, map_layer, weights, biases, acts, precision="fp32"):
         return coords.new_empty((coords.shape[0], coords.shape[1]))
+
+    @torch.library.register_fake("infinidepth::fused_decode_with_grad")
+    def _fused_decode_with_grad_fake(coords, maps, map_layer, weights, biases, acts, precision="fp32"):
+        return coords.new_empty((coords.shape[0], coords.shape[1], 3))

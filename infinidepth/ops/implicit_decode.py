@@ -87,13 +87,20 @@ def implicit_decode(
     chunk: int | None = None,
     cache: dict | None = None,
     precision: str = "fp32",
-) -> torch.Tensor:
+    with_grad: bool = False,
+):
     """Decode the field at ``coords`` ``[B, N, 2]`` (normalised y, x) from feature ``maps``.
 
     Returns ``[B, N]`` in the decoder's output space. ``chunk`` bounds the number of queries in
     flight (peak memory of the reference path), without changing the result. ``precision`` of the
     fused kernels' matrix products: ``fp32``, or ``bf16`` operands with fp32 accumulation (tensor
     cores; ``cuda`` and ``triton``).
+
+    ``with_grad=True`` returns ``(value [B, N], grad [B, N, 2])`` with ``grad`` the exact derivative
+    of the value with respect to the query's normalised ``(y, x)``: forward mode through the bilinear
+    weights and every layer (one-sided at feature-cell borders, where bilinear interpolation has a
+    kink). The reference gets it from autograd; the fused kernels carry the two tangents alongside
+    the value.
     """
     if precision not in ("fp32", "bf16", "fp16"):
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -111,12 +118,33 @@ def implicit_decode(
             folded = fold_decoder([m.float() for m in maps], decoder)
             if cache is not None:
                 cache[key] = folded
-        return run_fused(folded, coords.float(), backend, precision).to(maps[0].dtype)
+        out = run_fused(folded, coords.float(), backend, precision, with_grad)
+        if with_grad:
+            return out[..., 0].to(maps[0].dtype), out[..., 1:].to(maps[0].dtype)
+        return out.to(maps[0].dtype)
     coords = coords.to(maps[0].dtype)
     n = coords.shape[1]
     step = n if not chunk else max(1, int(chunk))
-    outs = []
+    outs, grads = [], []
     for start in range(0, max(n, 1), max(step, 1)):
         c = coords[:, start : start + step]
-        outs.append(_decode([bilinear_gather_reference(m, c) for m in maps], decoder))
-    return torch.cat(outs, dim=1) if outs else coords.new_zeros((coords.shape[0], 0))
+        if with_grad:
+            value, grad = _decode_with_grad(maps, c, decoder)
+            outs.append(value)
+            grads.append(grad)
+        else:
+            outs.append(_decode([bilinear_gather_reference(m, c) for m in maps], decoder))
+    out = torch.cat(outs, dim=1) if outs else coords.new_zeros((coords.shape[0], 0))
+    if with_grad:
+        return out, (torch.cat(grads, dim=1) if grads else coords.new_zeros((coords.shape[0], 0, 2)))
+    return out
+
+
+def _decode_with_grad(maps, coords, decoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """Value and d value / d coords by autograd: each output depends on its own query only, so the
+    gradient of the sum is every query's own gradient."""
+    c = coords.detach().requires_grad_(True)
+    with torch.enable_grad():
+        value = _decode([bilinear_gather_reference(m.detach(), c) for m in maps], decoder)
+        (grad,) = torch.autograd.grad(value.sum(), c) if value.numel() else (torch.zeros_like(c),)
+    return value.detach(), grad
