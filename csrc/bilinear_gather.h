@@ -11,13 +11,9 @@
 #include <cmath>
 #include <cstdint>
 
-namespace infinidepth {
+#include "host_device.h"
 
-#if defined(__CUDACC__)
-#define INFINIDEPTH_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define INFINIDEPTH_HOST_DEVICE inline
-#endif
+namespace infinidepth {
 
 // Bilinear weights of the four taps of one query, and their derivatives with respect to the
 // normalised query (y, x): the exact tangent of the bilinear sample, one-sided at cell borders as in

@@ -5,6 +5,7 @@
 #include "bilinear_gather.h"
 #include "cpu_math.h"
 #include "fused_decode.h"
+#include "inverse_cdf.h"
 
 namespace infinidepth {
 
@@ -21,6 +22,16 @@ void check_gather_args(const at::Tensor& feat, const at::Tensor& coords) {
   TORCH_CHECK(feat.scalar_type() == at::kFloat && coords.scalar_type() == at::kFloat,
               "bilinear_gather: float32 tensors expected");
   TORCH_CHECK(feat.device() == coords.device(), "bilinear_gather: feat and coords on different devices");
+}
+
+// Python quantises and validates the weights (infinidepth/ops/inverse_cdf.py); this guards direct callers.
+void check_inverse_cdf_args(const at::Tensor& weights, int64_t height, int64_t width, int64_t n, int64_t seed) {
+  TORCH_CHECK(weights.dim() == 2 && weights.scalar_type() == at::kLong,
+              "inverse_cdf_sample: weights must be int64 [B, H * W], got ", weights.sizes(), " ", weights.scalar_type());
+  TORCH_CHECK(height > 0 && width > 0 && weights.size(1) == height * width, "inverse_cdf_sample: weights have ",
+              weights.size(1), " cells, not ", height, " x ", width);
+  TORCH_CHECK(n >= 0 && n <= (int64_t{1} << 30), "inverse_cdf_sample: n must be in [0, 2**30], got ", n);
+  TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, "inverse_cdf_sample: seed must be in [0, 2**32), got ", seed);
 }
 
 // Checks the program's tensors and fills the plain description the kernels read. Tensors that
@@ -115,6 +126,18 @@ at::Tensor fused_decode_with_grad_cpu_impl(const at::Tensor& coords, at::TensorL
   return fused_decode_cpu_run(coords, maps, map_layer, weights, biases, acts, precision, true);
 }
 
+std::tuple<at::Tensor, at::Tensor> inverse_cdf_sample_cpu_impl(const at::Tensor& weights, int64_t height, int64_t width,
+                                                               int64_t n, int64_t seed, bool jitter) {
+  check_inverse_cdf_args(weights, height, width, n, seed);
+  const at::Tensor w = weights.contiguous();
+  const int64_t B = w.size(0);
+  at::Tensor coords = at::empty({B, n, 2}, w.options().dtype(at::kFloat));
+  at::Tensor cells = at::empty({B, n}, w.options());
+  inverse_cdf_sample_cpu(w.data_ptr<int64_t>(), B, height, width, n, static_cast<uint32_t>(seed), jitter,
+                         coords.data_ptr<float>(), cells.data_ptr<int64_t>());
+  return {coords, cells};
+}
+
 at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& coords) {
   check_gather_args(feat, coords);
   const auto B = feat.size(0), C = feat.size(1), H = feat.size(2), W = feat.size(3), N = coords.size(1);
@@ -131,6 +154,8 @@ TORCH_LIBRARY(infinidepth, m) {
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
   m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
   // The same program carrying the forward-mode tangents: [B, N, 3] = (value, d/dy, d/dx) per query.
+  // Stratified inverse-CDF samples of integer cell weights: (coords [B, n, 2] float32, cells [B, n] int64).
+  m.def("inverse_cdf_sample(Tensor weights, int height, int width, int n, int seed, bool jitter) -> (Tensor, Tensor)");
   m.def("fused_decode_with_grad(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
 }
 
@@ -138,6 +163,7 @@ TORCH_LIBRARY_IMPL(infinidepth, CPU, m) {
   m.impl("bilinear_gather", &bilinear_gather_cpu_impl);
   m.impl("fused_decode", &fused_decode_cpu_impl);
   m.impl("fused_decode_with_grad", &fused_decode_with_grad_cpu_impl);
+  m.impl("inverse_cdf_sample", &inverse_cdf_sample_cpu_impl);
 }
 
 }  // namespace infinidepth

@@ -68,7 +68,8 @@ class ImplicitDepthModel(nn.Module):
     def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
         raise NotImplementedError
 
-    def decode_raw(self, feats: Features, coords: torch.Tensor, backend: str, chunk: int | None) -> torch.Tensor:
+    def decode_raw(self, feats: Features, coords: torch.Tensor, backend: str, chunk: int | None, with_grad: bool = False):
+        """Raw output ``[B, N]``, or with ``with_grad`` also its derivative ``[B, N, 2]`` w.r.t. (y, x)."""
         raise NotImplementedError
 
     def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
@@ -83,12 +84,27 @@ class ImplicitDepthModel(nn.Module):
         return resolve_backend(backend or self.backend, self.device)
 
     @torch.no_grad()
-    def decode(self, feats: Features, coords: torch.Tensor, backend: str | None = None, chunk: int | None = 65536):
-        """Raw network output at ``coords`` ``[B, N, 2]`` (normalised y, x) -> ``[B, N]``."""
+    def decode(self, feats: Features, coords: torch.Tensor, backend: str | None = None, chunk: int | None = 65536,
+               with_grad: bool = False):
+        """Raw network output at ``coords`` ``[B, N, 2]`` (normalised y, x) -> ``[B, N]``; with
+        ``with_grad`` also its exact derivative ``[B, N, 2]`` with respect to (y, x)."""
         if not isinstance(feats, Features):
             raise TypeError("decode expects the Features returned by model.encode(image)")
         check_coords(coords, feats.batch)
-        return self.decode_raw(feats, coords.to(self.device), self.resolved_backend(backend), chunk)
+        return self.decode_raw(feats, coords.to(self.device), self.resolved_backend(backend), chunk, with_grad)
+
+    @torch.no_grad()
+    def decode_depth(self, feats: Features, coords: torch.Tensor, backend: str | None = None, with_grad: bool = False):
+        """Depth at ``coords`` ``[B, N]``; with ``with_grad`` also d depth / d (y, x) ``[B, N, 2]`` (the
+        decoder's derivative through :meth:`to_depth` by the chain rule)."""
+        if not with_grad:
+            return self.to_depth(self.decode(feats, coords, backend=backend))
+        raw, grad = self.decode(feats, coords, backend=backend, with_grad=True)
+        with torch.enable_grad():
+            r = raw.detach().float().requires_grad_(True)
+            depth = self.to_depth(r)
+            (slope,) = torch.autograd.grad(depth.sum(), r)
+        return depth.detach(), slope[..., None] * grad.float()
 
     @torch.no_grad()
     def predict(

@@ -103,9 +103,14 @@ class InfiniDepth(ImplicitDepthModel):
     def decoder_weights(self) -> ConcatDecoder:
         return ConcatDecoder(self.depth_implicit_head.out_layer.linears())
 
-    def decode_raw(self, feats, coords, backend, chunk):
-        coords = coords.clamp(-1 + COORD_CLAMP, 1 - COORD_CLAMP)
-        return implicit_decode(feats.maps, coords, self.decoder_weights(), backend=backend, chunk=chunk, cache=feats.extras)
+    def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
+        clamped = coords.clamp(-1 + COORD_CLAMP, 1 - COORD_CLAMP)
+        out = implicit_decode(feats.maps, clamped, self.decoder_weights(), backend=backend, chunk=chunk, cache=feats.extras,
+                              with_grad=with_grad)
+        if not with_grad:
+            return out
+        value, grad = out
+        return value, grad * (clamped == coords).to(grad.dtype)  # flat where the query was clamped
 
     def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
         return 1.0 / raw.clamp(min=DISPARITY_FLOOR)
@@ -143,9 +148,12 @@ class InfiniDepthDepthSensor(InfiniDepth):
         prompt = disp / median.clamp(min=1e-2).view(-1, 1, 1, 1)  # the released "warp"
         return self.prompt_model(tokens, prompt, h, w), median
 
-    def decode_raw(self, feats, coords, backend, chunk):
-        raw = super().decode_raw(feats, coords, backend, chunk)
-        return raw * feats.disparity_scale.clamp(min=1e-3).view(-1, 1)  # the released "unwarp"
+    def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
+        scale = feats.disparity_scale.clamp(min=1e-3).view(-1, 1)  # the released "unwarp"
+        if not with_grad:
+            return super().decode_raw(feats, coords, backend, chunk) * scale
+        value, grad = super().decode_raw(feats, coords, backend, chunk, with_grad=True)
+        return value * scale, grad * scale[..., None]
 
 
 def check_sparse_depth(sparse_depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:

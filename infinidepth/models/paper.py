@@ -113,8 +113,9 @@ class InfiniDepthPaper(ImplicitDepthModel):
             maps = self.pyramid(image)
         return Features(maps=maps, image_size=tuple(image.shape[-2:]))
 
-    def decode_raw(self, feats, coords, backend, chunk):
-        return implicit_decode(feats.maps, coords, self.decoder.weights(), backend=backend, chunk=chunk, cache=feats.extras)
+    def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
+        return implicit_decode(feats.maps, coords, self.decoder.weights(), backend=backend, chunk=chunk, cache=feats.extras,
+                               with_grad=with_grad)
 
     def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw)

@@ -1,0 +1,70 @@
+// Stratified inverse-CDF sampling of grid cells (infinidepth/ops/inverse_cdf.py has the contract).
+//
+// Inputs are integer weights [B, M] (M = H * W cells), quantised once in Python so that prefix sums
+// are exact in any order; sample j of an image goes to the first cell whose inclusive prefix sum
+// exceeds t_j = floor((j + 0.5) * T / n) (IEEE float64), jittered by a counter-based hash. Every
+// backend therefore picks the same cells. No torch or CUDA includes: .cu files stay cheap to compile.
+#pragma once
+#include <cstdint>
+
+#include "host_device.h"
+
+namespace infinidepth {
+
+// lowbias32 (C. Wellons' hash prospector): a full-avalanche 32-bit mixer.
+INFINIDEPTH_HOST_DEVICE uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x7feb352dU;
+  h ^= h >> 15;
+  h *= 0x846ca68bU;
+  h ^= h >> 16;
+  return h;
+}
+
+// Per-image stream of the jitter hash.
+INFINIDEPTH_HOST_DEVICE uint32_t jitter_stream(uint32_t seed, uint32_t image) { return mix32(seed ^ mix32(image)); }
+
+// Uniform in [0, 1) with 24 bits, for sample j and axis 0 (y) or 1 (x).
+INFINIDEPTH_HOST_DEVICE float jitter_uniform(uint32_t stream, int64_t j, int axis) {
+  const uint32_t h = mix32(stream ^ mix32(static_cast<uint32_t>(2 * j + axis)));
+  return static_cast<float>(h >> 8) * (1.0f / 16777216.0f);
+}
+
+// The target of sample j in [0, total).
+INFINIDEPTH_HOST_DEVICE int64_t sample_target(int64_t j, int64_t total, int64_t n) {
+  const double t = (static_cast<double>(j) + 0.5) * static_cast<double>(total) / static_cast<double>(n);
+  const int64_t target = static_cast<int64_t>(t);  // t >= 0: truncation is floor
+  return target < total ? target : total - 1;
+}
+
+// First index i in [0, M) with cdf[i] > target (cdf non-decreasing, cdf[M - 1] > target).
+INFINIDEPTH_HOST_DEVICE int64_t upper_bound_index(const int64_t* cdf, int64_t M, int64_t target) {
+  int64_t lo = 0, hi = M;
+  while (lo < hi) {
+    const int64_t mid = lo + (hi - lo) / 2;
+    if (cdf[mid] <= target) {
+      lo = mid + 1;
+    } else {
+      hi = mid;
+    }
+  }
+  return lo;
+}
+
+// Normalised coordinate of position `cell_index + u` (u in [0, 1)) along an axis of `size` cells.
+INFINIDEPTH_HOST_DEVICE float cell_coordinate(int64_t cell_index, float u, int64_t size) {
+  return (static_cast<float>(cell_index) + u) / static_cast<float>(size) * 2.f - 1.f;
+}
+
+// CPU: weights [B, M] int64 -> coords [B, n, 2] (y, x), cells [B, n].
+void inverse_cdf_sample_cpu(const int64_t* weights, int64_t B, int64_t H, int64_t W, int64_t n, uint32_t seed,
+                            bool jitter, float* coords, int64_t* cells);
+
+// CUDA: scratch bytes the scan needs for M cells, then the sampler (stream is a cudaStream_t as void*).
+// cdf is [M] int64 scratch, reused per image.
+size_t inverse_cdf_scan_bytes(int64_t M);
+void inverse_cdf_sample_cuda(const int64_t* weights, int64_t B, int64_t H, int64_t W, int64_t n, uint32_t seed,
+                             bool jitter, int64_t* cdf, void* scratch, size_t scratch_bytes, float* coords,
+                             int64_t* cells, void* stream);
+
+}  // namespace infinidepth

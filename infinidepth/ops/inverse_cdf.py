@@ -1,0 +1,153 @@
+"""Stratified inverse-CDF sampling of grid cells: ``inverse_cdf_sample(weights, n, seed)``.
+
+The core of the surface-area sampler (DESIGN.md section 3). Given non-negative weights on an
+``H x W`` grid, place ``n`` samples with equal probability mass each: sample ``j`` goes to the cell
+whose CDF interval holds ``q_j = (j + 0.5) / n``, then (optionally) to a uniform point inside it.
+
+Every backend (``torch`` reference, ``cpp``, ``cuda``, ``triton``) returns the *same cells*, bit for
+bit, for the same weights and seed. That is by construction, not by luck of rounding:
+
+* the weights are quantised once, here, to integers (``ceil(w / max(w) * 2**k)``, so a positive
+  weight never becomes 0), with ``k`` chosen so that the total stays below ``2**53``; the prefix
+  sums are then exact in int64 whatever the order of summation (a parallel scan included);
+* sample ``j``'s target is ``t_j = floor((j + 0.5) * T / n)`` evaluated in IEEE float64 (one
+  multiply, one divide: no contraction to FMA is possible) and its cell is the first whose
+  inclusive prefix sum exceeds ``t_j``;
+* the jitter is a counter-based hash of ``(seed, image, j, axis)`` (:func:`jitter_hash`), not a
+  stateful generator, so it does not depend on how the work is split across threads.
+
+Cells are returned as flat indices ``i * W + j``; coordinates as normalised ``(y, x)`` with the
+project's convention (ops/coords.py): a cell ``(i, j)`` spans ``[i, i + 1) x [j, j + 1)`` in pixels,
+and an unjittered sample sits at its centre.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .gather import HAS_EXTENSION, resolve_backend
+
+#: most samples per image: coordinates alone are 8 bytes each (8 GiB at this limit)
+MAX_SAMPLES = 2**30
+_MASK32 = 0xFFFFFFFF
+
+
+def quantize_weights(weights: torch.Tensor) -> torch.Tensor:
+    """``[B, M]`` non-negative floats -> int64 with the same proportions (see the module doc)."""
+    w = weights.double()
+    cells = w.shape[1]
+    k = min(40, 53 - max(1, math.ceil(math.log2(cells))) - 1)
+    top = w.amax(dim=1, keepdim=True)
+    return torch.ceil(w * (2.0**k / top)).to(torch.int64)
+
+
+def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
+    """``(a * c) mod 2**32`` for int64 tensors holding uint32 values, without int64 overflow."""
+    lo = (a * (c & 0xFFFF)) & _MASK32
+    hi = ((a * (c >> 16)) & 0xFFFF) << 16
+    return (lo + hi) & _MASK32
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    # "lowbias32" (C. Wellons' hash prospector): a full-avalanche 32-bit integer mixer.
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def jitter_stream(seed: int, image: int) -> int:
+    """The per-image stream of the jitter hash: ``mix(seed ^ mix(image))``."""
+    return int(_mix32(torch.tensor(seed & _MASK32) ^ _mix32(torch.tensor(image & _MASK32))))
+
+
+def jitter_hash(seed: int, image: int, j: torch.Tensor, axis: int) -> torch.Tensor:
+    """Uniform floats in [0, 1) (24 bits) for samples ``j`` of ``image``, ``axis`` 0 (y) or 1 (x).
+
+    ``u = (mix(mix(seed ^ mix(image)) ^ mix(2 j + axis)) >> 8) / 2**24`` with ``mix`` = lowbias32;
+    the kernels compute exactly this in uint32 arithmetic.
+    """
+    stream = torch.tensor(jitter_stream(seed, image), dtype=torch.int64, device=j.device)
+    h = _mix32(stream ^ _mix32((2 * j + axis) & _MASK32))
+    return (h >> 8).to(torch.float32) * (1.0 / 16777216.0)
+
+
+def inverse_cdf_reference(quantized: torch.Tensor, height: int, width: int, n: int, seed: int, jitter: bool):
+    """The oracle in plain PyTorch: ``(coords [B, n, 2] float32, cells [B, n] int64)``."""
+    B = quantized.shape[0]
+    device = quantized.device
+    cdf = torch.cumsum(quantized, dim=1)
+    total = cdf[:, -1:].double()
+    j = torch.arange(n, device=device, dtype=torch.int64)
+    targets = torch.floor((j.double() + 0.5)[None] * total / n).to(torch.int64)
+    targets = torch.minimum(targets, cdf[:, -1:] - 1)
+    cells = torch.searchsorted(cdf, targets, right=True)
+    rows, cols = cells // width, cells % width
+    if jitter:
+        uy = torch.stack([jitter_hash(seed, b, j, 0) for b in range(B)])
+        ux = torch.stack([jitter_hash(seed, b, j, 1) for b in range(B)])
+    else:
+        uy = ux = torch.full((B, n), 0.5, device=device)
+    y = (rows.float() + uy) / height * 2 - 1
+    x = (cols.float() + ux) / width * 2 - 1
+    return torch.stack([y, x], dim=-1), cells
+
+
+def check_sample_count(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int):
+        raise TypeError(f"the number of samples must be an int, got {type(n).__name__}")
+    if n <= 0:
+        raise ValueError(f"the number of samples must be positive, got {n}")
+    if n > MAX_SAMPLES:
+        raise ValueError(f"{n} samples per image exceeds the sampler's limit of {MAX_SAMPLES} (2**30)")
+    return n
+
+
+def resolve_seed(seed: int | None) -> int:
+    """``None`` draws one from torch's global generator (so ``torch.manual_seed`` fixes it)."""
+    if seed is None:
+        return int(torch.randint(0, 2**31, (1,)).item())
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
+    return seed
+
+
+def inverse_cdf_sample(
+    weights: torch.Tensor, n: int, seed: int | None = None, jitter: bool = True, backend: str = "auto"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stratified samples of the cells of ``weights`` ``[B, H, W]`` (non-negative, finite, with a
+    positive entry per image) -> ``(coords [B, n, 2] float32 in normalised (y, x), cells [B, n] int64)``."""
+    if not isinstance(weights, torch.Tensor) or weights.dim() != 3:
+        raise ValueError(f"weights must be a tensor [B, H, W], got {getattr(weights, 'shape', type(weights))}")
+    n = check_sample_count(n)
+    seed = resolve_seed(seed)
+    B, H, W = weights.shape
+    if B == 0 or H == 0 or W == 0:
+        raise ValueError(f"weights must be non-empty, got shape {tuple(weights.shape)}")
+    if not torch.isfinite(weights).all():
+        raise ValueError("sampling weights contain NaN or infinite values")
+    if (weights < 0).any():
+        raise ValueError("sampling weights must be non-negative")
+    empty = (weights.reshape(B, -1) > 0).sum(dim=1) == 0
+    if empty.any():
+        raise ValueError(f"image {int(empty.nonzero()[0])} has no positive weight: nothing to sample")
+    backend = resolve_backend(backend, weights.device)
+    quantized = quantize_weights(weights.reshape(B, H * W)).contiguous()
+    if backend == "torch":
+        return inverse_cdf_reference(quantized, H, W, n, seed, jitter)
+    if backend == "triton":
+        from infinidepth.kernels.inverse_cdf import inverse_cdf_triton
+
+        return inverse_cdf_triton(quantized, H, W, n, seed, jitter)
+    return tuple(torch.ops.infinidepth.inverse_cdf_sample(quantized, H, W, n, seed, jitter))
+
+
+if HAS_EXTENSION:
+
+    @torch.library.register_fake("infinidepth::inverse_cdf_sample")
+    def _inverse_cdf_sample_fake(weights, height, width, n, seed, jitter):
+        B = weights.shape[0]
+        return weights.new_empty((B, n, 2), dtype=torch.float32), weights.new_empty((B, n))

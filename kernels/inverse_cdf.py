@@ -1,0 +1,130 @@
+"""Triton inverse-CDF sampler (same function as csrc/inverse_cdf_*; contract in ops/inverse_cdf.py).
+
+Three launches, no host round trip: (1) every block of ``BLOCK`` cells scans itself (``tl.cumsum``,
+exact in int64) and writes its total; (2) one program per image scans the block totals; (3) one
+lane per sample finds its cell by a two-level binary search, first over the block prefix sums,
+then inside the block's local scan, so the local scans never need their block offset added.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from infinidepth.ops.inverse_cdf import jitter_stream
+
+BLOCK = 1024  # cells per scan block
+
+
+@triton.jit
+def _block_scan(w_ptr, local_ptr, sums_ptr, M, n_blocks, BLOCK: tl.constexpr):
+    blk = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    idx = blk * BLOCK + tl.arange(0, BLOCK)
+    mask = idx < M
+    vals = tl.load(w_ptr + b * M + idx, mask=mask, other=0)
+    scan = tl.cumsum(vals, axis=0)
+    tl.store(local_ptr + b * M + idx, scan, mask=mask)
+    tl.store(sums_ptr + b * n_blocks + blk, tl.sum(vals, axis=0))
+
+
+@triton.jit
+def _scan_block_sums(sums_ptr, prefix_ptr, n_blocks, CHUNK: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    carry = tl.zeros([], dtype=tl.int64)
+    for start in range(0, n_blocks, CHUNK):
+        idx = start + tl.arange(0, CHUNK)
+        mask = idx < n_blocks
+        vals = tl.load(sums_ptr + b * n_blocks + idx, mask=mask, other=0)
+        tl.store(prefix_ptr + b * n_blocks + idx, tl.cumsum(vals, axis=0) + carry, mask=mask)
+        carry += tl.sum(vals, axis=0)
+
+
+@triton.jit
+def _mix32(h):
+    """lowbias32 on uint64 lanes holding 32-bit values (products stay below 2**64)."""
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & 0xFFFFFFFF
+    h = h ^ (h >> 15)
+    h = (h * 0x846CA68B) & 0xFFFFFFFF
+    return h ^ (h >> 16)
+
+
+@triton.jit
+def _jitter(stream, j, axis):
+    key = ((2 * j + axis) & 0xFFFFFFFF).to(tl.uint64)
+    h = _mix32(stream ^ _mix32(key))
+    return (h >> 8).to(tl.float32) * (1.0 / 16777216.0)
+
+
+@triton.jit
+def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M, H, W, n, n_blocks,
+                   block_steps, cell_steps, JITTER: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
+    b = tl.program_id(1).to(tl.int64)
+    j = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
+    live = j < n
+    total = tl.load(prefix_ptr + b * n_blocks + n_blocks - 1)
+    t = ((j.to(tl.float64) + 0.5) * total.to(tl.float64) / n).to(tl.int64)
+    t = tl.minimum(t, total - 1)
+    # level 1: first block whose inclusive prefix exceeds t
+    lo = tl.zeros([BLOCK_N], dtype=tl.int64)
+    hi = lo + n_blocks
+    for _ in range(block_steps):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        v = tl.load(prefix_ptr + b * n_blocks + mid, mask=active & live, other=0)
+        right = v <= t
+        lo = tl.where(active & right, mid + 1, lo)
+        hi = tl.where(active & (~right), mid, hi)
+    blk = lo
+    offset = tl.where(blk > 0, tl.load(prefix_ptr + b * n_blocks + blk - 1, mask=live & (blk > 0), other=0), 0)
+    rest = t - offset
+    # level 2: first cell of the block whose local prefix exceeds the rest
+    lo = blk * BLOCK
+    hi = tl.minimum(lo + BLOCK, M)
+    for _ in range(cell_steps):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        v = tl.load(local_ptr + b * M + mid, mask=active & live, other=0)
+        right = v <= rest
+        lo = tl.where(active & right, mid + 1, lo)
+        hi = tl.where(active & (~right), mid, hi)
+    cell = lo
+    if JITTER:
+        stream = tl.load(streams_ptr + b).to(tl.uint64)
+        uy = _jitter(stream, j, 0)
+        ux = _jitter(stream, j, 1)
+    else:
+        uy = tl.full([BLOCK_N], 0.5, tl.float32)
+        ux = tl.full([BLOCK_N], 0.5, tl.float32)
+    row = (cell // W).to(tl.float32)
+    col = (cell % W).to(tl.float32)
+    # IEEE division, as the C++ and CUDA kernels and torch compute it
+    y = tl.math.div_rn(row + uy, H.to(tl.float32)) * 2.0 - 1.0
+    x = tl.math.div_rn(col + ux, W.to(tl.float32)) * 2.0 - 1.0
+    o = b * n + j
+    tl.store(cells_ptr + o, cell, mask=live)
+    tl.store(coords_ptr + 2 * o, y, mask=live)
+    tl.store(coords_ptr + 2 * o + 1, x, mask=live)
+
+
+def inverse_cdf_triton(quantized: torch.Tensor, height: int, width: int, n: int, seed: int, jitter: bool):
+    """``quantized`` [B, H*W] int64 -> (coords [B, n, 2] float32, cells [B, n] int64)."""
+    B, M = quantized.shape
+    dev = quantized.device
+    n_blocks = triton.cdiv(M, BLOCK)
+    local = torch.empty(B, M, dtype=torch.int64, device=dev)
+    sums = torch.empty(B, n_blocks, dtype=torch.int64, device=dev)
+    prefix = torch.empty(B, n_blocks, dtype=torch.int64, device=dev)
+    coords = torch.empty(B, n, 2, dtype=torch.float32, device=dev)
+    cells = torch.empty(B, n, dtype=torch.int64, device=dev)
+    streams = torch.tensor([jitter_stream(seed, b) for b in range(B)], dtype=torch.int64, device=dev)
+    _block_scan[(n_blocks, B)](quantized, local, sums, M, n_blocks, BLOCK=BLOCK)
+    _scan_block_sums[(B,)](sums, prefix, n_blocks, CHUNK=1024)
+    block_n = 256
+    _place_samples[(triton.cdiv(n, block_n), B)](
+        local, prefix, streams, coords, cells, M, height, width, n, n_blocks,
+        max(1, n_blocks.bit_length()), BLOCK.bit_length(), JITTER=jitter, BLOCK=BLOCK, BLOCK_N=block_n,
+    )
+    return coords, cells

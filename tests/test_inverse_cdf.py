@@ -1,0 +1,178 @@
+"""inverse_cdf_sample: stratified inverse-CDF placement of samples on a weighted grid.
+
+Properties checked on the reference (independent of the kernels): stratification (each cell gets
+n * p_i samples give or take one), a chi-square goodness of fit of the counts, jitter uniform
+inside the cell, determinism by seed. Every kernel backend must then pick *exactly* the reference's
+cells (integer arithmetic by construction) and coordinates within 1e-6 (float32).
+"""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from infinidepth.ops import available_backends
+from infinidepth.ops.inverse_cdf import inverse_cdf_reference, inverse_cdf_sample, jitter_hash, quantize_weights
+
+KERNEL_BACKENDS = [b for b in available_backends("cpu") if b != "torch"]
+
+
+def counts(cells, M):
+    return torch.bincount(cells.reshape(-1), minlength=M).double()
+
+
+def test_counts_are_stratified():
+    g = torch.Generator().manual_seed(1)
+    w = torch.rand(1, 23, 31, generator=g) ** 3
+    w[0, 5:8, 2:20] = 0
+    n = 20000
+    _, cells = inverse_cdf_sample(w, n, seed=3, backend="torch")
+    expected = n * (w.reshape(-1) / w.sum()).double()
+    got = counts(cells, w.numel())
+    # stratified: never more than one sample away from the expectation (plus quantisation slack)
+    assert (got - expected).abs().max().item() <= 1.0 + 1e-6
+    assert got[(w.reshape(-1) == 0)].sum() == 0
+
+
+def test_chi_square_goodness_of_fit():
+    """Counts against the weights: chi-square far below what even i.i.d. sampling would give."""
+    g = torch.Generator().manual_seed(2)
+    w = torch.rand(1, 10, 12, generator=g) + 0.05
+    n = 50000
+    _, cells = inverse_cdf_sample(w, n, seed=11, backend="torch")
+    expected = n * (w.reshape(-1) / w.sum()).double()
+    chi2 = (((counts(cells, w.numel()) - expected) ** 2) / expected).sum().item()
+    dof = w.numel() - 1
+    assert chi2 < dof  # i.i.d. sampling would give about dof; stratification gives far less
+
+
+def test_jitter_is_uniform_inside_the_cell():
+    H, W = 7, 5
+    w = torch.ones(1, H, W)
+    n = 35000
+    coords, cells = inverse_cdf_sample(w, n, seed=5, backend="torch")
+    py = (coords[0, :, 0].double() + 1) / 2 * H
+    px = (coords[0, :, 1].double() + 1) / 2 * W
+    rows, cols = cells[0] // W, cells[0] % W
+    fy, fx = py - rows, px - cols
+    assert fy.min() >= 0 and fy.max() < 1 and fx.min() >= 0 and fx.max() < 1
+    for frac in (fy, fx):  # 10 bins of the sub-cell offset: chi-square with 9 dof
+        hist = torch.histc(frac.float(), bins=10, min=0, max=1).double()
+        chi2 = (((hist - n / 10) ** 2) / (n / 10)).sum().item()
+        assert chi2 < 30  # p < 0.0005 for 9 dof
+    assert abs(torch.corrcoef(torch.stack([fy, fx]))[0, 1].item()) < 0.03
+
+
+def test_without_jitter_samples_sit_at_cell_centres():
+    H, W = 4, 6
+    w = torch.rand(2, H, W) + 0.1
+    coords, cells = inverse_cdf_sample(w, 100, seed=0, jitter=False, backend="torch")
+    rows, cols = cells // W, cells % W
+    torch.testing.assert_close(coords[..., 0], (rows.float() + 0.5) / H * 2 - 1)
+    torch.testing.assert_close(coords[..., 1], (cols.float() + 0.5) / W * 2 - 1)
+
+
+def test_seed_determines_everything():
+    w = torch.rand(2, 9, 9)
+    a = inverse_cdf_sample(w, 500, seed=42, backend="torch")
+    b = inverse_cdf_sample(w, 500, seed=42, backend="torch")
+    c = inverse_cdf_sample(w, 500, seed=43, backend="torch")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert torch.equal(a[1], c[1]) and not torch.equal(a[0], c[0])  # same cells (stratified), other jitter
+    torch.manual_seed(9)
+    d = inverse_cdf_sample(w, 500, backend="torch")
+    torch.manual_seed(9)
+    e = inverse_cdf_sample(w, 500, backend="torch")
+    assert torch.equal(d[0], e[0])
+    # images of a batch get independent jitter
+    same = inverse_cdf_sample(torch.ones(2, 3, 3), 50, seed=1, backend="torch")[0]
+    assert not torch.equal(same[0], same[1])
+
+
+def test_jitter_hash_is_the_documented_lowbias32():
+    """Independent transcription of the documented hash in numpy uint32 arithmetic."""
+
+    def mix(h):
+        h = np.uint32(h)
+        with np.errstate(over="ignore"):
+            h ^= h >> np.uint32(16)
+            h = np.uint32(h * np.uint32(0x7FEB352D))
+            h ^= h >> np.uint32(15)
+            h = np.uint32(h * np.uint32(0x846CA68B))
+            h ^= h >> np.uint32(16)
+        return h
+
+    seed, image = 123456789, 3
+    stream = mix(np.uint32(seed) ^ mix(image))
+    for j in (0, 1, 77, 2**29 + 5):
+        for axis in (0, 1):
+            want = float(mix(stream ^ mix(2 * j + axis)) >> np.uint32(8)) / 2**24
+            got = jitter_hash(seed, image, torch.tensor([j]), axis).item()
+            assert got == pytest.approx(want, abs=0)
+
+
+def test_quantisation_keeps_every_positive_weight_and_fits_float64():
+    w = torch.tensor([[0.0, 1e-30, 1.0, 0.5, 3.0]])
+    q = quantize_weights(w)
+    assert q[0, 0] == 0 and (q[0, 1:] > 0).all()
+    assert int(q.sum()) < 2**53
+    ratio = q[0, 2:].double() / q[0, 4].double()
+    torch.testing.assert_close(ratio, torch.tensor([1 / 3, 0.5 / 3, 1.0], dtype=torch.float64), rtol=1e-9, atol=0)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernels_pick_exactly_the_reference_cells(backend):
+    rng = random.Random(31)
+    for trial in range(8):
+        B, H, W = rng.randint(1, 3), rng.randint(1, 40), rng.randint(1, 40)
+        g = torch.Generator().manual_seed(trial)
+        w = torch.rand(B, H, W, generator=g) ** rng.choice([1, 4, 12])  # up to a huge dynamic range
+        w[w < 0.05] = 0
+        w.view(B, -1)[:, rng.randrange(H * W)] = 1.0  # at least one positive cell per image
+        n = rng.choice([1, 2, 7, H * W, 3 * H * W + 1, rng.randint(1, 5000)])
+        for jitter in (True, False):
+            want = inverse_cdf_sample(w, n, seed=trial, jitter=jitter, backend="torch")
+            got = inverse_cdf_sample(w, n, seed=trial, jitter=jitter, backend=backend)
+            assert torch.equal(got[1], want[1]), (trial, jitter)
+            torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
+def test_bad_input_is_reported(backend):
+    w = torch.rand(1, 4, 4)
+    with pytest.raises(ValueError, match="positive"):
+        inverse_cdf_sample(w, 0, backend=backend)
+    with pytest.raises(ValueError, match="limit"):
+        inverse_cdf_sample(w, 2**31, backend=backend)
+    with pytest.raises(TypeError, match="int"):
+        inverse_cdf_sample(w, 10.0, backend=backend)
+    with pytest.raises(ValueError, match="seed"):
+        inverse_cdf_sample(w, 10, seed=-1, backend=backend)
+    bad = w.clone()
+    bad[0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        inverse_cdf_sample(bad, 10, backend=backend)
+    with pytest.raises(ValueError, match="non-negative"):
+        inverse_cdf_sample(-w, 10, backend=backend)
+    with pytest.raises(ValueError, match="image 1 has no positive weight"):
+        inverse_cdf_sample(torch.stack([w[0], torch.zeros(4, 4)]), 10, backend=backend)
+    with pytest.raises(ValueError, match=r"\[B, H, W\]"):
+        inverse_cdf_sample(w[0], 10, backend=backend)
+
+
+def test_op_guards_direct_callers_and_contract():
+    from infinidepth.ops.gather import HAS_EXTENSION
+
+    if not HAS_EXTENSION:
+        pytest.skip("extension not built")
+    op = torch.ops.infinidepth.inverse_cdf_sample
+    with pytest.raises(RuntimeError, match="int64"):
+        op(torch.rand(1, 6), 2, 3, 5, 0, True)
+    with pytest.raises(RuntimeError, match="6 cells, not 2 x 4"):
+        op(torch.ones(1, 6, dtype=torch.int64), 2, 4, 5, 0, True)
+    args = (torch.ones(2, 6, dtype=torch.int64), 2, 3, 11, 5, True)
+    torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
+    coords, cells = op(*args)
+    ref = inverse_cdf_reference(*args)
+    assert torch.equal(cells, ref[1])
