@@ -139,6 +139,14 @@ def test_kernels_pick_exactly_the_reference_cells(backend):
 
 
 @pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
+def test_targets_on_a_cdf_boundary_go_to_the_upper_cell(backend):
+    """16 equal cells, 8 samples: sample j's mass (j + 0.5) / 8 = (2j + 1) / 16 lies exactly on the
+    boundary between cells 2j and 2j + 1; the convention (first cell whose CDF exceeds it) says 2j + 1."""
+    _, cells = inverse_cdf_sample(torch.ones(1, 4, 4), 8, seed=0, backend=backend)
+    assert cells[0].tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
 def test_bad_input_is_reported(backend):
     w = torch.rand(1, 4, 4)
     with pytest.raises(ValueError, match="positive"):
