@@ -75,6 +75,7 @@ setup(
         "h5py",
         "OpenEXR",
         "matplotlib",
+        "scipy",  # cKDTree for the k-nearest-neighbour spacing of infinidepth.sampling.uniformity
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ninja", "pybind11"],

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import Features, ImplicitDepthModel
+from .base import Features, ImplicitDepthModel, SampledPoints
 from .official import InfiniDepth, InfiniDepthDepthSensor, OfficialConfig
 from .paper import InfiniDepthPaper, PaperConfig
 from .vit import VIT_SIZES
@@ -62,6 +62,7 @@ __all__ = [
     "OfficialConfig",
     "PaperConfig",
     "PRESETS",
+    "SampledPoints",
     "build_model",
     "from_preset",
 ]

@@ -15,6 +15,17 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass
+class SampledPoints:
+    """Points of the depth field at budgeted query positions (``model.sample_points``)."""
+
+    coords: torch.Tensor  # [B, n, 2] normalised (y, x) query positions
+    depth: torch.Tensor  # [B, n] depth re-queried there
+    points: torch.Tensor  # [B, n, 3] camera frame (x right, y down, z forward)
+    points_world: torch.Tensor  # [B, n, 3] after camera_to_world (the camera frame when none was given)
+    colors: torch.Tensor  # [B, n, 3] the image's RGB in [0, 1], bilinear at the query positions
+
+
+@dataclass
 class Features:
     """The result of one encoder pass: feature maps the decoder gathers from, and per-image state."""
 
@@ -135,6 +146,52 @@ class ImplicitDepthModel(nn.Module):
             raw = self.decode(feats, _rows(H, W, y0, y1, B, self.device), backend=backend, chunk=None)
             out[:, y0 * W : y1 * W] = self.to_depth(raw).float()
         return out.reshape(B, 1, H, W)
+
+
+    @torch.no_grad()
+    def sample_points(
+        self,
+        image: torch.Tensor,
+        n: int,
+        intrinsics,
+        camera_to_world=None,
+        strategy: str = "surface_area",
+        seed: int | None = None,
+        sparse_depth: torch.Tensor | None = None,
+        backend: str | None = None,
+    ) -> SampledPoints:
+        """``n`` points per image spread evenly over the visible surfaces, as the GS head needs.
+
+        Two passes over the one encoding: dense depth and its exact derivative at the image's pixel
+        centres (-> normals -> surface-area weights), then depth at the ``n`` budgeted queries.
+        ``intrinsics`` ``[3, 3]`` or ``[B, 3, 3]`` in pixels of ``image``; ``camera_to_world``
+        ``[4, 4]`` or ``[B, 4, 4]`` (optional). ``strategy``: ``"surface_area"`` (ours) or
+        ``"triangle"`` (the released triangle-area sampler, for comparison). Deterministic for a seed.
+        """
+        from infinidepth.ops import grid_coords
+        from infinidepth.ops.gather import bilinear_gather_reference
+        from infinidepth.sampling import (backproject, check_intrinsics, surface_area_sample, surface_normals,
+                                          to_world, triangle_area_sample)
+
+        if strategy not in ("surface_area", "triangle"):
+            raise ValueError(f"strategy must be 'surface_area' or 'triangle', got {strategy!r}")
+        check_image(image)
+        B, _, H, W = image.shape
+        K = check_intrinsics(intrinsics, B, self.device)
+        feats = self.encode(image, sparse_depth=sparse_depth)
+        dense = grid_coords(H, W, B, self.device)
+        if strategy == "surface_area":
+            depth, grad = self.decode_depth(feats, dense, backend=backend, with_grad=True)
+            depth_map = depth.reshape(B, 1, H, W)
+            normals = surface_normals(depth_map, grad.reshape(B, H, W, 2).permute(0, 3, 1, 2), K)
+            coords = surface_area_sample(depth_map, normals, K, n, seed=seed, backend=self.resolved_backend(backend))
+        else:
+            depth_map = self.decode_depth(feats, dense, backend=backend).reshape(B, 1, H, W)
+            coords = triangle_area_sample(depth_map, K, n, seed=seed)
+        depth = self.decode_depth(feats, coords, backend=backend)
+        points = backproject(depth, coords, K, (H, W))
+        colors = bilinear_gather_reference(image.to(self.device, torch.float32), coords).clamp(0, 1)
+        return SampledPoints(coords, depth, points, to_world(points, camera_to_world), colors)
 
 
 def _rows(H: int, W: int, y0: int, y1: int, batch: int, device) -> torch.Tensor:

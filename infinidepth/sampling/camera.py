@@ -1,0 +1,66 @@
+"""Pinhole cameras for the sampler: checked intrinsics, viewing rays, back-projection.
+
+Intrinsics are ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels of the grid they describe, with
+pixel ``(i, j)``'s centre at ``(u, v) = (j + 0.5, i + 0.5)`` (as ``infinidepth.io.backproject``).
+A normalised query ``(y, x)`` (ops/coords.py) is at ``u = (x + 1) / 2 * W``, ``v = (y + 1) / 2 * H``.
+Camera frame: x right, y down, z forward; depth is z.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def check_intrinsics(intrinsics, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``[3, 3]`` or ``[B, 3, 3]`` (tensor or nested lists) -> ``[B, 3, 3]``, or a clear error."""
+    K = torch.as_tensor(intrinsics, dtype=torch.float64)
+    if K.dim() == 2:
+        K = K.expand(batch, 3, 3) if K.shape == (3, 3) else K
+    if K.dim() != 3 or K.shape[1:] != (3, 3):
+        raise ValueError(f"intrinsics must be [3, 3] or [B, 3, 3], got {tuple(K.shape)}")
+    if K.shape[0] != batch:
+        raise ValueError(f"intrinsics are given for {K.shape[0]} images, the batch has {batch}")
+    if not torch.isfinite(K).all():
+        raise ValueError("intrinsics contain NaN or infinite values")
+    fx, fy = K[:, 0, 0], K[:, 1, 1]
+    if (fx <= 0).any() or (fy <= 0).any():
+        raise ValueError(f"focal lengths must be positive, got fx={fx.tolist()}, fy={fy.tolist()}")
+    zero = torch.stack([K[:, 0, 1], K[:, 1, 0], K[:, 2, 0], K[:, 2, 1]])
+    if zero.abs().max() > 0 or (K[:, 2, 2] != 1).any():
+        raise ValueError("intrinsics must have the form [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew)")
+    return K.to(device=device, dtype=dtype)
+
+
+def scale_intrinsics(K: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
+    """The same camera described on a grid of another resolution (pixel centres convention above)."""
+    sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
+    S = torch.tensor([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], dtype=K.dtype, device=K.device)
+    return S @ K
+
+
+def rays(coords: torch.Tensor, K: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Camera-frame rays with z = 1 through normalised ``coords`` ``[B, N, 2]`` -> ``[B, N, 3]``."""
+    H, W = size
+    u = (coords[..., 1] + 1) * (W / 2)
+    v = (coords[..., 0] + 1) * (H / 2)
+    K = K.to(coords.dtype)
+    x = (u - K[:, None, 0, 2]) / K[:, None, 0, 0]
+    y = (v - K[:, None, 1, 2]) / K[:, None, 1, 1]
+    return torch.stack([x, y, torch.ones_like(x)], dim=-1)
+
+
+def backproject(depth: torch.Tensor, coords: torch.Tensor, K: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Camera-frame points ``[B, N, 3]`` of z-depth ``[B, N]`` at normalised ``coords``."""
+    return rays(coords, K, size) * depth[..., None]
+
+
+def to_world(points: torch.Tensor, camera_to_world: torch.Tensor | None) -> torch.Tensor:
+    """Apply ``[B, 4, 4]`` (or ``[4, 4]``) camera-to-world transforms to ``[B, N, 3]`` points."""
+    if camera_to_world is None:
+        return points
+    T = torch.as_tensor(camera_to_world, dtype=points.dtype, device=points.device)
+    if T.dim() == 2:
+        T = T.expand(points.shape[0], 4, 4)
+    if T.shape != (points.shape[0], 4, 4) or not torch.isfinite(T).all():
+        raise ValueError(f"camera_to_world must be finite [B, 4, 4] or [4, 4], got {tuple(T.shape)}")
+    return points @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]

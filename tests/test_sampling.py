@@ -1,0 +1,333 @@
+"""The depth query strategy: normals of the field, surface-area weights and samples, the released
+triangle sampler, the uniformity measures and model.sample_points.
+
+Expected values come from geometry worked out independently of the code: analytic planes and a
+sphere, the area of a plane patch from its corner rays, counts on hand-sized grids.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import infinidepth
+from infinidepth.ops import available_backends, grid_coords
+from infinidepth.sampling import (backproject, hole_fraction, knn_spacing, surface_area_sample, surface_area_weights,
+                                  surface_normals, triangle_area_sample, uniformity)
+from infinidepth.sampling.scenes import AnalyticScene, Plane, standard_scenes
+
+KERNEL_BACKENDS = [b for b in available_backends("cpu") if b != "torch"]
+
+
+def K_of(f, H, W):
+    return torch.tensor([[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], dtype=torch.float64)
+
+
+def dense_field(scene):
+    H, W = scene.size
+    depth, grad = scene.depth_and_grad(grid_coords(H, W).double())
+    return depth.reshape(1, 1, H, W), grad.reshape(1, H, W, 2).permute(0, 3, 1, 2)
+
+
+def tilted_plane(degrees, size=(30, 40), distance=5.0):
+    a = math.radians(degrees)
+    return AnalyticScene("tilted", [Plane((math.sin(a), 0.0, -math.cos(a)), -distance * math.cos(a))], size, fov_x_degrees=50)
+
+
+# -- normals -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("degrees", [0, 30, 55])
+def test_normals_of_planes(degrees):
+    scene = tilted_plane(degrees)
+    depth, grad = dense_field(scene)
+    n = surface_normals(depth, grad, scene.intrinsics)
+    a = math.radians(degrees)
+    want = torch.tensor([math.sin(a), 0.0, -math.cos(a)], dtype=torch.float64)  # faces the camera (z < 0)
+    torch.testing.assert_close(n, want.view(1, 3, 1, 1).expand_as(n), atol=1e-9, rtol=0)
+
+
+def test_normals_of_a_sphere():
+    """z-depth of a sphere in front of the camera, in closed form; its normal is (P - centre) / radius."""
+    H, W = 24, 32
+    K = K_of(30.0, H, W)
+    centre, radius = torch.tensor([0.2, -0.1, 4.0], dtype=torch.float64), 1.5
+    coords = grid_coords(H, W).double().requires_grad_(True)
+    r = torch.stack([((coords[..., 1] + 1) * W / 2 - W / 2) / 30.0, ((coords[..., 0] + 1) * H / 2 - H / 2) / 30.0,
+                     torch.ones_like(coords[..., 0])], -1)
+    a = (r * r).sum(-1)
+    b = -2 * (r * centre).sum(-1)
+    c = (centre * centre).sum() - radius**2
+    disc = b * b - 4 * a * c
+    z = torch.where(disc > 0, (-b - disc.clamp_min(0).sqrt()) / (2 * a), torch.zeros_like(a))
+    (g,) = torch.autograd.grad(z.sum(), coords)
+    depth = z.detach().reshape(1, 1, H, W)
+    n = surface_normals(depth, g.reshape(1, H, W, 2).permute(0, 3, 1, 2), K)
+    P = backproject(depth.reshape(1, -1), grid_coords(H, W).double(), K[None], (H, W))[0]
+    want = ((P - centre) / radius).T.reshape(1, 3, H, W)
+    hit = depth > 0
+    assert hit.sum() > 100
+    torch.testing.assert_close(n[hit.expand_as(n)], want[hit.expand_as(want)], atol=1e-7, rtol=0)
+    assert (n[~hit.expand_as(n)] == 0).all()
+
+
+def test_normals_reject_bad_input():
+    depth, grad = torch.ones(1, 1, 4, 5), torch.zeros(1, 2, 4, 5)
+    with pytest.raises(ValueError, match="focal lengths must be positive"):
+        surface_normals(depth, grad, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="grad must have shape"):
+        surface_normals(depth, torch.zeros(1, 2, 4, 4), K_of(4, 4, 5))
+    bad = depth.clone()
+    bad[0, 0, 1, 1] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        surface_normals(bad, grad, K_of(4, 4, 5))
+    with pytest.raises(ValueError, match="no skew"):
+        surface_normals(depth, grad, torch.tensor([[4.0, 1.0, 2.5], [0, 4, 2], [0, 0, 1]]))
+
+
+# -- weights and the sampler -------------------------------------------------------------------
+
+
+def plane_patch_area(scene):
+    """Area of the part of a (single, unbounded) plane that the image rectangle sees: the corner
+    rays' hits form a planar quadrilateral."""
+    H, W = scene.size
+    K = scene.intrinsics
+    corners = [(0, 0), (0, W), (H, W), (H, 0)]
+    rays = [torch.tensor([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], 1.0], dtype=torch.float64) for v, u in corners]
+    t = [scene.raycast(torch.zeros(1, 3, dtype=torch.float64), r[None])[0] for r in rays]
+    P = [ti * r for ti, r in zip(t, rays)]
+    return 0.5 * (torch.linalg.cross(P[2] - P[0], P[3] - P[1])).norm().item()
+
+
+@pytest.mark.parametrize("degrees", [0, 40, 60])
+def test_weights_are_the_surface_area_each_pixel_sees(degrees):
+    scene = tilted_plane(degrees, size=(60, 80), distance=4.0)
+    depth, grad = dense_field(scene)
+    n = surface_normals(depth, grad, scene.intrinsics)
+    w = surface_area_weights(depth, n, scene.intrinsics, eps=1e-12)
+    assert w.sum().item() == pytest.approx(plane_patch_area(scene), rel=3e-3)  # midpoint rule over the pixels
+
+
+def test_fronto_parallel_plane_gets_uniform_samples():
+    scene = tilted_plane(0, size=(12, 16))
+    depth, grad = dense_field(scene)
+    n = surface_normals(depth, grad, scene.intrinsics)
+    w = surface_area_weights(depth, n, scene.intrinsics)
+    torch.testing.assert_close(w, torch.full_like(w, w.mean().item()), rtol=1e-12, atol=0)
+    coords = surface_area_sample(depth, n, scene.intrinsics, 12 * 16 * 5, seed=1, jitter=False)
+    rows = ((coords[0, :, 0] + 1) / 2 * 12).floor().long()
+    cols = ((coords[0, :, 1] + 1) / 2 * 16).floor().long()
+    counts = torch.bincount(rows * 16 + cols, minlength=12 * 16)
+    assert counts.min() == 5 and counts.max() == 5
+
+
+def test_grazing_plane_sample_density_follows_the_area():
+    """On a plane at a grazing angle the samples per pixel follow d^2 cos(alpha) / cos(theta): per
+    column of the image, the ratio of counts matches the ratio of the analytic pixel areas."""
+    H, W = 20, 60
+    scene = tilted_plane(60, size=(H, W), distance=3.0)
+    depth, grad = dense_field(scene)
+    n = surface_normals(depth, grad, scene.intrinsics)
+    total = 400_000
+    coords = surface_area_sample(depth, n, scene.intrinsics, total, seed=0, eps=1e-9)
+    cols = ((coords[0, :, 1] + 1) / 2 * W).floor().long()
+    got = torch.bincount(cols, minlength=W).double() / total
+    # analytic: hit point of each pixel centre ray, area = d^2 cos(alpha) / (f^2 cos(theta))
+    K = scene.intrinsics
+    u = torch.arange(W, dtype=torch.float64) + 0.5
+    v = torch.arange(H, dtype=torch.float64) + 0.5
+    vv, uu = torch.meshgrid(v, u, indexing="ij")
+    r = torch.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], torch.ones_like(uu)], -1)
+    a = math.radians(60)
+    normal = torch.tensor([math.sin(a), 0.0, -math.cos(a)], dtype=torch.float64)
+    d = (-3.0 * math.cos(a)) / (r @ normal)
+    unit = r / r.norm(dim=-1, keepdim=True)
+    area = d**2 * unit[..., 2] / (unit @ normal).abs() / K[0, 0] ** 2
+    want = area.sum(0) / area.sum()
+    # stratified placement: each pixel gets its expected count give or take one sample
+    assert (got - want).abs().max().item() <= (H + 1) / total
+    assert want[-1] / want[0] > 5  # the far side of the plane really gets many more samples
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_sampler_backends_agree(backend):
+    scene = standard_scenes((24, 32))[1]
+    depth, grad = dense_field(scene)
+    n = surface_normals(depth, grad, scene.intrinsics)
+    want = surface_area_sample(depth, n, scene.intrinsics, 3000, seed=4, backend="torch")
+    got = surface_area_sample(depth, n, scene.intrinsics, 3000, seed=4, backend=backend)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+
+
+def test_sampler_rejects_bad_input():
+    depth = torch.ones(1, 1, 6, 8)
+    normals = torch.zeros(1, 3, 6, 8)
+    normals[:, 2] = -1
+    K = K_of(8, 6, 8)
+    bad = depth.clone()
+    bad[0, 0, 2, 2] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        surface_area_sample(bad, normals, K, 10)
+    with pytest.raises(ValueError, match="focal lengths must be positive"):
+        surface_area_sample(depth, normals, torch.zeros(3, 3), 10)
+    with pytest.raises(ValueError, match="positive"):
+        surface_area_sample(depth, normals, K, 0)
+    with pytest.raises(ValueError, match="limit"):
+        surface_area_sample(depth, normals, K, 10**12)
+    with pytest.raises(ValueError, match="no surface"):
+        surface_area_sample(torch.zeros_like(depth), normals, K, 10)
+    with pytest.raises(ValueError, match="normals must have shape"):
+        surface_area_sample(depth, normals[:, :, :5], K, 10)
+    with pytest.raises(ValueError, match="intrinsics are given for 2 images"):
+        surface_area_sample(depth, normals, torch.stack([K, K]), 10)
+
+
+# -- the released triangle sampler ---------------------------------------------------------------
+
+
+def test_triangle_sampler_centroids_on_a_flat_map():
+    """3x3 pixels at depth 1: 8 equal triangles; with n = 8 the deterministic mode returns their
+    centroids (pixel units: one third of the way across each half of a 2x2 block)."""
+    K = K_of(3.0, 3, 3)
+    coords = triangle_area_sample(torch.ones(1, 1, 3, 3), K, 8)
+    rows = ((coords[0, :, 0].double() + 1) / 2 * 3 - 0.5).numpy()
+    cols = ((coords[0, :, 1].double() + 1) / 2 * 3 - 0.5).numpy()
+    got = sorted(zip(np.round(rows * 3).astype(int).tolist(), np.round(cols * 3).astype(int).tolist()))
+    want = []
+    for i in range(2):
+        for j in range(2):
+            want.append((3 * i + 1, 3 * j + 1))  # (tl, bl, tr) centroid = (i + 1/3, j + 1/3)
+            want.append((3 * i + 2, 3 * j + 2))  # (br, tr, bl) centroid = (i + 2/3, j + 2/3)
+    assert got == sorted(want)
+
+
+def test_triangle_sampler_extra_points_follow_sqrt_area():
+    """n > number of triangles: every centroid once, the rest shared in proportion to sqrt(area)."""
+    K = K_of(4.0, 5, 5)
+    depth = torch.ones(1, 1, 5, 5)
+    depth[..., 3:, :] = 1.02  # a small step, below the pruning ratio: bigger triangles there
+    coords = triangle_area_sample(depth, K, 32 + 100)
+    assert coords.shape == (1, 132, 2)
+    assert coords.abs().max() <= 1
+
+
+def test_triangle_sampler_prunes_discontinuities_and_the_far_plane():
+    H, W = 8, 10
+    K = K_of(8.0, H, W)
+    depth = torch.full((1, 1, H, W), 2.0)
+    depth[..., :, 5:] = 4.0  # a step: triangles across columns 4|5 are pruned
+    coords = triangle_area_sample(depth, K, 400)
+    px = (coords[0, :, 1] + 1) / 2 * W - 0.5  # pixel-centre units
+    assert not ((px > 4.0) & (px < 5.0)).any()
+    far = torch.full((1, 1, H, W), 2.0)
+    far[..., :, 5:] = 95.0  # beyond the release's 90 cut
+    px = (triangle_area_sample(far, K, 400, depth_ratio_far=100.0, depth_ratio=99.0)[0, :, 1] + 1) / 2 * W - 0.5
+    assert (px <= 4.0).all()
+    with pytest.raises(ValueError, match="every triangle was pruned"):
+        triangle_area_sample(torch.zeros(1, 1, H, W), K, 10)
+
+
+def test_triangle_random_mode_is_seeded():
+    K = K_of(8.0, 6, 7)
+    depth = torch.rand(1, 1, 6, 7) * 0.01 + 3
+    a = triangle_area_sample(depth, K, 300, deterministic=False, seed=3)
+    b = triangle_area_sample(depth, K, 300, deterministic=False, seed=3)
+    c = triangle_area_sample(depth, K, 300, deterministic=False, seed=4)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# -- uniformity measures -------------------------------------------------------------------------
+
+
+def test_knn_spacing_of_a_lattice_and_of_random_points():
+    g = np.stack(np.meshgrid(np.arange(30.0), np.arange(30.0), indexing="ij"), -1).reshape(-1, 2)
+    lattice = np.concatenate([g, np.zeros((len(g), 1))], 1)
+    s = knn_spacing(lattice, k=4)
+    interior = (g[:, 0] > 0) & (g[:, 0] < 29) & (g[:, 1] > 0) & (g[:, 1] < 29)
+    np.testing.assert_allclose(s[interior], 1.0)  # the 4 nearest are at distance 1
+    rng = np.random.default_rng(0)
+    random_points = np.concatenate([rng.random((900, 2)) * 30, np.zeros((900, 1))], 1)
+    assert uniformity(lattice)["knn_cv"] < 0.1 < uniformity(random_points)["knn_cv"]
+
+
+def test_hole_fraction_by_hand():
+    H, W = 4, 6
+    K = K_of(3.0, H, W)
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    pts = np.stack([(u - W / 2) / 3.0, (v - H / 2) / 3.0, np.ones_like(u)], -1).reshape(-1, 3)  # one per pixel at z = 1
+    assert hole_fraction(pts, K, (H, W), 0.0) == 0.0
+    assert hole_fraction(pts[1:], K, (H, W), 0.0) == pytest.approx(1 / (H * W))
+    # moved right by one pixel's width at z = 1: the last column is left empty
+    assert hole_fraction(pts, K, (H, W), 1 / 3.0) == pytest.approx(1 / W)
+    mask = np.zeros((H, W), bool)
+    mask[:, :-1] = True
+    assert hole_fraction(pts, K, (H, W), 1 / 3.0, target_mask=mask) == 0.0
+    with pytest.raises(ValueError, match="NaN"):
+        hole_fraction(np.full((3, 3), np.nan), K, (H, W), 0.0)
+
+
+def test_ours_is_more_uniform_than_the_grid_and_the_triangle_sampler():
+    """The issue's claim on a small standard scene (the full table: benchmarks/uniformity.py)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from uniformity import evaluate
+
+    rows = {r["sampler"]: r for r in evaluate(standard_scenes((60, 80))[0], baseline=0.5, k=8, seed=0)}
+    ours, grid, tri = rows["surface area (ours)"], rows["pixel grid"], rows["triangle (released)"]
+    assert ours["knn_cv"] < 0.5 * grid["knn_cv"]
+    assert ours["knn_cv"] <= tri["knn_cv"]
+
+
+# -- model.sample_points -------------------------------------------------------------------------
+
+
+def test_model_sample_points():
+    model = infinidepth.from_preset("tiny")
+    image = torch.rand(2, 3, 32, 48)
+    K = K_of(40.0, 32, 48).float()
+    pose = torch.eye(4)
+    pose[:3, 3] = torch.tensor([1.0, 2.0, 3.0])
+    sp = model.sample_points(image, 700, K, camera_to_world=pose, seed=5)
+    assert sp.coords.shape == (2, 700, 2) and sp.points.shape == (2, 700, 3) and sp.colors.shape == (2, 700, 3)
+    assert sp.coords.abs().max() <= 1 and (sp.colors >= 0).all() and (sp.colors <= 1).all()
+    feats = model.encode(image)
+    torch.testing.assert_close(sp.depth, model.decode_depth(feats, sp.coords))
+    torch.testing.assert_close(sp.points[..., 2], sp.depth)
+    torch.testing.assert_close(sp.points_world, sp.points + torch.tensor([1.0, 2.0, 3.0]))
+    again = model.sample_points(image, 700, K, camera_to_world=pose, seed=5)
+    assert torch.equal(again.coords, sp.coords)
+    tri = model.sample_points(image, 700, K, strategy="triangle")
+    assert tri.points.shape == (2, 700, 3)
+    with pytest.raises(ValueError, match="focal lengths must be positive"):
+        model.sample_points(image, 10, torch.zeros(3, 3))
+    with pytest.raises(ValueError, match="strategy"):
+        model.sample_points(image, 10, K, strategy="poisson")
+
+
+def test_model_depth_gradient_is_the_chain_rule():
+    """decode_depth(with_grad=True) = to_depth'(raw) * d raw: exp for the paper model,
+    -1 / raw^2 (0 where the disparity floor clamps) for the released one."""
+    image = torch.rand(1, 3, 32, 32)
+    coords = torch.rand(1, 64, 2) * 2.2 - 1.1
+    paper = infinidepth.from_preset("tiny")
+    feats = paper.encode(image)
+    depth, grad = paper.decode_depth(feats, coords, with_grad=True)
+    raw, raw_grad = paper.decode(feats, coords, with_grad=True)
+    torch.testing.assert_close(grad, torch.exp(raw)[..., None] * raw_grad)
+    official = infinidepth.from_preset("official-tiny")
+    with torch.no_grad():  # shift the output so that some disparities are above the 5e-3 floor, some below
+        bias = official.depth_implicit_head.out_layer.linears()[-1][1]
+        bias += 5e-3 - official.decode(official.encode(image), coords).median()
+    feats = official.encode(image)
+    depth, grad = official.decode_depth(feats, coords, with_grad=True)
+    raw, raw_grad = official.decode(feats, coords, with_grad=True)
+    assert (raw > 5e-3).any() and (raw < 5e-3).any() and (raw_grad != 0).any()
+    want = torch.where(raw > 5e-3, -1 / raw.clamp_min(5e-3) ** 2, torch.zeros_like(raw))[..., None] * raw_grad
+    torch.testing.assert_close(grad, want)
+    # along an axis where the query is outside the released clamp window (|c| > 1 - 1e-6) the field is flat
+    outside = coords.abs() > 1
+    assert outside.any() and (grad[outside] == 0).all() and (grad[~outside] != 0).any()
