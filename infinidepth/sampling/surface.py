@@ -45,13 +45,14 @@ def surface_area_weights(depth: torch.Tensor, normals: torch.Tensor, intrinsics,
         raise ValueError("normals contain NaN or infinite values")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    K = check_intrinsics(intrinsics, B, depth.device, torch.float64)
-    r = rays(grid_coords(H, W, B, depth.device).double(), K, (H, W))
+    dtype = torch.promote_types(depth.dtype, torch.float32)  # the sampler quantises the weights anyway
+    K = check_intrinsics(intrinsics, B, depth.device, dtype)
+    r = rays(grid_coords(H, W, B, depth.device).to(dtype), K, (H, W))
     v = r / r.norm(dim=-1, keepdim=True)
-    n = normals.double().reshape(B, 3, -1).transpose(1, 2)
-    d = depth.double().reshape(B, -1)
+    n = normals.to(dtype).reshape(B, 3, -1).transpose(1, 2)
+    d = depth.to(dtype).reshape(B, -1)
     cos_view = (n * v).sum(-1).abs()
-    area = d**2 * v[..., 2] / (cos_view.clamp_min(eps) * K[:, None, 0, 0] * K[:, None, 1, 1])
+    area = d**2 * v[..., 2] / (cos_view.clamp_min(eps) * (K[:, None, 0, 0] * K[:, None, 1, 1]))
     return torch.where(d > 0, area, torch.zeros_like(area)).reshape(B, H, W)
 
 

@@ -1,0 +1,81 @@
+"""Throughput of the surface-area sampler, every backend, against a plain-PyTorch reproduction of
+the released triangle-area sampler, in one run.
+
+    python benchmarks/sampler.py --device cpu --size 768x1024 --points 2000000 --json OUT.json
+
+The depth field is the analytic corridor scene (exact depth and normals) at --size. Timed per
+backend: the whole sampler from depth and normals (surface_area_sample: area weights, quantisation,
+scan, search, jitter) and the placement kernel alone (inverse_cdf_sample on ready weights).
+The triangle sampler runs its release-default deterministic mode on the same depth. Every backend's
+cells are checked against the torch reference (they must be identical).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from common import device_name, timeit, write_report
+
+from infinidepth.ops import available_backends, grid_coords
+from infinidepth.ops.inverse_cdf import inverse_cdf_sample
+from infinidepth.sampling import surface_area_sample, surface_area_weights, surface_normals, triangle_area_sample
+from infinidepth.sampling.scenes import standard_scenes
+
+
+def make_problem(size, device):
+    scene = standard_scenes(size)[1]  # the corridor
+    H, W = size
+    depth, grad = scene.depth_and_grad(grid_coords(H, W).double())
+    depth = depth.reshape(1, 1, H, W)
+    normals = surface_normals(depth, grad.reshape(1, H, W, 2).permute(0, 3, 1, 2), scene.intrinsics)
+    return depth.float().to(device), normals.float().to(device), scene.intrinsics
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--size", default="768x1024", help="HxW of the depth map")
+    p.add_argument("--points", type=int, default=2_000_000)
+    p.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per row")
+    p.add_argument("--json", help="write results here")
+    args = p.parse_args(argv)
+    device = torch.device(args.device)
+    H, W = (int(v) for v in args.size.split("x"))
+    n = args.points
+    depth, normals, K = make_problem((H, W), device)
+    weights = surface_area_weights(depth, normals, K)
+
+    def time(fn):
+        return timeit(fn, device, min_time=args.min_time, max_iters=10)
+
+    triangle = time(lambda: triangle_area_sample(depth, K, n))
+    want = inverse_cdf_sample(weights, n, seed=0, backend="torch")[1]
+    rows = [{"sampler": "triangle (released, plain PyTorch)", "backend": "torch", "seconds": triangle,
+             "points_per_s": n / triangle, "speedup_vs_triangle": 1.0}]
+    reference = None
+    for backend in available_backends(device):
+        whole = time(lambda: surface_area_sample(depth, normals, K, n, seed=0, backend=backend))
+        kernel = time(lambda: inverse_cdf_sample(weights, n, seed=0, backend=backend))
+        reference = reference or {"whole": whole, "kernel": kernel}
+        same = torch.equal(inverse_cdf_sample(weights, n, seed=0, backend=backend)[1].cpu(), want.cpu())
+        rows.append({"sampler": "surface area (ours)", "backend": backend, "seconds": whole, "points_per_s": n / whole,
+                     "speedup_vs_triangle": triangle / whole, "speedup_vs_torch": reference["whole"] / whole,
+                     "kernel_seconds": kernel, "kernel_speedup_vs_torch": reference["kernel"] / kernel,
+                     "cells_identical_to_torch": same})
+    report = {"device": device_name(device), "op": "surface_area_sample", "size": [H, W], "points": n,
+              "baseline": "triangle_area_sample (release-default deterministic mode)", "results": rows}
+    print(f"{'sampler':36s} {'backend':8s} {'seconds':>9s} {'points/s':>10s} {'vs triangle':>12s} "
+          f"{'kernel s':>9s} {'kernel vs torch':>16s} {'same cells':>10s}   [{report['device']}]")
+    for r in rows:
+        extra = (f"{r['kernel_seconds']:9.4f} {r['kernel_speedup_vs_torch']:15.2f}x {str(r['cells_identical_to_torch']):>10s}"
+                 if "kernel_seconds" in r else "")
+        print(f"{r['sampler']:36s} {r['backend']:8s} {r['seconds']:9.4f} {r['points_per_s']:10.3g} "
+              f"{r['speedup_vs_triangle']:11.2f}x {extra}")
+    write_report(args.json, report)
+    return report
+
+
+if __name__ == "__main__":
+    main()
