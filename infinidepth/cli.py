@@ -1,7 +1,7 @@
 """The ``infinidepth`` command.
 
     infinidepth predict IMAGE [--checkpoint PATH] [--output-size HxW | --scale S] [--sparse-depth FILE]
-                              [--reference-depth FILE] [--out DIR] [--ply] [--fx F --fy F --cx C --cy C]
+                              [--reference-depth FILE] [--out DIR] [--ply [--points N]] [--fx F --fy F --cx C --cy C]
     infinidepth demo [--out DIR]
 
 Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
@@ -90,18 +90,46 @@ def subsample_prompt(depth: np.ndarray, max_points: int, seed: int) -> np.ndarra
     return out
 
 
+ALIGNMENT_SPACES = {
+    "disparity": (lambda d: 1.0 / np.maximum(d, 1e-8), lambda x: 1.0 / np.maximum(x, 1e-8)),
+    "log_depth": (lambda d: np.log(np.maximum(d, 1e-8)), np.exp),
+}
+
+
+def apply_alignment(depth: np.ndarray, space: str, a: float, b: float) -> np.ndarray:
+    forward, inverse = ALIGNMENT_SPACES[space]
+    return inverse(a * forward(depth) + b).astype(np.float32)
+
+
 def align_to_reference(depth: np.ndarray, reference: np.ndarray, space: str, seed: int) -> tuple[np.ndarray, float, float]:
     from infinidepth.align import fit_affine_robust
 
     valid = reference > 0
     if valid.sum() < 2:
         raise InputError("reference depth has fewer than 2 valid samples")
-    forward, inverse = {
-        "disparity": (lambda d: 1.0 / np.maximum(d, 1e-8), lambda x: 1.0 / np.maximum(x, 1e-8)),
-        "log_depth": (lambda d: np.log(np.maximum(d, 1e-8)), np.exp),
-    }[space]
+    forward, _ = ALIGNMENT_SPACES[space]
     a, b = fit_affine_robust(forward(depth[valid]), forward(reference[valid]), seed=seed)
-    return inverse(a * forward(depth) + b).astype(np.float32), a, b
+    return apply_alignment(depth, space, a, b), a, b
+
+
+def sampled_point_cloud(model, image, rgb, n, fx, fy, cx, cy, alignment, seed, sparse):
+    """``n`` points spread evenly over the surfaces by the surface-area sampler, with the
+    original image's colours (normalised query coordinates do not depend on resolution)."""
+    from infinidepth.ops.gather import bilinear_gather_reference
+    from infinidepth.sampling import backproject, scale_intrinsics
+
+    H0, W0 = rgb.shape[:2]
+    K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float64)
+    K_input = scale_intrinsics(K, (H0, W0), tuple(image.shape[-2:]))
+    sp = model.sample_points(image, n, K_input, seed=seed, sparse_depth=sparse)
+    coords = sp.coords.cpu().double()
+    depth = sp.depth[0].cpu().numpy()
+    if alignment is not None:
+        depth = apply_alignment(depth, *alignment)
+    points = backproject(torch.from_numpy(depth).double()[None], coords, K[None], (H0, W0))[0]
+    rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].double()
+    colors = bilinear_gather_reference(rgb_t, coords)[0].clamp(0, 255).round().to(torch.uint8)
+    return points.float().numpy(), colors.numpy()
 
 
 def predict(args) -> dict:
@@ -131,6 +159,11 @@ def predict(args) -> dict:
     for name, v in (("cx", cx), ("cy", cy)):
         if not np.isfinite(v):
             raise InputError(f"principal point {name} must be finite, got {v}")
+    if args.points is not None:
+        if not args.ply:
+            raise InputError("--points sets the size of the point cloud: give it with --ply")
+        if not 0 < args.points <= 2**30:
+            raise InputError(f"--points must be in [1, 2**30], got {args.points}")
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
@@ -155,13 +188,18 @@ def predict(args) -> dict:
     seconds = time.perf_counter() - t0
     metric = model.alignment is None
     note = ""
+    alignment = None
     if reference is not None:
         if model.alignment is None:
             print("note: the model predicts metric depth; --reference-depth is used for nothing", file=sys.stderr)
         else:
             depth, a, b = align_to_reference(depth, reference, model.alignment, args.seed)
+            alignment = (model.alignment, a, b)
             metric = True
             note = f", aligned to the reference in {model.alignment} space (a={a:.4g}, b={b:.4g})"
+    if args.points is not None:
+        points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, fx, fy, cx, cy, alignment,
+                                             args.seed, None if sparse_t is None else sparse_t.to(device))
 
     out = Path(args.out)
     stem = Path(args.image).stem
@@ -170,7 +208,10 @@ def predict(args) -> dict:
     write_npy(written[0], depth.astype(np.float32))
     write_png(written[1], png16)
     write_png(written[2], colorize_depth(depth))
-    if args.ply:
+    if args.ply and args.points is not None:
+        written.append(out / f"{stem}.ply")
+        write_ply(written[-1], points, colors)
+    elif args.ply:
         sy, sx = out_size[0] / H0, out_size[1] / W0
         points = backproject(depth, fx * sx, fy * sy, cx * sx, cy * sy)
         colors = resize_rgb(rgb, out_size).reshape(-1, 3)
@@ -199,7 +240,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample)")
     p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift)")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
-    p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply)")
+    p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply): one point per output pixel")
+    p.add_argument("--points", type=int, help="with --ply: N points spread evenly over the 3D surfaces (surface-area sampler) instead")
     p.add_argument("--fx", type=float, help="focal length in pixels of the original image (default: max(H, W))")
     p.add_argument("--fy", type=float, help="default: fx")
     p.add_argument("--cx", type=float, help="principal point x in pixels (default: W/2)")

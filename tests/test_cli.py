@@ -49,6 +49,22 @@ def test_scale_and_reference_alignment(tmp_path, image, capsys):
     np.testing.assert_allclose(np.load(out / "scene_depth.npy"), ref, rtol=1e-3)
 
 
+def test_point_cloud_from_the_surface_area_sampler(tmp_path, image, capsys):
+    from plyfile import PlyData
+
+    out = tmp_path / "p"
+    argv = ["predict", str(image), "--ply", "--points", "5000", "--out", str(out), "--quiet", "--input-size", "32x48"]
+    assert run(argv, capsys)[0] == 0
+    v = PlyData.read(str(out / "scene.ply"))["vertex"]
+    assert len(v) == 5000
+    xyz = np.stack([v["x"], v["y"], v["z"]], 1)
+    assert np.isfinite(xyz).all() and (xyz[:, 2] > 0).all()
+    # seeded: the same command writes the same cloud
+    assert run(argv, capsys)[0] == 0
+    v2 = PlyData.read(str(out / "scene.ply"))["vertex"]
+    np.testing.assert_array_equal(np.stack([v2["x"], v2["y"], v2["z"]], 1), xyz)
+
+
 def test_sensor_checkpoint_with_sparse_depth(tmp_path, image, capsys):
     sparse = np.zeros((40, 56), np.float32)
     sparse[::5, ::7] = 3.0
@@ -86,6 +102,8 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--checkpoint", str(tmp_path / "none.ckpt")], "no checkpoint file"),
         (["predict", img, "--checkpoint", str(tmp_path / "bad.ckpt")], "basic_encoder"),
         (["predict", img, "--reference-depth", str(tmp_path / "small.npy")], "reference depth"),
+        (["predict", img, "--points", "100"], "with --ply"),
+        (["predict", img, "--ply", "--points", "0"], "--points must be"),
     ]
 
 
