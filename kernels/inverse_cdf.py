@@ -59,7 +59,7 @@ def _jitter(stream, j, axis):
 
 
 @triton.jit
-def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M, H, W, n, n_blocks,
+def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M, W, H_float, W_float, n, n_blocks,
                    block_steps, cell_steps, JITTER: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     j = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -100,9 +100,10 @@ def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M,
         ux = tl.full([BLOCK_N], 0.5, tl.float32)
     row = (cell // W).to(tl.float32)
     col = (cell % W).to(tl.float32)
-    # IEEE division, as the C++ and CUDA kernels and torch compute it
-    y = tl.math.div_rn(row + uy, H.to(tl.float32)) * 2.0 - 1.0
-    x = tl.math.div_rn(col + ux, W.to(tl.float32)) * 2.0 - 1.0
+    # IEEE division, as the C++ and CUDA kernels and torch compute it. The sizes come as floats:
+    # Triton specialises an int argument equal to 1 into a constant, which has no .to().
+    y = tl.math.div_rn(row + uy, H_float) * 2.0 - 1.0
+    x = tl.math.div_rn(col + ux, W_float) * 2.0 - 1.0
     o = b * n + j
     tl.store(cells_ptr + o, cell, mask=live)
     tl.store(coords_ptr + 2 * o, y, mask=live)
@@ -124,7 +125,7 @@ def inverse_cdf_triton(quantized: torch.Tensor, height: int, width: int, n: int,
     _scan_block_sums[(B,)](sums, prefix, n_blocks, CHUNK=1024)
     block_n = 256
     _place_samples[(triton.cdiv(n, block_n), B)](
-        local, prefix, streams, coords, cells, M, height, width, n, n_blocks,
+        local, prefix, streams, coords, cells, M, width, float(height), float(width), n, n_blocks,
         max(1, n_blocks.bit_length()), BLOCK.bit_length(), JITTER=jitter, BLOCK=BLOCK, BLOCK_N=block_n,
     )
     return coords, cells

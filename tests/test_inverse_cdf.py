@@ -138,6 +138,15 @@ def test_kernels_pick_exactly_the_reference_cells(backend):
             torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.skipif("cpp" not in KERNEL_BACKENDS, reason="extension not built")
+def test_ten_million_samples_on_the_cpu():
+    """The issue's largest budget: 10 M samples of a 96 x 128 grid, identical to the reference."""
+    w = torch.rand(1, 96, 128, generator=torch.Generator().manual_seed(0)) ** 8
+    want = inverse_cdf_sample(w, 10_000_000, seed=1, backend="torch")
+    got = inverse_cdf_sample(w, 10_000_000, seed=1, backend="cpp")
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
 @pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
 def test_targets_on_a_cdf_boundary_go_to_the_upper_cell(backend):
     """16 equal cells, 8 samples: sample j's mass (j + 0.5) / 8 = (2j + 1) / 16 lies exactly on the
