@@ -56,6 +56,18 @@ INFINIDEPTH_HOST_DEVICE float cell_coordinate(int64_t cell_index, float u, int64
   return (static_cast<float>(cell_index) + u) / static_cast<float>(size) * 2.f - 1.f;
 }
 
+// Writes sample j of image b (of n per image) placed in `cell` of an H x W grid: its cell index and
+// its normalised (y, x), jittered inside the cell or at its centre.
+INFINIDEPTH_HOST_DEVICE void write_sample(int64_t cell, int64_t j, int64_t b, int64_t n, int64_t H, int64_t W,
+                                          uint32_t stream, bool jitter, float* coords, int64_t* cells) {
+  const float uy = jitter ? jitter_uniform(stream, j, 0) : 0.5f;
+  const float ux = jitter ? jitter_uniform(stream, j, 1) : 0.5f;
+  const int64_t o = b * n + j;
+  cells[o] = cell;
+  coords[2 * o] = cell_coordinate(cell / W, uy, H);
+  coords[2 * o + 1] = cell_coordinate(cell % W, ux, W);
+}
+
 // CPU: weights [B, M] int64 -> coords [B, n, 2] (y, x), cells [B, n].
 void inverse_cdf_sample_cpu(const int64_t* weights, int64_t B, int64_t H, int64_t W, int64_t n, uint32_t seed,
                             bool jitter, float* coords, int64_t* cells);

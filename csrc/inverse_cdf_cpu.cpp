@@ -50,12 +50,7 @@ void inverse_cdf_sample_cpu(const int64_t* weights, int64_t B, int64_t H, int64_
       for (int64_t j = begin; j < end; ++j) {
         const int64_t target = sample_target(j, total, n);
         while (cdf[cell] <= target) ++cell;  // first cell whose prefix sum exceeds the target
-        const float uy = jitter ? jitter_uniform(stream, j, 0) : 0.5f;
-        const float ux = jitter ? jitter_uniform(stream, j, 1) : 0.5f;
-        const int64_t o = b * n + j;
-        cells[o] = cell;
-        coords[2 * o] = cell_coordinate(cell / W, uy, H);
-        coords[2 * o + 1] = cell_coordinate(cell % W, ux, W);
+        write_sample(cell, j, b, n, H, W, stream, jitter, coords, cells);
       }
     });
   }

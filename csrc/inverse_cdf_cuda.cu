@@ -18,13 +18,7 @@ __global__ void place_samples(const int64_t* __restrict__ cdf, int64_t M, int64_
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= n) return;
   const int64_t total = cdf[M - 1];
-  const int64_t cell = upper_bound_index(cdf, M, sample_target(j, total, n));
-  const float uy = jitter ? jitter_uniform(stream, j, 0) : 0.5f;
-  const float ux = jitter ? jitter_uniform(stream, j, 1) : 0.5f;
-  const int64_t o = image * n + j;
-  cells[o] = cell;
-  coords[2 * o] = cell_coordinate(cell / W, uy, H);
-  coords[2 * o + 1] = cell_coordinate(cell % W, ux, W);
+  write_sample(upper_bound_index(cdf, M, sample_target(j, total, n)), j, image, n, H, W, stream, jitter, coords, cells);
 }
 
 }  // namespace

@@ -59,6 +59,19 @@ def _jitter(stream, j, axis):
 
 
 @triton.jit
+def _upper_bound(ptr, lo, hi, target, live, steps):
+    """Per lane, the first index in [lo, hi) whose value exceeds target (values non-decreasing);
+    ``steps`` >= log2 of the widest range + 1."""
+    for _ in range(steps):
+        active = lo < hi
+        mid = (lo + hi) // 2
+        right = tl.load(ptr + mid, mask=active & live, other=0) <= target
+        lo = tl.where(active & right, mid + 1, lo)
+        hi = tl.where(active & (~right), mid, hi)
+    return lo
+
+
+@triton.jit
 def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M, W, H_float, W_float, n, n_blocks,
                    block_steps, cell_steps, JITTER: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
@@ -68,29 +81,12 @@ def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M,
     t = ((j.to(tl.float64) + 0.5) * total.to(tl.float64) / n).to(tl.int64)
     t = tl.minimum(t, total - 1)
     # level 1: first block whose inclusive prefix exceeds t
-    lo = tl.zeros([BLOCK_N], dtype=tl.int64)
-    hi = lo + n_blocks
-    for _ in range(block_steps):
-        active = lo < hi
-        mid = (lo + hi) // 2
-        v = tl.load(prefix_ptr + b * n_blocks + mid, mask=active & live, other=0)
-        right = v <= t
-        lo = tl.where(active & right, mid + 1, lo)
-        hi = tl.where(active & (~right), mid, hi)
-    blk = lo
+    zero = tl.zeros([BLOCK_N], dtype=tl.int64)
+    blk = _upper_bound(prefix_ptr + b * n_blocks, zero, zero + n_blocks, t, live, block_steps)
     offset = tl.where(blk > 0, tl.load(prefix_ptr + b * n_blocks + blk - 1, mask=live & (blk > 0), other=0), 0)
     rest = t - offset
     # level 2: first cell of the block whose local prefix exceeds the rest
-    lo = blk * BLOCK
-    hi = tl.minimum(lo + BLOCK, M)
-    for _ in range(cell_steps):
-        active = lo < hi
-        mid = (lo + hi) // 2
-        v = tl.load(local_ptr + b * M + mid, mask=active & live, other=0)
-        right = v <= rest
-        lo = tl.where(active & right, mid + 1, lo)
-        hi = tl.where(active & (~right), mid, hi)
-    cell = lo
+    cell = _upper_bound(local_ptr + b * M, blk * BLOCK, tl.minimum(blk * BLOCK + BLOCK, M), rest, live, cell_steps)
     if JITTER:
         stream = tl.load(streams_ptr + b).to(tl.uint64)
         uy = _jitter(stream, j, 0)

@@ -14,7 +14,7 @@ import torch
 from infinidepth.ops import implicit_decode
 
 from conftest import rel_err
-from test_implicit_decode import KERNEL_BACKENDS, cast, random_concat, random_hierarchical, random_maps
+from test_implicit_decode import KERNEL_BACKENDS, cast, fused_op_args, random_concat, random_hierarchical, random_maps
 
 
 def finite_difference(maps, coords, decoder, axis, h=1e-6):
@@ -105,20 +105,9 @@ def test_empty_query_set_with_grad():
 
 
 def test_with_grad_op_contract():
-    from infinidepth.ops.fold import ACT_CODES, fold_decoder
     from infinidepth.ops.gather import HAS_EXTENSION
 
     if not HAS_EXTENSION:
         pytest.skip("extension not built")
-    rng = random.Random(2)
-    chans, decoder = random_hierarchical(rng)
-    folded = fold_decoder([m.float() for m in random_maps(rng, chans, batch=1)], cast(decoder, torch.float32))
-    args = (
-        torch.rand(1, 9, 2) * 2 - 1,
-        [m for l in folded.layers for m in l.maps],
-        [i for i, l in enumerate(folded.layers) for _ in l.maps],
-        [l.weight for l in folded.layers],
-        [l.bias for l in folded.layers],
-        [ACT_CODES[l.act] for l in folded.layers],
-    )
+    args = fused_op_args(random_hierarchical, 2)
     torch.library.opcheck(torch.ops.infinidepth.fused_decode_with_grad.default, args, test_utils=("test_schema", "test_faketensor"))

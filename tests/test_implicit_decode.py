@@ -195,13 +195,14 @@ def test_fused_op_rejects_malformed_programs():
         op(coords, [m], [0], [None, torch.zeros(1, 8)], [torch.zeros(8), torch.zeros(1)], [9, 3])
 
 
-def test_fused_op_contract():
+def fused_op_args(family, seed):
+    """Arguments of torch.ops.infinidepth.fused_decode* for a random folded decoder."""
     from infinidepth.ops.fold import ACT_CODES, fold_decoder
 
-    rng = random.Random(2)
-    chans, decoder = random_concat(rng)
+    rng = random.Random(seed)
+    chans, decoder = family(rng)
     folded = fold_decoder([m.float() for m in random_maps(rng, chans, batch=1)], cast(decoder, torch.float32))
-    args = (
+    return (
         torch.rand(1, 9, 2) * 2 - 1,
         [m for l in folded.layers for m in l.maps],
         [i for i, l in enumerate(folded.layers) for _ in l.maps],
@@ -209,6 +210,10 @@ def test_fused_op_contract():
         [l.bias for l in folded.layers],
         [ACT_CODES[l.act] for l in folded.layers],
     )
+
+
+def test_fused_op_contract():
+    args = fused_op_args(random_concat, 2)
     torch.library.opcheck(torch.ops.infinidepth.fused_decode.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
