@@ -147,7 +147,6 @@ class ImplicitDepthModel(nn.Module):
             out[:, y0 * W : y1 * W] = self.to_depth(raw).float()
         return out.reshape(B, 1, H, W)
 
-
     @torch.no_grad()
     def sample_points(
         self,
