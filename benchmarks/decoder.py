@@ -3,6 +3,7 @@ in one process, on realistic ViT-L sizes (input 768x1024).
 
     python benchmarks/decoder.py --device cpu --decoder official --queries 65536 --json OUT.json
     python benchmarks/decoder.py --device cuda --decoder official --queries 33177600   # the 8K dense grid
+    python benchmarks/decoder.py --device cpu --decoder official --with-grad --json OUT.json
 
 Baseline: the decoder run the way the released code runs it, in chunks of 10,000 queries
 (grid_sample per map, concatenate, MLP) -- our ``torch`` backend with ``chunk=10000``, which
@@ -11,6 +12,13 @@ backends fold the decoder into the maps once per image; that cost is reported se
 (``fold_ms``) and the throughput is the steady state of decoding an image's queries.
 ``max_rel_err``: max |error| / std of the output, against the reference in float64 on the first
 4,096 queries, for every row including the baseline.
+
+``--with-grad``: the value and its derivative with respect to (y, x) (what the surface-area sampler
+needs). Baseline: autograd through the same chunked PyTorch path, as the released code gets normals;
+the fused backends carry forward-mode tangents. Errors are taken on 4,096 random queries (on a
+dense grid many sit exactly on a feature-cell border); ``grad_rel_err_p999`` is the 99.9th
+percentile of the derivative's error / its std: where a ReLU's input is within rounding of 0 the
+derivative jumps, and float32 and float64 may land on different sides of the kink for a few queries.
 """
 
 from __future__ import annotations
@@ -79,8 +87,10 @@ def main(argv=None):
     p.add_argument("--decoder", choices=["official", "paper"], default="official")
     p.add_argument("--queries", type=int, default=65536)
     p.add_argument("--backends", help="comma-separated subset (default: all available)")
+    p.add_argument("--with-grad", action="store_true", help="decode the derivative too (implicit_decode(with_grad=True))")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
+    grad = args.with_grad
     device = torch.device(args.device)
     maps, dec = make_problem(args.decoder, device)
     coords = query_grid(args.queries, device)
@@ -91,15 +101,24 @@ def main(argv=None):
         # Accuracy oracle: the reference in float64 on the first 4096 queries (the fp32 baseline has
         # rounding error of its own, reported in its row).
         probe = coords[:, :4096]
-        want = implicit_decode([m.double() for m in maps], probe.double(), _to_double(dec), backend="torch")
+        if grad:
+            probe = torch.rand(1, 4096, 2, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+        want = implicit_decode([m.double() for m in maps], probe.double(), _to_double(dec), backend="torch", with_grad=grad)
 
-        def err(out):
-            return ((out[:, : probe.shape[1]].double() - want).abs().max() / want.std()).item()
+        def err(**kw) -> dict:
+            out = implicit_decode(maps, probe, dec, **{"with_grad": grad, **kw})
+            value, value_want = (out[0], want[0]) if grad else (out, want)
+            errors = {"max_rel_err": ((value.double() - value_want).abs().max() / value_want.std()).item()}
+            if grad:
+                e = (out[1].double() - want[1]).abs() / want[1].std()
+                errors["grad_rel_err_p999"] = e.flatten().quantile(0.999).item()
+            return errors
 
-        base = lambda: implicit_decode(maps, coords, dec, backend="torch", chunk=BASELINE_CHUNK)  # noqa: E731
+        base = lambda: implicit_decode(maps, coords, dec, backend="torch", chunk=BASELINE_CHUNK, with_grad=grad)  # noqa: E731
         base_t = timeit(base, device)
-        results = [{"backend": "released-style torch (baseline)", "dtype": "fp32", "queries_per_s": args.queries / base_t,
-                    "speedup_vs_baseline": 1.0, "max_rel_err": err(base()), "fold_ms": 0.0}]
+        base_name = "released-style torch autograd (baseline)" if grad else "released-style torch (baseline)"
+        results = [{"backend": base_name, "dtype": "fp32", "queries_per_s": args.queries / base_t,
+                    "speedup_vs_baseline": 1.0, **err(backend="torch", chunk=BASELINE_CHUNK), "fold_ms": 0.0}]
         backends = args.backends.split(",") if args.backends else [b for b in available_backends(device) if b != "torch"]
         runs = [(b, "fp32") for b in backends]
         if device.type == "cuda":  # tensor cores: bf16 operands, fp32 accumulation
@@ -107,26 +126,27 @@ def main(argv=None):
         for backend, precision in runs:
             t0 = time.perf_counter()
             cache: dict = {}
-            kw = dict(backend=backend, cache=cache, precision=precision)
-            got = implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once
+            kw = dict(backend=backend, cache=cache, precision=precision, with_grad=grad)
+            implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once
             sync(device)
             fold_ms = (time.perf_counter() - t0) * 1e3
             t = timeit(lambda: implicit_decode(maps, coords, dec, **kw), device)
-            got = implicit_decode(maps, coords, dec, **kw)
             results.append({
                 "backend": backend,
                 "dtype": precision,
                 "queries_per_s": args.queries / t,
                 "speedup_vs_baseline": base_t / t,
-                "max_rel_err": err(got),
+                **err(**kw),
                 "fold_ms": fold_ms,
             })
-    report = {"device": device_name(device), "decoder": args.decoder, "queries": args.queries, "results": results}
-    print(f"{args.decoder} decoder, {args.queries} queries on {report['device']}")
-    print(f"{'backend':34s} {'dtype':8s} {'queries/s':>12s} {'speedup':>8s} {'max rel err':>12s} {'fold ms':>8s}")
+    report = {"device": device_name(device), "decoder": args.decoder, "queries": args.queries, "with_grad": grad,
+              "results": results}
+    print(f"{args.decoder} decoder{' with its derivative' if grad else ''}, {args.queries} queries on {report['device']}")
+    print(f"{'backend':42s} {'dtype':8s} {'queries/s':>12s} {'speedup':>8s} {'max rel err':>12s} {'fold ms':>8s}"
+          + (f" {'grad err p99.9':>15s}" if grad else ""))
     for r in results:
-        print(f"{r['backend']:34s} {r['dtype']:8s} {r['queries_per_s']:12.4g} {r['speedup_vs_baseline']:7.2f}x "
-              f"{r['max_rel_err']:12.2e} {r['fold_ms']:8.1f}")
+        print(f"{r['backend']:42s} {r['dtype']:8s} {r['queries_per_s']:12.4g} {r['speedup_vs_baseline']:7.2f}x "
+              f"{r['max_rel_err']:12.2e} {r['fold_ms']:8.1f}" + (f" {r['grad_rel_err_p999']:15.2e}" if grad else ""))
     write_report(args.json, report)
     return report
 
