@@ -21,10 +21,10 @@ import numpy as np
 import torch
 
 from infinidepth.checkpoint import CheckpointError, load_model
+from infinidepth.ops import grid_coords
 from infinidepth.io import (
     DEPTH_SUFFIXES,
     InputError,
-    backproject,
     check_depth_values,
     colorize_depth,
     depth_to_png16,
@@ -112,24 +112,30 @@ def align_to_reference(depth: np.ndarray, reference: np.ndarray, space: str, see
     return apply_alignment(depth, space, a, b), a, b
 
 
-def sampled_point_cloud(model, image, rgb, n, fx, fy, cx, cy, alignment, seed, sparse):
+def camera_points(depth: np.ndarray, coords: torch.Tensor, K: torch.Tensor, image_size) -> np.ndarray:
+    """Camera-frame points ``[N, 3]`` of depths ``[N]`` at normalised ``coords`` ``[1, N, 2]``, with ``K``
+    in pixels of the original image (normalised coordinates do not depend on resolution)."""
+    from infinidepth.sampling import backproject
+
+    z = torch.from_numpy(np.ascontiguousarray(depth, np.float32).reshape(1, -1))
+    return backproject(z, coords.float(), K[None].float(), image_size)[0].numpy()
+
+
+def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
     """``n`` points spread evenly over the surfaces by the surface-area sampler, with the
-    original image's colours (normalised query coordinates do not depend on resolution)."""
+    original image's colours."""
     from infinidepth.ops.gather import bilinear_gather_reference
-    from infinidepth.sampling import backproject, scale_intrinsics
+    from infinidepth.sampling import scale_intrinsics
 
     H0, W0 = rgb.shape[:2]
-    K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float64)
-    K_input = scale_intrinsics(K, (H0, W0), tuple(image.shape[-2:]))
-    sp = model.sample_points(image, n, K_input, seed=seed, sparse_depth=sparse)
-    coords = sp.coords.cpu().double()
+    sp = model.sample_points(image, n, scale_intrinsics(K, (H0, W0), tuple(image.shape[-2:])), seed=seed, sparse_depth=sparse)
+    coords = sp.coords.cpu()
     depth = sp.depth[0].cpu().numpy()
     if alignment is not None:
         depth = apply_alignment(depth, *alignment)
-    points = backproject(torch.from_numpy(depth).double()[None], coords, K[None], (H0, W0))[0]
-    rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].double()
+    rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
     colors = bilinear_gather_reference(rgb_t, coords)[0].clamp(0, 255).round().to(torch.uint8)
-    return points.float().numpy(), colors.numpy()
+    return camera_points(depth, coords, K, (H0, W0)), colors.numpy()
 
 
 def predict(args) -> dict:
@@ -197,9 +203,10 @@ def predict(args) -> dict:
             alignment = (model.alignment, a, b)
             metric = True
             note = f", aligned to the reference in {model.alignment} space (a={a:.4g}, b={b:.4g})"
+    K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float64)
     if args.points is not None:
-        points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, fx, fy, cx, cy, alignment,
-                                             args.seed, None if sparse_t is None else sparse_t.to(device))
+        points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, K, alignment, args.seed,
+                                             None if sparse_t is None else sparse_t.to(device))
 
     out = Path(args.out)
     stem = Path(args.image).stem
@@ -212,8 +219,7 @@ def predict(args) -> dict:
         written.append(out / f"{stem}.ply")
         write_ply(written[-1], points, colors)
     elif args.ply:
-        sy, sx = out_size[0] / H0, out_size[1] / W0
-        points = backproject(depth, fx * sx, fy * sy, cx * sx, cy * sy)
+        points = camera_points(depth, grid_coords(*out_size), K, (H0, W0))
         colors = resize_rgb(rgb, out_size).reshape(-1, 3)
         written.append(out / f"{stem}.ply")
         write_ply(written[-1], points, colors)

@@ -183,13 +183,3 @@ def write_ply(path, points: np.ndarray, colors: np.ndarray) -> None:
         vertex[k] = colors[:, i]
     with atomic_path(path) as tmp:
         PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(str(tmp))
-
-
-def backproject(depth: np.ndarray, fx: float, fy: float, cx: float, cy: float) -> np.ndarray:
-    """Camera-frame points ``[H*W, 3]`` of a z-depth map; pixel (i, j)'s centre is at (j + 0.5, i + 0.5)."""
-    H, W = depth.shape
-    u = np.arange(W, dtype=np.float32) + 0.5
-    v = np.arange(H, dtype=np.float32) + 0.5
-    uu, vv = np.meshgrid(u, v)
-    z = depth.astype(np.float32)
-    return np.stack([(uu - cx) / fx * z, (vv - cy) / fy * z, z], axis=-1).reshape(-1, 3)

@@ -6,7 +6,6 @@ import pytest
 from infinidepth.io import (
     InputError,
     atomic_path,
-    backproject,
     check_depth_values,
     depth_to_png16,
     read_depth,
@@ -107,7 +106,13 @@ def test_png16_encodings(depth):
 
 
 def test_backproject_and_ply_round_trip(tmp_path, depth):
-    pts = backproject(depth, fx=2.0, fy=4.0, cx=2.0, cy=1.5)
+    import torch
+
+    from infinidepth.ops import grid_coords
+    from infinidepth.sampling import backproject
+
+    K = torch.tensor([[[2.0, 0, 2.0], [0, 4.0, 1.5], [0, 0, 1]]])
+    pts = backproject(torch.from_numpy(depth).reshape(1, -1), grid_coords(3, 4), K, (3, 4))[0].numpy()
     # pixel (1, 3): centre (3.5, 1.5), depth 2.0 -> x = (3.5 - 2) / 2 * 2, y = 0, z = 2
     np.testing.assert_allclose(pts[1 * 4 + 3], [1.5, 0.0, 2.0])
     from plyfile import PlyData
