@@ -3,6 +3,7 @@
     infinidepth predict IMAGE [--checkpoint PATH] [--output-size HxW | --scale S] [--sparse-depth FILE]
                               [--reference-depth FILE] [--out DIR] [--ply [--points N]] [--fx F --fy F --cx C --cy C]
     infinidepth demo [--out DIR]
+    infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
 
 Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
 zero focal length, an input size that is not a multiple of 16) gets one line on stderr, exit code
@@ -232,6 +233,29 @@ def predict(args) -> dict:
     return {"depth": depth, "files": written}
 
 
+def data_render(args) -> dict:
+    from infinidepth.data.procedural import render_set
+
+    w, h = parse_size(args.size, "--size")  # WIDTHxHEIGHT here, as in the help
+    if args.scenes <= 0 or args.views <= 0:
+        raise InputError(f"--scenes and --views must be positive, got {args.scenes} and {args.views}")
+    if not (np.isfinite(args.baseline) and args.baseline >= 0):
+        raise InputError(f"--baseline must be a non-negative number of metres, got {args.baseline}")
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    t0 = time.perf_counter()
+    try:
+        result = render_set(args.out, args.scenes, (h, w), views=args.views, seed=args.seed, baseline=args.baseline,
+                            device=device, progress=not args.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        raise InputError(str(e)) from e
+    if not args.quiet:
+        seconds = time.perf_counter() - t0
+        per = seconds / max(result["rendered"], 1)
+        print(f"rendered {result['rendered']} views ({result['kept']} already there) at {w}x{h} in {seconds:.1f} s "
+              f"({per:.2f} s per view) into {args.out}; layout in {Path(args.out) / 'README.md'}")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -256,6 +280,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of prompt subsampling and robust alignment")
     p.add_argument("--quiet", action="store_true")
 
+    data = sub.add_parser("data", help="datasets: render a procedural set")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    r = data_sub.add_parser("render", help="render procedural scenes (RGB PNG, float32 EXR depth, normals, cameras) to a folder")
+    r.add_argument("--scenes", type=int, required=True, help="number of scenes")
+    r.add_argument("--size", required=True, help="WIDTHxHEIGHT as display resolutions are written, e.g. 3840x2160")
+    r.add_argument("--out", required=True, help="output folder (resumable: finished views are kept)")
+    r.add_argument("--views", type=int, default=1, help="cameras per scene: the source view and moved copies (default 1)")
+    r.add_argument("--baseline", type=float, default=0.3, help="largest sideways move of the extra views, metres")
+    r.add_argument("--seed", type=int, default=0, help="scene k has seed SEED + k")
+    r.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    r.add_argument("--quiet", action="store_true")
+
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
     d.add_argument("--out", default="infinidepth_demo")
     d.add_argument("--device")
@@ -272,6 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                     + (["--device", args.device] if args.device else [])
                 )
                 predict(args)
+        elif args.command == "data":
+            data_render(args)
         else:
             predict(args)
     except (InputError, CheckpointError, FileNotFoundError) as e:

@@ -1,0 +1,418 @@
+"""Training datasets: readers for the file layouts of the synthetic sets the paper trains on, and the
+procedural scenes. Each yields the common sample of :class:`DepthDataset`.
+
+Every reader turns its set's encoding into z-depth in metres (distance to the camera centre, 16-bit
+centimetres, disparity with a baseline, ...) and its intrinsics into a ``[3, 3]`` matrix in pixels;
+:func:`infinidepth.data.transforms.prepare` does the rest. Bad frames never reach a loss: NaN,
+infinite, non-positive and beyond-range depths are masked; a frame with no valid depth, or a file that
+cannot be read, is skipped with a warning that names it, and counted in ``dataset.skipped``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from infinidepth.io import InputError, read_depth, read_image
+
+from .transforms import Augment, clean_depth, prepare
+
+log = logging.getLogger("infinidepth.data")
+
+
+class DataError(RuntimeError):
+    """A frame that cannot be used (unreadable file, inconsistent sizes), with its path."""
+
+
+class DepthDataset(torch.utils.data.Dataset):
+    """Base of all readers. A sample is a dict:
+
+    - ``image`` ``[3, h, w]`` float in [0, 1]: the network input (``size = (h, w)``)
+    - ``intrinsics`` ``[3, 3]``: of the network image, in its pixels
+    - ``depth`` ``[1, H, W]`` float metres (0: invalid) and ``valid`` ``[1, H, W]`` bool: the ground
+      truth at full resolution, cropped/flipped with the image; ``depth_intrinsics`` in its pixels
+    - ``coords`` ``[n_pairs, 2]`` normalised (y, x) and ``coord_depth`` ``[n_pairs]``: sub-pixel
+      supervision sampled from the full-resolution ground truth
+    - ``name``: where the frame came from
+
+    ``augment``: an :class:`Augment` (or True for the defaults) for training; None resizes the whole
+    frame. Randomness comes from ``(seed, epoch, index)`` only, so a sample is reproducible; call
+    :meth:`set_epoch` to get new crops each epoch.
+    """
+
+    max_depth: float | None = None   # beyond this a reader's depth is sky or a placeholder
+
+    def __init__(self, root=None, size: tuple[int, int] = (384, 512), n_pairs: int = 100_000,
+                 augment: Augment | bool | None = None, seed: int = 0):
+        self.root = Path(root) if root is not None else None
+        if self.root is not None and not self.root.is_dir():
+            raise InputError(f"{type(self).__name__}: dataset root {self.root} is not a directory")
+        self.size = (int(size[0]), int(size[1]))
+        self.n_pairs = int(n_pairs)
+        if self.n_pairs <= 0:
+            raise ValueError(f"n_pairs must be positive, got {n_pairs}")
+        self.augment = Augment() if augment is True else (augment or None)
+        self.seed = seed
+        self.epoch = 0
+        self.skipped = 0
+        self.records = self.find()
+        if not self.records:
+            raise InputError(f"{type(self).__name__}: no frames found under {self.root} (expected {self.layout})")
+
+    layout = ""
+
+    def find(self) -> list:
+        raise NotImplementedError
+
+    def load(self, record) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(rgb [H, W, 3] uint8, depth [H, W] float32 z in metres, K [3, 3] float64)``."""
+        raise NotImplementedError
+
+    def name_of(self, record) -> str:
+        return str(record[0] if isinstance(record, tuple) else record)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, index: int) -> dict:
+        for attempt in range(len(self)):
+            i = (index + attempt) % len(self)
+            record = self.records[i]
+            try:
+                rgb, depth, K = self.load(record)
+                depth, valid = clean_depth(depth, self.max_depth)
+                if not valid.any():
+                    raise DataError("no valid depth")
+                g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
+                sample = prepare(rgb, depth, valid, K, self.size, self.n_pairs, self.augment, g)
+            except (DataError, InputError, ValueError, OSError) as e:
+                self.skipped += 1
+                log.warning("skipping %s: %s (%d skipped so far)", self.name_of(record), e, self.skipped)
+                continue
+            sample["name"] = self.name_of(record)
+            return sample
+        raise DataError(f"{type(self).__name__}: every frame under {self.root} was unusable (see the warnings)")
+
+
+def _read_rgb(path: Path) -> np.ndarray:
+    try:
+        return read_image(path)
+    except InputError as e:
+        raise DataError(str(e)) from e
+
+
+def _read_depth(path: Path) -> np.ndarray:
+    try:
+        return read_depth(path)
+    except InputError as e:
+        raise DataError(str(e)) from e
+
+
+def _read_png16(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except OSError as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+    if arr.ndim != 2 or arr.dtype not in (np.uint16, np.int32):
+        raise DataError(f"{path}: expected a 16-bit single-channel PNG, got {arr.dtype} {arr.shape}")
+    return arr.astype(np.int64)
+
+
+def _pinhole(f, cx, cy, fy=None) -> np.ndarray:
+    return np.array([[f, 0, cx], [0, f if fy is None else fy, cy], [0, 0, 1]], dtype=np.float64)
+
+
+def _pair(root: Path, pattern: str, partner) -> list[tuple[Path, Path]]:
+    """Files matching ``pattern`` under ``root`` whose ``partner(path)`` exists, sorted."""
+    out = []
+    for p in sorted(root.glob(pattern)):
+        q = partner(p)
+        if q is not None and q.is_file():
+            out.append((p, q))
+    return out
+
+
+# -- Hypersim ---------------------------------------------------------------------------------------
+class Hypersim(DepthDataset):
+    """apple/ml-hypersim: ``ai_VVV_NNN/images/scene_cam_XX_geometry_hdf5/frame.IIII.depth_meters.hdf5``
+    holds the distance to the camera centre (HDF5 dataset ``dataset``, NaN where nothing was hit),
+    turned here into z-depth with the 60 degree horizontal field of view of the released renders
+    (fx = fy = W / 2 / tan 30deg, 886.81 at 1024x768). RGB: ``scene_cam_XX_final_preview/frame.IIII.tonemap.jpg``,
+    or else the HDR ``scene_cam_XX_final_hdf5/frame.IIII.color.hdf5`` tone-mapped as the Hypersim
+    tools do (90th-percentile brightness to 0.8, gamma 1/2.2). Scenes with tilt-shift cameras are
+    read with the standard pinhole, as common training code does."""
+
+    layout = "ai_*/images/scene_cam_*_geometry_hdf5/frame.*.depth_meters.hdf5 beside scene_cam_*_final_preview or _final_hdf5"
+    FOV_X = math.radians(60.0)
+
+    def find(self):
+        records = []
+        for d in sorted(self.root.glob("ai_*/images/scene_cam_*_geometry_hdf5/frame.*.depth_meters.hdf5")):
+            cam = d.parent.name[: -len("_geometry_hdf5")]
+            frame = d.name[: -len(".depth_meters.hdf5")]
+            jpg = d.parent.parent / f"{cam}_final_preview" / f"{frame}.tonemap.jpg"
+            hdr = d.parent.parent / f"{cam}_final_hdf5" / f"{frame}.color.hdf5"
+            rgb = jpg if jpg.is_file() else hdr if hdr.is_file() else None
+            if rgb is not None:
+                records.append((d, rgb))
+        return records
+
+    def load(self, record):
+        dist_path, rgb_path = record
+        dist = _read_depth(dist_path)
+        H, W = dist.shape
+        f = W / 2 / math.tan(self.FOV_X / 2)
+        rgb = _read_rgb(rgb_path) if rgb_path.suffix == ".jpg" else tonemap_hypersim(_read_hdf5(rgb_path))
+        return rgb, distance_to_depth(dist, f), _pinhole(f, W / 2, H / 2)
+
+
+def _read_hdf5(path: Path) -> np.ndarray:
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            return np.asarray(f["dataset"][()], dtype=np.float32)
+    except (OSError, KeyError) as e:
+        raise DataError(f"cannot read {path}: {e}") from e
+
+
+def distance_to_depth(dist: np.ndarray, f: float) -> np.ndarray:
+    """Distance to the camera centre -> z-depth, for a centred pinhole of focal ``f`` pixels."""
+    H, W = dist.shape
+    x = np.arange(W) + 0.5 - W / 2
+    y = np.arange(H) + 0.5 - H / 2
+    return (dist * f / np.sqrt(x[None] ** 2 + y[:, None] ** 2 + f * f)).astype(np.float32)
+
+
+def tonemap_hypersim(hdr: np.ndarray) -> np.ndarray:
+    """HDR linear RGB -> uint8: scale so the 90th-percentile brightness maps to 0.8 after gamma 1/2.2."""
+    hdr = np.nan_to_num(hdr.astype(np.float64), nan=0.0, posinf=0.0)
+    brightness = 0.3 * hdr[..., 0] + 0.59 * hdr[..., 1] + 0.11 * hdr[..., 2]
+    p90 = np.percentile(brightness, 90)
+    scale = 0.8**2.2 / p90 if p90 > 1e-4 else 0.0
+    return (np.clip((scale * np.clip(hdr, 0, None)) ** (1 / 2.2), 0, 1) * 255).round().astype(np.uint8)
+
+
+# -- Virtual KITTI 2 --------------------------------------------------------------------------------
+class VirtualKITTI2(DepthDataset):
+    """Virtual KITTI 2: ``SceneXX/<variation>/frames/rgb/Camera_N/rgb_NNNNN.jpg`` with
+    ``.../frames/depth/Camera_N/depth_NNNNN.png`` (16-bit, centimetres of z-depth; 65535 = 655.35 m is
+    the far clip, i.e. sky, so invalid). Intrinsics per frame and camera from ``SceneXX/<variation>/intrinsic.txt``
+    (``frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]``). The released archives (``vkitti_2.0.3_rgb``,
+    ``_depth``, ``_textgt``) may sit side by side under the root or be merged."""
+
+    layout = "Scene*/<variation>/frames/{rgb,depth}/Camera_*/{rgb,depth}_*.{jpg,png} and Scene*/<variation>/intrinsic.txt"
+    max_depth = 655.0
+
+    def find(self):
+        key = re.compile(r"(Scene\d+)/([^/]+)/frames/(rgb|depth)/Camera_(\d+)/(?:rgb|depth)_(\d+)\.(?:jpg|png)$")
+        found: dict[tuple, dict] = {}
+        for p in sorted(self.root.rglob("*_*.*")):
+            m = key.search(p.as_posix())
+            if m:
+                found.setdefault((m[1], m[2], int(m[4]), int(m[5])), {})[m[3]] = p
+        self._intrinsics: dict[tuple, Path] = {}
+        for p in self.root.rglob("intrinsic.txt"):
+            self._intrinsics[(p.parent.parent.name, p.parent.name)] = p
+        return [(v["rgb"], v["depth"], k) for k, v in sorted(found.items()) if "rgb" in v and "depth" in v]
+
+    def load(self, record):
+        rgb_path, depth_path, (scene, variation, cam, frame) = record
+        raw = _read_png16(depth_path)
+        depth = raw.astype(np.float32) / 100.0
+        depth[raw == 65535] = 0.0
+        K_file = self._intrinsics.get((scene, variation))
+        if K_file is None:
+            raise DataError(f"no intrinsic.txt for {scene}/{variation} under {self.root}")
+        return _read_rgb(rgb_path), depth, self._camera(K_file, frame, cam)
+
+    @staticmethod
+    def _camera(path: Path, frame: int, cam: int) -> np.ndarray:
+        try:
+            rows = np.loadtxt(path, skiprows=1, ndmin=2)
+        except ValueError as e:
+            raise DataError(f"cannot parse {path}: {e}") from e
+        hit = rows[(rows[:, 0] == frame) & (rows[:, 1] == cam)]
+        if len(hit) == 0:
+            raise DataError(f"{path} has no intrinsics for frame {frame}, camera {cam}")
+        fx, fy, cx, cy = hit[0, 2:6]
+        return _pinhole(fx, cx, cy, fy)
+
+
+# -- TartanAir --------------------------------------------------------------------------------------
+class TartanAir(DepthDataset):
+    """TartanAir: ``ENV/{Easy,Hard}/PNNN/image_left/NNNNNN_left.png`` with
+    ``depth_left/NNNNNN_left_depth.npy`` (z-depth in metres; the sky holds a large placeholder,
+    masked beyond 1000 m). One pinhole for all frames: fx = fy = 320, cx = 320, cy = 240 at 640x480."""
+
+    layout = "<env>/<Easy|Hard>/P*/image_left/*_left.png and depth_left/*_left_depth.npy"
+    max_depth = 1000.0
+
+    def find(self):
+        return _pair(self.root, "*/*/P*/image_left/*_left.png",
+                     lambda p: p.parent.parent / "depth_left" / f"{p.stem}_depth.npy")
+
+    def load(self, record):
+        rgb = _read_rgb(record[0])
+        H, W = rgb.shape[:2]
+        return rgb, _read_depth(record[1]), _pinhole(320.0 * W / 640, W / 2, H / 2, 320.0 * H / 480)
+
+
+# -- IRS --------------------------------------------------------------------------------------------
+class IRS(DepthDataset):
+    """IRS (indoor robotics stereo): ``<Category>/<Scene>/l_NNNNN.png`` with the left disparity
+    ``d_NNNNN.exr`` (float, pixels) -> depth = baseline * focal / disparity with the released rig's
+    baseline 0.1 m and focal 480 px at 960x540 (principal point at the centre)."""
+
+    layout = "<Category>/<Scene>/l_*.png with d_*.exr"
+    BASELINE, FOCAL = 0.1, 480.0
+
+    def find(self):
+        return _pair(self.root, "**/l_*.png", lambda p: p.with_name("d_" + p.stem[2:] + ".exr"))
+
+    def load(self, record):
+        rgb = _read_rgb(record[0])
+        H, W = rgb.shape[:2]
+        f = self.FOCAL * W / 960
+        return rgb, disparity_to_depth(_read_depth(record[1]), f * self.BASELINE), _pinhole(f, W / 2, H / 2)
+
+
+def disparity_to_depth(disp: np.ndarray, focal_times_baseline: float) -> np.ndarray:
+    """z = f * b / d; non-positive or non-finite disparity -> 0 (invalid)."""
+    ok = np.isfinite(disp) & (disp > 0)
+    return np.where(ok, focal_times_baseline / np.where(ok, disp, 1.0), 0.0).astype(np.float32)
+
+
+# -- UrbanSyn ---------------------------------------------------------------------------------------
+class UrbanSyn(DepthDataset):
+    """UrbanSyn: ``rgb/rgb_NNNN.png`` with ``depth/depth_NNNN.exr`` (channel Y, in units of 1e5 m,
+    so metres = value * 1e5; the sky is masked beyond 1000 m) and one ``camera_metadata.json``:
+    ``parameters[0].Camera`` with ``focalLength_mm``, ``sensorWidth_mm``, ``sensorHeight_mm``
+    (fx = focal / sensor width * W; principal point at the centre)."""
+
+    layout = "rgb/rgb_*.png, depth/depth_*.exr, camera_metadata.json"
+    max_depth = 1000.0
+    SCALE = 1e5
+
+    def find(self):
+        self._meta = self.root / "camera_metadata.json"
+        return _pair(self.root, "rgb/rgb_*.png", lambda p: self.root / "depth" / f"depth_{p.stem[4:]}.exr")
+
+    def load(self, record):
+        rgb = _read_rgb(record[0])
+        H, W = rgb.shape[:2]
+        try:
+            cam = json.loads(self._meta.read_text())["parameters"][0]["Camera"]
+            fx = cam["focalLength_mm"] / cam["sensorWidth_mm"] * W
+            fy = cam["focalLength_mm"] / cam["sensorHeight_mm"] * H
+        except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
+            raise DataError(f"cannot read the camera from {self._meta}: {e!r}") from e
+        return rgb, _read_depth(record[1]) * self.SCALE, _pinhole(fx, W / 2, H / 2, fy)
+
+
+# -- UnrealStereo4K ---------------------------------------------------------------------------------
+class UnrealStereo4K(DepthDataset):
+    """UnrealStereo4K (SMD-Nets): ``NNNNN/Image0/NNNNN.png`` with the left disparity
+    ``Disp0/NNNNN.npy`` (float, pixels; 0 or NaN invalid) and both cameras in
+    ``Extrinsics0/NNNNN.txt`` and ``Extrinsics1/NNNNN.txt``: the 3x3 intrinsics, then the 3x4 [R|t].
+    depth = fx * baseline / disparity with the baseline the x-translation between the two cameras
+    (0.2 m indoors, 0.5 m outdoors in the released scenes). The sky is masked beyond 1000 m."""
+
+    layout = "<scene>/Image0/*.png, Disp0/*.npy, Extrinsics0/*.txt, Extrinsics1/*.txt"
+    max_depth = 1000.0
+
+    def find(self):
+        return _pair(self.root, "*/Image0/*.png", lambda p: p.parent.parent / "Disp0" / f"{p.stem}.npy")
+
+    def load(self, record):
+        rgb_path, disp_path = record
+        scene = rgb_path.parent.parent
+        K, E0 = _stereo_camera(scene / "Extrinsics0" / f"{rgb_path.stem}.txt")
+        _, E1 = _stereo_camera(scene / "Extrinsics1" / f"{rgb_path.stem}.txt")
+        baseline = abs(float((E1 @ np.linalg.inv(E0))[0, 3]))
+        if not baseline > 0:
+            raise DataError(f"{scene}: the two cameras of frame {rgb_path.stem} coincide (baseline 0)")
+        return _read_rgb(rgb_path), disparity_to_depth(_read_depth(disp_path), K[0, 0] * baseline), K
+
+
+def _stereo_camera(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        values = np.array(path.read_text().split(), dtype=np.float64)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read camera file {path}: {e}") from e
+    if values.size != 21:
+        raise DataError(f"{path}: expected 9 intrinsics and 12 extrinsics values, got {values.size}")
+    E = np.eye(4)
+    E[:3] = values[9:].reshape(3, 4)
+    return values[:9].reshape(3, 3), E
+
+
+# -- procedural -------------------------------------------------------------------------------------
+class ProceduralScenes(DepthDataset):
+    """Scenes of :mod:`infinidepth.data.procedural`, rendered on the fly at ``render_size`` (the
+    ground truth; the network image is resized from it). Frame ``k`` is scene seed ``seed_offset + k``."""
+
+    layout = "(generated)"
+
+    def __init__(self, scenes: int, render_size: tuple[int, int] = (768, 1024), seed_offset: int = 0, **kw):
+        self.count, self.render_size, self.seed_offset = int(scenes), tuple(render_size), int(seed_offset)
+        super().__init__(None, **kw)
+
+    def find(self):
+        return list(range(self.seed_offset, self.seed_offset + self.count))
+
+    def name_of(self, record) -> str:
+        return f"procedural/{record:06d}"
+
+    def load(self, record):
+        from .procedural import generate_scene, render
+
+        r = render(generate_scene(record), self.render_size)
+        rgb = (r.rgb.numpy() * 255).round().astype(np.uint8)
+        return rgb, r.depth.numpy(), r.intrinsics.numpy()
+
+
+class ProceduralFiles(DepthDataset):
+    """A procedural set written by ``infinidepth data render`` (layout in :mod:`infinidepth.data.procedural`)."""
+
+    layout = "index.json and scene_*/view_*_{rgb.png,depth.exr,camera.json}"
+
+    def find(self):
+        from .procedural import list_rendered
+
+        return list_rendered(self.root)
+
+    def name_of(self, record) -> str:
+        return str(record.relative_to(self.root))
+
+    def load(self, record):
+        from .procedural import load_view
+
+        try:
+            view = load_view(record)
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"cannot read {record}: {e}") from e
+        return view["rgb"], view["depth"], view["intrinsics"]
+
+
+DATASETS = {
+    "hypersim": Hypersim,
+    "vkitti2": VirtualKITTI2,
+    "tartanair": TartanAir,
+    "irs": IRS,
+    "urbansyn": UrbanSyn,
+    "unrealstereo4k": UnrealStereo4K,
+    "procedural": ProceduralFiles,
+}

@@ -1,0 +1,307 @@
+"""Sub-pixel supervision, augmentation with consistent intrinsics, the dataset readers on files
+written here in each set's own format, and bad data kept away from the loss."""
+
+import json
+import logging
+import math
+
+import h5py
+import numpy as np
+import OpenEXR
+import pytest
+import torch
+from PIL import Image
+
+from infinidepth.data import (
+    IRS,
+    Augment,
+    DataError,
+    Hypersim,
+    ProceduralScenes,
+    TartanAir,
+    UnrealStereo4K,
+    UrbanSyn,
+    VirtualKITTI2,
+    clean_depth,
+    collate,
+    prepare,
+    sample_depth_pairs,
+)
+from infinidepth.io import InputError
+
+
+# -- sub-pixel pairs ----------------------------------------------------------------------------------
+def test_pairs_on_a_ramp_are_bilinear_inside_and_nearest_at_the_border():
+    H, W = 12, 17
+    depth = (1.0 + 0.5 * torch.arange(W).float())[None].expand(H, W).contiguous()   # linear in the column
+    valid = torch.ones(H, W, dtype=torch.bool)
+    coords, values = sample_depth_pairs(depth, valid, 5000, torch.Generator().manual_seed(0))
+    u = (coords[:, 1].double() + 1) / 2 * W                       # continuous column, pixel j spans [j, j + 1)
+    v = (coords[:, 0].double() + 1) / 2 * H
+    interior = (u > 0.5) & (u < W - 0.5) & (v > 0.5) & (v < H - 0.5)
+    expected = 1.0 + 0.5 * (u - 0.5)                              # the ramp through the pixel centres
+    assert interior.sum() > 3000 and (~interior).sum() > 100
+    torch.testing.assert_close(values[interior].double(), expected[interior], rtol=0, atol=1e-5)
+    nearest = 1.0 + 0.5 * u.floor()
+    torch.testing.assert_close(values[~interior].double(), nearest[~interior], rtol=0, atol=1e-6)
+
+
+def test_pairs_never_blend_with_missing_depth():
+    # Valid depth is 2.0 everywhere; holes hold garbage. Blending with a hole (or its 0) would show.
+    g = torch.Generator().manual_seed(1)
+    raw = torch.full((20, 30), 2.0)
+    holes = torch.rand(20, 30, generator=g) < 0.3
+    raw[holes] = float("nan")
+    raw[0, :5] = -3.0
+    raw[5, 5] = float("inf")
+    depth, valid = clean_depth(raw)
+    coords, values = sample_depth_pairs(depth, valid, 20000, g)
+    assert (values - 2.0).abs().max() < 1e-6                     # a blend with a hole would be far off
+    i = ((coords[:, 0] + 1) / 2 * 20).floor().long()
+    j = ((coords[:, 1] + 1) / 2 * 30).floor().long()
+    assert valid[i, j].all()                                       # every query lies in a valid pixel
+    counts = torch.bincount(i * 30 + j, minlength=600)[valid.reshape(-1)].float()
+    assert counts.std() / counts.mean() < 0.25                     # spread evenly over valid pixels
+
+
+def test_clean_depth_masks_every_kind_of_bad_value():
+    depth, valid = clean_depth(np.array([[1.0, np.nan, np.inf], [-1.0, 0.0, 900.0]], np.float32), max_depth=500)
+    assert valid.tolist() == [[True, False, False], [False, False, False]]
+    assert depth.tolist() == [[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]]
+    with pytest.raises(ValueError, match="no valid depth"):
+        sample_depth_pairs(depth * 0, valid & False, 10)
+
+
+# -- augmentation ---------------------------------------------------------------------------------------
+def plane_frame(H=60, W=90):
+    """An image coding its own pixel coordinates and the exact depth of a tilted plane n.P = 5."""
+    K = np.array([[70.0, 0, 41.0], [0, 75.0, 33.0], [0, 0, 1]])
+    j, i = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    x, y = (j - K[0, 2]) / K[0, 0], (i - K[1, 2]) / K[1, 1]
+    depth = 5.0 / (0.3 * x + 0.2 * y + 1.0)
+    rgb = np.stack([j / W, i / H, np.full_like(j, 0.5)], -1).astype(np.float32)
+    return rgb, torch.from_numpy(depth).float(), K
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_crop_flip_keep_intrinsics_image_and_ground_truth_consistent(seed):
+    rgb, depth, K = plane_frame()
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    s = prepare(rgb, depth, valid, K, (32, 48), 4000, Augment(scale=(0.4, 0.9), flip=True, color=0.0),
+                torch.Generator().manual_seed(seed))
+    # Ground truth: every supervised point, back-projected with the sample's intrinsics, lies on the
+    # plane (up to the flip, which mirrors x).
+    Kd = s["depth_intrinsics"].double()
+    Hc, Wc = s["depth"].shape[1:]
+    u = (s["coords"][:, 1].double() + 1) / 2 * Wc
+    v = (s["coords"][:, 0].double() + 1) / 2 * Hc
+    z = s["coord_depth"].double()
+    X, Y = (u - Kd[0, 2]) / Kd[0, 0] * z, (v - Kd[1, 2]) / Kd[1, 1] * z
+    plane = lambda X: 0.3 * X + 0.2 * Y + z                                            # noqa: E731
+    flipped = (plane(-X) - 5).abs().max() < (plane(X) - 5).abs().max()
+    residual = (plane(-X if flipped else X) - 5).abs()
+    interior = (u > 0.5) & (u < Wc - 0.5) & (v > 0.5) & (v < Hc - 0.5)
+    assert residual[interior].max() < 2e-3                     # bilinear of 1/z-linear depth: tiny error
+    assert residual[~interior].max() < 0.05                    # nearest at the border: half a pixel's slope
+    # The network image: its pixel centres, mapped through both intrinsics to the ground truth grid,
+    # see the original pixel coordinates the image codes.
+    Kn = s["intrinsics"].double()
+    jn = torch.arange(48).double() + 0.5
+    xn = (jn - Kn[0, 2]) / Kn[0, 0]                            # viewing direction of network column jn
+    col_in_crop = xn * Kd[0, 0] + Kd[0, 2]
+    x_cam = -xn if flipped else xn
+    col_orig = x_cam * K[0, 0] + K[0, 2]                       # column of the original image
+    got = s["image"][0, 16].double() * 90
+    assert (got - col_orig).abs().max() < 1.0                  # antialiased resize: within a pixel
+    assert col_in_crop.min() >= 0 and col_in_crop.max() <= Wc
+
+
+def test_without_augmentation_the_whole_frame_is_resized_and_intrinsics_scaled():
+    rgb, depth, K = plane_frame()
+    s = prepare(rgb, depth, torch.ones_like(depth, dtype=torch.bool), K, (30, 30), 10, None, torch.Generator())
+    assert s["depth"].shape == (1, 60, 90)
+    np.testing.assert_allclose(s["intrinsics"].numpy(), [[70 / 3, 0, 41 / 3], [0, 37.5, 16.5], [0, 0, 1]], rtol=1e-6)
+
+
+def test_colour_jitter_changes_the_image_only():
+    rgb, depth, K = plane_frame()
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    a = prepare(rgb, depth, valid, K, (32, 48), 100, Augment(color=0.0), torch.Generator().manual_seed(3))
+    b = prepare(rgb, depth, valid, K, (32, 48), 100, Augment(color=0.4), torch.Generator().manual_seed(3))
+    assert torch.equal(a["coord_depth"], b["coord_depth"]) and torch.equal(a["depth"], b["depth"])
+    assert not torch.allclose(a["image"], b["image"]) and b["image"].min() >= 0 and b["image"].max() <= 1
+
+
+# -- readers, each on files in its set's format -----------------------------------------------------------
+def write_rgb(path, H, W, ext="png"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)).save(path)
+
+
+def write_exr(path, channels):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, channels) as f:
+        f.write(str(path))
+
+
+def read_all(ds):
+    """Full frames (no augmentation, network size = frame size): the reader's own depth and K."""
+    return [ds[i] for i in range(len(ds))]
+
+
+def test_hypersim_distance_becomes_z_depth(tmp_path):
+    H, W = 6, 8
+    f = W / 2 / math.tan(math.radians(30))
+    dist = np.full((H, W), 4.0, np.float16)
+    dist[2, 3] = np.nan
+    for cam, rgb_kind in (("scene_cam_00", "jpg"), ("scene_cam_01", "hdr")):
+        images = tmp_path / "ai_001_002" / "images"
+        (images / f"{cam}_geometry_hdf5").mkdir(parents=True)
+        with h5py.File(images / f"{cam}_geometry_hdf5" / "frame.0000.depth_meters.hdf5", "w") as h:
+            h.create_dataset("dataset", data=dist, compression="gzip")
+        if rgb_kind == "jpg":
+            write_rgb(images / f"{cam}_final_preview" / "frame.0000.tonemap.jpg", H, W)
+        else:
+            (images / f"{cam}_final_hdf5").mkdir()
+            with h5py.File(images / f"{cam}_final_hdf5" / "frame.0000.color.hdf5", "w") as h:
+                h.create_dataset("dataset", data=np.random.default_rng(0).random((H, W, 3)).astype(np.float16) * 5)
+    samples = read_all(Hypersim(tmp_path, size=(H, W), n_pairs=64))
+    assert len(samples) == 2
+    x, y = np.arange(W) + 0.5 - W / 2, np.arange(H) + 0.5 - H / 2
+    expected = 4.0 * f / np.sqrt(x[None] ** 2 + y[:, None] ** 2 + f * f)
+    for s in samples:
+        d = s["depth"][0].numpy()
+        assert d[2, 3] == 0 and not s["valid"][0, 2, 3]
+        mask = np.ones((H, W), bool)
+        mask[2, 3] = False
+        np.testing.assert_allclose(d[mask], expected[mask], rtol=1e-6)
+        np.testing.assert_allclose(s["depth_intrinsics"].numpy(), [[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], rtol=1e-6)
+        assert 0 < s["image"].mean() < 1
+
+
+def test_virtual_kitti2_centimetres_sky_and_per_frame_intrinsics(tmp_path):
+    H, W = 5, 7
+    for var in ("clone", "fog"):
+        rgb = tmp_path / "vkitti_2.0.3_rgb" / "Scene01" / var / "frames" / "rgb" / "Camera_1" / "rgb_00003.jpg"
+        write_rgb(rgb, H, W)
+        depth = tmp_path / "vkitti_2.0.3_depth" / "Scene01" / var / "frames" / "depth" / "Camera_1" / "depth_00003.png"
+        depth.parent.mkdir(parents=True)
+        cm = np.full((H, W), 1234, np.uint16)
+        cm[0, 0] = 65535
+        Image.fromarray(cm).save(depth)
+        txt = tmp_path / "vkitti_2.0.3_textgt" / "Scene01" / var / "intrinsic.txt"
+        txt.parent.mkdir(parents=True)
+        txt.write_text("frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]\n3 0 700.0 700.0 3.5 2.5\n3 1 725.0087 725.5 3.25 2.75\n")
+    samples = read_all(VirtualKITTI2(tmp_path, size=(H, W), n_pairs=8))
+    assert len(samples) == 2
+    for s in samples:
+        d = s["depth"][0]
+        assert d[0, 0] == 0 and not s["valid"][0, 0, 0]
+        assert torch.allclose(d[1:], torch.tensor(12.34))
+        np.testing.assert_allclose(s["depth_intrinsics"].numpy(), [[725.0087, 0, 3.25], [0, 725.5, 2.75], [0, 0, 1]], rtol=1e-6)
+
+
+def test_tartanair_metres_and_sky_placeholder(tmp_path):
+    img = tmp_path / "abandonedfactory" / "Easy" / "P001" / "image_left" / "000010_left.png"
+    write_rgb(img, 48, 64)
+    depth = np.full((48, 64), 7.5, np.float32)
+    depth[:10] = 10000.0
+    (img.parent.parent / "depth_left").mkdir()
+    np.save(img.parent.parent / "depth_left" / "000010_left_depth.npy", depth)
+    (s,) = read_all(TartanAir(tmp_path, size=(48, 64), n_pairs=8))
+    assert (s["depth"][0, :10] == 0).all() and torch.allclose(s["depth"][0, 10:], torch.tensor(7.5))
+    np.testing.assert_allclose(s["depth_intrinsics"].numpy(), [[32, 0, 32], [0, 32, 24], [0, 0, 1]])
+
+
+def test_irs_disparity_with_the_rig_baseline(tmp_path):
+    img = tmp_path / "Home" / "ArchVizInterior03Data" / "l_00001.png"
+    write_rgb(img, 54, 96)
+    disp = np.full((54, 96), 4.8, np.float32)
+    disp[3, 4] = 0.0
+    write_exr(img.with_name("d_00001.exr"), {"RGB": np.repeat(disp[..., None], 3, -1)})
+    (s,) = read_all(IRS(tmp_path, size=(54, 96), n_pairs=8))
+    f = 48.0  # 480 px at 960 wide, scaled to 96
+    d = s["depth"][0]
+    assert d[3, 4] == 0
+    np.testing.assert_allclose(d[0, 0].item(), 0.1 * f / 4.8, rtol=1e-6)
+
+
+def test_urbansyn_depth_scale_and_camera_json(tmp_path):
+    write_rgb(tmp_path / "rgb" / "rgb_0042.png", 8, 16)
+    depth = np.full((8, 16), 12.5e-5, np.float32)
+    depth[0] = 5000e-5                                         # sky, beyond the range
+    write_exr(tmp_path / "depth" / "depth_0042.exr", {"Y": depth})
+    (tmp_path / "camera_metadata.json").write_text(json.dumps(
+        {"parameters": [{"Camera": {"focalLength_mm": 20.0, "sensorWidth_mm": 32.0, "sensorHeight_mm": 16.0}}]}))
+    (s,) = read_all(UrbanSyn(tmp_path, size=(8, 16), n_pairs=8))
+    assert (s["depth"][0, 0] == 0).all()
+    np.testing.assert_allclose(s["depth"][0, 1:].numpy(), 12.5, rtol=1e-5)
+    np.testing.assert_allclose(s["depth_intrinsics"].numpy(), [[10, 0, 8], [0, 10, 4], [0, 0, 1]], rtol=1e-6)
+
+
+def test_unrealstereo4k_baseline_from_the_two_cameras(tmp_path):
+    scene = tmp_path / "00003"
+    write_rgb(scene / "Image0" / "00007.png", 9, 16)
+    disp = np.full((9, 16), 20.0, np.float32)
+    disp[1, 1] = np.nan
+    (scene / "Disp0").mkdir()
+    np.save(scene / "Disp0" / "00007.npy", disp)
+    for cam, tx in (("Extrinsics0", 0.0), ("Extrinsics1", -0.2)):
+        (scene / cam).mkdir()
+        (scene / cam / "00007.txt").write_text(f"8 0 8 0 8 4.5 0 0 1\n1 0 0 {tx + 3} 0 1 0 1 0 0 1 2\n")
+    (s,) = read_all(UnrealStereo4K(tmp_path, size=(9, 16), n_pairs=8))
+    d = s["depth"][0]
+    assert d[1, 1] == 0
+    np.testing.assert_allclose(d[0, 0].item(), 8 * 0.2 / 20.0, rtol=1e-5)
+
+
+# -- bad data ---------------------------------------------------------------------------------------------------
+def tartan_frame(root, name, depth):
+    img = root / "env" / "Easy" / "P000" / "image_left" / f"{name}_left.png"
+    write_rgb(img, 16, 16)
+    (img.parent.parent / "depth_left").mkdir(exist_ok=True)
+    np.save(img.parent.parent / "depth_left" / f"{name}_left_depth.npy", depth)
+    return img
+
+
+def test_bad_frames_are_skipped_counted_and_named(tmp_path, caplog):
+    tartan_frame(tmp_path, "000000", np.full((16, 16), np.nan, np.float32))     # nothing valid
+    broken = tartan_frame(tmp_path, "000001", np.ones((16, 16), np.float32))
+    broken.write_bytes(b"not a png")                                            # unreadable
+    tartan_frame(tmp_path, "000002", np.full((16, 16), 3.0, np.float32))
+    ds = TartanAir(tmp_path, size=(16, 16), n_pairs=8)
+    with caplog.at_level(logging.WARNING, logger="infinidepth.data"):
+        s = ds[0]
+    assert s["name"].endswith("000002_left.png") and ds.skipped == 2
+    assert "no valid depth" in caplog.text and str(broken) in caplog.text
+    assert torch.allclose(s["coord_depth"], torch.tensor(3.0))
+
+
+def test_a_dataset_with_no_usable_frame_fails_clearly(tmp_path):
+    tartan_frame(tmp_path, "000000", np.zeros((16, 16), np.float32))
+    with pytest.raises(DataError, match="every frame"):
+        TartanAir(tmp_path, size=(16, 16), n_pairs=8)[0]
+    with pytest.raises(InputError, match="no frames found"):
+        Hypersim(tmp_path, size=(16, 16))
+    with pytest.raises(InputError, match="not a directory"):
+        IRS(tmp_path / "missing")
+
+
+def test_depth_and_image_of_different_sizes_are_reported(tmp_path, caplog):
+    tartan_frame(tmp_path, "000000", np.ones((8, 16), np.float32))
+    with pytest.raises(DataError):
+        TartanAir(tmp_path, size=(16, 16), n_pairs=8)[0]
+    assert "(16, 16) but its depth map is (8, 16)" in caplog.text
+
+
+# -- the procedural set through a DataLoader -----------------------------------------------------------------
+def test_procedural_scenes_batch_through_a_dataloader():
+    ds = ProceduralScenes(3, render_size=(48, 64), size=(32, 48), n_pairs=100, augment=Augment(scale=(1, 1)))
+    batch = next(iter(torch.utils.data.DataLoader(ds, batch_size=3, collate_fn=collate)))
+    assert batch["image"].shape == (3, 3, 32, 48) and batch["coords"].shape == (3, 100, 2)
+    assert batch["intrinsics"].shape == (3, 3, 3) and len(batch["name"]) == 3
+    assert (batch["coord_depth"] > 0).all()
+    again = ds[1]
+    assert torch.equal(again["coords"], batch["coords"][1])                      # reproducible per index
+    ds.set_epoch(1)
+    assert not torch.equal(ds[1]["coords"], again["coords"])                     # new draws each epoch
