@@ -4,6 +4,8 @@
                               [--reference-depth FILE] [--out DIR] [--ply [--points N]] [--fx F --fy F --cx C --cy C]
     infinidepth demo [--out DIR]
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
+    infinidepth eval --dataset NAME --root DIR [--dataset NAME --root DIR ...] [--checkpoint PATH]
+                     [--output-resolution native|input] [--json OUT]
 
 Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
 zero focal length, an input size that is not a multiple of 16) gets one line on stderr, exit code
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 
 from infinidepth.checkpoint import CheckpointError, load_model
+from infinidepth.data.datasets import DataError
+from infinidepth.eval.benchmarks import BENCHMARKS
 from infinidepth.ops import grid_coords
 from infinidepth.io import (
     DEPTH_SUFFIXES,
@@ -256,6 +260,41 @@ def data_render(args) -> dict:
     return result
 
 
+def run_eval(args) -> list[dict]:
+    import json
+
+    from infinidepth.eval import evaluate, format_table
+    from infinidepth.io import atomic_path
+
+    if len(args.dataset) != len(args.root):
+        raise InputError(f"give one --root per --dataset ({len(args.dataset)} datasets, {len(args.root)} roots)")
+    for name in args.dataset:
+        if name not in BENCHMARKS:
+            raise InputError(f"unknown dataset {name!r}; choose from {', '.join(BENCHMARKS)}")
+    if args.hf_points <= 0 or (args.limit is not None and args.limit <= 0):
+        raise InputError("--hf-points and --limit must be positive")
+    input_size = parse_size(args.input_size, "--input-size") if args.input_size else None
+    if input_size and (input_size[0] % 16 or input_size[1] % 16):
+        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {args.input_size}")
+    datasets = [BENCHMARKS[name](root) for name, root in zip(args.dataset, args.root)]  # all checked before any work
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
+    results = []
+    for ds in datasets:
+        r = evaluate(model, ds, args.output_resolution, input_size, None if args.align == "none" else args.align,
+                     args.align_space, args.hf_points, args.seed, args.limit, progress=not args.quiet)
+        r["root"] = str(ds.root)
+        results.append(r)
+        if not args.quiet:
+            print(format_table(r))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps({"checkpoint": args.checkpoint or DEFAULT_CHECKPOINT, "results": results}, indent=1))
+        if not args.quiet:
+            print(f"wrote {args.json}")
+    return results
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -292,6 +331,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     r.add_argument("--quiet", action="store_true")
 
+    e = sub.add_parser("eval", help="score a model on benchmarks: full image and high-frequency regions")
+    e.add_argument("--dataset", action="append", required=True, help="benchmark name (repeatable): " + ", ".join(BENCHMARKS))
+    e.add_argument("--root", action="append", required=True, help="its folder (one per --dataset, in order)")
+    e.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
+    e.add_argument("--output-resolution", choices=("native", "input"), default="native",
+                   help="native: query the decoder at every ground-truth pixel; input: predict at the network input and upsample bilinearly (baseline)")
+    e.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, long side <= 1024)")
+    e.add_argument("--align", choices=("auto", "lsq", "ransac", "none"), default="auto",
+                   help="scale-and-shift alignment (auto: RANSAC for relative models, none for metric ones)")
+    e.add_argument("--align-space", choices=("depth", "disparity"), help="default: disparity for disparity models, else depth")
+    e.add_argument("--hf-points", type=int, default=10_000, help="pixels in each high-frequency mask")
+    e.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
+    e.add_argument("--json", help="write every score (summary and per image) here")
+    e.add_argument("--seed", type=int, default=0, help="seed of the RANSAC fit and the high-frequency masks")
+    e.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    e.add_argument("--quiet", action="store_true")
+
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
     d.add_argument("--out", default="infinidepth_demo")
     d.add_argument("--device")
@@ -310,9 +366,11 @@ def main(argv: list[str] | None = None) -> int:
                 predict(args)
         elif args.command == "data":
             data_render(args)
+        elif args.command == "eval":
+            run_eval(args)
         else:
             predict(args)
-    except (InputError, CheckpointError, FileNotFoundError) as e:
+    except (InputError, CheckpointError, DataError, FileNotFoundError) as e:
         print(f"infinidepth: error: {e}", file=sys.stderr)
         return 2
     return 0

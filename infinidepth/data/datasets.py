@@ -83,6 +83,23 @@ class DepthDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
+    def frame(self, index: int) -> dict:
+        """Frame ``index`` as stored (no resize, no augmentation): ``rgb`` uint8 ``[H, W, 3]``,
+        ``depth`` float32 tensor (0 invalid), ``valid``, ``intrinsics``, ``name``. Raises
+        :class:`DataError` naming the frame if it cannot be read or holds no valid depth."""
+        record = self.records[index]
+        name = self.name_of(record)
+        try:
+            rgb, depth, K = self.load(record)
+        except (InputError, ValueError, OSError) as e:
+            raise DataError(f"{name}: {e}") from e
+        depth, valid = clean_depth(depth, self.max_depth)
+        if not valid.any():
+            raise DataError(f"{name}: no valid depth")
+        if tuple(rgb.shape[:2]) != tuple(depth.shape):
+            raise DataError(f"{name}: image is {tuple(rgb.shape[:2])} but its depth map is {tuple(depth.shape)}")
+        return {"rgb": rgb, "depth": depth, "valid": valid, "intrinsics": np.asarray(K, np.float64), "name": name}
+
     def __getitem__(self, index: int) -> dict:
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)

@@ -1,0 +1,143 @@
+"""Run a model over a benchmark, align, score on the full image and on high-frequency regions.
+
+Two ways to reach the ground truth's resolution (``output_resolution``):
+
+- ``"native"``: the implicit decoder is queried directly at every ground-truth pixel centre;
+- ``"input"``: the baseline: depth predicted at the network input's resolution, then upsampled
+  bilinearly to the ground truth's, as a grid-based model would do.
+
+Relative models (``model.alignment`` set) are aligned per image by scale and shift, in disparity
+space for disparity models and depth space otherwise; metric models are scored as they are unless
+an alignment is asked for. Metrics are averaged over images.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from infinidepth.data.datasets import DataError
+
+from .hf_mask import DEFAULT_POINTS, high_frequency_mask
+from .metrics import METRICS, align, depth_metrics
+
+log = logging.getLogger("infinidepth.eval")
+
+
+def network_size(H: int, W: int, long_side: int = 1024) -> tuple[int, int]:
+    """Aspect kept, long side at most ``long_side``, both sides multiples of 16."""
+    s = min(1.0, long_side / max(H, W))
+    return max(16, round(H * s / 16) * 16), max(16, round(W * s / 16) * 16)
+
+
+@torch.no_grad()
+def predict_depth(model, rgb: np.ndarray, out_size: tuple[int, int], output_resolution: str,
+                  input_size: tuple[int, int] | None = None) -> np.ndarray:
+    """Depth ``[H, W]`` float32 at ``out_size`` for an RGB ``uint8 [h, w, 3]`` image."""
+    H0, W0 = rgb.shape[:2]
+    size = input_size or network_size(H0, W0)
+    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255)
+    image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
+    image = image.to(model.device)
+    if output_resolution == "native":
+        depth = model.predict(image, output_size=out_size)
+    elif output_resolution == "input":
+        depth = F.interpolate(model.predict(image), size=out_size, mode="bilinear", align_corners=False)
+    else:
+        raise ValueError(f"output_resolution must be 'native' or 'input', got {output_resolution!r}")
+    return depth[0, 0].float().cpu().numpy()
+
+
+def evaluate(model, dataset, output_resolution: str = "native", input_size=None, align_method: str | None = "auto",
+             align_space: str | None = None, hf_points: int = DEFAULT_POINTS, seed: int = 0, limit: int | None = None,
+             progress: bool = True) -> dict:
+    """Scores of ``model`` on ``dataset`` (an ``infinidepth.eval.benchmarks`` reader): per region
+    (``full``, ``hf``) the mean of every metric over images, and per image the same."""
+    from tqdm import tqdm
+
+    if align_method == "auto":
+        align_method = "ransac" if model.alignment is not None else None
+    if align_method not in (None, "lsq", "ransac"):
+        raise ValueError(f"alignment must be 'lsq', 'ransac', 'auto' or None, got {align_method!r}")
+    space = align_space or ("disparity" if model.alignment == "disparity" else "depth")
+    n = len(dataset) if limit is None else min(limit, len(dataset))
+    per_image, skipped = [], []
+    for i in tqdm(range(n), desc=f"evaluating {type(dataset).__name__}", unit="image", disable=not progress):
+        try:
+            f = dataset.frame(i)
+        except DataError as e:
+            log.warning("skipping %s", e)
+            skipped.append(str(e))
+            continue
+        gt = f["depth"].numpy()
+        mask = f["valid"].numpy()
+        region = dataset.region(gt.shape)
+        if region is not None:
+            mask &= region
+        if mask.sum() < 2:
+            skipped.append(f"{f['name']}: fewer than 2 scored pixels")
+            continue
+        pred = predict_depth(model, f["rgb"], gt.shape, output_resolution, input_size)
+        a = b = None
+        if align_method is not None:
+            pred, a, b = align(pred, gt, mask, space=space, method=align_method, seed=seed)
+        else:
+            pred = np.clip(pred, 1e-6, None)
+        hf = _hf_mask(dataset, i, gt, mask, hf_points, seed)
+        row = {"name": f["name"], "full": depth_metrics(pred, gt, mask),
+               "hf": depth_metrics(pred, gt, mask & hf) if (mask & hf).any() else None}
+        if a is not None:
+            row["alignment"] = {"space": space, "method": align_method, "a": a, "b": b}
+        per_image.append(row)
+    if not per_image:
+        raise DataError(f"no image of {type(dataset).__name__} could be evaluated ({len(skipped)} skipped)")
+    summary = {}
+    for region in ("full", "hf"):
+        rows = [r[region] for r in per_image if r[region] is not None]
+        summary[region] = {m: float(np.mean([r[m] for r in rows])) for m in METRICS} if rows else None
+        if rows:
+            summary[region]["images"] = len(rows)
+    return {"dataset": type(dataset).__name__, "output_resolution": output_resolution,
+            "alignment": None if align_method is None else {"method": align_method, "space": space},
+            "hf_points": hf_points, "summary": summary, "images": per_image, "skipped": skipped}
+
+
+def _hf_mask(dataset, i, gt, mask, n, seed) -> np.ndarray:
+    path = dataset.hf_mask_file(dataset.records[i])
+    if path is not None:
+        from infinidepth.io import read_image
+
+        m = read_image(path)[..., 0] > 0
+        if m.shape == gt.shape:
+            return m
+        log.warning("%s is %s, its depth %s: computing the mask instead", path, m.shape, gt.shape)
+    return high_frequency_mask(gt, mask, n=n, seed=seed)
+
+
+COLUMNS = [("abs_rel", "AbsRel"), ("sq_rel", "SqRel"), ("rmse", "RMSE"), ("rmse_log", "RMSElog"),
+           ("delta_1.25^0.5", "d<1.25^.5"), ("delta_1.25", "d<1.25"), ("delta_1.25^2", "d<1.25^2"),
+           ("delta_1.01", "d<1.01"), ("delta_1.02", "d<1.02"), ("delta_1.04", "d<1.04")]
+
+
+def format_table(result: dict) -> str:
+    """A plain-text table: one row per region (full image, high-frequency pixels)."""
+    head = f"{result['dataset']} ({result['output_resolution']} resolution"
+    head += f", {result['alignment']['method']} alignment in {result['alignment']['space']} space)" if result["alignment"] else ", no alignment)"
+    lines = [head, f"{'region':<8}{'images':>7}" + "".join(f"{label:>11}" for _, label in COLUMNS)]
+    for region, label in (("full", "full"), ("hf", "HF")):
+        s = result["summary"][region]
+        if s is None:
+            lines.append(f"{label:<8}{0:>7}" + "".join(f"{'-':>11}" for _ in COLUMNS))
+            continue
+        lines.append(f"{label:<8}{s['images']:>7}" + "".join(f"{_fmt(s[k]):>11}" for k, _ in COLUMNS))
+    if result["skipped"]:
+        lines.append(f"skipped {len(result['skipped'])} image(s); see the log")
+    return "\n".join(lines)
+
+
+def _fmt(v: float) -> str:
+    return "nan" if not math.isfinite(v) else f"{v:.4f}"
