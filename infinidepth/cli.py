@@ -1,9 +1,10 @@
 """The ``infinidepth`` command.
 
-    infinidepth predict IMAGE [--checkpoint PATH] [--output-size HxW | --scale S] [--sparse-depth FILE]
+    infinidepth predict IMAGE [--checkpoint PATH] [--output-size HxW | --scale S] [--region y0,x0,y1,x1] [--sparse-depth FILE]
                               [--reference-depth FILE] [--out DIR] [--ply [--points N]] [--fx F --fy F --cx C --cy C]
     infinidepth demo [--out DIR]
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
+    infinidepth bench [--checkpoint PATH | --preset NAME] [--sizes 1k,4k,8k,16k] [--json OUT]
     infinidepth eval --dataset NAME --root DIR [--dataset NAME --root DIR ...] [--checkpoint PATH]
                      [--output-resolution native|input] [--json OUT]
 
@@ -30,6 +31,7 @@ from infinidepth.ops import grid_coords
 from infinidepth.io import (
     DEPTH_SUFFIXES,
     InputError,
+    atomic_path,
     check_depth_values,
     colorize_depth,
     depth_to_png16,
@@ -143,6 +145,33 @@ def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
     return camera_points(depth, coords, K, (H0, W0)), colors.numpy()
 
 
+def parse_region(text: str, out_size: tuple[int, int]) -> tuple[int, int, int, int]:
+    from infinidepth.models.base import check_region
+
+    try:
+        values = tuple(int(v) for v in text.split(","))
+        if len(values) != 4:
+            raise ValueError
+    except ValueError:
+        raise InputError(f"--region must be y0,x0,y1,x1 in output pixels, got {text!r}") from None
+    try:
+        return check_region(values, out_size)
+    except ValueError as e:
+        raise InputError(f"--region: {e}") from None
+
+
+def available_memory() -> int:
+    """Bytes of memory available to this process now (Linux: MemAvailable), or a generous guess."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 40
+
+
 def predict(args) -> dict:
     # Everything is read and checked before anything is computed or written.
     rgb = read_image(args.image)
@@ -176,6 +205,14 @@ def predict(args) -> dict:
         if not 0 < args.points <= 2**30:
             raise InputError(f"--points must be in [1, 2**30], got {args.points}")
 
+    region = parse_region(args.region, out_size) if args.region else (0, 0, *out_size)
+    y0, x0, y1, x1 = region
+    map_size = (y1 - y0, x1 - x0)
+    huge = 4 * map_size[0] * map_size[1] > available_memory() // 2
+    if huge and (args.ply or args.reference_depth):
+        raise InputError(f"a {map_size[0]}x{map_size[1]} map does not fit in memory: it is streamed into a memory-mapped "
+                         ".npy, and --ply / --reference-depth need it in memory; use --region for a part of it")
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     sizes = {"image": (H0, W0), "network input": input_size}
@@ -190,11 +227,26 @@ def predict(args) -> dict:
     reference = None
     if args.reference_depth:
         reference = load_depth_input(args.reference_depth, "reference depth", {**sizes, "output": out_size}, out_size)
+        reference = reference[y0:y1, x0:x1]
 
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255)
     sparse_t = None if sparse is None else torch.from_numpy(sparse)[None, None]
+    out = Path(args.out)
+    stem = Path(args.image).stem
     t0 = time.perf_counter()
-    depth = model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=not args.quiet)
+    if huge:  # streamed tile by tile into the file; renamed into place only when complete
+        with atomic_path(out / f"{stem}_depth.npy") as tmp:
+            depth = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=map_size)
+            model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=not args.quiet,
+                          region=region, out=depth)
+            depth.flush()
+            del depth
+        if not args.quiet:
+            print(f"{model.arch} on {device}: {map_size[0]}x{map_size[1]} depth streamed to {out / f'{stem}_depth.npy'} "
+                  f"(memory-mapped; larger than half the free memory, so no PNGs) in {time.perf_counter() - t0:.2f} s")
+        return {"depth": None, "files": [out / f"{stem}_depth.npy"]}
+    depth = model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=not args.quiet,
+                          region=region)
     depth = depth[0, 0].cpu().numpy()
     seconds = time.perf_counter() - t0
     metric = model.alignment is None
@@ -213,8 +265,6 @@ def predict(args) -> dict:
         points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, K, alignment, args.seed,
                                              None if sparse_t is None else sparse_t.to(device))
 
-    out = Path(args.out)
-    stem = Path(args.image).stem
     png16, encoding = depth_to_png16(depth, metric)
     written = [out / f"{stem}_depth.npy", out / f"{stem}_depth.png", out / f"{stem}_depth_color.png"]
     write_npy(written[0], depth.astype(np.float32))
@@ -224,12 +274,13 @@ def predict(args) -> dict:
         written.append(out / f"{stem}.ply")
         write_ply(written[-1], points, colors)
     elif args.ply:
-        points = camera_points(depth, grid_coords(*out_size), K, (H0, W0))
-        colors = resize_rgb(rgb, out_size).reshape(-1, 3)
+        points = camera_points(depth, grid_coords(*out_size).reshape(*out_size, 2)[y0:y1, x0:x1].reshape(1, -1, 2), K, (H0, W0))
+        colors = resize_rgb(rgb, out_size)[y0:y1, x0:x1].reshape(-1, 3)
         written.append(out / f"{stem}.ply")
         write_ply(written[-1], points, colors)
     if not args.quiet:
-        print(f"{model.arch} on {device}, input {input_size[0]}x{input_size[1]}, output {out_size[0]}x{out_size[1]} "
+        part = f" (region rows {y0}:{y1}, columns {x0}:{x1})" if map_size != out_size else ""
+        print(f"{model.arch} on {device}, input {input_size[0]}x{input_size[1]}, output {out_size[0]}x{out_size[1]}{part} "
               f"in {seconds:.2f} s{note}")
         print(f"16-bit PNG holds {encoding}")
         for p in written:
@@ -295,6 +346,34 @@ def run_eval(args) -> list[dict]:
     return results
 
 
+def run_bench(args) -> dict:
+    import json
+
+    from infinidepth import bench
+
+    if args.checkpoint and args.preset:
+        raise InputError("give either --checkpoint or --preset, not both")
+    try:
+        sizes = bench.parse_sizes(args.sizes)
+    except ValueError as e:
+        raise InputError(f"--sizes: {e}") from None
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    known = bench.paths(device)
+    chosen = args.paths.split(",") if args.paths else None
+    for p in chosen or []:
+        if p not in known:
+            raise InputError(f"--paths: {p!r} is not available on {device}; choose from {', '.join(known)}")
+    model = load_model(args.checkpoint or args.preset or DEFAULT_CHECKPOINT, device=device)
+    report = bench.bench(model, sizes, device, chosen, progress=not args.quiet)
+    report["checkpoint"] = args.checkpoint or args.preset or DEFAULT_CHECKPOINT
+    if not args.quiet:
+        print(bench.format_rows(report))
+    if args.json:
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; PNG in mm)")
     p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample)")
     p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift)")
+    p.add_argument("--region", help="only output pixels y0,x0,y1,x1 (end exclusive) of the output grid: zoom into part of "
+                                    "the image at very high resolution without computing the rest")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply): one point per output pixel")
     p.add_argument("--points", type=int, help="with --ply: N points spread evenly over the 3D surfaces (surface-area sampler) instead")
@@ -348,6 +429,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     e.add_argument("--quiet", action="store_true")
 
+    b = sub.add_parser("bench", help="end-to-end timings at large output sizes, every decoder path, ratios to the released-style path")
+    b.add_argument("--checkpoint", help="checkpoint file (default: the preset)")
+    b.add_argument("--preset", default=None, help=f"preset name when no checkpoint is given (default: {DEFAULT_CHECKPOINT})")
+    b.add_argument("--sizes", default="1k,4k", help="comma list of 1k (768x1024), 2k, 4k, 8k, 16k or HxW (default: 1k,4k)")
+    b.add_argument("--paths", help="comma list of decoder paths (default: released-style, torch and every fused backend here)")
+    b.add_argument("--json", help="write the report here")
+    b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    b.add_argument("--quiet", action="store_true")
+
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
     d.add_argument("--out", default="infinidepth_demo")
     d.add_argument("--device")
@@ -368,6 +458,8 @@ def main(argv: list[str] | None = None) -> int:
             data_render(args)
         elif args.command == "eval":
             run_eval(args)
+        elif args.command == "bench":
+            run_bench(args)
         else:
             predict(args)
     except (InputError, CheckpointError, DataError, FileNotFoundError) as e:

@@ -31,13 +31,6 @@ def test_grid_coords_are_pixel_centres():
     assert torch.allclose(pixel_to_normalized(py, px, 3, 4), c)
 
 
-def test_region_grid_is_a_window_of_the_full_grid():
-    full = grid_coords(8, 10)[0].reshape(8, 10, 2)
-    # rows 2..5 and columns 4..9 of the full grid are the region [-0.5, -0.2] x [0.5, 1.0]
-    region = grid_coords(4, 6, region=(-0.5, -0.2, 0.5, 1.0))[0].reshape(4, 6, 2)
-    assert torch.allclose(region, full[2:6, 4:10], atol=1e-6)
-
-
 @pytest.mark.parametrize("y,x", [(-1, -1), (1, 1), (-1, 0.3), (0.999, -1), (-1.2, 0), (0, 1.3), (0.1, 0.2), (-0.75, 0.5)])
 def test_reference_matches_hand_bilinear_at_borders(y, x):
     feat = torch.randn(1, 3, 4, 5, dtype=torch.float64)

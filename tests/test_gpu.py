@@ -105,3 +105,20 @@ def test_inverse_cdf_on_gpu(backend):
         got = inverse_cdf_sample(w.cuda(), n, seed=n % 997, backend=backend)
         assert torch.equal(got[1].cpu(), want[1]), (B, H, W, n)
         assert (got[0].cpu() - want[0]).abs().max().item() <= 1e-6
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_streamed_prediction_on_gpu(backend):
+    # Tiles of any size, a region, and a host-side output all give the untiled result.
+    from infinidepth.models import from_preset
+
+    model = from_preset("tiny").cuda()
+    image = torch.rand(1, 3, 64, 96, device="cuda")
+    whole = model.predict(image, output_size=(301, 457), backend=backend, tile=10**9)
+    for tile in (457, 1000, 4099):
+        assert torch.equal(model.predict(image, output_size=(301, 457), backend=backend, tile=tile), whole)
+    part = model.predict(image, output_size=(301, 457), backend=backend, region=(17, 3, 250, 401))
+    assert torch.equal(part, whole[:, :, 17:250, 3:401])
+    host = torch.empty(1, 1, 301, 457)
+    model.predict(image, output_size=(301, 457), backend=backend, out=host)
+    assert torch.equal(host, whole.cpu())

@@ -38,7 +38,7 @@ def test_api_shapes_and_predict_matches_decode(models, name):
     assert out.shape == (2, 40) and torch.isfinite(out).all()
     # predict at an arbitrary size == decoding the dense grid of that size, then to_depth
     sparse = sparse_for(image) if "Sensor" in model.arch else None
-    depth = model.predict(image, output_size=(37, 53), sparse_depth=sparse, backend="torch", chunk=300)
+    depth = model.predict(image, output_size=(37, 53), sparse_depth=sparse, backend="torch", tile=300)
     assert depth.shape == (2, 1, 37, 53)
     want = model.to_depth(model.decode(feats, grid_coords(37, 53, batch=2), backend="torch")).reshape(2, 1, 37, 53)
     torch.testing.assert_close(depth, want, rtol=1e-5, atol=1e-6)

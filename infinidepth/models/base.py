@@ -12,6 +12,9 @@ from infinidepth.ops.gather import check_coords, resolve_backend
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+#: queries in flight at once on the plain-PyTorch reference path of predict (its memory bound);
+#: the fused kernels need no such bound
+REFERENCE_CHUNK = 65536
 
 
 @dataclass
@@ -124,28 +127,71 @@ class ImplicitDepthModel(nn.Module):
         output_size: tuple[int, int] | None = None,
         sparse_depth: torch.Tensor | None = None,
         backend: str | None = None,
-        chunk: int = 65536,
+        tile: int | None = None,
         progress: bool = False,
-    ) -> torch.Tensor:
-        """Depth ``[B, 1, H_out, W_out]`` on a dense grid of any size (default: the input's)."""
+        region: tuple[int, int, int, int] | None = None,
+        out=None,
+    ):
+        """Depth ``[B, 1, H_out, W_out]`` on a dense grid of any size (default: the input's).
+
+        Memory stays bounded whatever the output size: the queries of ``tile`` output pixels at a
+        time (default 2**22 on a GPU, 2**18 on the CPU; whole rows) are generated on the device,
+        decoded in one fused pass (the torch reference: ``REFERENCE_CHUNK`` queries at a time) and
+        written into the output, so beyond the output itself only one tile's coordinates and depths
+        exist at once. The result does not depend on ``tile``.
+
+        ``region = (y0, x0, y1, x1)``: only output pixels ``[y0:y1, x0:x1]`` of the ``output_size``
+        grid (a zoom into part of the image at very high resolution, without computing the rest).
+        ``out``: where to write, instead of a new tensor: a tensor ``[B, 1, h, w]`` on any device, or
+        for ``B = 1`` a NumPy array ``[h, w]`` (e.g. a memory-mapped ``.npy`` larger than memory);
+        ``(h, w)`` is the region's size. Returns the output.
+        """
         feats = self.encode(image, sparse_depth=sparse_depth)
-        H, W = output_size or image.shape[-2:]
-        H, W = int(H), int(W)
+        return self.decode_grid(feats, output_size or image.shape[-2:], backend, tile, progress, region, out)
+
+    @torch.no_grad()
+    def decode_grid(self, feats: Features, output_size: tuple[int, int], backend: str | None = None,
+                    tile: int | None = None, progress: bool = False, region=None, out=None):
+        """The decoding half of :meth:`predict`, for features already encoded."""
+        H, W = (int(v) for v in output_size)
         if H <= 0 or W <= 0:
             raise ValueError(f"output size must be positive, got {H}x{W}")
-        B = image.shape[0]
-        out = torch.empty((B, H * W), device=self.device, dtype=torch.float32)
-        rows_per_step = max(1, chunk // W)
-        steps = range(0, H, rows_per_step)
+        y0, x0, y1, x1 = check_region(region, (H, W))
+        B, h, w = feats.batch, y1 - y0, x1 - x0
+        out = self._output(out, B, h, w)
+        tile = tile or (2**22 if self.device.type == "cuda" else 2**18)
+        if tile <= 0:
+            raise ValueError(f"tile must be positive, got {tile}")
+        rows_per_tile = max(1, tile // w)
+        steps = range(y0, y1, rows_per_tile)
         if progress:
             from tqdm import tqdm
 
-            steps = tqdm(steps, desc=f"decoding {H}x{W}", unit="tile", total=len(steps))
-        for y0 in steps:
-            y1 = min(H, y0 + rows_per_step)
-            raw = self.decode(feats, _rows(H, W, y0, y1, B, self.device), backend=backend, chunk=None)
-            out[:, y0 * W : y1 * W] = self.to_depth(raw).float()
-        return out.reshape(B, 1, H, W)
+            steps = tqdm(steps, desc=f"decoding {h}x{w}" + (f" of {H}x{W}" if (h, w) != (H, W) else ""),
+                         unit="tile", total=len(steps))
+        for r0 in steps:
+            r1 = min(y1, r0 + rows_per_tile)
+            raw = self.decode(feats, _grid(H, W, r0, r1, x0, x1, B, self.device), backend=backend, chunk=REFERENCE_CHUNK)
+            depth = self.to_depth(raw).float().reshape(B, 1, r1 - r0, w)
+            if isinstance(out, torch.Tensor):
+                out[:, :, r0 - y0 : r1 - y0] = depth.to(out.device)
+            else:
+                out[r0 - y0 : r1 - y0] = depth[0, 0].cpu().numpy()
+        return out
+
+    def _output(self, out, B: int, h: int, w: int):
+        if out is None:
+            return torch.empty((B, 1, h, w), device=self.device, dtype=torch.float32)
+        if isinstance(out, torch.Tensor):
+            if tuple(out.shape) != (B, 1, h, w) or out.dtype != torch.float32:
+                raise ValueError(f"out must be a float32 tensor [{B}, 1, {h}, {w}], got {out.dtype} {tuple(out.shape)}")
+            return out
+        import numpy as np
+
+        if B != 1 or not isinstance(out, np.ndarray) or out.shape != (h, w) or out.dtype != np.float32:
+            raise ValueError(f"a NumPy out must be float32 [{h}, {w}] for a batch of 1, got "
+                             f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')} for a batch of {B}")
+        return out
 
     @torch.no_grad()
     def sample_points(
@@ -193,9 +239,24 @@ class ImplicitDepthModel(nn.Module):
         return SampledPoints(coords, depth, points, to_world(points, camera_to_world), colors)
 
 
-def _rows(H: int, W: int, y0: int, y1: int, batch: int, device) -> torch.Tensor:
-    """Query coordinates of rows y0..y1 of an H x W output grid (no full-size grid is built)."""
+def check_region(region, size: tuple[int, int]) -> tuple[int, int, int, int]:
+    """``(y0, x0, y1, x1)`` inside an ``(H, W)`` grid, non-empty; None means the whole grid."""
+    H, W = size
+    if region is None:
+        return 0, 0, H, W
+    try:
+        y0, x0, y1, x1 = (int(v) for v in region)
+    except (TypeError, ValueError):
+        raise ValueError(f"region must be (y0, x0, y1, x1) in output pixels, got {region!r}") from None
+    if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
+        raise ValueError(f"region (y0={y0}, x0={x0}, y1={y1}, x1={x1}) must satisfy 0 <= y0 < y1 <= {H} and "
+                         f"0 <= x0 < x1 <= {W} (the output is {H}x{W})")
+    return y0, x0, y1, x1
+
+
+def _grid(H: int, W: int, y0: int, y1: int, x0: int, x1: int, batch: int, device) -> torch.Tensor:
+    """Query coordinates of output pixels [y0:y1, x0:x1] of an H x W grid (no full-size grid is built)."""
     ys = pixel_centers(H, device)[y0:y1]
-    xs = pixel_centers(W, device)
+    xs = pixel_centers(W, device)[x0:x1]
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([gy, gx], dim=-1).reshape(1, -1, 2).expand(batch, -1, -1)

@@ -17,20 +17,13 @@ def pixel_centers(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
     return (torch.arange(n, device=device, dtype=dtype) + 0.5) / n * 2 - 1
 
 
-def grid_coords(height: int, width: int, batch: int = 1, device=None, region=None) -> torch.Tensor:
+def grid_coords(height: int, width: int, batch: int = 1, device=None) -> torch.Tensor:
     """Dense query coordinates of an ``height x width`` output grid, ``[batch, height*width, 2]`` in (y, x).
-
-    ``region`` = (y0, x0, y1, x1) in normalised units restricts the grid to that window (its own
-    pixel centres), so that a crop at high resolution can be asked for without the rest.
-    """
+    (``model.predict(..., region=...)`` queries part of a grid without building the rest.)"""
     if height <= 0 or width <= 0:
         raise ValueError(f"output size must be positive, got {height}x{width}")
     ys = pixel_centers(height, device)
     xs = pixel_centers(width, device)
-    if region is not None:
-        y0, x0, y1, x1 = region
-        ys = y0 + (ys + 1) / 2 * (y1 - y0)
-        xs = x0 + (xs + 1) / 2 * (x1 - x0)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")
     coords = torch.stack([gy, gx], dim=-1).reshape(1, -1, 2)
     return coords.expand(batch, -1, -1).contiguous()

@@ -1,0 +1,172 @@
+"""End-to-end timing of dense prediction at large sizes: ``infinidepth bench``.
+
+For each output size and each decoder path, one image is encoded (input 768x1024), every output
+pixel is decoded into a preallocated map, and the map is written to disk as ``.npy``:
+
+- ``released-style``: the decoder run as the released code runs it (plain PyTorch, grid_sample per
+  map, concatenation, MLP, in chunks of 10,000 queries): the baseline of the ratios;
+- ``torch``: our plain-PyTorch reference, in large tiles;
+- ``cpp`` / ``cuda`` / ``triton``: the fused kernels (Triton only on a GPU: on the CPU it runs
+  under the interpreter, for tests, not for speed).
+
+Reported per row: encode, decode and write seconds, the end-to-end total, queries per second, the
+ratio of the decode and end-to-end times to the baseline's, and memory: the decoder's working memory
+(peak during decode beyond what existed before it: features, weights and the output map), from the
+allocator on a GPU and from the process's resident-memory high-water mark on Linux CPUs (reset before
+each decode), plus the output's own size. The total excludes allocating and zeroing the output.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+SIZES = {"1k": (768, 1024), "2k": (1080, 1920), "4k": (2160, 3840), "8k": (4320, 7680), "16k": (8640, 15360)}
+INPUT = (768, 1024)
+BASELINE = "released-style"
+BASELINE_CHUNK = 10_000
+
+
+def parse_sizes(text: str) -> list[tuple[str, tuple[int, int]]]:
+    out = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        if item in SIZES:
+            out.append((item, SIZES[item]))
+            continue
+        try:
+            h, w = (int(v) for v in item.split("x"))
+        except ValueError:
+            raise ValueError(f"unknown size {item!r}: use {', '.join(SIZES)} or HxW") from None
+        if h <= 0 or w <= 0:
+            raise ValueError(f"size must be positive, got {item!r}")
+        out.append((item, (h, w)))
+    return out
+
+
+def paths(device: torch.device) -> list[str]:
+    from infinidepth.ops import available_backends
+
+    fused = [b for b in available_backends(device) if b != "torch" and not (b == "triton" and device.type == "cpu")]
+    return [BASELINE, "torch", *fused]
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def _rss(field: str) -> int | None:
+    """Bytes of ``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process (Linux)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_peak_rss() -> bool:
+    """Hand freed heap memory back to the system, then reset the peak, so that what the decoder
+    allocates shows as growth of the resident set even where it reuses memory freed earlier."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
+        return True
+    except OSError:
+        return False
+
+
+def run_one(model, image, size, path: str) -> dict:
+    device = model.device
+    _sync(device)
+    t0 = time.perf_counter()
+    feats = model.encode(image)
+    _sync(device)
+    t1 = time.perf_counter()
+    out = torch.zeros((1, 1, *size), device=device)   # touched: its pages count as the output, not the decoder
+    _sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+    else:
+        cpu_peak = _reset_peak_rss()
+        before = _rss("VmRSS")
+    t1b = time.perf_counter()
+    if path == BASELINE:
+        model.decode_grid(feats, size, backend="torch", tile=BASELINE_CHUNK, out=out)
+    else:
+        model.decode_grid(feats, size, backend=path, out=out)
+    _sync(device)
+    t2 = time.perf_counter()
+    memory = {}
+    if device.type == "cuda":
+        memory["decoder_working_mb"] = (torch.cuda.max_memory_allocated(device) - before) / 2**20
+        memory["peak_allocated_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    elif cpu_peak and before is not None:
+        memory["decoder_working_mb"] = max(0, _rss("VmHWM") - before) / 2**20
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(os.path.join(tmp, "depth.npy"), out[0, 0].cpu().numpy())
+    t3 = time.perf_counter()
+    memory["output_mb"] = size[0] * size[1] * 4 / 2**20
+    memory["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    del out, feats
+    decode = t2 - t1b
+    return {"encode_s": t1 - t0, "decode_s": decode, "write_s": t3 - t2, "total_s": (t1 - t0) + decode + (t3 - t2),
+            "queries_per_s": size[0] * size[1] / decode, **memory}
+
+
+def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress: bool = True) -> dict:
+    """Rows of :func:`run_one` for every size and path, with ratios to the baseline."""
+    from tqdm import tqdm
+
+    image = torch.rand(1, 3, *INPUT, generator=torch.Generator().manual_seed(0)).to(device)
+    todo = paths_to_run or paths(device)
+    if warmup:  # compilation, autotuning, caches, the fold: not what a 16K user waits for each image
+        for p in todo:
+            run_one(model, image, (64, 64), p)
+    rows = []
+    jobs = [(name, size, p) for name, size in sizes for p in todo]
+    for name, size, p in tqdm(jobs, desc="benchmark", unit="run", disable=not progress):
+        row = {"size": name, "output": list(size), "queries": size[0] * size[1], "path": p, **run_one(model, image, size, p)}
+        rows.append(row)
+    for row in rows:
+        base = next((r for r in rows if r["size"] == row["size"] and r["path"] == BASELINE), None)
+        if base is not None:
+            row["decode_speedup_vs_released"] = base["decode_s"] / row["decode_s"]
+            row["total_speedup_vs_released"] = base["total_s"] / row["total_s"]
+    return {"benchmark": "end-to-end dense prediction", "device": _device_name(device), "torch": torch.__version__,
+            "input": list(INPUT), "arch": model.arch, "rows": rows}
+
+
+def format_rows(report: dict) -> str:
+    head = (f"{'size':>6} {'path':>15} {'encode s':>9} {'decode s':>9} {'write s':>8} {'total s':>8} "
+            f"{'Mq/s':>8} {'x decode':>9} {'x total':>8} {'memory MB':>10}")
+    lines = [f"{report['arch']} on {report['device']}, input {report['input'][0]}x{report['input'][1]}", head]
+    for r in report["rows"]:
+        mem = r.get("decoder_working_mb", float("nan"))
+        lines.append(f"{r['size']:>6} {r['path']:>15} {r['encode_s']:9.3f} {r['decode_s']:9.3f} {r['write_s']:8.3f} "
+                     f"{r['total_s']:8.3f} {r['queries_per_s'] / 1e6:8.2f} {r.get('decode_speedup_vs_released', float('nan')):9.2f} "
+                     f"{r.get('total_speedup_vs_released', float('nan')):8.2f} {mem:10.0f}")
+    lines.append("memory: the decoder's working memory beyond the features and the output map")
+    return "\n".join(lines)

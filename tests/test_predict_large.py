@@ -1,0 +1,118 @@
+"""Dense prediction at any size in bounded memory: tiles, regions, preallocated and memory-mapped
+outputs, the CLI's --region and streaming, and `infinidepth bench`."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from infinidepth import cli
+from infinidepth.cli import main
+from infinidepth.models import from_preset
+from infinidepth.ops import available_backends
+
+
+@pytest.fixture(scope="module")
+def model():
+    return from_preset("tiny")
+
+
+@pytest.fixture(scope="module")
+def image():
+    return torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+
+
+@pytest.mark.parametrize("backend", [b for b in available_backends(torch.device("cpu"))])
+def test_tiled_equals_untiled_on_odd_sizes(model, image, backend):
+    size = (37, 53) if backend != "triton" else (13, 11)     # (the interpreter is slow)
+    whole = model.predict(image, output_size=size, backend=backend, tile=10**9)
+    for tile in (1, 7, 53 * 3 + 1):                          # one row; rows with remainders
+        assert torch.equal(model.predict(image, output_size=size, backend=backend, tile=tile), whole)
+
+
+@pytest.mark.parametrize("region", [(0, 0, 37, 53), (5, 7, 6, 8), (11, 0, 30, 53), (36, 40, 37, 53)])
+def test_region_is_exactly_the_crop_of_the_full_prediction(model, image, region):
+    full = model.predict(image, output_size=(37, 53), backend="cpp")
+    y0, x0, y1, x1 = region
+    part = model.predict(image, output_size=(37, 53), backend="cpp", region=region, tile=5)
+    assert part.shape == (1, 1, y1 - y0, x1 - x0)
+    assert torch.equal(part, full[:, :, y0:y1, x0:x1])
+
+
+def test_bad_regions_and_outputs_are_refused(model, image):
+    for region in [(0, 0, 0, 5), (0, 0, 38, 53), (-1, 0, 5, 5), (3, 3, 2, 5), (1, 2, 3)]:
+        with pytest.raises(ValueError, match="region"):
+            model.predict(image, output_size=(37, 53), region=region)
+    with pytest.raises(ValueError, match="float32 tensor"):
+        model.predict(image, output_size=(8, 8), out=torch.empty(1, 1, 8, 9))
+    with pytest.raises(ValueError, match="NumPy out"):
+        model.predict(image, output_size=(8, 8), out=np.empty((8, 8), np.float64))
+    with pytest.raises(ValueError, match="batch of 2"):
+        model.predict(image.expand(2, -1, -1, -1), output_size=(8, 8), out=np.empty((8, 8), np.float32))
+
+
+def test_memory_mapped_output_round_trips(model, image, tmp_path):
+    path = tmp_path / "depth.npy"
+    mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(29, 41))
+    model.predict(image, output_size=(29, 41), out=mm, tile=100)
+    mm.flush()
+    del mm
+    expected = model.predict(image, output_size=(29, 41))[0, 0].numpy()
+    np.testing.assert_array_equal(np.load(path), expected)
+    # and into a preallocated tensor
+    out = torch.full((1, 1, 29, 41), -1.0)
+    assert model.predict(image, output_size=(29, 41), out=out) is out
+    np.testing.assert_array_equal(out[0, 0].numpy(), expected)
+
+
+@pytest.fixture
+def picture(tmp_path):
+    path = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def test_cli_region_writes_the_crop(picture, tmp_path, capsys):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert main(["predict", str(picture), "--output-size", "90x130", "--out", str(full), "--quiet"]) == 0
+    assert main(["predict", str(picture), "--output-size", "90x130", "--region", "10,20,41,99", "--ply", "--out", str(part),
+                 "--quiet"]) == 0
+    crop = np.load(part / "pic_depth.npy")
+    np.testing.assert_array_equal(crop, np.load(full / "pic_depth.npy")[10:41, 20:99])
+    from plyfile import PlyData
+
+    assert len(PlyData.read(str(part / "pic.ply"))["vertex"]) == 31 * 79
+    assert main(["predict", str(picture), "--output-size", "90x130", "--region", "10,20,91,99", "--out", str(part)]) == 2
+    assert "--region" in capsys.readouterr().err
+
+
+def test_cli_streams_a_map_larger_than_memory_into_a_memory_mapped_npy(picture, tmp_path, monkeypatch, capsys):
+    ref = tmp_path / "ref"
+    assert main(["predict", str(picture), "--output-size", "70x90", "--out", str(ref), "--quiet"]) == 0
+    monkeypatch.setattr(cli, "available_memory", lambda: 1000)      # pretend 1 kB is free
+    big = tmp_path / "big"
+    assert main(["predict", str(picture), "--output-size", "70x90", "--out", str(big)]) == 0
+    assert "memory-mapped" in capsys.readouterr().out
+    np.testing.assert_array_equal(np.load(big / "pic_depth.npy"), np.load(ref / "pic_depth.npy"))
+    assert sorted(p.name for p in big.iterdir()) == ["pic_depth.npy"]            # no temporary left behind
+    assert main(["predict", str(picture), "--output-size", "70x90", "--ply", "--out", str(big)]) == 2
+    assert "does not fit in memory" in capsys.readouterr().err
+
+
+def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--preset", "tiny", "--sizes", "32x48,17x23", "--paths", "released-style,torch,cpp",
+                 "--json", str(out), "--quiet"]) == 0
+    report = json.loads(out.read_text())
+    rows = report["rows"]
+    assert [(r["size"], r["path"]) for r in rows] == [(s, p) for s in ("32x48", "17x23") for p in ("released-style", "torch", "cpp")]
+    for r in rows:
+        assert r["encode_s"] > 0 and r["decode_s"] > 0 and r["write_s"] > 0 and r["queries"] in (32 * 48, 17 * 23)
+        assert r["total_speedup_vs_released"] > 0 and r["output_mb"] > 0
+    assert all(r["decode_speedup_vs_released"] == 1.0 for r in rows if r["path"] == "released-style")
+    assert main(["bench", "--sizes", "3k"]) == 2
+    assert "unknown size" in capsys.readouterr().err
+    assert main(["bench", "--paths", "cuda", "--device", "cpu"]) == 2
+    assert "not available" in capsys.readouterr().err
