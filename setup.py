@@ -76,6 +76,7 @@ setup(
         "OpenEXR",
         "matplotlib",
         "scipy",  # cKDTree for the k-nearest-neighbour spacing of infinidepth.sampling.uniformity
+        "pyyaml",  # training configs (infinidepth train --config FILE.yaml)
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ninja", "pybind11"],

@@ -2,7 +2,7 @@
 
 ``fit_affine`` is least squares; ``fit_affine_robust`` is RANSAC (seeded, so results repeat) with
 the inlier threshold at the median absolute deviation of the reference, then least squares on
-the inliers of the best hypothesis, refined a few times with the threshold tightened to three
+the inliers of the best hypothesis, refined until the inlier set settles, with the threshold tightened to three
 robust sigmas of the inliers' residuals.
 """
 
@@ -50,11 +50,14 @@ def fit_affine_robust(
     inliers = np.abs(fa * pred + fb - ref) < threshold
     # Refine: refit on the inliers, then tighten the threshold to three robust sigmas of their residuals,
     # so outliers that a loose threshold let in stop pulling the fit.
-    for _ in range(5):
+    for _ in range(30):  # until the inlier set settles
         if inliers.sum() < 2:
             break
         fa, fb = fit_affine(pred[inliers], ref[inliers])
         residual = np.abs(fa * pred + fb - ref)
         sigma = 1.4826 * float(np.median(residual[inliers]))
-        inliers = residual < min(threshold, 3 * sigma + 1e-12)
+        new = residual < min(threshold, 3 * sigma + 1e-12)
+        if np.array_equal(new, inliers):
+            break
+        inliers = new
     return fa, fb

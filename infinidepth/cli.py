@@ -5,6 +5,7 @@
     infinidepth demo [--out DIR]
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
     infinidepth bench [--checkpoint PATH | --preset NAME] [--sizes 1k,4k,8k,16k] [--json OUT]
+    infinidepth train --config FILE|PRESET [--out DIR] [--resume]
     infinidepth eval --dataset NAME --root DIR [--dataset NAME --root DIR ...] [--checkpoint PATH]
                      [--output-resolution native|input] [--json OUT]
 
@@ -16,6 +17,7 @@ zero focal length, an input size that is not a multiple of 16) gets one line on 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from importlib import resources
@@ -374,6 +376,23 @@ def run_bench(args) -> dict:
     return report
 
 
+def run_train(args) -> dict:
+    from infinidepth.train import load_config, train
+
+    try:
+        cfg = load_config(args.config, out=args.out)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    try:
+        result = train(cfg, resume=args.resume, progress=not args.quiet)
+    except FileExistsError as e:
+        raise InputError(str(e)) from None
+    if not args.quiet and os.environ.get("RANK", "0") == "0":
+        state = "stopped (continue with --resume)" if result["interrupted"] else "finished"
+        print(f"{state} at step {result['step']}; run folder {cfg.out}")
+    return result
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -421,7 +440,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, long side <= 1024)")
     e.add_argument("--align", choices=("auto", "lsq", "ransac", "none"), default="auto",
                    help="scale-and-shift alignment (auto: RANSAC for relative models, none for metric ones)")
-    e.add_argument("--align-space", choices=("depth", "disparity"), help="default: disparity for disparity models, else depth")
+    e.add_argument("--align-space", choices=("depth", "disparity", "log_depth"),
+                   help="default: the model's own (disparity for InfiniDepth, log_depth for the paper model)")
     e.add_argument("--hf-points", type=int, default=10_000, help="pixels in each high-frequency mask")
     e.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
     e.add_argument("--json", help="write every score (summary and per image) here")
@@ -437,6 +457,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the report here")
     b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     b.add_argument("--quiet", action="store_true")
+
+    t = sub.add_parser("train", help="train a model (YAML config or preset; torchrun -m infinidepth.train for several processes)")
+    t.add_argument("--config", required=True, help="a YAML file or a preset: paper, official, demo")
+    t.add_argument("--out", help="run folder (checkpoint.pt, model.safetensors, log.jsonl); overrides the config's")
+    t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    t.add_argument("--quiet", action="store_true")
 
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
     d.add_argument("--out", default="infinidepth_demo")
@@ -460,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
             run_eval(args)
         elif args.command == "bench":
             run_bench(args)
+        elif args.command == "train":
+            run_train(args)
         else:
             predict(args)
     except (InputError, CheckpointError, DataError, FileNotFoundError) as e:

@@ -11,6 +11,7 @@ from PIL import Image
 
 from infinidepth.cli import main
 from infinidepth.data.procedural import render_set
+from infinidepth.eval.metrics import SPACES
 from infinidepth.eval import (
     DIODE,
     ETH3D,
@@ -59,14 +60,13 @@ def test_metrics_reject_bad_input():
         depth_metrics(gt, gt * 0)
 
 
-@pytest.mark.parametrize("space", ["depth", "disparity"])
+@pytest.mark.parametrize("space", ["depth", "disparity", "log_depth"])
 def test_ransac_alignment_recovers_scale_and_shift_under_outliers(space):
     rng = np.random.default_rng(0)
     gt = rng.uniform(1, 10, (60, 80))
-    fwd = (lambda d: d) if space == "depth" else (lambda d: 1 / d)
+    fwd, inv = SPACES[space]
     a, b = 0.5, 0.05
-    pred_f = (fwd(gt) - b) / a                               # so that a * f(pred) + b = f(gt)
-    pred = pred_f if space == "depth" else 1 / pred_f
+    pred = inv((fwd(gt) - b) / a)                            # so that a * f(pred) + b = f(gt)
     corrupt = rng.random(gt.shape) < 0.25
     pred = np.where(corrupt, pred * rng.uniform(1.5, 4, gt.shape), pred)
     aligned, fa, fb = align(pred, gt, space=space, method="ransac", seed=0)

@@ -6,8 +6,8 @@ Two ways to reach the ground truth's resolution (``output_resolution``):
 - ``"input"``: the baseline: depth predicted at the network input's resolution, then upsampled
   bilinearly to the ground truth's, as a grid-based model would do.
 
-Relative models (``model.alignment`` set) are aligned per image by scale and shift, in disparity
-space for disparity models and depth space otherwise; metric models are scored as they are unless
+Relative models (``model.alignment`` set) are aligned per image by scale and shift in the model's own
+space (disparity, or log-depth: scale and power); metric models are scored as they are unless
 an alignment is asked for. Metrics are averaged over images.
 """
 
@@ -63,7 +63,7 @@ def evaluate(model, dataset, output_resolution: str = "native", input_size=None,
         align_method = "ransac" if model.alignment is not None else None
     if align_method not in (None, "lsq", "ransac"):
         raise ValueError(f"alignment must be 'lsq', 'ransac', 'auto' or None, got {align_method!r}")
-    space = align_space or ("disparity" if model.alignment == "disparity" else "depth")
+    space = align_space or (model.alignment if model.alignment in ("disparity", "log_depth") else "depth")
     n = len(dataset) if limit is None else min(limit, len(dataset))
     per_image, skipped = [], []
     for i in tqdm(range(n), desc=f"evaluating {type(dataset).__name__}", unit="image", disable=not progress):

@@ -9,7 +9,8 @@ where ``mask`` holds (and ``gt > 0``):
   1.25^2 and the strict metric ones 1.01, 1.02, 1.04 (all six are always reported)
 
 A relative prediction is first mapped onto the ground truth by ``a * f(pred) + b ~= f(gt)`` with
-``f`` the identity (``space="depth"``) or ``1 / d`` (``space="disparity"``), fitted by least
+``f`` the identity (``space="depth"``), ``1 / d`` (``space="disparity"``) or ``log d``
+(``space="log_depth"``: scale and power, for log-depth models), fitted by least
 squares (``method="lsq"``) or by seeded RANSAC (``method="ransac"``, robust to outliers).
 """
 
@@ -24,6 +25,8 @@ from infinidepth.align import fit_affine, fit_affine_robust
 THRESHOLDS = {"delta_1.25^0.5": 1.25**0.5, "delta_1.25": 1.25, "delta_1.25^2": 1.25**2,
               "delta_1.01": 1.01, "delta_1.02": 1.02, "delta_1.04": 1.04}
 METRICS = ("abs_rel", "sq_rel", "rmse", "rmse_log", *THRESHOLDS)
+SPACES = {"depth": (lambda d: d, lambda x: x), "disparity": (lambda d: 1.0 / d, lambda x: 1.0 / x),
+          "log_depth": (np.log, np.exp)}
 
 
 def _check(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
@@ -69,8 +72,8 @@ def align(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, spac
 
     The aligned depth is clipped to the ground truth's range on the mask, so that a disparity fit that
     crosses zero cannot produce negative or infinite depth."""
-    if space not in ("depth", "disparity"):
-        raise ValueError(f"alignment space must be 'depth' or 'disparity', got {space!r}")
+    if space not in SPACES:
+        raise ValueError(f"alignment space must be one of {', '.join(SPACES)}, got {space!r}")
     if method not in ("lsq", "ransac"):
         raise ValueError(f"alignment method must be 'lsq' or 'ransac', got {method!r}")
     pred = np.asarray(pred, np.float64)
@@ -81,12 +84,11 @@ def align(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, spac
     if mask.sum() < 2:
         raise ValueError("need at least 2 pixels where both prediction and ground truth are valid to align")
     g = np.asarray(gt, np.float64)
-    fwd = (lambda d: d) if space == "depth" else (lambda d: 1.0 / d)
+    fwd, inv = SPACES[space]
     x, y = fwd(pred[mask]), fwd(g[mask])
     a, b = fit_affine(x, y) if method == "lsq" else fit_affine_robust(x, y, seed=seed)
     lo, hi = float(g[mask].min()), float(g[mask].max())
     with np.errstate(divide="ignore", invalid="ignore"):
-        mapped = a * fwd(np.where(pred > 0, pred, np.nan)) + b
-        depth = mapped if space == "depth" else 1.0 / mapped
+        depth = inv(a * fwd(np.where(pred > 0, pred, np.nan)) + b)
     depth = np.where(np.isfinite(depth) & (depth > 0), depth, hi)
     return np.clip(depth, lo, hi).astype(np.float32), a, b

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .base import Features, ImplicitDepthModel, SampledPoints
+from .grid import GridBaseline, GridConfig
 from .official import InfiniDepth, InfiniDepthDepthSensor, OfficialConfig
 from .paper import InfiniDepthPaper, PaperConfig
 from .vit import VIT_SIZES
@@ -17,6 +18,7 @@ ARCHS: dict[str, type[ImplicitDepthModel]] = {
     InfiniDepth.arch: InfiniDepth,
     InfiniDepthDepthSensor.arch: InfiniDepthDepthSensor,
     InfiniDepthPaper.arch: InfiniDepthPaper,
+    GridBaseline.arch: GridBaseline,
 }
 
 _TINY_OFFICIAL = dict(vit=VIT_SIZES["tiny"], cnn_dim=32, hidden=(64, 32, 16))
@@ -30,6 +32,8 @@ PRESETS: dict[str, tuple[str, object]] = {
     "paper-small": (InfiniDepthPaper.arch, PaperConfig(vit=VIT_SIZES["small"], channels=(96, 192, 384), head=(256, 256))),
     "paper-base": (InfiniDepthPaper.arch, PaperConfig(vit=VIT_SIZES["base"], channels=(128, 256, 512), head=(256, 256))),
     "paper-large": (InfiniDepthPaper.arch, PaperConfig()),
+    # the same encoder and pyramid as "tiny" with a grid head (bilinear upsampling): a baseline
+    "grid-tiny": (GridBaseline.arch, GridConfig(vit=VIT_SIZES["tiny"], channels=(16, 32, 64), head=32)),
 }
 
 
@@ -55,6 +59,7 @@ def from_preset(name: str, seed: int = 0) -> ImplicitDepthModel:
 __all__ = [
     "ARCHS",
     "Features",
+    "GridBaseline",
     "ImplicitDepthModel",
     "InfiniDepth",
     "InfiniDepthDepthSensor",

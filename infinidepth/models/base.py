@@ -79,7 +79,8 @@ class ImplicitDepthModel(nn.Module):
     def config_dict(self) -> dict:
         return self.config.to_dict()
 
-    def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
+    def features(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
+        """The encoder pass, differentiable (training); :meth:`encode` is the same without autograd."""
         raise NotImplementedError
 
     def decode_raw(self, feats: Features, coords: torch.Tensor, backend: str, chunk: int | None, with_grad: bool = False):
@@ -90,6 +91,18 @@ class ImplicitDepthModel(nn.Module):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
+        """One encoder pass per image: the features every later query reads."""
+        return self.features(image, sparse_depth)
+
+    def forward(self, image: torch.Tensor, coords: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> torch.Tensor:
+        """Training forward: raw output ``[B, N]`` at ``coords``, differentiable end to end (the
+        decoder runs as the plain-PyTorch reference: the fused kernels have no backward)."""
+        feats = self.features(image, sparse_depth)
+        check_coords(coords, feats.batch)
+        return self.decode_raw(feats, coords.to(self.device), "torch", None)
+
     @property
     def device(self) -> torch.device:
         return self._mean.device

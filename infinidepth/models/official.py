@@ -88,16 +88,15 @@ class InfiniDepth(ImplicitDepthModel):
             raise ValueError(f"{self.arch} takes no sparse depth; use an InfiniDepth_DepthSensor checkpoint")
         return tokens, None
 
-    def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
+    def features(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
         check_image(image, self.pretrained.patch_size)
         image = image.to(self.device, torch.float32)
         B, _, H, W = image.shape
         h, w = H // self.pretrained.patch_size, W // self.pretrained.patch_size
-        with torch.no_grad():
-            tokens = self.pretrained.intermediate_layers((image - self._mean) / self._std, [self.layer])[0]
-            tokens, scale = self._prompt(image, sparse_depth, tokens, h, w)
-            vit_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
-            cnn_map = self.basic_encoder(2 * image - 1)
+        tokens = self.pretrained.intermediate_layers((image - self._mean) / self._std, [self.layer])[0]
+        tokens, scale = self._prompt(image, sparse_depth, tokens, h, w)
+        vit_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
+        cnn_map = self.basic_encoder(2 * image - 1)
         return Features(maps=[vit_map, cnn_map], image_size=(H, W), disparity_scale=scale)
 
     def decoder_weights(self) -> ConcatDecoder:

@@ -104,14 +104,12 @@ class InfiniDepthPaper(ImplicitDepthModel):
         grids = [t.transpose(1, 2).reshape(B, -1, H // p, W // p) for t in tokens]
         return [r(g) for r, g in zip(self.reassemble, grids)]
 
-    def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
+    def features(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
         if sparse_depth is not None:
             raise ValueError("the paper model takes no sparse depth; use an InfiniDepth_DepthSensor checkpoint")
         check_image(image, self.encoder.patch_size)
         image = image.to(self.device, torch.float32)
-        with torch.no_grad():
-            maps = self.pyramid(image)
-        return Features(maps=maps, image_size=tuple(image.shape[-2:]))
+        return Features(maps=self.pyramid(image), image_size=tuple(image.shape[-2:]))
 
     def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
         return implicit_decode(feats.maps, coords, self.decoder.weights(), backend=backend, chunk=chunk, cache=feats.extras,

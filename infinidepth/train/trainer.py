@@ -1,0 +1,341 @@
+"""The training loop: sparse sub-pixel supervision, one process or many (torchrun), resumable.
+
+Per image, ``pairs`` coordinate-depth pairs come from the full-resolution ground truth
+(``infinidepth.data``). Targets: normalised log-depth (log depth mapped affinely so its 2% and 98%
+quantiles over the image's valid ground truth go to 0 and 1: the paper) or min-max disparity (the
+released code). Loss: L1 between the network's raw output at the queries and the target.
+
+Never lose work: ``OUT/checkpoint.pt`` (model, optimiser, scheduler, step, RNG states, config) is
+written atomically every ``checkpoint_every`` steps, at the end, and when the process receives
+SIGTERM or SIGINT (it finishes the current step first). ``resume=True`` continues from it; on the
+CPU the loss trajectory is the same, to the bit, as an uninterrupted run's: data order and every
+random draw depend only on (seed, epoch, index).
+
+Scale-out: under ``torchrun --nproc_per_node=K -m infinidepth.train ...`` each process takes a
+disjoint share of every epoch (DistributedSampler) and DistributedDataParallel averages gradients
+(NCCL on GPUs, gloo on CPUs). Rank 0 writes checkpoints and logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from .config import TrainConfig
+
+log = logging.getLogger("infinidepth.train")
+
+
+# -- targets -----------------------------------------------------------------------------------------------
+def make_targets(coord_depth: torch.Tensor, depth, valid, kind: str) -> torch.Tensor:
+    """Per-image normalised targets ``[B, N]`` for metric depths ``coord_depth`` ``[B, N]``, the
+    normalisation taken from each image's valid full-resolution ground truth."""
+    out = []
+    for b in range(coord_depth.shape[0]):
+        v = depth[b][valid[b]].float()
+        v = v[:: max(1, v.numel() // 1_000_000)]              # quantiles of at most ~1 M samples
+        d = coord_depth[b].float()
+        if kind == "log_depth":
+            q = torch.quantile(v.log(), torch.tensor([0.02, 0.98]))
+            out.append((d.log() - q[0]) / (q[1] - q[0]).clamp_min(1e-6))
+        else:
+            disp = 1.0 / v
+            lo, hi = disp.min(), disp.max()
+            out.append((1.0 / d - lo) / (hi - lo).clamp_min(1e-12))
+    return torch.stack(out)
+
+
+def default_target(model) -> str:
+    return "disparity" if model.alignment == "disparity" else "log_depth"
+
+
+# -- data --------------------------------------------------------------------------------------------------
+class _Concat(torch.utils.data.ConcatDataset):
+    def set_epoch(self, epoch: int) -> None:
+        for d in self.datasets:
+            d.set_epoch(epoch)
+
+
+def build_dataset(cfg: TrainConfig):
+    from infinidepth.data import DATASETS, Augment, ProceduralScenes
+
+    augment = Augment(scale=tuple(cfg.augment_scale), flip=cfg.augment_flip, color=cfg.augment_color)
+    parts = []
+    for s in cfg.data:
+        kw = dict(size=tuple(cfg.input_size), n_pairs=cfg.pairs, augment=augment, seed=cfg.seed)
+        if s.name == "procedural-live":
+            parts.append(ProceduralScenes(s.scenes, render_size=tuple(s.render_size), **kw))
+        elif s.name in DATASETS:
+            parts.append(DATASETS[s.name](s.root, **kw))
+        else:
+            raise ValueError(f"unknown data source {s.name!r}; choose from {sorted(DATASETS)} or procedural-live")
+    return _Concat(parts)
+
+
+class _Position(torch.utils.data.Sampler):
+    """This rank's share of epoch ``epoch`` (DistributedSampler order), from batch ``start`` on."""
+
+    def __init__(self, n: int, world: int, rank: int, seed: int, batch: int):
+        self.inner = torch.utils.data.DistributedSampler(range(n), num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                                         drop_last=True)
+        self.batch, self.start = batch, 0
+
+    def set_position(self, epoch: int, start_batch: int) -> None:
+        self.inner.set_epoch(epoch)
+        self.start = start_batch
+
+    def __iter__(self):
+        return iter(list(self.inner)[self.start * self.batch:])
+
+    def __len__(self) -> int:
+        return len(self.inner) - self.start * self.batch
+
+    def batches_per_epoch(self) -> int:
+        return len(self.inner) // self.batch
+
+
+# -- model, optimiser, schedule ------------------------------------------------------------------------------
+def build_model(cfg: TrainConfig):
+    from infinidepth.checkpoint import load_model
+    from infinidepth.models import from_preset, PRESETS
+
+    model = from_preset(cfg.model, seed=cfg.seed) if cfg.model in PRESETS else load_model(cfg.model)
+    if cfg.pretrained_encoder:
+        from .pretrained import load_pretrained_encoder
+
+        load_pretrained_encoder(model, cfg.pretrained_encoder)
+    return model
+
+
+def encoder_of(model) -> torch.nn.Module:
+    return getattr(model, "encoder", None) or getattr(model, "pretrained")
+
+
+def build_optimizer(model, cfg: TrainConfig):
+    enc = {id(p) for p in encoder_of(model).parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) in enc], "lr": cfg.lr_encoder, "name": "encoder"},
+        {"params": [p for p in model.parameters() if id(p) not in enc], "lr": cfg.lr_decoder, "name": "decoder"},
+    ]
+    opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+    def factor(step: int) -> float:            # linear warm-up, then cosine to 0 at cfg.steps
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(path: Path, model, opt, sched, step: int, cfg: TrainConfig, extra: dict | None = None) -> None:
+    """Everything needed to continue, written atomically (a crash mid-write keeps the old file)."""
+    from infinidepth.io import atomic_path
+
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "step": step,
+             "rng": _rng_state(), "config": cfg.to_dict(), "arch": model.arch, "model_config": model.config_dict(),
+             **(extra or {})}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+# -- the loop --------------------------------------------------------------------------------------------------
+def _distributed():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    device = torch.device(f"cuda:{local}") if torch.cuda.is_available() else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return rank, world, device
+
+
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step=None) -> dict:
+    """Train per ``cfg``; returns ``{"step", "interrupted", "losses": [(step, loss, lr), ...] of this run}``.
+
+    ``on_step(step, loss)`` is called after every step (tests, custom logging)."""
+    from tqdm import tqdm
+
+    from infinidepth.checkpoint import save_model
+    from infinidepth.data import collate
+
+    cfg.validate()
+    rank, world, device = _distributed()
+    out = Path(cfg.out)
+    ckpt_path = out / "checkpoint.pt"
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        if not resume and ckpt_path.exists():
+            raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another out folder")
+    torch.manual_seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    random.seed(cfg.seed)
+
+    model = build_model(cfg).to(device).train()
+    kind = default_target(model) if cfg.target == "auto" else cfg.target
+    opt, sched = build_optimizer(model, cfg)
+    step = 0
+    if resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        if state["config"] != cfg.to_dict():
+            changed = sorted(k for k in state["config"] if state["config"][k] != cfg.to_dict().get(k))
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {', '.join(changed)}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        _set_rng_state(state["rng"])
+    # Some parameters never reach the loss by design (the ViT mask token kept for the key layout).
+    net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
+
+    dataset = build_dataset(cfg)
+    sampler = _Position(len(dataset), world, rank, cfg.seed, cfg.batch_size)
+    per_epoch = sampler.batches_per_epoch()
+    if per_epoch == 0:
+        raise ValueError(f"{len(dataset)} frames are too few for batch_size {cfg.batch_size} on {world} process(es)")
+
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+    stop = {"signal": None}
+    previous = {}
+    if rank == 0 or world > 1:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                previous[sig] = signal.signal(sig, lambda s, f: stop.update(signal=s))
+            except ValueError:  # not the main thread: no handlers, no graceful stop
+                pass
+
+    writer = _tensorboard(out) if rank == 0 else None
+    log_path = out / "log.jsonl"
+    if rank == 0:
+        _trim_log(log_path, step)
+    losses = []
+    bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress or rank != 0)
+    seen = 0
+    try:
+        while step < cfg.steps and stop["signal"] is None:
+            epoch, offset = divmod(step, per_epoch)
+            sampler.set_position(epoch, offset)
+            dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
+                                                 num_workers=cfg.num_workers, collate_fn=collate)
+            for batch in loader:
+                t0 = time.perf_counter()
+                image = batch["image"].to(device)
+                coords = batch["coords"].to(device)
+                target = make_targets(batch["coord_depth"], batch["depth"], batch["valid"], kind).to(device)
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    pred = net(image, coords)
+                loss = (pred.float() - target).abs().mean()
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                if cfg.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                sched.step()
+                step += 1
+                seen += image.shape[0]
+                value = loss.detach()
+                if world > 1:
+                    dist.all_reduce(value)
+                    value /= world
+                value = float(value)
+                lr = opt.param_groups[1]["lr"]
+                losses.append((step, value, lr))
+                if rank == 0:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        _log(log_path, {"step": step, "loss": value, "lr": lr, "lr_encoder": opt.param_groups[0]["lr"],
+                                        "seconds_per_step": time.perf_counter() - t0, "world_size": world})
+                        if writer is not None:
+                            writer.add_scalar("loss", value, step)
+                            writer.add_scalar("lr", lr, step)
+                if on_step is not None:
+                    on_step(step, value)
+                if rank == 0 and step % cfg.checkpoint_every == 0:
+                    save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
+                if step >= cfg.steps or stop["signal"] is not None:
+                    break
+        if rank == 0:
+            save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
+            if step >= cfg.steps:
+                save_model(model.eval(), out / "model.safetensors")
+        _log(out / "ranks.jsonl", {"rank": rank, "step": step, "samples": seen,
+                                   "param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))})
+    finally:
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if writer is not None:
+            writer.close()
+        if world > 1 and dist.is_initialized():
+            dist.barrier()
+            dist.destroy_process_group()
+    if stop["signal"] is not None and rank == 0:
+        log.warning("stopped by signal %s at step %d; checkpoint saved to %s (continue with --resume)",
+                    stop["signal"], step, ckpt_path)
+    return {"step": step, "interrupted": stop["signal"] is not None, "losses": losses, "target": kind, "world_size": world}
+
+
+def _log(path: Path, record: dict) -> None:
+    with open(path, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """On resume, drop log lines past the checkpoint (they will be logged again)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    from infinidepth.io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text("".join(line + "\n" for line in keep))
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tensorboard"))

@@ -1,0 +1,178 @@
+"""Training: targets, configs, bit-for-bit resume after SIGTERM, atomic checkpoints, 2-process DDP
+on gloo, pretrained encoders."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from infinidepth.checkpoint import CheckpointError
+from infinidepth.cli import main
+from infinidepth.data.procedural import render_set
+from infinidepth.models import from_preset
+from infinidepth.train import TrainConfig, load_config, make_targets, save_checkpoint, train
+from infinidepth.train.config import DataSource
+from infinidepth.train.pretrained import load_pretrained_encoder
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scenes") / "set"
+    render_set(root, scenes=6, size=(48, 64), progress=False)
+    return root
+
+
+def small_config(scenes, out, **kw):
+    base = dict(model="tiny", data=[DataSource("procedural", str(scenes))], input_size=(32, 48), pairs=128,
+                batch_size=2, steps=6, lr_encoder=1e-3, lr_decoder=1e-3, warmup_steps=2, checkpoint_every=2,
+                log_every=1, num_workers=0, out=str(out))
+    base.update(kw)
+    return TrainConfig(**base).validate()
+
+
+# -- targets and configs -----------------------------------------------------------------------------------------
+def test_log_depth_targets_put_the_2_and_98_percent_quantiles_at_0_and_1():
+    depth = torch.exp(torch.linspace(0, 1, 10001)).reshape(1, 1, 1, -1)      # log-depth uniform on [0, 1]
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    t = make_targets(torch.tensor([[depth[0, 0, 0, 200].item(), depth[0, 0, 0, 9800].item(), 1.0]]), depth, valid, "log_depth")
+    torch.testing.assert_close(t, torch.tensor([[0.0, 1.0, -0.02 / 0.96]]), atol=1e-4, rtol=0)
+
+
+def test_disparity_targets_are_min_max_normalised():
+    depth = torch.tensor([[[[1.0, 2.0, 4.0, 0.0]]]])
+    valid = depth > 0
+    t = make_targets(torch.tensor([[1.0, 4.0, 2.0]]), depth, valid, "disparity")
+    torch.testing.assert_close(t, torch.tensor([[1.0, 0.0, (0.5 - 0.25) / 0.75]]))
+
+
+def test_configs_from_presets_and_yaml(tmp_path):
+    assert load_config("paper").model == "paper-large" and load_config("official").target == "disparity"
+    path = tmp_path / "run.yaml"
+    path.write_text("base: demo\nsteps: 7\ndata: [{name: procedural, root: /x}]\ninput_size: [64, 80]\n")
+    cfg = load_config(str(path), out="elsewhere")
+    assert cfg.steps == 7 and cfg.input_size == (64, 80) and cfg.out == "elsewhere" and cfg.pairs == 4096
+    path.write_text("base: demo\nstep: 7\n")
+    with pytest.raises(ValueError, match="unknown config keys: step"):
+        load_config(str(path))
+    path.write_text("base: demo\ninput_size: [60, 80]\nbatch_size: 0\n")
+    with pytest.raises(ValueError, match="multiples of 16") as e:
+        load_config(str(path))
+    assert "batch_size must be positive" in str(e.value)
+    with pytest.raises(FileNotFoundError, match="presets"):
+        load_config("nonexistent.yaml")
+
+
+# -- resume and checkpoints -----------------------------------------------------------------------------------------
+def test_resume_after_sigterm_continues_bit_for_bit(scenes, tmp_path):
+    whole = train(small_config(scenes, tmp_path / "whole"), progress=False)
+    assert [s for s, _, _ in whole["losses"]] == list(range(1, 7))
+
+    def stop_at_3(step, loss):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = small_config(scenes, tmp_path / "cut")
+    first = train(cfg, progress=False, on_step=stop_at_3)
+    assert first["interrupted"] and first["step"] == 3
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == 3
+    assert not (tmp_path / "cut" / "model.safetensors").exists()
+    second = train(cfg, resume=True, progress=False)
+    assert second["step"] == 6 and not second["interrupted"]
+    assert first["losses"] + second["losses"] == whole["losses"]          # exact floats
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)["model"]
+    b = torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert log == list(range(1, 7))                                       # no duplicated lines after resume
+
+
+def test_training_lowers_the_loss_and_refuses_to_overwrite_a_run(scenes, tmp_path):
+    cfg = small_config(scenes, tmp_path / "run", steps=40, batch_size=3, checkpoint_every=40)
+    result = train(cfg, progress=False)
+    losses = [v for _, v, _ in result["losses"]]
+    assert sum(losses[-10:]) < sum(losses[:10])
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg, progress=False)
+    changed = small_config(scenes, tmp_path / "run", steps=40, batch_size=2, checkpoint_every=40)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(changed, resume=True, progress=False)
+
+
+def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    model = from_preset("tiny")
+    cfg = TrainConfig(data=[DataSource("procedural", "x")], out=str(tmp_path))
+    opt = torch.optim.AdamW(model.parameters())
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, model, opt, sched, 5, cfg)
+    real_save = torch.save
+
+    def dying_save(obj, f, *a, **k):
+        Path(f).write_bytes(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", dying_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, opt, sched, 6, cfg)
+    monkeypatch.setattr(torch, "save", real_save)
+    assert torch.load(path, weights_only=False)["step"] == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+# -- two processes ---------------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_process_ddp_on_gloo(scenes, tmp_path):
+    import yaml
+
+    cfg = small_config(scenes, tmp_path / "ddp", steps=3, checkpoint_every=3).to_dict()
+    path = tmp_path / "ddp.yaml"
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                           "-m", "infinidepth.train", "--config", str(path), "--quiet"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(line) for line in (tmp_path / "ddp" / "ranks.jsonl").read_text().splitlines()]
+    assert sorted(r["rank"] for r in ranks) == [0, 1]
+    assert ranks[0]["param_sum"] == ranks[1]["param_sum"]                 # replicas stay identical
+    assert all(r["samples"] == 3 * 2 for r in ranks)                       # each its own share of the data
+    log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
+    assert [r["world_size"] for r in log] == [2, 2, 2]
+    assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+# -- pretrained encoders and the command ----------------------------------------------------------------------------------------
+def test_dinov3_encoder_loads_and_dinov2_is_refused_with_the_reason(tmp_path):
+    donor = from_preset("tiny", seed=3)
+    sd = {f"teacher.backbone.{k}": v for k, v in donor.encoder.state_dict().items()}
+    sd["teacher.backbone.head.weight"] = torch.zeros(3)          # a DINO head: ignored
+    torch.save({"teacher": sd}, tmp_path / "dinov3.pth")
+    model = from_preset("tiny", seed=4)
+    load_pretrained_encoder(model, tmp_path / "dinov3.pth")
+    assert all(torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), donor.encoder.state_dict().values()))
+    assert not torch.equal(model.decoder.mlp[0].weight, donor.decoder.mlp[0].weight)   # only the encoder
+    v2 = dict(donor.encoder.state_dict(), pos_embed=torch.zeros(1, 17, 64))
+    torch.save(v2, tmp_path / "dinov2.pth")
+    with pytest.raises(CheckpointError, match="DINOv2"):
+        load_pretrained_encoder(model, tmp_path / "dinov2.pth")
+    torch.save(from_preset("paper-small").encoder.state_dict(), tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        load_pretrained_encoder(model, tmp_path / "other.pth")
+
+
+def test_train_command_errors_are_one_line(scenes, tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: demo\nlearning_rate: 3\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "unknown config keys: learning_rate" in capsys.readouterr().err
