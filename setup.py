@@ -77,6 +77,8 @@ setup(
         "matplotlib",
         "scipy",  # cKDTree for the k-nearest-neighbour spacing of infinidepth.sampling.uniformity
         "pyyaml",  # training configs (infinidepth train --config FILE.yaml)
+        "imageio-ffmpeg",  # MP4 camera-path videos of infinidepth gs (ships its own ffmpeg binary)
+        "gsplat",  # the CUDA Gaussian rasteriser for infinidepth gs on a GPU (imported only there)
     ],
     extras_require={
         "test": ["pytest", "pytest-benchmark", "hypothesis", "ninja", "pybind11"],

@@ -6,6 +6,7 @@
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
     infinidepth bench [--checkpoint PATH | --preset NAME] [--sizes 1k,4k,8k,16k] [--json OUT]
     infinidepth train --config FILE|PRESET [--out DIR] [--resume]
+    infinidepth gs IMAGE [--checkpoint PATH] [--points N] [--video orbit|swing] [--out DIR]
     infinidepth eval --dataset NAME --root DIR [--dataset NAME --root DIR ...] [--checkpoint PATH]
                      [--output-resolution native|input] [--json OUT]
 
@@ -393,6 +394,67 @@ def run_train(args) -> dict:
     return result
 
 
+def run_gs(args) -> dict:
+    from infinidepth.gs.gaussians import write_ply as write_gaussians
+    from infinidepth.gs.render import render
+    from infinidepth.gs.splats import camera_path, splats_from_points
+
+    rgb = read_image(args.image)
+    H0, W0 = rgb.shape[:2]
+    input_size = parse_size(args.input_size, "--input-size") if args.input_size else default_input_size(H0, W0)
+    if input_size[0] % 16 or input_size[1] % 16:
+        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {input_size[0]}x{input_size[1]}")
+    if not 4 <= args.points <= 2**26:
+        raise InputError(f"--points must be in [4, 2**26], got {args.points}")
+    if args.frames <= 0 or args.fps <= 0 or not args.move > 0:
+        raise InputError("--frames, --fps and --move must be positive")
+    fx = args.fx if args.fx is not None else float(max(H0, W0))
+    if not (np.isfinite(fx) and fx > 0):
+        raise InputError(f"focal length must be positive and finite, got {fx}")
+    if args.render_size:
+        rs = parse_size(args.render_size, "--render-size")
+    else:
+        s = min(1.0, 512 / max(H0, W0))
+        rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
+    if model.arch == "InfiniDepth_DepthSensor":
+        raise InputError("infinidepth gs takes a monocular checkpoint (no sparse depth)")
+    image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
+    K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
+    points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
+    pts = torch.from_numpy(points).to(device)
+    g = splats_from_points(pts, torch.from_numpy(colors).to(device).float() / 255)
+    depth = float(np.median(points[:, 2]))
+    K_r = torch.tensor([[fx * rs[1] / W0, 0, rs[1] / 2], [0, fx * rs[0] / H0, rs[0] / 2], [0, 0, 1]])
+
+    def view(w2c):
+        return (render(g, torch.as_tensor(w2c), K_r, rs)["rgb"].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
+
+    out = Path(args.out)
+    stem = Path(args.image).stem
+    written = [out / f"{stem}_gaussians.ply", out / f"{stem}_novel_view.png"]
+    write_gaussians(written[0], g)
+    moved = camera_path("swing", 4, depth, args.move * depth)[1]        # a quarter swing: the full move to one side
+    write_png(written[1], np.concatenate([resize_rgb(rgb, rs), view(np.eye(4)), view(moved)], axis=1))
+    if args.video:
+        import imageio.v2 as imageio
+        from tqdm import tqdm
+
+        path = out / f"{stem}_{args.video}.mp4"
+        with atomic_path(path) as tmp:
+            with imageio.get_writer(tmp, format="FFMPEG", fps=args.fps, codec="libx264", macro_block_size=1) as writer:
+                for w2c in tqdm(camera_path(args.video, args.frames, depth, args.move * depth), desc="rendering video",
+                                unit="frame", disable=args.quiet):
+                    writer.append_data(view(w2c))
+        written.append(path)
+    if not args.quiet:
+        print(f"{len(g)} Gaussians from {model.arch} on {device}; views rendered at {rs[0]}x{rs[1]}")
+        for p in written:
+            print(f"wrote {p}")
+    return {"gaussians": g, "files": written}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -464,6 +526,22 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--quiet", action="store_true")
 
+    gs = sub.add_parser("gs", help="Gaussian splats of one image: a 3DGS .ply, a novel view, optionally a video")
+    gs.add_argument("image")
+    gs.add_argument("--checkpoint", help=f"depth checkpoint file or preset (default: {DEFAULT_CHECKPOINT})")
+    gs.add_argument("--points", type=int, default=200_000, help="Gaussians, spread evenly over the surfaces (surface-area sampler)")
+    gs.add_argument("--video", choices=("orbit", "swing"), help="also write an MP4 of this camera path")
+    gs.add_argument("--frames", type=int, default=60, help="video frames (default 60)")
+    gs.add_argument("--fps", type=int, default=30)
+    gs.add_argument("--move", type=float, default=0.05, help="camera move of the novel view and the video, as a fraction of the median depth")
+    gs.add_argument("--render-size", help="HxW of the rendered views (default: the image's, long side at most 512)")
+    gs.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, long side <= 1024)")
+    gs.add_argument("--fx", type=float, help="focal length in pixels of the image (default: max(H, W))")
+    gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
+    gs.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--quiet", action="store_true")
+
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
     d.add_argument("--out", default="infinidepth_demo")
     d.add_argument("--device")
@@ -488,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(args)
         elif args.command == "train":
             run_train(args)
+        elif args.command == "gs":
+            run_gs(args)
         else:
             predict(args)
     except (InputError, CheckpointError, DataError, FileNotFoundError) as e:

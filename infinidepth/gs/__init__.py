@@ -1,0 +1,8 @@
+"""Gaussian splatting on the sampled points: Gaussians, the 3DGS PLY, rendering (gsplat on a GPU, a
+plain-PyTorch rasteriser anywhere), splats from surface points, camera paths."""
+
+from .gaussians import Gaussians, read_ply, write_ply
+from .render import render, render_gsplat, render_torch
+from .splats import camera_path, splats_from_points
+
+__all__ = ["Gaussians", "camera_path", "read_ply", "render", "render_gsplat", "render_torch", "splats_from_points", "write_ply"]

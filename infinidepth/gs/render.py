@@ -1,0 +1,207 @@
+"""Rendering Gaussians: gsplat's rasteriser on a GPU, a plain-PyTorch one everywhere else.
+
+Both follow the same model (the 3DGS / gsplat "classic" rasteriser): each Gaussian is projected with
+the local affine approximation of the pinhole (EWA splatting), its 2-D covariance dilated by 0.3 px²
+(anti-aliasing low-pass), composited front to back by camera depth with
+``alpha = min(0.999, opacity * exp(-d^T S^-1 d / 2))``, contributions below 1/255 skipped and a pixel
+finished once its transmittance falls below 1e-4. Colours come from the spherical harmonics in the
+viewing direction (``max(0, 0.5 + SH)``). Pixel ``(i, j)`` is sampled at its centre ``(j + 0.5, i + 0.5)``.
+
+Cameras: ``world_to_camera [4, 4]`` (OpenCV axes: x right, y down, z forward) and ``K [3, 3]`` in pixels.
+Returned: ``rgb [H, W, 3]``, ``depth [H, W]`` (expected depth of the visible Gaussians, 0 where none)
+and ``alpha [H, W]`` (accumulated opacity; ``1 - alpha`` is what shows through: holes).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .gaussians import Gaussians, covariances
+
+SH_C1 = 0.4886025119029199
+SH_C2 = (1.0925484305920792, -1.0925484305920792, 0.31539156525252005, -1.0925484305920792, 0.5462742152960396)
+SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763325901154, -0.4570457994644658,
+         1.445305721320277, -0.5900435899266435)
+C0 = 0.28209479177387814
+EPS2D, ALPHA_MIN, T_MIN, ALPHA_MAX, NEAR = 0.3, 1.0 / 255.0, 1e-4, 0.999, 0.01
+
+
+def eval_sh(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
+    """Colour ``[N, 3]`` of coefficients ``sh [N, 3, K]`` (K = 1, 4, 9 or 16) towards unit ``dirs [N, 3]``."""
+    K = sh.shape[-1]
+    out = C0 * sh[..., 0]
+    if K > 1:
+        x, y, z = (dirs[:, i:i + 1] for i in range(3))
+        out = out - SH_C1 * y * sh[..., 1] + SH_C1 * z * sh[..., 2] - SH_C1 * x * sh[..., 3]
+        if K > 4:
+            xx, yy, zz, xy, yz, xz = x * x, y * y, z * z, x * y, y * z, x * z
+            out = (out + SH_C2[0] * xy * sh[..., 4] + SH_C2[1] * yz * sh[..., 5]
+                   + SH_C2[2] * (2 * zz - xx - yy) * sh[..., 6] + SH_C2[3] * xz * sh[..., 7]
+                   + SH_C2[4] * (xx - yy) * sh[..., 8])
+            if K > 9:
+                out = (out + SH_C3[0] * y * (3 * xx - yy) * sh[..., 9] + SH_C3[1] * xy * z * sh[..., 10]
+                       + SH_C3[2] * y * (4 * zz - xx - yy) * sh[..., 11]
+                       + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[..., 12]
+                       + SH_C3[4] * x * (4 * zz - xx - yy) * sh[..., 13] + SH_C3[5] * z * (xx - yy) * sh[..., 14]
+                       + SH_C3[6] * x * (xx - yy) * sh[..., 15])
+    return (out + 0.5).clamp_min(0)
+
+
+def check_camera(world_to_camera, K, size) -> tuple[torch.Tensor, torch.Tensor]:
+    from infinidepth.sampling import check_intrinsics
+
+    Kt = check_intrinsics(K, 1, dtype=torch.float64)[0]
+    T = torch.as_tensor(world_to_camera, dtype=torch.float64)
+    if T.shape != (4, 4) or not torch.isfinite(T).all():
+        raise ValueError(f"world_to_camera must be a finite [4, 4] matrix, got {tuple(T.shape)}")
+    H, W = size
+    if H <= 0 or W <= 0:
+        raise ValueError(f"image size must be positive, got {size}")
+    return T, Kt
+
+
+def project(g: Gaussians, world_to_camera, K, size):
+    """Screen means ``[N, 2]`` (x, y pixels), inverse 2-D covariances ``[N, 2, 2]``, depths ``[N]``,
+    colours ``[N, 3]`` and a visibility mask ``[N]`` (in front of the near plane)."""
+    T, Kt = check_camera(world_to_camera, K, size)
+    H, W = size
+    dev, dt = g.means.device, g.means.dtype
+    T, Kt = T.to(dev, dt), Kt.to(dev, dt)
+    R, t = T[:3, :3], T[:3, 3]
+    p = g.means @ R.T + t
+    z = p[:, 2]
+    visible = z > NEAR
+    zs = torch.where(visible, z, torch.ones_like(z))
+    fx, fy, cx, cy = Kt[0, 0], Kt[1, 1], Kt[0, 2], Kt[1, 2]
+    # As gsplat: the Jacobian is taken at x/z, y/z clamped to the image's extent plus 30% of its
+    # half field of view, so Gaussians far off-screen do not blow up.
+    mx, my = 0.3 * 0.5 * W / fx, 0.3 * 0.5 * H / fy
+    tx = torch.minimum(torch.maximum(p[:, 0] / zs, -(cx / fx + mx)), (W - cx) / fx + mx) * zs
+    ty = torch.minimum(torch.maximum(p[:, 1] / zs, -(cy / fy + my)), (H - cy) / fy + my) * zs
+    J = torch.zeros(len(g), 2, 3, device=dev, dtype=dt)
+    J[:, 0, 0] = fx / zs
+    J[:, 0, 2] = -fx * tx / zs**2
+    J[:, 1, 1] = fy / zs
+    J[:, 1, 2] = -fy * ty / zs**2
+    cov_cam = R @ covariances(g) @ R.T
+    cov2d = J @ cov_cam @ J.transpose(1, 2) + EPS2D * torch.eye(2, device=dev, dtype=dt)
+    mean2d = torch.stack([fx * p[:, 0] / zs + cx, fy * p[:, 1] / zs + cy], -1)
+    centre = -R.T @ t
+    dirs = torch.nn.functional.normalize(g.means - centre, dim=-1)
+    colors = eval_sh(g.sh, dirs)
+    return mean2d, torch.linalg.inv(cov2d), z, colors, visible
+
+
+def render_torch(g: Gaussians, world_to_camera, K, size: tuple[int, int], background=(0.0, 0.0, 0.0),
+                 tile: int = 16, budget: int = 1 << 24) -> dict:
+    """The plain-PyTorch rasteriser (any device).
+
+    Tiles of ``tile x tile`` pixels each composite only the Gaussians whose footprint can reach them
+    (a Mahalanobis radius of sqrt(2 ln 255), beyond which alpha < 1/255 for any opacity: the culling
+    changes nothing), batched so that about ``budget`` pixel-Gaussian pairs are in flight."""
+    H, W = (int(v) for v in size)
+    mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
+    dev, dt = g.means.device, g.means.dtype
+    bg = torch.as_tensor(background, device=dev, dtype=dt)
+    cov = torch.linalg.inv(conic)
+    half_tr, det = 0.5 * (cov[:, 0, 0] + cov[:, 1, 1]), cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
+    lam = half_tr + (half_tr**2 - det).clamp_min(0).sqrt()
+    radius = math.sqrt(2 * math.log(255.0)) * lam.sqrt()
+    TY, TX = math.ceil(H / tile), math.ceil(W / tile)
+    x0 = ((mean2d[:, 0] - radius) / tile).floor().clamp(0, TX).long()
+    x1 = ((mean2d[:, 0] + radius) / tile).floor().clamp(-1, TX - 1).long()
+    y0 = ((mean2d[:, 1] - radius) / tile).floor().clamp(0, TY).long()
+    y1 = ((mean2d[:, 1] + radius) / tile).floor().clamp(-1, TY - 1).long()
+    keep = visible & (x1 >= x0) & (y1 >= y0) & torch.isfinite(radius)
+    idx = keep.nonzero()[:, 0]
+    nx, ny = (x1 - x0 + 1)[idx], (y1 - y0 + 1)[idx]
+    count = nx * ny
+    # every (tile, Gaussian) pair, sorted by tile then depth
+    g_of = torch.repeat_interleave(idx, count)
+    k = torch.arange(int(count.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
+    nxr = torch.repeat_interleave(nx, count)
+    tiles = (y0[g_of] + k // nxr) * TX + (x0[g_of] + k % nxr)
+    order = torch.argsort(z[g_of], stable=True)
+    order = order[torch.argsort(tiles[order], stable=True)]
+    tiles, g_of = tiles[order], g_of[order]
+    per_tile = torch.bincount(tiles, minlength=TY * TX)
+    first = torch.cumsum(per_tile, 0) - per_tile
+
+    rgb = bg.expand(TY * TX, tile * tile, 3).clone()
+    depth = torch.zeros(TY * TX, tile * tile, device=dev, dtype=dt)
+    alpha = torch.zeros(TY * TX, tile * tile, device=dev, dtype=dt)
+    ly, lx = torch.meshgrid(torch.arange(tile, device=dev, dtype=dt), torch.arange(tile, device=dev, dtype=dt), indexing="ij")
+    local = torch.stack([lx.reshape(-1), ly.reshape(-1)], -1) + 0.5                 # pixel centres in a tile
+    busy = (per_tile > 0).nonzero()[:, 0]
+    busy = busy[torch.argsort(per_tile[busy])]                                      # similar lengths batch together
+    start = 0
+    while start < len(busy):
+        m = int(per_tile[busy[start]])
+        n_t = 1
+        while start + n_t < len(busy) and (n_t + 1) * tile * tile * int(per_tile[busy[start + n_t]]) <= budget:
+            n_t += 1
+        batch = busy[start:start + n_t]
+        m = int(per_tile[batch].max())
+        slot = torch.arange(m, device=dev)
+        valid = slot[None] < per_tile[batch, None]                                  # [T, M]
+        gi = g_of[(first[batch, None] + slot[None]).clamp_max(len(g_of) - 1)]     # [T, M]
+        origin = torch.stack([(batch % TX) * tile, (batch // TX) * tile], -1).to(dt)
+        d = (origin[:, None, :] + local[None]).unsqueeze(2) - mean2d[gi].unsqueeze(1)   # [T, P, M, 2]
+        cg = conic[gi].unsqueeze(1)
+        power = -0.5 * (cg[..., 0, 0] * d[..., 0] ** 2 + cg[..., 1, 1] * d[..., 1] ** 2
+                        + 2 * cg[..., 0, 1] * d[..., 0] * d[..., 1])
+        a = (g.opacities[gi].unsqueeze(1) * torch.exp(power.clamp_max(0))).clamp_max(ALPHA_MAX)
+        a = torch.where((a >= ALPHA_MIN) & (power <= 0) & valid.unsqueeze(1), a, torch.zeros_like(a))
+        before = torch.cumprod(torch.cat([torch.ones_like(a[..., :1]), 1 - a[..., :-1]], -1), -1)
+        # a pixel stops at the Gaussian that would take its transmittance below T_MIN (that one excluded)
+        alive = torch.cumprod((before * (1 - a) >= T_MIN).to(dt), -1)
+        w = a * before * alive
+        acc = w.sum(-1)
+        rgb[batch] = torch.einsum("tpm,tmc->tpc", w, colors[gi]) + (1 - acc)[..., None] * bg
+        depth[batch] = torch.where(acc > 0, torch.einsum("tpm,tm->tp", w, z[gi]) / acc.clamp_min(1e-12), torch.zeros_like(acc))
+        alpha[batch] = acc
+        start += n_t
+
+    def image(x):
+        x = x.reshape(TY, TX, tile, tile, *x.shape[2:]).transpose(1, 2).reshape(TY * tile, TX * tile, *x.shape[2:])
+        return x[:H, :W]
+
+    return {"rgb": image(rgb), "depth": image(depth), "alpha": image(alpha)}
+
+
+def render_gsplat(g: Gaussians, world_to_camera, K, size: tuple[int, int], background=(0.0, 0.0, 0.0)) -> dict:
+    """gsplat's CUDA rasteriser (needs a GPU and the gsplat package), same outputs as :func:`render_torch`."""
+    from gsplat import rasterization
+
+    H, W = (int(v) for v in size)
+    T, Kt = check_camera(world_to_camera, K, (H, W))
+    dev = g.means.device
+    colors, alphas, _ = rasterization(
+        means=g.means.float(), quats=g.rotations.float(), scales=g.scales.float(), opacities=g.opacities.float(),
+        colors=g.sh.transpose(1, 2).contiguous().float(), viewmats=T[None].to(dev, torch.float32),
+        Ks=Kt[None].to(dev, torch.float32), width=W, height=H, sh_degree=g.degree, near_plane=NEAR,
+        render_mode="RGB+ED", backgrounds=torch.as_tensor(background, device=dev, dtype=torch.float32)[None],
+        eps2d=EPS2D, packed=False)
+    return {"rgb": colors[0, ..., :3], "depth": colors[0, ..., 3] * (alphas[0, ..., 0] > 0), "alpha": alphas[0, ..., 0]}
+
+
+def render(g: Gaussians, world_to_camera, K, size, background=(0.0, 0.0, 0.0), backend: str = "auto") -> dict:
+    """``backend``: ``"gsplat"`` (GPU), ``"torch"``, or ``"auto"`` (gsplat for GPU tensors when installed)."""
+    if len(g) == 0:
+        raise ValueError("no Gaussians to render")
+    if backend == "auto":
+        backend = "torch"
+        if g.means.is_cuda:
+            try:
+                import gsplat  # noqa: F401
+
+                backend = "gsplat"
+            except ImportError:
+                pass
+    if backend == "gsplat":
+        return render_gsplat(g, world_to_camera, K, size, background)
+    if backend == "torch":
+        return render_torch(g, world_to_camera, K, size, background)
+    raise ValueError(f"backend must be 'auto', 'gsplat' or 'torch', got {backend!r}")

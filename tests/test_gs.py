@@ -1,0 +1,187 @@
+"""Gaussian splatting: the 3DGS PLY layout, the plain-PyTorch rasteriser against closed forms, and
+the `infinidepth gs` command."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from infinidepth.gs.gaussians import C0, Gaussians, read_ply, rgb_to_sh0, write_ply
+from infinidepth.gs.render import ALPHA_MIN, EPS2D, eval_sh, render_torch
+
+K = torch.tensor([[60.0, 0, 32], [0, 60.0, 24], [0, 0, 1]])
+
+
+def gaussians(means, scales, colors, opacities, rotations=None, degree=0):
+    n = len(means)
+    sh = torch.zeros(n, 3, (degree + 1) ** 2)
+    sh[:, :, 0] = rgb_to_sh0(torch.as_tensor(colors, dtype=torch.float32))
+    rot = torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1) if rotations is None else torch.as_tensor(rotations, dtype=torch.float32)
+    return Gaussians(torch.as_tensor(means, dtype=torch.float32), torch.as_tensor(scales, dtype=torch.float32), rot,
+                     torch.as_tensor(opacities, dtype=torch.float32), sh)
+
+
+def test_ply_round_trip_in_the_standard_layout(tmp_path):
+    from plyfile import PlyData
+
+    g = torch.Generator().manual_seed(0)
+    n = 50
+    q = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+    src = Gaussians(torch.randn(n, 3, generator=g), torch.rand(n, 3, generator=g) * 0.1 + 1e-3, q,
+                    torch.rand(n, generator=g) * 0.98 + 0.01, torch.randn(n, 3, 9, generator=g))
+    write_ply(tmp_path / "g.ply", src)
+    names = PlyData.read(str(tmp_path / "g.ply"))["vertex"].data.dtype.names
+    assert names[:9] == ("x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2")
+    assert names[9:33] == tuple(f"f_rest_{i}" for i in range(24))
+    assert names[33:] == ("opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3")
+    back = read_ply(tmp_path / "g.ply")
+    for a, b in ((src.means, back.means), (src.scales, back.scales), (src.rotations, back.rotations),
+                 (src.opacities, back.opacities), (src.sh, back.sh)):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    v = PlyData.read(str(tmp_path / "g.ply"))["vertex"]
+    # stored as the viewers expect: log scales, logit opacity, channel-major f_rest
+    np.testing.assert_allclose(v["scale_0"], np.log(src.scales[:, 0].numpy()), rtol=1e-5)
+    np.testing.assert_allclose(v["opacity"], (src.opacities / (1 - src.opacities)).log().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(v["f_rest_8"], src.sh[:, 1, 1].numpy(), rtol=1e-6)     # green's first rest coefficient
+
+
+def test_a_single_gaussian_footprint_matches_the_closed_form():
+    # Isotropic sigma at depth z on the optical axis: a 2-D Gaussian of variance (f sigma / z)^2 + 0.3.
+    sigma, z, o = 0.15, 4.0, 0.8
+    g = gaussians([[0, 0, z]], [[sigma] * 3], [[0.2, 0.6, 1.0]], [o])
+    out = render_torch(g, torch.eye(4), K, (48, 64))
+    s2 = (60 * sigma / z) ** 2 + EPS2D
+    ys, xs = torch.meshgrid(torch.arange(48) + 0.5, torch.arange(64) + 0.5, indexing="ij")
+    a = o * torch.exp(-0.5 * ((xs - 32) ** 2 + (ys - 24) ** 2) / s2)
+    a = torch.where(a >= ALPHA_MIN, a, torch.zeros_like(a))
+    torch.testing.assert_close(out["alpha"], a, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(out["rgb"], a[..., None] * torch.tensor([0.2, 0.6, 1.0]), atol=1e-5, rtol=1e-4)
+    assert torch.allclose(out["depth"][a > 0], torch.tensor(z))
+
+
+def test_an_anisotropic_rotated_gaussian_is_elongated_along_its_axis():
+    # Long axis along world x, then rotated 90 degrees about z: long along y on screen.
+    q = [math.cos(math.pi / 4), 0, 0, math.sin(math.pi / 4)]
+    out = render_torch(gaussians([[0, 0, 4.0]], [[0.5, 0.05, 0.05]], [[1, 1, 1]], [0.9], [q]), torch.eye(4), K, (48, 64))
+    a = out["alpha"]
+    assert a[24 - 10, 32] > 0.3 and a[24, 32 - 10] < 0.01
+
+
+def test_front_to_back_order_and_alpha_compositing():
+    red, blue = [1.0, 0, 0], [0, 0, 1.0]
+    near = gaussians([[0, 0, 3.0], [0, 0, 6.0]], [[0.3] * 3, [0.6] * 3], [red, blue], [0.6, 0.9])
+    far_first = gaussians([[0, 0, 6.0], [0, 0, 3.0]], [[0.6] * 3, [0.3] * 3], [blue, red], [0.9, 0.6])
+    a, b = render_torch(near, torch.eye(4), K, (48, 64)), render_torch(far_first, torch.eye(4), K, (48, 64))
+    torch.testing.assert_close(a["rgb"], b["rgb"])
+    # the centre pixel: alphas are opacity * exp(-0.5 * (0.5^2 + 0.5^2) / s2) (pixel centre is half a pixel off)
+    s_near, s_far = (60 * 0.3 / 3) ** 2 + EPS2D, (60 * 0.6 / 6) ** 2 + EPS2D
+    a1, a2 = 0.6 * math.exp(-0.25 / s_near), 0.9 * math.exp(-0.25 / s_far)
+    c = a["rgb"][23, 31]
+    assert c[0].item() == pytest.approx(a1, rel=1e-4) and c[2].item() == pytest.approx(a2 * (1 - a1), rel=1e-4)
+    assert a["depth"][23, 31].item() == pytest.approx((3 * a1 + 6 * a2 * (1 - a1)) / (a1 + a2 * (1 - a1)), rel=1e-4)
+
+
+def test_gaussians_behind_the_camera_are_not_drawn_and_bad_input_is_refused():
+    out = render_torch(gaussians([[0, 0, -3.0]], [[0.3] * 3], [[1, 1, 1]], [0.9]), torch.eye(4), K, (48, 64))
+    assert out["alpha"].max() == 0 and out["rgb"].max() == 0
+    with pytest.raises(ValueError, match="focal"):
+        render_torch(gaussians([[0, 0, 3.0]], [[0.3] * 3], [[1, 1, 1]], [0.9]), torch.eye(4), K * 0, (48, 64))
+    with pytest.raises(ValueError, match="NaN"):
+        gaussians([[0, 0, float("nan")]], [[0.3] * 3], [[1, 1, 1]], [0.9])
+    with pytest.raises(ValueError, match="means"):
+        Gaussians(torch.zeros(2, 2), torch.ones(2, 3), torch.ones(2, 4), torch.ones(2), torch.zeros(2, 3, 1))
+
+
+def test_spherical_harmonics_band_zero_and_band_one():
+    sh = torch.zeros(2, 3, 4)
+    sh[:, 0, 0] = 1.0
+    sh[:, 1, 2] = 1.0                                   # green follows +z (the Y_1^0 band)
+    dirs = torch.tensor([[0, 0, 1.0], [0, 0, -1.0]])
+    c = eval_sh(sh, dirs)
+    assert c[0, 0].item() == pytest.approx(0.5 + C0) and c[0, 1].item() > 0.5 > c[1, 1].item()
+
+
+def dense_oracle(g, size):
+    """Every pixel against every Gaussian, in depth order: what the tiled rasteriser must equal."""
+    from infinidepth.gs.render import ALPHA_MAX, T_MIN, project
+
+    H, W = size
+    mean2d, conic, z, colors, visible = project(g, torch.eye(4), K, size)
+    order = torch.argsort(torch.where(visible, z, torch.full_like(z, math.inf)))
+    order = order[visible[order]]
+    ys, xs = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")
+    d = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)[:, None] - mean2d[order][None]
+    c = conic[order]
+    power = -0.5 * (c[:, 0, 0] * d[..., 0] ** 2 + c[:, 1, 1] * d[..., 1] ** 2 + 2 * c[:, 0, 1] * d[..., 0] * d[..., 1])
+    a = (g.opacities[order] * torch.exp(power)).clamp_max(ALPHA_MAX)
+    a = torch.where(a >= ALPHA_MIN, a, torch.zeros_like(a))
+    rgb, T = torch.zeros(H * W, 3), torch.ones(H * W)
+    done = torch.zeros(H * W, dtype=torch.bool)
+    for i in range(a.shape[1]):
+        done |= T * (1 - a[:, i]) < T_MIN
+        w = torch.where(done, torch.zeros_like(T), a[:, i] * T)
+        rgb += w[:, None] * colors[order][i]
+        T = torch.where(done, T, T * (1 - a[:, i]))
+    return rgb.reshape(H, W, 3)
+
+
+def test_tiled_rasteriser_equals_the_dense_oracle_on_random_scenes():
+    g = torch.Generator().manual_seed(2)
+    for n, size in ((40, (37, 53)), (300, (48, 64)), (5, (16, 16))):
+        means = torch.randn(n, 3, generator=g) * torch.tensor([1.0, 0.8, 1.0]) + torch.tensor([0, 0, 4.0])
+        q = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+        scene = Gaussians(means, torch.rand(n, 3, generator=g) * 0.3 + 0.01, q, torch.rand(n, generator=g) * 0.99,
+                          torch.randn(n, 3, 1, generator=g))
+        got = render_torch(scene, torch.eye(4), K, size, tile=8, budget=4096)["rgb"]
+        torch.testing.assert_close(got, dense_oracle(scene, size), atol=2e-5, rtol=1e-4)
+
+
+def test_splats_from_points_size_to_the_spacing_and_cover_a_plane():
+    from infinidepth.gs.splats import splats_from_points
+
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 41), torch.linspace(-1, 1, 41), indexing="ij")
+    pts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.full((41 * 41,), 4.0)], -1)   # spacing 0.05
+    g = splats_from_points(pts, torch.full_like(pts, 0.5))
+    assert torch.allclose(g.scales[41 * 20 + 20], torch.tensor(0.75 * 0.05), rtol=1e-4)
+    inner = render_torch(g, torch.eye(4), K, (48, 64))["alpha"][10:38, 18:46]       # the plane's inside
+    assert inner.min() > 0.99                                                       # no holes between splats
+    with pytest.raises(ValueError, match="more than 3"):
+        splats_from_points(pts[:3], pts[:3])
+
+
+def test_camera_paths_start_at_the_source_and_look_at_the_target():
+    import numpy as np
+
+    from infinidepth.gs.splats import camera_path
+
+    for kind in ("orbit", "swing"):
+        path = camera_path(kind, 8, 5.0, 0.3)
+        np.testing.assert_allclose(path[0], np.eye(4), atol=1e-12)
+        for w2c in path:
+            target = w2c @ np.array([0, 0, 5.0, 1])
+            np.testing.assert_allclose(target[:2], 0, atol=1e-9)                   # on the optical axis
+            assert abs(np.linalg.norm(np.linalg.inv(w2c)[:3, 3])) <= 0.6 + 1e-9
+    with pytest.raises(ValueError, match="orbit"):
+        camera_path("spiral", 8, 5.0, 0.3)
+
+
+def test_gs_command_writes_ply_view_and_video(tmp_path, capsys):
+    from PIL import Image
+
+    from infinidepth.cli import main
+
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "out"
+    assert main(["gs", str(img), "--points", "2000", "--video", "swing", "--frames", "4", "--out", str(out), "--quiet"]) == 0
+    g = read_ply(out / "pic_gaussians.ply")
+    assert len(g) == 2000 and (g.opacities > 0.9).all()
+    view = np.asarray(Image.open(out / "pic_novel_view.png"))
+    assert view.shape == (32, 3 * 48, 3)
+    import imageio.v2 as imageio
+
+    frames = imageio.mimread(out / "pic_swing.mp4")
+    assert len(frames) == 4 and frames[0].shape[:2] == (32, 48)
+    assert main(["gs", str(img), "--points", "2", "--out", str(out)]) == 2
+    assert "--points" in capsys.readouterr().err
