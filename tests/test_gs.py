@@ -2,6 +2,7 @@
 the `infinidepth gs` command."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,3 +186,75 @@ def test_gs_command_writes_ply_view_and_video(tmp_path, capsys):
     assert len(frames) == 4 and frames[0].shape[:2] == (32, 48)
     assert main(["gs", str(img), "--points", "2", "--out", str(out)]) == 2
     assert "--points" in capsys.readouterr().err
+
+
+def test_psnr_ssim_and_holes_against_hand_values():
+    from infinidepth.gs.metrics import hole_fraction, psnr, ssim
+
+    a = torch.full((20, 30, 3), 0.5)
+    b = torch.full((20, 30, 3), 0.6)
+    assert psnr(a, b) == pytest.approx(20.0)                       # MSE 0.01
+    assert psnr(a, a) == math.inf
+    assert ssim(a, b) == pytest.approx((2 * 0.5 * 0.6 + 1e-4) / (0.25 + 0.36 + 1e-4))   # luminance term only
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(32, 32, 3, generator=g)
+    noisy = (x + 0.2 * torch.randn(32, 32, 3, generator=g)).clamp(0, 1)
+    assert ssim(x, x) == pytest.approx(1.0) and ssim(x, noisy) < 0.9
+    mask = torch.zeros(20, 30, dtype=torch.bool)
+    mask[:, :10] = True
+    b2 = b.clone()
+    b2[:, :10] = 0.5
+    assert psnr(a, b2, mask) == math.inf
+    alpha = torch.ones(20, 30)
+    alpha[:5] = 0.2
+    assert hole_fraction(alpha) == pytest.approx(0.25) and hole_fraction(alpha, mask) == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="images"):
+        psnr(a, b[..., :2])
+
+
+def test_point_head_outputs_have_the_documented_ranges_and_scale_with_depth():
+    from infinidepth.gs.heads import PointHead
+
+    torch.manual_seed(0)
+    head = PointHead(feature_dim=8)
+    pts = torch.tensor([[0.1, 0.2, 2.0], [0.1, 0.2, 20.0]])
+    g = head(pts, torch.full((2, 3), 0.5), torch.zeros(2, 8), focal=100.0)
+    assert g.sh.shape == (2, 3, 1) and (g.opacities > 0).all() and (g.opacities < 1).all()
+    assert torch.allclose(g.rotations.norm(dim=-1), torch.ones(2))
+    assert ((g.means - pts).abs().max(1).values <= 2 * pts[:, 2] / 100 + 1e-6).all()       # at most 2 footprints
+    # same features, ten times the depth: the same splat in pixels (scale x10 up to the Plücker input)
+    assert (g.scales[1] / g.scales[0]).min() > 5 and (g.scales[1] / g.scales[0]).max() < 20
+    for bad in (torch.empty(0, 3), torch.tensor([[0.0, 0, -1.0]])):
+        with pytest.raises(ValueError):
+            head(bad, torch.zeros(len(bad), 3), torch.zeros(len(bad), 8), 100.0)
+    with pytest.raises(ValueError, match="focal"):
+        head(pts, torch.zeros(2, 3), torch.zeros(2, 8), 0.0)
+
+
+def test_pixel_aligned_head_has_the_released_layout_and_loads_it(tmp_path):
+    from infinidepth.checkpoint import CheckpointError
+    from infinidepth.gs.heads import PixelAlignedHead
+
+    ref = Path(__file__).parent / "data" / "official_keys_gs.txt"          # the released key layout
+    expected = {}
+    for line in ref.read_text().splitlines():
+        if line and not line.startswith("#"):
+            k, shape, _ = line.split("\t")
+            expected[k] = [int(v) for v in shape.strip("[]").split(",")]
+    head = PixelAlignedHead()
+    assert {k: list(v.shape) for k, v in head.state_dict().items()} == expected
+    torch.manual_seed(1)
+    donor = PixelAlignedHead()
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in donor.state_dict().items()}}, tmp_path / "gs.ckpt")
+    loaded = PixelAlignedHead.from_checkpoint(tmp_path / "gs.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), donor.state_dict().values()))
+    image, depth, tokens = torch.rand(1, 3, 32, 48), torch.rand(1, 1, 32, 48) + 1, torch.randn(1, 1024, 2, 3)
+    maps = loaded.attribute_maps(image, depth, tokens)
+    assert maps.shape == (1, 37, 32, 48)
+    coords = torch.rand(100, 2) * 2 - 1
+    g = loaded.at_points(maps, coords, torch.rand(100, 3) + torch.tensor([0, 0, 1.0]), torch.rand(100, 3))
+    assert g.sh.shape == (100, 3, 9) and (g.scales > 0).all() and (g.scales <= 5).all()
+    partial = {f"encoder.{k}": v for k, v in list(donor.state_dict().items())[:-2]}
+    torch.save(partial, tmp_path / "partial.ckpt")
+    with pytest.raises(CheckpointError, match="missing"):
+        PixelAlignedHead.from_checkpoint(tmp_path / "partial.ckpt")

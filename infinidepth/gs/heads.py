@@ -1,0 +1,119 @@
+"""Gaussian heads: from sampled points (and the depth model's features) to Gaussians.
+
+- :class:`PointHead` (the paper's): per point, its colour, its viewing ray in Plücker coordinates and
+  the encoder features bilinearly sampled there go through one shared MLP; separate linear heads give
+  a position offset, a colour offset, the scale, the opacity and the rotation. Activations:
+  offset = tanh(.) * 2 * footprint (at most two pixel footprints), colour = clamp(rgb + 0.5 tanh(.), 0, 1),
+  scale = footprint * exp(clamp(., -4, 4)) per axis, opacity = sigmoid(.), rotation = normalise(. + (1, 0, 0, 0)).
+  ``footprint = depth / focal`` is the size of one pixel at the point's depth, so the head's outputs
+  mean the same at 1 m and at 100 m.
+- :class:`PixelAlignedHead`: the released GS head (``GSPixelAlignPredictor``: convolutions over the
+  image, the depth map and the ViT tokens, 37 channels per pixel), loadable from the released GS
+  checkpoint (keys ``encoder.<name>``). Its per-pixel attributes are resampled bilinearly at the
+  sampled points; the centres are the sampled points themselves (its sub-pixel offsets are a
+  pixel-grid device and are not used), as the released activations otherwise: opacity sigmoid,
+  scale clamp(softplus(x - 4), 1e-10, 5), unit quaternion, degree-2 SH damped per band, plus the colour.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from infinidepth.checkpoint import CheckpointError, load_state_dict_strict
+from infinidepth.ops.gather import bilinear_gather_reference
+
+from .gaussians import Gaussians, rgb_to_sh0
+
+
+def plucker(rays: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
+    """Plücker coordinates ``[N, 6]`` (unit direction, origin x direction) of rays ``[N, 3]``."""
+    d = F.normalize(rays, dim=-1)
+    o = torch.zeros_like(d) if origin is None else origin.expand_as(d)
+    return torch.cat([d, torch.cross(o, d, dim=-1)], -1)
+
+
+class PointHead(nn.Module):
+    def __init__(self, feature_dim: int, hidden: int = 128):
+        super().__init__()
+        self.feature_dim = feature_dim
+        self.mlp = nn.Sequential(nn.Linear(3 + 6 + feature_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU())
+        self.offset, self.color = nn.Linear(hidden, 3), nn.Linear(hidden, 3)
+        self.scale, self.opacity, self.rotation = nn.Linear(hidden, 3), nn.Linear(hidden, 1), nn.Linear(hidden, 4)
+
+    def forward(self, points: torch.Tensor, colors: torch.Tensor, features: torch.Tensor, focal: float) -> Gaussians:
+        """``points [N, 3]`` camera frame, ``colors [N, 3]`` in [0, 1], ``features [N, feature_dim]``
+        (sampled at the points), ``focal`` in pixels of the grid the points were sampled on."""
+        n = points.shape[0]
+        if n == 0:
+            raise ValueError("no points to turn into Gaussians")
+        if points.shape != (n, 3) or colors.shape != (n, 3) or features.shape != (n, self.feature_dim):
+            raise ValueError(f"expected points/colors [N, 3] and features [N, {self.feature_dim}], got "
+                             f"{tuple(points.shape)}, {tuple(colors.shape)}, {tuple(features.shape)}")
+        if not (torch.isfinite(points).all() and (points[:, 2] > 0).all()):
+            raise ValueError("points must be finite and in front of the camera (z > 0)")
+        if not focal > 0:
+            raise ValueError(f"focal length must be positive, got {focal}")
+        h = self.mlp(torch.cat([colors, plucker(points), features], -1))
+        footprint = (points[:, 2] / focal)[:, None]
+        means = points + 2 * footprint * torch.tanh(self.offset(h))
+        rgb = (colors + 0.5 * torch.tanh(self.color(h))).clamp(0, 1)
+        rot = F.normalize(self.rotation(h) + torch.tensor([1.0, 0, 0, 0], device=h.device), dim=-1)
+        return Gaussians(means=means, scales=footprint * torch.exp(self.scale(h).clamp(-4, 4)), rotations=rot,
+                         opacities=torch.sigmoid(self.opacity(h))[:, 0], sh=rgb_to_sh0(rgb)[:, :, None])
+
+
+class PixelAlignedHead(nn.Module):
+    SH_DEGREE = 2
+
+    def __init__(self, token_dim: int = 1024):
+        super().__init__()
+        self.rgb_encoder = nn.Sequential(nn.Conv2d(3, 32, 3, 1, 1), nn.GELU(), nn.Conv2d(32, 64, 3, 1, 1), nn.GELU())
+        self.depth_encoder = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.GELU(), nn.Conv2d(16, 32, 3, 1, 1), nn.GELU())
+        self.dino_projector = nn.Sequential(nn.Conv2d(token_dim, 256, 1), nn.GELU(), nn.Conv2d(256, 128, 1))
+        self.gaussian_regressor = nn.Sequential(nn.Conv2d(224, 64, 3, 1, 1), nn.GELU(), nn.Conv2d(64, 64, 3, 1, 1))
+        c = 1 + 2 + 7 + 3 * (self.SH_DEGREE + 1) ** 2
+        self.gaussian_head = nn.Sequential(nn.Conv2d(256, c, 3, 1, 1, padding_mode="replicate"), nn.GELU(),
+                                           nn.Conv2d(c, c, 3, 1, 1, padding_mode="replicate"))
+        damp = torch.ones((self.SH_DEGREE + 1) ** 2)
+        for band in range(1, self.SH_DEGREE + 1):
+            damp[band**2:(band + 1) ** 2] = 0.1 * 0.25**band
+        self.register_buffer("sh_damp", damp, persistent=False)
+
+    @classmethod
+    def from_checkpoint(cls, path) -> "PixelAlignedHead":
+        """The released GS checkpoint (``encoder.``-prefixed keys, in ``state_dict`` or at the top)."""
+        obj = torch.load(str(path), map_location="cpu", weights_only=False)
+        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+        if not isinstance(sd, dict):
+            raise CheckpointError(f"{path}: expected a state dict")
+        head = cls()
+        own = {k for k in head.state_dict()}
+        sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.") and k[len("encoder."):] in own}
+        if not sd:
+            raise CheckpointError(f"{path}: no 'encoder.'-prefixed GS head keys (is this the InfiniDepth GS checkpoint?)")
+        load_state_dict_strict(head, sd, source=f"GS head {path}")
+        return head.eval()
+
+    def attribute_maps(self, image: torch.Tensor, depth: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Raw per-pixel attributes ``[B, 37, H, W]`` from the image ``[B, 3, H, W]``, its depth
+        ``[B, 1, H, W]`` and the ViT token map ``[B, C, H/16, W/16]``."""
+        B, _, H, W = image.shape
+        if depth.shape != (B, 1, H, W) or tokens.dim() != 4 or tokens.shape[0] != B:
+            raise ValueError(f"depth must be [{B}, 1, {H}, {W}] and tokens [{B}, C, h, w], got "
+                             f"{tuple(depth.shape)} and {tuple(tokens.shape)}")
+        rgb, dep = self.rgb_encoder(image), self.depth_encoder(depth)
+        dino = F.interpolate(self.dino_projector(tokens), size=(H, W), mode="bilinear", align_corners=False)
+        reg = self.gaussian_regressor(torch.cat([rgb, dep, dino], 1))
+        return self.gaussian_head(torch.cat([reg, rgb, dino], 1))
+
+    def at_points(self, maps: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, colors: torch.Tensor) -> Gaussians:
+        """Gaussians at ``points [N, 3]`` (image 0), attributes sampled from ``maps`` at ``coords [N, 2]``."""
+        raw = bilinear_gather_reference(maps[:1], coords[None])[0]                 # [N, 37]
+        k = (self.SH_DEGREE + 1) ** 2
+        opacity, scales, rot, sh = raw[:, 0], raw[:, 3:6], raw[:, 6:10], raw[:, 10:10 + 3 * k]
+        sh = sh.reshape(-1, 3, k) * self.sh_damp
+        sh[:, :, 0] = sh[:, :, 0] + rgb_to_sh0(colors)
+        return Gaussians(means=points, scales=F.softplus(scales - 4).clamp(1e-10, 5.0), rotations=F.normalize(rot, dim=-1),
+                         opacities=torch.sigmoid(opacity), sh=sh)
