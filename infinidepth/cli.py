@@ -65,6 +65,14 @@ def default_input_size(h: int, w: int) -> tuple[int, int]:
     return max(16, round(h * s / 16) * 16), max(16, round(w * s / 16) * 16)
 
 
+def network_input_size(text: str | None, H0: int = 0, W0: int = 0) -> tuple[int, int]:
+    """``--input-size`` checked (multiples of 16), or the default for an H0 x W0 image."""
+    size = parse_size(text, "--input-size") if text else default_input_size(H0, W0)
+    if size[0] % 16 or size[1] % 16:
+        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {size[0]}x{size[1]}")
+    return size
+
+
 def resize_nearest(depth: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Nearest-neighbour resize (never blends a valid sample with a missing one)."""
     H, W = depth.shape
@@ -179,9 +187,7 @@ def predict(args) -> dict:
     # Everything is read and checked before anything is computed or written.
     rgb = read_image(args.image)
     H0, W0 = rgb.shape[:2]
-    input_size = parse_size(args.input_size, "--input-size") if args.input_size else default_input_size(H0, W0)
-    if input_size[0] % 16 or input_size[1] % 16:
-        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {input_size[0]}x{input_size[1]}")
+    input_size = network_input_size(args.input_size, H0, W0)
     if args.output_size and args.scale:
         raise InputError("give either --output-size or --scale, not both")
     if args.output_size:
@@ -327,9 +333,7 @@ def run_eval(args) -> list[dict]:
             raise InputError(f"unknown dataset {name!r}; choose from {', '.join(BENCHMARKS)}")
     if args.hf_points <= 0 or (args.limit is not None and args.limit <= 0):
         raise InputError("--hf-points and --limit must be positive")
-    input_size = parse_size(args.input_size, "--input-size") if args.input_size else None
-    if input_size and (input_size[0] % 16 or input_size[1] % 16):
-        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {args.input_size}")
+    input_size = network_input_size(args.input_size) if args.input_size else None
     datasets = [BENCHMARKS[name](root) for name, root in zip(args.dataset, args.root)]  # all checked before any work
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
@@ -401,9 +405,7 @@ def run_gs(args) -> dict:
 
     rgb = read_image(args.image)
     H0, W0 = rgb.shape[:2]
-    input_size = parse_size(args.input_size, "--input-size") if args.input_size else default_input_size(H0, W0)
-    if input_size[0] % 16 or input_size[1] % 16:
-        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {input_size[0]}x{input_size[1]}")
+    input_size = network_input_size(args.input_size, H0, W0)
     if not 4 <= args.points <= 2**26:
         raise InputError(f"--points must be in [4, 2**26], got {args.points}")
     if args.frames <= 0 or args.fps <= 0 or not args.move > 0:
