@@ -167,6 +167,7 @@ def load_model(path_or_preset: str | os.PathLike, device: str | torch.device = "
         if info.get("arch") not in ARCHS:
             raise CheckpointError(f"{path}: unknown architecture {info.get('arch')!r}")
         model = build_model(info["arch"], info["config"])
+        model.input_size = tuple(info["input_size"]) if info.get("input_size") else None
     else:
         arch, config = infer_architecture(sd)
         model = build_model(arch, config)
@@ -181,13 +182,17 @@ def save_model(model: ImplicitDepthModel, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"models are saved as .safetensors, got {path.name}")
-    info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "config": model.config_dict()}
+    info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "config": model.config_dict(),
+            "input_size": model.input_size}
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(sd, tmp, metadata={"infinidepth": json.dumps(info)})
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; give what open() would
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

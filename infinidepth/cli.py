@@ -45,7 +45,7 @@ from infinidepth.io import (
     write_png,
 )
 
-DEFAULT_CHECKPOINT = "tiny"  # replaced by the bundled trained demo model once it exists
+DEFAULT_CHECKPOINT = "demo"  # the bundled demonstration model: infinidepth/assets/DEMO_MODEL.md
 MAX_INPUT_SIDE = 1024
 
 
@@ -59,15 +59,19 @@ def parse_size(text: str, what: str) -> tuple[int, int]:
     return h, w
 
 
-def default_input_size(h: int, w: int) -> tuple[int, int]:
-    """Aspect kept, long side at most 1024, both sides multiples of 16."""
-    s = min(1.0, MAX_INPUT_SIDE / max(h, w))
+def default_input_size(h: int, w: int, trained: tuple[int, int] | None = None) -> tuple[int, int]:
+    """Aspect kept, both sides multiples of 16; as many pixels as the model was trained at when that is
+    known (``trained``), else the long side at most 1024."""
+    if trained:
+        s = (trained[0] * trained[1] / (h * w)) ** 0.5
+    else:
+        s = min(1.0, MAX_INPUT_SIDE / max(h, w))
     return max(16, round(h * s / 16) * 16), max(16, round(w * s / 16) * 16)
 
 
-def network_input_size(text: str | None, H0: int = 0, W0: int = 0) -> tuple[int, int]:
+def network_input_size(text: str | None, H0: int = 0, W0: int = 0, trained=None) -> tuple[int, int]:
     """``--input-size`` checked (multiples of 16), or the default for an H0 x W0 image."""
-    size = parse_size(text, "--input-size") if text else default_input_size(H0, W0)
+    size = parse_size(text, "--input-size") if text else default_input_size(H0, W0, trained)
     if size[0] % 16 or size[1] % 16:
         raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {size[0]}x{size[1]}")
     return size
@@ -187,7 +191,8 @@ def predict(args) -> dict:
     # Everything is read and checked before anything is computed or written.
     rgb = read_image(args.image)
     H0, W0 = rgb.shape[:2]
-    input_size = network_input_size(args.input_size, H0, W0)
+    if args.input_size:  # checked now; the default depends on the model
+        network_input_size(args.input_size)
     if args.output_size and args.scale:
         raise InputError("give either --output-size or --scale, not both")
     if args.output_size:
@@ -224,6 +229,7 @@ def predict(args) -> dict:
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
+    input_size = network_input_size(args.input_size, H0, W0, model.input_size)
     sizes = {"image": (H0, W0), "network input": input_size}
     sparse = None
     if args.sparse_depth:
@@ -405,7 +411,8 @@ def run_gs(args) -> dict:
 
     rgb = read_image(args.image)
     H0, W0 = rgb.shape[:2]
-    input_size = network_input_size(args.input_size, H0, W0)
+    if args.input_size:  # checked now; the default depends on the model
+        network_input_size(args.input_size)
     if not 4 <= args.points <= 2**26:
         raise InputError(f"--points must be in [4, 2**26], got {args.points}")
     if args.frames <= 0 or args.fps <= 0 or not args.move > 0:
@@ -422,6 +429,7 @@ def run_gs(args) -> dict:
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     if model.arch == "InfiniDepth_DepthSensor":
         raise InputError("infinidepth gs takes a monocular checkpoint (no sparse depth)")
+    input_size = network_input_size(args.input_size, H0, W0, model.input_size)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
     points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
@@ -466,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--output-size", help="output HxW, any size (default: the image's)")
     p.add_argument("--scale", type=float, help="output size as a multiple of the image's")
-    p.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, long side <= 1024)")
+    p.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, the pixel count the "
+                                        "model was trained at when it says, else long side <= 1024)")
     p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; PNG in mm)")
     p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample)")
     p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift)")

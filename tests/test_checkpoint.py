@@ -107,3 +107,21 @@ def test_unreadable_and_unknown_files(tmp_path):
         infinidepth.load_model(other)
     with pytest.raises(ValueError, match="safetensors"):
         infinidepth.save_model(from_preset("tiny"), tmp_path / "m.pt")
+
+
+def test_training_input_size_travels_with_the_model(tmp_path):
+    from infinidepth import load_model, save_model
+    from infinidepth.models import from_preset
+
+    m = from_preset("tiny")
+    assert m.input_size is None
+    m.input_size = (96, 128)
+    save_model(m, tmp_path / "m.safetensors")
+    assert load_model(tmp_path / "m.safetensors").input_size == (96, 128)
+
+
+def test_the_bundled_demo_model_loads_by_name():
+    from infinidepth import load_model
+
+    m = load_model("demo")
+    assert m.arch == "InfiniDepthPaper" and m.input_size == (96, 128)

@@ -72,6 +72,9 @@ class ImplicitDepthModel(nn.Module):
         super().__init__()
         #: decoder backend used when a call does not name one ("auto": the fastest available)
         self.backend = "auto"
+        #: the network input (H, W) the model was trained at, when known (saved with the model); the
+        #: CLI feeds images at that many pixels by default
+        self.input_size: tuple[int, int] | None = None
         self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1))
         self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1))
 

@@ -299,6 +299,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
         if rank == 0:
             save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
             if step >= cfg.steps:
+                model.input_size = tuple(cfg.input_size)
                 save_model(model.eval(), out / "model.safetensors")
         _log(out / "ranks.jsonl", {"rank": rank, "step": step, "samples": seen,
                                    "param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))})
