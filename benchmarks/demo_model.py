@@ -66,13 +66,14 @@ def main() -> None:
     ap.add_argument("--val-scenes", type=int, default=60)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", default="tiny,grid-tiny", help="which runs to train/evaluate (e.g. one per process)")
     ap.add_argument("--json")
     ap.add_argument("--bundle")
     args = ap.parse_args()
     work = Path(args.work)
     render_set(work / "train", args.train_scenes, GT, seed=0)
     render_set(work / "val", args.val_scenes, GT, seed=100_000)
-    models = {name: run(name, work, args.steps, args.seed) for name in ("tiny", "grid-tiny")}
+    models = {name: run(name, work, args.steps, args.seed) for name in args.models.split(",")}
     val = Procedural(work / "val")
     rows = {}
     for name, path in models.items():
@@ -88,7 +89,7 @@ def main() -> None:
         "steps": args.steps, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows,
     })
-    if args.bundle:
+    if args.bundle and "tiny" in models:
         shutil.copyfile(models["tiny"], args.bundle)
         print(f"bundled {models['tiny']} as {args.bundle}")
 

@@ -6,7 +6,8 @@
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
     infinidepth bench [--checkpoint PATH | --preset NAME] [--sizes 1k,4k,8k,16k] [--json OUT]
     infinidepth train --config FILE|PRESET [--out DIR] [--resume]
-    infinidepth gs IMAGE [--checkpoint PATH] [--points N] [--video orbit|swing] [--out DIR]
+    infinidepth gs IMAGE [--checkpoint PATH] [--points N] [--video orbit|swing] [--gs-head PATH] [--out DIR]
+    infinidepth train-gs [--depth-model PATH] [--steps N] [--out DIR] [--resume]
     infinidepth eval --dataset NAME --root DIR [--dataset NAME --root DIR ...] [--checkpoint PATH]
                      [--output-resolution native|input] [--json OUT]
 
@@ -434,7 +435,17 @@ def run_gs(args) -> dict:
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
     points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
     pts = torch.from_numpy(points).to(device)
-    g = splats_from_points(pts, torch.from_numpy(colors).to(device).float() / 255)
+    if args.gs_head:
+        from infinidepth.gs.train import head_inputs, load_gs_head
+        from infinidepth.sampling import scale_intrinsics
+
+        head, _ = load_gs_head(args.gs_head)
+        K_in = scale_intrinsics(K, (H0, W0), input_size).float()
+        p_in, c_in, feats = head_inputs(model, image, K_in.to(device), args.points, args.seed)
+        with torch.no_grad():
+            g = head.to(device)(p_in.to(device), c_in.to(device), feats.to(device), focal=float(K_in[0, 0]))
+    else:
+        g = splats_from_points(pts, torch.from_numpy(colors).to(device).float() / 255)
     depth = float(np.median(points[:, 2]))
     K_r = torch.tensor([[fx * rs[1] / W0, 0, rs[1] / 2], [0, fx * rs[0] / H0, rs[0] / 2], [0, 0, 1]])
 
@@ -463,6 +474,21 @@ def run_gs(args) -> dict:
         for p in written:
             print(f"wrote {p}")
     return {"gaussians": g, "files": written}
+
+
+def run_train_gs(args) -> dict:
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    try:
+        cfg = GSTrainConfig(depth_model=args.depth_model, scenes=args.scenes, steps=args.steps, points=args.points,
+                            size=parse_size(args.size, "--size"), views=args.views, lpips=args.lpips, out=args.out).validate()
+        result = train_gs(cfg, resume=args.resume, progress=not args.quiet)
+    except (ValueError, FileExistsError) as e:
+        raise InputError(str(e)) from None
+    if not args.quiet:
+        print(f"{'stopped (continue with --resume)' if result['interrupted'] else 'finished'} at step {result['step']}; "
+              f"head in {Path(args.out) / 'gs_head.pt'}")
+    return result
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -551,7 +577,20 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs (default: plain splats sized by point spacing)")
     gs.add_argument("--quiet", action="store_true")
+
+    tg = sub.add_parser("train-gs", help="train the paper's Gaussian head on multi-view procedural scenes (depth model frozen)")
+    tg.add_argument("--depth-model", default=DEFAULT_CHECKPOINT, help=f"frozen depth checkpoint or preset (default: {DEFAULT_CHECKPOINT})")
+    tg.add_argument("--scenes", type=int, default=200)
+    tg.add_argument("--steps", type=int, default=500)
+    tg.add_argument("--points", type=int, default=6000)
+    tg.add_argument("--size", default="96x128", help="HxW of the rendered views, multiples of 16")
+    tg.add_argument("--views", type=int, default=3, help="views per scene: the source and moved ones")
+    tg.add_argument("--lpips", help="an LPIPS weights file (not supported yet: L1 + SSIM is used)")
+    tg.add_argument("--out", default="runs/gs")
+    tg.add_argument("--resume", action="store_true")
+    tg.add_argument("--quiet", action="store_true")
 
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
     d.add_argument("--out", default="infinidepth_demo")
@@ -579,6 +618,8 @@ def main(argv: list[str] | None = None) -> int:
             run_train(args)
         elif args.command == "gs":
             run_gs(args)
+        elif args.command == "train-gs":
+            run_train_gs(args)
         else:
             predict(args)
     except (InputError, CheckpointError, DataError, FileNotFoundError) as e:

@@ -258,3 +258,39 @@ def test_pixel_aligned_head_has_the_released_layout_and_loads_it(tmp_path):
     torch.save(partial, tmp_path / "partial.ckpt")
     with pytest.raises(CheckpointError, match="missing"):
         PixelAlignedHead.from_checkpoint(tmp_path / "partial.ckpt")
+
+
+def test_gs_head_training_resumes_exactly_and_feeds_the_gs_command(tmp_path):
+    import os
+    import signal
+
+    from infinidepth.cli import main
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    def cfg(out):
+        return GSTrainConfig(depth_model="tiny", scenes=2, size=(32, 48), points=300, steps=4, checkpoint_every=2,
+                             log_every=1, out=str(out))
+
+    whole = train_gs(cfg(tmp_path / "whole"), progress=False)
+
+    def stop_at_2(step, loss):
+        if step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train_gs(cfg(tmp_path / "cut"), progress=False, on_step=stop_at_2)
+    assert first["interrupted"] and first["step"] == 2 and not (tmp_path / "cut" / "gs_head.pt").exists()
+    second = train_gs(cfg(tmp_path / "cut"), resume=True, progress=False)
+    assert first["losses"] + second["losses"] == whole["losses"]
+    with pytest.raises(FileExistsError):
+        train_gs(cfg(tmp_path / "whole"), progress=False)
+    with pytest.raises(ValueError, match="LPIPS"):
+        GSTrainConfig(lpips="vgg.pth").validate()
+
+    from PIL import Image
+
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(img)
+    assert main(["gs", str(img), "--checkpoint", "tiny", "--points", "500", "--gs-head", str(tmp_path / "whole" / "gs_head.pt"),
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+    g = read_ply(tmp_path / "o" / "pic_gaussians.ply")
+    assert len(g) == 500 and not torch.allclose(g.opacities, torch.full((500,), 0.95))   # the head's, not the splat rule

@@ -27,10 +27,16 @@ def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
     """Structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03,
     data range 1), averaged over channels and over ``mask`` when given."""
     _check(a, b, mask)
-    x, y = (t.double().permute(2, 0, 1)[:, None] for t in (a, b))         # [3, 1, H, W]
-    r = torch.arange(11, dtype=torch.float64) - 5
+    s = ssim_map(a.double(), b.double())
+    return float(s[mask].mean() if mask is not None else s.mean())
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-pixel SSIM ``[H, W]`` of ``[H, W, 3]`` images, differentiable (a training loss)."""
+    x, y = (t.permute(2, 0, 1)[:, None] for t in (a, b))                   # [3, 1, H, W]
+    r = torch.arange(11, dtype=x.dtype, device=x.device) - 5
     k = torch.exp(-0.5 * (r / 1.5) ** 2)
-    k = (k / k.sum()).to(x.device)
+    k = k / k.sum()
     w = (k[:, None] * k[None, :])[None, None]
 
     def blur(t):
@@ -40,8 +46,7 @@ def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
     vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
     c1, c2 = 0.01**2, 0.03**2
     s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
-    s = s[:, 0].mean(0)                                                       # [H, W]
-    return float(s[mask].mean() if mask is not None else s.mean())
+    return s[:, 0].mean(0)
 
 
 def hole_fraction(alpha: torch.Tensor, mask: torch.Tensor | None = None, threshold: float = 0.5) -> float:

@@ -1,0 +1,201 @@
+"""Training the paper's Gaussian head on multi-view procedural scenes, the depth model frozen.
+
+Per step: a procedural scene (seeded), its source view and ``views - 1`` moved views rendered exactly;
+the frozen depth model samples ``points`` with the surface-area sampler on the source image; their
+relative depth is aligned to the source view's true depth (RANSAC in log-depth, as evaluation does,
+so the points live in the scene's metric frame); the head turns points, colours, Plücker rays and
+the encoder features sampled at the points into Gaussians; those are rendered (the differentiable
+PyTorch rasteriser) into every view and compared with the true images on their valid pixels:
+``L1 + ssim_weight * (1 - SSIM)``. LPIPS is not used: it needs its network weights, which are not
+bundled; give ``lpips`` a weights file path to be told how to enable it.
+
+``OUT/gs_checkpoint.pt`` (head, optimiser, step, RNG state, config) is written atomically every
+``checkpoint_every`` steps, at the end and on SIGTERM/SIGINT; ``resume=True`` continues it.
+``OUT/gs_head.pt`` is the final head for ``infinidepth gs --gs-head``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .heads import PointHead
+from .metrics import ssim_map
+from .render import render_torch
+
+
+@dataclass
+class GSTrainConfig:
+    depth_model: str = "demo"
+    scenes: int = 200
+    seed_offset: int = 0
+    size: tuple[int, int] = (96, 128)
+    views: int = 3
+    baseline: float = 0.5
+    points: int = 6000
+    steps: int = 500
+    lr: float = 1e-3
+    hidden: int = 64
+    ssim_weight: float = 0.2
+    checkpoint_every: int = 100
+    log_every: int = 10
+    seed: int = 0
+    out: str = "runs/gs"
+    lpips: str | None = None
+
+    def validate(self) -> "GSTrainConfig":
+        problems = [f"{k} must be positive" for k in ("scenes", "points", "steps", "checkpoint_every", "log_every", "hidden")
+                    if getattr(self, k) <= 0]
+        if self.views < 2:
+            problems.append("views must be at least 2 (a source and a moved view)")
+        if self.size[0] % 16 or self.size[1] % 16:
+            problems.append(f"size must be multiples of 16, got {self.size}")
+        if self.lpips is not None:
+            problems.append("LPIPS is not wired in: it needs the lpips package and its VGG/AlexNet weights; "
+                            "train with L1 + SSIM (leave lpips unset)")
+        if problems:
+            raise ValueError("bad GS training config:\n  " + "\n  ".join(problems))
+        return self
+
+
+def feature_dim(depth_model) -> int:
+    image = torch.zeros(1, 3, 32, 32, device=depth_model.device)
+    return sum(m.shape[1] for m in depth_model.encode(image).maps)
+
+
+def head_inputs(depth_model, image, K, n, seed, true_depth=None):
+    """Points (camera frame), colours and sampled features of ``image`` ``[1, 3, H, W]``; with
+    ``true_depth`` ``[H, W]`` the depth is first aligned to it (log-depth RANSAC)."""
+    from infinidepth.align import fit_affine_robust
+    from infinidepth.ops.gather import bilinear_gather_reference
+    from infinidepth.sampling import backproject
+
+    H, W = image.shape[-2:]
+    with torch.no_grad():
+        sp = depth_model.sample_points(image, n, K, seed=seed)
+        feats = depth_model.encode(image)
+        f = torch.cat([bilinear_gather_reference(m.float(), sp.coords) for m in feats.maps], -1)[0]
+    depth = sp.depth[0].cpu().double()
+    coords = sp.coords[0].cpu()
+    if true_depth is not None:
+        i = ((coords[:, 0] + 1) / 2 * H).floor().long().clamp(0, H - 1)
+        j = ((coords[:, 1] + 1) / 2 * W).floor().long().clamp(0, W - 1)
+        t = true_depth[i, j].double()
+        ok = (t > 0) & (depth > 0)
+        if ok.sum() >= 2:
+            a, b = fit_affine_robust(depth[ok].log().numpy(), t[ok].log().numpy(), seed=seed)
+            depth = torch.exp(a * depth.clamp_min(1e-9).log() + b)
+    points = backproject(depth.float()[None], coords[None], K.float()[None].cpu(), (H, W))[0]
+    return points, sp.colors[0].cpu().float(), f.cpu()
+
+
+def _scene_views(cfg: GSTrainConfig, step: int):
+    from infinidepth.data.procedural import generate_scene, render
+
+    order = np.random.default_rng(cfg.seed).permutation(cfg.scenes)
+    seed = cfg.seed_offset + int(order[step % cfg.scenes])
+    scene = generate_scene(seed, views=cfg.views, baseline=cfg.baseline)
+    return scene, [render(scene, cfg.size, view=v) for v in range(cfg.views)]
+
+
+def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on_step=None) -> dict:
+    from tqdm import tqdm
+
+    from infinidepth.checkpoint import load_model
+    from infinidepth.io import atomic_path
+
+    cfg.validate()
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "gs_checkpoint.pt"
+    if ckpt.exists() and not resume:
+        raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) or choose another out folder")
+    torch.manual_seed(cfg.seed)
+    depth_model = load_model(cfg.depth_model).eval()
+    head = PointHead(feature_dim(depth_model), cfg.hidden)
+    opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
+    step = 0
+    if resume:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        if state["config"] != dataclasses.asdict(cfg):
+            raise ValueError("--resume: the config differs from the checkpoint's")
+        head.load_state_dict(state["head"])
+        opt.load_state_dict(state["optimizer"])
+        step = state["step"]
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate(state["rng"]["python"])
+
+    def save(path=ckpt):
+        state = {"head": head.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": dataclasses.asdict(cfg),
+                 "rng": {"torch": torch.get_rng_state(), "python": random.getstate()}}
+        with atomic_path(path) as tmp:
+            torch.save(state, tmp)
+
+    stop = {"signal": None}
+    previous = {}
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            previous[sig] = signal.signal(sig, lambda s, f: stop.update(signal=s))
+        except ValueError:
+            pass
+    losses = []
+    bar = tqdm(total=cfg.steps, initial=step, desc="training the GS head", unit="step", disable=not progress)
+    try:
+        while step < cfg.steps and stop["signal"] is None:
+            scene, views = _scene_views(cfg, step)
+            K = views[0].intrinsics.float()
+            image = views[0].rgb.permute(2, 0, 1)[None].to(depth_model.device)
+            points, colors, feats = head_inputs(depth_model, image, K.to(depth_model.device), cfg.points, cfg.seed + step,
+                                                views[0].depth)
+            g = head(points, colors, feats, focal=float(K[0, 0]))
+            loss = 0.0
+            for v in range(1, cfg.views):
+                w2c = torch.from_numpy(np.linalg.inv(scene.cameras[v]) @ scene.cameras[0]).float()
+                pred = render_torch(g, w2c, K, cfg.size)["rgb"]
+                truth, mask = views[v].rgb, views[v].valid
+                l1 = (pred - truth).abs().mean(-1)[mask].mean()
+                loss = loss + l1 + cfg.ssim_weight * (1 - ssim_map(pred, truth)[mask].mean())
+            loss = loss / (cfg.views - 1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
+            opt.step()
+            step += 1
+            value = float(loss.detach())
+            losses.append((step, value))
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.4f}")
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                with open(out / "gs_log.jsonl", "a") as f:
+                    f.write(json.dumps({"step": step, "loss": value}) + "\n")
+            if on_step is not None:
+                on_step(step, value)
+            if step % cfg.checkpoint_every == 0:
+                save()
+        save()
+        if step >= cfg.steps:
+            with atomic_path(out / "gs_head.pt") as tmp:
+                torch.save({"head": head.state_dict(), "feature_dim": head.feature_dim, "hidden": cfg.hidden,
+                            "depth_model": cfg.depth_model}, tmp)
+    finally:
+        bar.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return {"step": step, "interrupted": stop["signal"] is not None, "losses": losses}
+
+
+def load_gs_head(path) -> tuple[PointHead, str]:
+    """A trained head and the depth model it was trained with."""
+    obj = torch.load(str(path), map_location="cpu", weights_only=False)
+    if not isinstance(obj, dict) or "head" not in obj:
+        raise ValueError(f"{path}: not a GS head written by infinidepth train-gs")
+    head = PointHead(obj["feature_dim"], obj["hidden"])
+    head.load_state_dict(obj["head"])
+    return head.eval(), obj["depth_model"]
