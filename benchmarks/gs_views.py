@@ -14,6 +14,10 @@ Both become splats by the same rule (``splats_from_points``) and are rendered in
 sideways by 5% (small) and 25% (large) of the median scene depth, then compared with the true render
 of those views on its valid pixels: PSNR, SSIM and the hole fraction (accumulated opacity < 0.5).
 This isolates where the points are; no learned Gaussian head is involved.
+
+``--gs-head DIR/gs_head.pt`` adds two rows per shift with the head's depth model: its surface-area
+points (aligned to the true depth, as in training) as plain splats (``model``) and through the
+trained head (``model+head``), at the same count: what the learned head adds.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ def points_of(kind: str, src, fine, K, size, seed):
     return coords[keep], depth[keep], rgb[keep]
 
 
-def one_scene(seed: int, size, picture: bool = False):
+def one_scene(seed: int, size, head=None, depth_model=None):
     H, W = size
     scene = generate_scene(seed)
     src = render(scene, size)
@@ -85,6 +89,20 @@ def one_scene(seed: int, size, picture: bool = False):
                          "ssim": ssim(out["rgb"].clamp(0, 1), truth.rgb, mask),
                          "hole_fraction": hole_fraction(out["alpha"], mask)})
             views[(shift, kind)] = out["rgb"].clamp(0, 1)
+        if head is not None:
+            from infinidepth.gs.train import head_inputs
+
+            n = int(src.valid.sum())
+            image = src.rgb.permute(2, 0, 1)[None]
+            p_in, c_in, feats = head_inputs(depth_model, image, K, n, seed, src.depth)
+            with torch.no_grad():
+                for kind, g in (("model", splats_from_points(p_in, c_in)),
+                                ("model+head", head(p_in, c_in, feats, focal=float(K[0, 0])))):
+                    out = render_torch(g, w2c, K, size)
+                    rows.append({"seed": seed, "shift": shift, "sampler": kind, "points": n,
+                                 "psnr": psnr(out["rgb"].clamp(0, 1), truth.rgb, mask),
+                                 "ssim": ssim(out["rgb"].clamp(0, 1), truth.rgb, mask),
+                                 "hole_fraction": hole_fraction(out["alpha"], mask)})
         views[(shift, "truth")] = truth.rgb
     return rows, views
 
@@ -94,23 +112,32 @@ def main() -> None:
     ap.add_argument("--scenes", type=int, default=12)
     ap.add_argument("--size", default="96x128", help="HxW of the source and target views")
     ap.add_argument("--seed", type=int, default=300_000, help="first scene seed (held out from training seeds)")
+    ap.add_argument("--gs-head", help="a head from infinidepth train-gs: adds model / model+head rows")
     ap.add_argument("--json")
     ap.add_argument("--picture")
     args = ap.parse_args()
     size = tuple(int(v) for v in args.size.split("x"))
+    head = depth_model = None
+    if args.gs_head:
+        from infinidepth.checkpoint import load_model
+        from infinidepth.gs.train import load_gs_head
+
+        head, name = load_gs_head(args.gs_head)
+        depth_model = load_model(name)
     rows, first_views = [], None
     for k in range(args.scenes):
-        r, views = one_scene(args.seed + k, size)
+        r, views = one_scene(args.seed + k, size, head, depth_model)
         rows += r
         first_views = first_views or views
     summary = {}
-    print(f"{'shift':>6} {'sampler':>8} {'PSNR':>7} {'SSIM':>6} {'holes':>7}")
+    print(f"{'shift':>6} {'sampler':>10} {'PSNR':>7} {'SSIM':>6} {'holes':>7}")
+    kinds = ("pixel", "uniform") + (("model", "model+head") if head is not None else ())
     for shift in SHIFTS:
-        for kind in ("pixel", "uniform"):
+        for kind in kinds:
             sel = [r for r in rows if r["shift"] == shift and r["sampler"] == kind]
             m = {key: float(np.mean([r[key] for r in sel])) for key in ("psnr", "ssim", "hole_fraction")}
             summary[f"{shift}/{kind}"] = m
-            print(f"{shift:>6} {kind:>8} {m['psnr']:7.2f} {m['ssim']:6.3f} {m['hole_fraction']:7.4f}")
+            print(f"{shift:>6} {kind:>10} {m['psnr']:7.2f} {m['ssim']:6.3f} {m['hole_fraction']:7.4f}")
     write_report(args.json, {"benchmark": "novel views from splatted points", "device": device_name(torch.device("cpu")),
                              "size": list(size), "shifts_of_median_depth": SHIFTS, "scenes": args.scenes,
                              "summary": summary, "rows": rows})
