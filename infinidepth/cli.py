@@ -577,7 +577,8 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     gs.add_argument("--seed", type=int, default=0)
-    gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs (default: plain splats sized by point spacing)")
+    gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs, or 'demo' (the one bundled with the demo "
+                                      "model); default: plain splats sized by point spacing")
     gs.add_argument("--quiet", action="store_true")
 
     tg = sub.add_parser("train-gs", help="train the paper's Gaussian head on multi-view procedural scenes (depth model frozen)")

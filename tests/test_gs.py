@@ -294,3 +294,11 @@ def test_gs_head_training_resumes_exactly_and_feeds_the_gs_command(tmp_path):
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
     g = read_ply(tmp_path / "o" / "pic_gaussians.ply")
     assert len(g) == 500 and not torch.allclose(g.opacities, torch.full((500,), 0.95))   # the head's, not the splat rule
+
+
+def test_the_bundled_gs_head_loads_by_name_and_fits_the_demo_model():
+    from infinidepth.checkpoint import load_model
+    from infinidepth.gs.train import feature_dim, load_gs_head
+
+    head, depth_model = load_gs_head("demo")
+    assert depth_model == "demo" and head.feature_dim == feature_dim(load_model("demo"))

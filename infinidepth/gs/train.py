@@ -192,7 +192,14 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
 
 
 def load_gs_head(path) -> tuple[PointHead, str]:
-    """A trained head and the depth model it was trained with."""
+    """A trained head and the depth model it was trained with; ``"demo"``: the head bundled with the
+    demo depth model (infinidepth/assets/DEMO_MODEL.md)."""
+    if str(path) == "demo" and not Path("demo").exists():
+        from importlib import resources
+
+        with resources.as_file(resources.files("infinidepth") / "assets" / "demo_gs_head.pt") as bundled:
+            head, _ = load_gs_head(bundled)
+            return head, "demo"
     obj = torch.load(str(path), map_location="cpu", weights_only=False)
     if not isinstance(obj, dict) or "head" not in obj:
         raise ValueError(f"{path}: not a GS head written by infinidepth train-gs")
