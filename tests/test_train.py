@@ -73,14 +73,15 @@ def test_resume_after_sigterm_continues_bit_for_bit(scenes, tmp_path):
     whole = train(small_config(scenes, tmp_path / "whole"), progress=False)
     assert [s for s, _, _ in whole["losses"]] == list(range(1, 7))
 
-    def stop_at_3(step, loss):
-        if step == 3:
+    # 6 frames, batches of 2: 3 steps per epoch; stopping at step 4 resumes in the middle of epoch 1
+    def stop_at_4(step, loss):
+        if step == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
     cfg = small_config(scenes, tmp_path / "cut")
-    first = train(cfg, progress=False, on_step=stop_at_3)
-    assert first["interrupted"] and first["step"] == 3
-    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == 3
+    first = train(cfg, progress=False, on_step=stop_at_4)
+    assert first["interrupted"] and first["step"] == 4
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=False)["step"] == 4
     assert not (tmp_path / "cut" / "model.safetensors").exists()
     second = train(cfg, resume=True, progress=False)
     assert second["step"] == 6 and not second["interrupted"]
