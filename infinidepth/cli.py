@@ -599,6 +599,10 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+COMMANDS = {"predict": predict, "data": data_render, "eval": run_eval, "bench": run_bench, "train": run_train,
+            "gs": run_gs, "train-gs": run_train_gs}
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -609,20 +613,8 @@ def main(argv: list[str] | None = None) -> int:
                     + (["--device", args.device] if args.device else [])
                 )
                 predict(args)
-        elif args.command == "data":
-            data_render(args)
-        elif args.command == "eval":
-            run_eval(args)
-        elif args.command == "bench":
-            run_bench(args)
-        elif args.command == "train":
-            run_train(args)
-        elif args.command == "gs":
-            run_gs(args)
-        elif args.command == "train-gs":
-            run_train_gs(args)
         else:
-            predict(args)
+            COMMANDS[args.command](args)
     except (InputError, CheckpointError, DataError, FileNotFoundError) as e:
         print(f"infinidepth: error: {e}", file=sys.stderr)
         return 2
