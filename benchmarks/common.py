@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import platform
 import time
 
-import torch
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+from infinidepth.bench import device_name, sync  # noqa: F401  (one copy, shared with infinidepth bench)
 
 
 def timeit(fn, device: torch.device, min_time: float = 2.0, max_iters: int = 20) -> float:
@@ -23,12 +17,6 @@ def timeit(fn, device: torch.device, min_time: float = 2.0, max_iters: int = 20)
         iters += 1
     sync(device)
     return (time.perf_counter() - start) / iters
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def write_report(path: str | None, report: dict) -> None:

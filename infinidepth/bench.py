@@ -57,14 +57,14 @@ def paths(device: torch.device) -> list[str]:
     return [BASELINE, "torch", *fused]
 
 
-def _sync(device):
+def sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _device_name(device) -> str:
+def device_name(device) -> str:
     if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
+        return torch.cuda.getdevice_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -99,13 +99,13 @@ def _reset_peak_rss() -> bool:
 
 def run_one(model, image, size, path: str) -> dict:
     device = model.device
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     feats = model.encode(image)
-    _sync(device)
+    sync(device)
     t1 = time.perf_counter()
     out = torch.zeros((1, 1, *size), device=device)   # touched: its pages count as the output, not the decoder
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         before = torch.cuda.memory_allocated(device)
@@ -117,7 +117,7 @@ def run_one(model, image, size, path: str) -> dict:
         model.decode_grid(feats, size, backend="torch", tile=BASELINE_CHUNK, out=out)
     else:
         model.decode_grid(feats, size, backend=path, out=out)
-    _sync(device)
+    sync(device)
     t2 = time.perf_counter()
     memory = {}
     if device.type == "cuda":
@@ -155,7 +155,7 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
         if base is not None:
             row["decode_speedup_vs_released"] = base["decode_s"] / row["decode_s"]
             row["total_speedup_vs_released"] = base["total_s"] / row["total_s"]
-    return {"benchmark": "end-to-end dense prediction", "device": _device_name(device), "torch": torch.__version__,
+    return {"benchmark": "end-to-end dense prediction", "device": device_name(device), "torch": torch.__version__,
             "input": list(INPUT), "arch": model.arch, "rows": rows}
 
 

@@ -74,13 +74,19 @@ def read_depth(path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_png16(path: Path) -> np.ndarray:
+    return read_png16(path).astype(np.float32) / 1000.0
+
+
+def read_png16(path) -> np.ndarray:
+    """The raw values ``int64 [H, W]`` of a 16-bit single-channel PNG (each dataset has its own unit)."""
     from PIL import Image
 
     with Image.open(path) as im:
         arr = np.asarray(im)
-    if arr.dtype != np.uint16 and not (arr.dtype == np.int32 and im.mode.startswith("I")):
-        raise InputError(f"{path}: depth PNGs must be 16-bit single-channel (millimetres), got mode {im.mode}")
-    return arr.astype(np.float32) / 1000.0
+        mode = im.mode
+    if arr.ndim != 2 or (arr.dtype != np.uint16 and not (arr.dtype == np.int32 and mode.startswith("I"))):
+        raise InputError(f"{path}: depth PNGs must be 16-bit single-channel, got mode {mode}")
+    return arr.astype(np.int64)
 
 
 def _read_exr(path: Path) -> np.ndarray:

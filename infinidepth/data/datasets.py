@@ -47,6 +47,7 @@ class DepthDataset(torch.utils.data.Dataset):
     """
 
     max_depth: float | None = None   # beyond this a reader's depth is sky or a placeholder
+    min_depth: float | None = None   # below this it is not scored (a benchmark's protocol)
 
     def __init__(self, root=None, size: tuple[int, int] = (384, 512), n_pairs: int = 100_000,
                  augment: Augment | bool | None = None, seed: int = 0):
@@ -93,7 +94,7 @@ class DepthDataset(torch.utils.data.Dataset):
             rgb, depth, K = self.load(record)
         except (InputError, ValueError, OSError) as e:
             raise DataError(f"{name}: {e}") from e
-        depth, valid = clean_depth(depth, self.max_depth)
+        depth, valid = clean_depth(depth, self.max_depth, self.min_depth)
         if not valid.any():
             raise DataError(f"{name}: no valid depth")
         if tuple(rgb.shape[:2]) != tuple(depth.shape):
@@ -103,19 +104,15 @@ class DepthDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
-            record = self.records[i]
             try:
-                rgb, depth, K = self.load(record)
-                depth, valid = clean_depth(depth, self.max_depth)
-                if not valid.any():
-                    raise DataError("no valid depth")
+                f = self.frame(i)
                 g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
-                sample = prepare(rgb, depth, valid, K, self.size, self.n_pairs, self.augment, g)
-            except (DataError, InputError, ValueError, OSError) as e:
+                sample = prepare(f["rgb"], f["depth"], f["valid"], f["intrinsics"], self.size, self.n_pairs, self.augment, g)
+            except (DataError, ValueError) as e:
                 self.skipped += 1
-                log.warning("skipping %s: %s (%d skipped so far)", self.name_of(record), e, self.skipped)
+                log.warning("skipping %s (%d skipped so far)", e, self.skipped)
                 continue
-            sample["name"] = self.name_of(record)
+            sample["name"] = f["name"]
             return sample
         raise DataError(f"{type(self).__name__}: every frame under {self.root} was unusable (see the warnings)")
 
@@ -135,16 +132,12 @@ def _read_depth(path: Path) -> np.ndarray:
 
 
 def _read_png16(path: Path) -> np.ndarray:
-    from PIL import Image
+    from infinidepth.io import read_png16
 
     try:
-        with Image.open(path) as im:
-            arr = np.asarray(im)
-    except OSError as e:
+        return read_png16(path)
+    except (InputError, OSError) as e:
         raise DataError(f"cannot read {path}: {e}") from e
-    if arr.ndim != 2 or arr.dtype not in (np.uint16, np.int32):
-        raise DataError(f"{path}: expected a 16-bit single-channel PNG, got {arr.dtype} {arr.shape}")
-    return arr.astype(np.int64)
 
 
 def _pinhole(f, cx, cy, fy=None) -> np.ndarray:

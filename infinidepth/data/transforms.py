@@ -18,13 +18,15 @@ import torch.nn.functional as F
 from infinidepth.sampling.camera import scale_intrinsics
 
 
-def clean_depth(depth, max_depth: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(depth, valid)``: NaN, infinite, non-positive (and beyond ``max_depth``) samples become
-    invalid, with depth 0 there, so no bad value can reach a loss."""
+def clean_depth(depth, max_depth: float | None = None, min_depth: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(depth, valid)``: NaN, infinite, non-positive (and outside ``[min_depth, max_depth]``) samples
+    become invalid, with depth 0 there, so no bad value can reach a loss."""
     depth = torch.as_tensor(np.asarray(depth, dtype=np.float32) if not torch.is_tensor(depth) else depth).float()
     valid = torch.isfinite(depth) & (depth > 0)
     if max_depth is not None:
         valid &= depth <= max_depth
+    if min_depth is not None:
+        valid &= depth >= min_depth
     return torch.where(valid, depth, torch.zeros_like(depth)), valid
 
 

@@ -27,21 +27,12 @@ from infinidepth.data.datasets import (
 
 
 class Benchmark(DepthDataset):
-    min_depth: float | None = None
-
     def region(self, shape: tuple[int, int]) -> np.ndarray | None:
         """Boolean mask of the scored pixels for a ground truth of ``shape`` (None: all)."""
         return None
 
     def hf_mask_file(self, record) -> Path | None:
         return None
-
-    def frame(self, index: int) -> dict:
-        f = super().frame(index)
-        if self.min_depth is not None:
-            f["valid"] &= f["depth"] >= self.min_depth
-            f["depth"] = f["depth"] * f["valid"]
-        return f
 
 
 def _nominal(H: int, W: int) -> np.ndarray:

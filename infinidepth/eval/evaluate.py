@@ -28,18 +28,14 @@ from .metrics import METRICS, align, depth_metrics
 log = logging.getLogger("infinidepth.eval")
 
 
-def network_size(H: int, W: int, long_side: int = 1024) -> tuple[int, int]:
-    """Aspect kept, long side at most ``long_side``, both sides multiples of 16."""
-    s = min(1.0, long_side / max(H, W))
-    return max(16, round(H * s / 16) * 16), max(16, round(W * s / 16) * 16)
-
-
 @torch.no_grad()
 def predict_depth(model, rgb: np.ndarray, out_size: tuple[int, int], output_resolution: str,
                   input_size: tuple[int, int] | None = None) -> np.ndarray:
     """Depth ``[H, W]`` float32 at ``out_size`` for an RGB ``uint8 [h, w, 3]`` image."""
     H0, W0 = rgb.shape[:2]
-    size = input_size or network_size(H0, W0)
+    from infinidepth.cli import default_input_size
+
+    size = input_size or default_input_size(H0, W0)
     image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255)
     image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     image = image.to(model.device)
