@@ -9,7 +9,8 @@ pixel is decoded into a preallocated map, and the map is written to disk as ``.n
 - ``cpp`` / ``cuda`` / ``triton``: the fused kernels (Triton only on a GPU: on the CPU it runs
   under the interpreter, for tests, not for speed).
 
-Reported per row: encode, decode and write seconds, the end-to-end total, queries per second, the
+Reported per row: encode, decode and write seconds, ``in_memory_s`` (encode + decode: the depth map in
+memory, what the 8K target counts), the end-to-end total with the write, queries per second, the
 ratio of the decode and end-to-end times to the baseline's, and memory: the decoder's working memory
 (peak during decode beyond what existed before it: features, weights and the output map), from the
 allocator on a GPU and from the process's resident-memory high-water mark on Linux CPUs (reset before
@@ -64,7 +65,7 @@ def sync(device) -> None:
 
 def device_name(device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return f"cpu ({platform.machine()}, {torch.get_num_threads()} threads)"
 
 
@@ -132,12 +133,14 @@ def run_one(model, image, size, path: str) -> dict:
     memory["process_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     del out, feats
     decode = t2 - t1b
-    return {"encode_s": t1 - t0, "decode_s": decode, "write_s": t3 - t2, "total_s": (t1 - t0) + decode + (t3 - t2),
+    return {"encode_s": t1 - t0, "decode_s": decode, "write_s": t3 - t2, "in_memory_s": (t1 - t0) + decode,
+            "total_s": (t1 - t0) + decode + (t3 - t2),
             "queries_per_s": size[0] * size[1] / decode, **memory}
 
 
-def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress: bool = True) -> dict:
-    """Rows of :func:`run_one` for every size and path, with ratios to the baseline."""
+def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress: bool = True, repeats: int = 1) -> dict:
+    """Rows of :func:`run_one` for every size and path (median times of ``repeats`` runs), with
+    ratios to the baseline."""
     from tqdm import tqdm
 
     image = torch.rand(1, 3, *INPUT, generator=torch.Generator().manual_seed(0)).to(device)
@@ -148,7 +151,11 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
     rows = []
     jobs = [(name, size, p) for name, size in sizes for p in todo]
     for name, size, p in tqdm(jobs, desc="benchmark", unit="run", disable=not progress):
-        row = {"size": name, "output": list(size), "queries": size[0] * size[1], "path": p, **run_one(model, image, size, p)}
+        runs = [run_one(model, image, size, p) for _ in range(repeats)]
+        row = {"size": name, "output": list(size), "queries": size[0] * size[1], "path": p, **runs[-1], "repeats": repeats}
+        for key in ("encode_s", "decode_s", "write_s", "in_memory_s", "total_s"):
+            row[key] = float(np.median([r[key] for r in runs]))
+        row["queries_per_s"] = row["queries"] / row["decode_s"]
         rows.append(row)
     for row in rows:
         base = next((r for r in rows if r["size"] == row["size"] and r["path"] == BASELINE), None)
@@ -156,16 +163,17 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
             row["decode_speedup_vs_released"] = base["decode_s"] / row["decode_s"]
             row["total_speedup_vs_released"] = base["total_s"] / row["total_s"]
     return {"benchmark": "end-to-end dense prediction", "device": device_name(device), "torch": torch.__version__,
-            "input": list(INPUT), "arch": model.arch, "rows": rows}
+            "input": list(INPUT), "arch": model.arch, "precision": model.precision, "rows": rows}
 
 
 def format_rows(report: dict) -> str:
-    head = (f"{'size':>6} {'path':>15} {'encode s':>9} {'decode s':>9} {'write s':>8} {'total s':>8} "
+    head = (f"{'size':>6} {'path':>15} {'encode s':>9} {'decode s':>9} {'in mem s':>9} {'write s':>8} {'total s':>8} "
             f"{'Mq/s':>8} {'x decode':>9} {'x total':>8} {'memory MB':>10}")
-    lines = [f"{report['arch']} on {report['device']}, input {report['input'][0]}x{report['input'][1]}", head]
+    lines = [f"{report['arch']} on {report['device']}, input {report['input'][0]}x{report['input'][1]}, "
+             f"{report.get('precision', 'fp32')}", head]
     for r in report["rows"]:
         mem = r.get("decoder_working_mb", float("nan"))
-        lines.append(f"{r['size']:>6} {r['path']:>15} {r['encode_s']:9.3f} {r['decode_s']:9.3f} {r['write_s']:8.3f} "
+        lines.append(f"{r['size']:>6} {r['path']:>15} {r['encode_s']:9.3f} {r['decode_s']:9.3f} {r['in_memory_s']:9.3f} {r['write_s']:8.3f} "
                      f"{r['total_s']:8.3f} {r['queries_per_s'] / 1e6:8.2f} {r.get('decode_speedup_vs_released', float('nan')):9.2f} "
                      f"{r.get('total_speedup_vs_released', float('nan')):8.2f} {mem:10.0f}")
     lines.append("memory: the decoder's working memory beyond the features and the output map")

@@ -104,9 +104,11 @@ def test_cli_streams_a_map_larger_than_memory_into_a_memory_mapped_npy(picture, 
 def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--preset", "tiny", "--sizes", "32x48,17x23", "--paths", "released-style,torch,cpp",
-                 "--json", str(out), "--quiet"]) == 0
+                 "--json", str(out), "--quiet", "--repeats", "2"]) == 0
     report = json.loads(out.read_text())
     rows = report["rows"]
+    assert report["precision"] == "fp32" and all(r["repeats"] == 2 for r in rows)
+    assert all(r["in_memory_s"] < r["total_s"] for r in rows)
     assert [(r["size"], r["path"]) for r in rows] == [(s, p) for s in ("32x48", "17x23") for p in ("released-style", "torch", "cpp")]
     for r in rows:
         assert r["encode_s"] > 0 and r["decode_s"] > 0 and r["write_s"] > 0 and r["queries"] in (32 * 48, 17 * 23)
@@ -116,3 +118,22 @@ def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
     assert "unknown size" in capsys.readouterr().err
     assert main(["bench", "--paths", "cuda", "--device", "cpu"]) == 2
     assert "not available" in capsys.readouterr().err
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "bf16"]) == 2
+    assert "needs the model on a CUDA device" in capsys.readouterr().err
+    assert main(["bench", "--preset", "tiny", "--repeats", "0"]) == 2
+    assert "--repeats" in capsys.readouterr().err
+
+
+def test_model_precision_is_checked():
+    from infinidepth.models import from_preset
+
+    model = from_preset("tiny")
+    image = torch.rand(1, 3, 32, 32)
+    model.precision = "bf16"
+    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+        model.encode(image)
+    model.precision = "fp8"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        model.encode(image)
+    model.precision = "fp32"
+    assert model.encode(image).maps[0].dtype == torch.float32

@@ -72,6 +72,9 @@ class ImplicitDepthModel(nn.Module):
         super().__init__()
         #: decoder backend used when a call does not name one ("auto": the fastest available)
         self.backend = "auto"
+        #: arithmetic of inference on a GPU: "fp32", or "bf16" / "fp16" (the encoder under autocast,
+        #: the fused decoder's matrix products on 16-bit operands with fp32 accumulation)
+        self.precision = "fp32"
         #: the network input (H, W) the model was trained at, when known (saved with the model); the
         #: CLI feeds images at that many pixels by default
         self.input_size: tuple[int, int] | None = None
@@ -96,8 +99,25 @@ class ImplicitDepthModel(nn.Module):
     # -- shared -------------------------------------------------------------------------------
     @torch.no_grad()
     def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
-        """One encoder pass per image: the features every later query reads."""
-        return self.features(image, sparse_depth)
+        """One encoder pass per image: the features every later query reads (float32 maps, also
+        when :attr:`precision` runs the encoder in 16 bits)."""
+        dtype = self.low_precision_dtype()
+        if dtype is None:
+            return self.features(image, sparse_depth)
+        with torch.autocast("cuda", dtype=dtype):
+            feats = self.features(image, sparse_depth)
+        feats.maps = [m.float() for m in feats.maps]
+        return feats
+
+    def low_precision_dtype(self) -> torch.dtype | None:
+        """The 16-bit type of :attr:`precision`, None for fp32; a clear error where it cannot run."""
+        kinds = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+        if self.precision not in kinds:
+            raise ValueError(f"precision must be one of {', '.join(kinds)}, got {self.precision!r}")
+        if kinds[self.precision] is not None and self.device.type != "cuda":
+            raise ValueError(f"precision {self.precision} needs the model on a CUDA device (it is on {self.device}); "
+                             "use fp32 on the CPU")
+        return kinds[self.precision]
 
     def forward(self, image: torch.Tensor, coords: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> torch.Tensor:
         """Training forward: raw output ``[B, N]`` at ``coords``, differentiable end to end (the

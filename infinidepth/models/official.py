@@ -105,7 +105,7 @@ class InfiniDepth(ImplicitDepthModel):
     def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
         clamped = coords.clamp(-1 + COORD_CLAMP, 1 - COORD_CLAMP)
         out = implicit_decode(feats.maps, clamped, self.decoder_weights(), backend=backend, chunk=chunk, cache=feats.extras,
-                              with_grad=with_grad)
+                              precision=self.precision, with_grad=with_grad)
         if not with_grad:
             return out
         value, grad = out
