@@ -5,10 +5,13 @@ The program is read as up to two *streamed pairs* and a *tail*:
 * pair = a wide layer A (gathered maps, optionally plus ``W_A x``) whose output is produced
   ``BLOCK_K`` channels at a time and contracted at once into the narrower layer B by ``tl.dot`` --
   the wide activations never exist in full, not even in registers;
+* the first two layers after them as a third streamed pair (no gathers: A reads the previous
+  output), so that no weight tile is ever wider than one chunk (a square 256 x 256 fp32 tile alone
+  would need more shared memory than a Hopper SM has);
 * tail = the remaining small layers, zero-padded to one width and run in a loop.
 
-Official decoder: pair (gather 1024 -> 256), tail (32, 1). Paper decoder: pair (gather 2048 -> 512),
-pair (512 + gather -> 4096 -> 256), tail (256, 1). fp32 uses IEEE dot products (no TF32); bf16 and
+Official decoder: pair (gather 1024 -> 256), pair (256 -> 32 -> 1). Paper decoder: pair (gather
+2048 -> 512), pair (512 + gather -> 4096 -> 256), pair (256 -> 256 -> 1). fp32 uses IEEE dot products (no TF32); bf16 and
 fp16 feed the dots 16-bit operands with fp32 accumulation (tensor cores on the GPU).
 
 With ``WITH_GRAD`` the kernel carries two tangents beside every activation (forward mode): the
@@ -149,10 +152,14 @@ def _fused_decode_kernel(
     a1_b, a1_n, m11, m11_h, m11_w, m12, m12_h, m12_w, b1_wt, b1_b, b1_n,
     # pair 2 (A with a weight on pair 1's output)
     a2_wt, a2_b, a2_n, m21, m21_h, m21_w, b2_wt, b2_b, b2_n,
+    # pair 3 (dense only: A reads the previous output)
+    a3_wt, a3_b, a3_k, a3_n, b3_wt, b3_b, b3_n,
     # tail: stacked padded transposed weights [L, TW, TW], biases [L, TW], activation codes [L]
     tail_w, tail_b, tail_act, n_tail,
+    n_bucket,  # log2 of the query count, rounded: an autotuning key only
     N_MAPS1: tl.constexpr, ACT_A1: tl.constexpr, ACT_B1: tl.constexpr, NB1_PAD: tl.constexpr,
     HAS_PAIR2: tl.constexpr, ACT_A2: tl.constexpr, ACT_B2: tl.constexpr, NB2_PAD: tl.constexpr,
+    HAS_PAIR3: tl.constexpr, ACT_A3: tl.constexpr, ACT_B3: tl.constexpr, KA3_PAD: tl.constexpr, NB3_PAD: tl.constexpr,
     TW: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr, LOW: tl.constexpr, WITH_GRAD: tl.constexpr,
 ):
     b = tl.program_id(1)
@@ -187,6 +194,20 @@ def _fused_decode_kernel(
             t_y = acc2_y * d
             t_x = acc2_x * d
         h = _act(pre, ACT_B2)
+    if HAS_PAIR3:
+        nb3 = tl.arange(0, NB3_PAD)
+        acc3, acc3_y, acc3_x = _stream_pair(h, t_y, t_x, b, y, x, q_mask,
+                                            a3_wt, a3_b, a3_k, a3_n,
+                                            m11, m11_h, m11_w, m11, m11_h, m11_w, b3_wt, b3_n,
+                                            True, 0, ACT_A3, BLOCK_Q, BLOCK_K, KA3_PAD, NB3_PAD, LOW, WITH_GRAD)
+        pre = acc3 + tl.load(b3_b + nb3, mask=nb3 < b3_n, other=0.0)[None, :]
+        if WITH_GRAD:
+            d = _act_grad(pre, ACT_B3)
+            t_y = acc3_y * d
+            t_x = acc3_x * d
+        h = _act(pre, ACT_B3)
+        width: tl.constexpr = NB3_PAD
+    elif HAS_PAIR2:
         width: tl.constexpr = NB2_PAD
     else:
         width: tl.constexpr = NB1_PAD
@@ -223,7 +244,9 @@ _fused_decode_kernel_tuned = triton.autotune(
         triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=st)
         for bq, bk, w, st in [(16, 32, 4, 2), (32, 32, 4, 2), (32, 64, 8, 3), (64, 32, 8, 3), (64, 64, 8, 2), (128, 32, 8, 2)]
     ],
-    key=["N", "a1_n", "b1_n", "a2_n", "b2_n", "n_tail", "NB1_PAD", "NB2_PAD", "TW", "LOW", "WITH_GRAD"],
+    # the query count enters as its power of two: a new N of the same order reuses the tuned config
+    key=["n_bucket", "a1_n", "b1_n", "a2_n", "b2_n", "a3_n", "b3_n", "n_tail", "NB1_PAD", "NB2_PAD", "NB3_PAD", "TW",
+         "LOW", "WITH_GRAD"],
 )(_fused_decode_kernel)
 
 
@@ -232,7 +255,7 @@ def _pad16(n: int) -> int:
 
 
 def _split(folded):
-    """The program as (pair1, pair2 or None, tail layers), or a clear error."""
+    """The program as (pair1, pair2 or None, pair3 or None, tail layers), or a clear error."""
     layers = folded.layers
     if len(layers) < 2 or layers[0].weight is not None or not 1 <= len(layers[0].maps) <= 2 or layers[1].maps:
         raise ValueError("the triton decoder expects a first layer of 1-2 gathered maps followed by a dense layer")
@@ -244,7 +267,10 @@ def _split(folded):
         pair2, rest = (rest[0], rest[1]), rest[2:]
     if any(l.maps for l in rest):
         raise ValueError("the triton decoder supports at most two layers with gathered maps")
-    return pair1, pair2, rest
+    pair3 = None
+    if len(rest) >= 2:
+        pair3, rest = (rest[0], rest[1]), rest[2:]
+    return pair1, pair2, pair3, rest
 
 
 LOW_CODES = {"fp32": 0, "bf16": 1, "fp16": 2}
@@ -256,7 +282,7 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
     fp16 (accumulation is fp32 always)."""
     if precision not in LOW_CODES:
         raise ValueError(f"precision must be one of {sorted(LOW_CODES)}, got {precision!r}")
-    pair1, pair2, tail = _split(folded)
+    pair1, pair2, pair3, tail = _split(folded)
     dev = coords.device
     f32 = dict(device=dev, dtype=torch.float32)
     B, N = coords.shape[:2]
@@ -265,7 +291,7 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
     def wt(layer):  # transposed weight [in, out], contiguous
         return layer.weight.to(**f32).t().contiguous()
 
-    last = pair2[1] if pair2 else pair1[1]
+    last = pair3[1] if pair3 else pair2[1] if pair2 else pair1[1]
     widths = [last.width] + [d for l in tail for d in l.weight.shape]
     TW = _pad16(max(widths))
     n_tail = len(tail)
@@ -290,6 +316,14 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
     else:
         dummy = torch.zeros(16, **f32)
         p2 = (dummy, dummy, 0, m11, 1, 1, dummy, dummy, 0)
+    before3 = pair2[1] if pair2 else pair1[1]
+    if pair3:
+        a3, b3 = pair3
+        p3 = (wt(a3), a3.bias.to(**f32).contiguous(), before3.width, a3.width, wt(b3), b3.bias.to(**f32).contiguous(),
+              b3.width)
+    else:
+        dummy = torch.zeros(16, **f32)
+        p3 = (dummy, dummy, 0, 0, dummy, dummy, 0)
     out = torch.empty(B, N, 3, **f32) if with_grad else torch.empty(B, N, **f32)
     if out.numel() == 0:
         return out
@@ -305,10 +339,15 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
         a1.bias.to(**f32).contiguous(), a1.width, m11, m11.shape[1], m11.shape[2], m12, m12.shape[1], m12.shape[2],
         wt(b1), b1.bias.to(**f32).contiguous(), b1.width,
         *p2,
+        *p3,
         tail_w, tail_b, tail_act, n_tail,
+        max(N, 1).bit_length(),
         N_MAPS1=len(maps1), ACT_A1=ACT_CODES[a1.act], ACT_B1=ACT_CODES[b1.act], NB1_PAD=_pad16(b1.width),
         HAS_PAIR2=pair2 is not None, ACT_A2=ACT_CODES[pair2[0].act] if pair2 else 0,
         ACT_B2=ACT_CODES[pair2[1].act] if pair2 else 0, NB2_PAD=_pad16(pair2[1].width) if pair2 else 16,
+        HAS_PAIR3=pair3 is not None, ACT_A3=ACT_CODES[pair3[0].act] if pair3 else 0,
+        ACT_B3=ACT_CODES[pair3[1].act] if pair3 else 0, KA3_PAD=_pad16(before3.width),
+        NB3_PAD=_pad16(pair3[1].width) if pair3 else 16,
         TW=TW, LOW=LOW_CODES[precision], WITH_GRAD=with_grad, **blocks,
     )
     return out
