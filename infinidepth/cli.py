@@ -393,8 +393,8 @@ def run_bench(args) -> dict:
     set_precision(model, args.precision)
     if args.precision != "fp32":
         for p in chosen or known:
-            if p not in ("cuda", "triton"):
-                raise InputError(f"--precision {args.precision}: path {p} computes in fp32; pass --paths cuda,triton")
+            if p not in ("torch", "cuda", "triton"):
+                raise InputError(f"--precision {args.precision}: path {p} computes in fp32; pass --paths from torch, cuda, triton")
     report = bench.bench(model, sizes, device, chosen, progress=not args.quiet, repeats=args.repeats)
     report["checkpoint"] = args.checkpoint or args.preset or DEFAULT_CHECKPOINT
     if not args.quiet:
@@ -526,8 +526,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the image at very high resolution without computing the rest")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="on a GPU: bf16/fp16 run the encoder under autocast and the fused decoder on 16-bit operands "
-                        "(faster, about 1%% of the depth's spread in RMS error); fp32 on the CPU")
+                   help="on a GPU: bf16/fp16 run the encoder and the decoder's matrix products in 16 bits (fp32 "
+                        "accumulation; about 1%% of the depth's spread in RMS error); fp32 on the CPU")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply): one point per output pixel")
     p.add_argument("--points", type=int, help="with --ply: N points spread evenly over the 3D surfaces (surface-area sampler) instead")
     p.add_argument("--fx", type=float, help="focal length in pixels of the original image (default: max(H, W))")

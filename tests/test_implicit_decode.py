@@ -239,7 +239,7 @@ def test_reduced_precision_is_refused_where_not_computed():
     rng = random.Random(4)
     chans, decoder = random_concat(rng)
     maps = random_maps(rng, chans, batch=1)
-    for backend in ("torch", *[b for b in KERNEL_BACKENDS if b == "cpp"]):
+    for backend in [b for b in KERNEL_BACKENDS if b == "cpp"]:
         with pytest.raises(ValueError, match="computes in fp32"):
             implicit_decode(maps, torch.zeros(1, 2, 2, dtype=torch.float64), decoder, backend=backend, precision="bf16")
     with pytest.raises(ValueError, match="precision must be"):
@@ -260,3 +260,26 @@ def test_fused_backends_take_non_contiguous_inputs_and_reject_nan(backend):
     bad[1, 5, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         implicit_decode(maps, bad, decoder, backend=backend)
+
+
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical])
+def test_torch_backend_in_bf16_under_autocast(family):
+    # The reference path in 16 bits (the fast path on a GPU today): really rounded, and within an RMS
+    # error of 5% of the output's spread -- looser than the fused kernels' 2%, since autocast also
+    # stores every layer's output in bf16 (1-2.2% seen here); with_grad stays in fp32.
+    rng = random.Random(9)
+    chans, decoder = family(rng)
+    maps64 = random_maps(rng, chans, batch=2)
+    coords = torch.rand(2, 700, 2, dtype=torch.float64) * 2.2 - 1.1
+    want_v, want_g = implicit_decode(maps64, coords, decoder, backend="torch", with_grad=True)
+    maps, dec = [m.float() for m in maps64], cast(decoder, torch.float32)
+
+    def err(got, want):
+        return ((got.double() - want).norm() / (want - want.mean()).norm()).item()
+
+    for chunk in (None, 123):
+        got = implicit_decode(maps, coords.float(), dec, backend="torch", precision="bf16", chunk=chunk)
+        assert got.dtype == torch.float32
+        assert 1e-5 < err(got, want_v) < 5e-2  # rounded (fp32 lands near 1e-7), but not garbage
+    got_v, got_g = implicit_decode(maps, coords.float(), dec, backend="torch", precision="bf16", with_grad=True)
+    assert err(got_v, want_v) < 1e-5 and err(got_g, want_g) < 1e-5

@@ -73,7 +73,7 @@ class ImplicitDepthModel(nn.Module):
         #: decoder backend used when a call does not name one ("auto": the fastest available)
         self.backend = "auto"
         #: arithmetic of inference on a GPU: "fp32", or "bf16" / "fp16" (the encoder under autocast,
-        #: the fused decoder's matrix products on 16-bit operands with fp32 accumulation)
+        #: the decoder's matrix products on 16-bit operands with fp32 accumulation; not cpp)
         self.precision = "fp32"
         #: the network input (H, W) the model was trained at, when known (saved with the model); the
         #: CLI feeds images at that many pixels by default

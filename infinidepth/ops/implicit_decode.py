@@ -17,6 +17,8 @@ is kept there.
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -45,10 +47,13 @@ class HierarchicalDecoder:
 
 
 def _mlp(x: torch.Tensor, layers: Sequence[Linear]) -> torch.Tensor:
-    for i, (w, b) in enumerate(layers):
-        x = F.linear(x, w, b)
-        x = F.relu(x) if i < len(layers) - 1 else F.elu(x)
-    return x
+    for w, b in layers[:-1]:
+        x = F.relu(F.linear(x, w, b))
+    w, b = layers[-1]
+    # The answer's own layer outside any autocast: a 16-bit output would round the result itself
+    # (2^-9 of its value, several % of the output's spread where the spread is small).
+    with torch.autocast(x.device.type, enabled=False):
+        return F.elu(F.linear(x.to(w.dtype), w, b))
 
 
 def _check_maps(maps: Sequence[torch.Tensor]) -> None:
@@ -93,8 +98,9 @@ def implicit_decode(
 
     Returns ``[B, N]`` in the decoder's output space. ``chunk`` bounds the number of queries in
     flight (peak memory of the reference path), without changing the result. ``precision`` of the
-    fused kernels' matrix products: ``fp32``, or ``bf16`` operands with fp32 accumulation (tensor
-    cores; ``cuda`` and ``triton``).
+    matrix products: ``fp32``, or ``bf16`` / ``fp16`` operands with fp32 accumulation (tensor cores;
+    ``cuda`` and ``triton``, and ``torch`` under autocast except with ``with_grad``; ``cpp``
+    computes in fp32 only).
 
     ``with_grad=True`` returns ``(value [B, N], grad [B, N, 2])`` with ``grad`` the exact derivative
     of the value with respect to the query's normalised ``(y, x)``: forward mode through the bilinear
@@ -107,8 +113,8 @@ def implicit_decode(
     _check_maps(maps)
     check_coords(coords, maps[0].shape[0])
     backend = resolve_backend(backend, maps[0].device)
-    if precision != "fp32" and backend in ("torch", "cpp"):
-        raise ValueError(f"the {backend} backend computes in fp32; precision {precision!r} needs cuda or triton")
+    if precision != "fp32" and backend == "cpp":
+        raise ValueError(f"the cpp backend computes in fp32; precision {precision!r} needs torch, cuda or triton")
     if backend != "torch":
         from .fold import fold_decoder, run_fused
 
@@ -126,14 +132,18 @@ def implicit_decode(
     n = coords.shape[1]
     step = n if not chunk else max(1, int(chunk))
     outs, grads = [], []
-    for start in range(0, max(n, 1), max(step, 1)):
-        c = coords[:, start : start + step]
-        if with_grad:
-            value, grad = _decode_with_grad(maps, c, decoder)
-            outs.append(value)
-            grads.append(grad)
-        else:
-            outs.append(_decode([bilinear_gather_reference(m, c) for m in maps], decoder))
+    # 16-bit values under autocast; derivatives stay in fp32 (autograd through 16-bit layers loses
+    # ~5% of their spread: too much for normals)
+    low = None if with_grad else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    with torch.autocast(maps[0].device.type, dtype=low) if low else contextlib.nullcontext():
+        for start in range(0, max(n, 1), max(step, 1)):
+            c = coords[:, start : start + step]
+            if with_grad:
+                value, grad = _decode_with_grad(maps, c, decoder)
+                outs.append(value.to(maps[0].dtype))
+                grads.append(grad.to(maps[0].dtype))
+            else:
+                outs.append(_decode([bilinear_gather_reference(m, c) for m in maps], decoder).to(maps[0].dtype))
     out = torch.cat(outs, dim=1) if outs else coords.new_zeros((coords.shape[0], 0))
     if with_grad:
         return out, (torch.cat(grads, dim=1) if grads else coords.new_zeros((coords.shape[0], 0, 2)))
