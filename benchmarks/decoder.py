@@ -24,6 +24,7 @@ derivative jumps, and float32 and float64 may land on different sides of the kin
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 
@@ -34,6 +35,35 @@ from common import device_name, sync, timeit, write_report
 from infinidepth.ops import ConcatDecoder, HierarchicalDecoder, available_backends, grid_coords, implicit_decode
 
 BASELINE_CHUNK = 10_000
+TORCH_CHUNK = 65_536  # queries in flight on the plain-PyTorch rows (as model.predict runs them)
+FOLDED_CHUNK = 262_144
+
+
+def folded_rows(maps, dec, coords, probe, want, base_t, device) -> list[dict]:
+    """The folded program run by plain PyTorch ops (run_folded_reference: grid_sample gathers on the
+    folded maps, cuBLAS/MKL matrix products): an experiment, not a backend. On the H100 the plain
+    PyTorch path beat the CUDA kernel; folding cuts its multiply-adds 5x (official) -- does that
+    make it the fastest path?"""
+    from infinidepth.ops.fold import fold_decoder, run_folded_reference
+
+    t0 = time.perf_counter()
+    folded = fold_decoder([m.float() for m in maps], dec)
+    sync(device)
+    fold_ms = (time.perf_counter() - t0) * 1e3
+    rows = []
+    for precision in ("fp32", "bf16") if device.type == "cuda" else ("fp32",):
+        low = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+        def run(c):
+            with low:
+                return torch.cat([run_folded_reference(folded, c[:, i:i + FOLDED_CHUNK]).float()
+                                  for i in range(0, c.shape[1], FOLDED_CHUNK)], dim=1)
+
+        t = timeit(lambda: run(coords), device)
+        rows.append({"backend": "folded program in plain PyTorch", "dtype": precision, "queries_per_s": coords.shape[1] / t,
+                     "speedup_vs_baseline": base_t / t,
+                     "max_rel_err": ((run(probe).double() - want).abs().max() / want.std()).item(), "fold_ms": fold_ms})
+    return rows
 
 
 def linear(cin, cout, device):
@@ -121,12 +151,14 @@ def main(argv=None):
                     "speedup_vs_baseline": 1.0, **err(backend="torch", chunk=BASELINE_CHUNK), "fold_ms": 0.0}]
         backends = args.backends.split(",") if args.backends else [b for b in available_backends(device) if b != "torch"]
         runs = [(b, "fp32") for b in backends]
-        if device.type == "cuda":  # tensor cores: bf16 operands, fp32 accumulation
-            runs += [(b, "bf16") for b in backends if b in ("cuda", "triton")]
+        if device.type == "cuda":  # tensor cores: bf16 operands, fp32 accumulation (torch: autocast)
+            runs += [(b, "bf16") for b in ["torch", *backends] if b in ("torch", "cuda", "triton")]
         for backend, precision in runs:
             t0 = time.perf_counter()
             cache: dict = {}
             kw = dict(backend=backend, cache=cache, precision=precision, with_grad=grad)
+            if backend == "torch":
+                kw["chunk"] = TORCH_CHUNK
             implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once
             sync(device)
             fold_ms = (time.perf_counter() - t0) * 1e3
@@ -139,6 +171,8 @@ def main(argv=None):
                 **err(**kw),
                 "fold_ms": fold_ms,
             })
+        if not grad:
+            results += folded_rows(maps, dec, coords, probe, want, base_t, device)
     report = {"device": device_name(device), "decoder": args.decoder, "queries": args.queries, "with_grad": grad,
               "results": results}
     print(f"{args.decoder} decoder{' with its derivative' if grad else ''}, {args.queries} queries on {report['device']}")
