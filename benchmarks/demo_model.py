@@ -39,12 +39,12 @@ INPUT = (96, 128)
 GT = (384, 512)
 
 
-def run(model: str, work: Path, steps: int, seed: int) -> Path:
+def run(model: str, work: Path, steps: int, seed: int, lr_decoder: float = 1e-3, pairs: int = 4096) -> Path:
     out = work / f"run-{model}"
     if (out / "model.safetensors").is_file():
         return out / "model.safetensors"
-    cfg = TrainConfig(model=model, data=[DataSource("procedural", str(work / "train"))], input_size=INPUT, pairs=4096,
-                      target="log_depth", batch_size=8, steps=steps, lr_encoder=1e-3, lr_decoder=1e-3, weight_decay=0.01,
+    cfg = TrainConfig(model=model, data=[DataSource("procedural", str(work / "train"))], input_size=INPUT, pairs=pairs,
+                      target="log_depth", batch_size=8, steps=steps, lr_encoder=1e-3, lr_decoder=lr_decoder, weight_decay=0.01,
                       warmup_steps=100, checkpoint_every=250, log_every=25, num_workers=1, seed=seed, out=str(out))
     train(cfg, resume=(out / "checkpoint.pt").is_file())
     return out / "model.safetensors"
@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--val-scenes", type=int, default=60)
     ap.add_argument("--steps", type=int, default=2500)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--lr-decoder", type=float, default=1e-3, help="learning rate of everything but the ViT")
+    ap.add_argument("--pairs", type=int, default=4096, help="coordinate-depth pairs per image")
     ap.add_argument("--models", default="tiny,grid-tiny", help="which runs to train/evaluate (e.g. one per process)")
     ap.add_argument("--json")
     ap.add_argument("--bundle")
@@ -73,7 +75,7 @@ def main() -> None:
     work = Path(args.work)
     render_set(work / "train", args.train_scenes, GT, seed=0)
     render_set(work / "val", args.val_scenes, GT, seed=100_000)
-    models = {name: run(name, work, args.steps, args.seed) for name in args.models.split(",")}
+    models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs) for name in args.models.split(",")}
     val = Procedural(work / "val")
     rows = {}
     for name, path in models.items():
@@ -86,7 +88,7 @@ def main() -> None:
     write_report(args.json, {
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
         "input": list(INPUT), "evaluated_at": list(GT), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
-        "steps": args.steps, "alignment": "RANSAC scale and shift in depth space, per image",
+        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows,
     })
     if args.bundle and "tiny" in models:
