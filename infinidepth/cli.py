@@ -231,6 +231,7 @@ def predict(args) -> dict:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     set_precision(model, args.precision)
+    set_backend(model, args.backend)
     input_size = network_input_size(args.input_size, H0, W0, model.input_size)
     sizes = {"image": (H0, W0), "network input": input_size}
     sparse = None
@@ -368,6 +369,17 @@ def set_precision(model, precision: str) -> None:
         model.low_precision_dtype()
     except ValueError as e:
         raise InputError(str(e)) from None
+
+
+def set_backend(model, backend: str) -> None:
+    """``model.backend``, checked now: a backend this machine cannot run is one clear line."""
+    from infinidepth.ops.gather import resolve_backend
+
+    try:
+        resolve_backend(backend, model.device)
+    except (ValueError, RuntimeError) as e:
+        raise InputError(f"--backend: {e}") from None
+    model.backend = backend
 
 
 def run_bench(args) -> dict:
@@ -525,6 +537,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", help="only output pixels y0,x0,y1,x1 (end exclusive) of the output grid: zoom into part of "
                                     "the image at very high resolution without computing the rest")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
+    p.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "cuda", "triton"),
+                   help="decoder backend (default auto: cpp on the CPU, cuda on a GPU; on an H100 the torch path "
+                        "was faster than cuda for fp32 dense maps, benchmarks/GPU.md)")
     p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
                    help="on a GPU: bf16/fp16 run the encoder and the decoder's matrix products in 16 bits (fp32 "
                         "accumulation; about 1%% of the depth's spread in RMS error); fp32 on the CPU")
