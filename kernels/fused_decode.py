@@ -280,6 +280,24 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
     """``coords`` [B, N, 2] float32 -> [B, N] float32 (with_grad: [B, N, 3], the value and its
     derivatives with respect to y and x). ``precision`` of the dot operands: fp32 (IEEE), bf16 or
     fp16 (accumulation is fp32 always)."""
+    args, constants, out = kernel_arguments(folded, coords, precision, with_grad)
+    if out.numel() == 0:
+        return out
+    tuned = coords.is_cuda
+    kernel = _fused_decode_kernel_tuned if tuned else _fused_decode_kernel
+    blocks = {} if tuned else {"BLOCK_Q": 16, "BLOCK_K": 32}
+    B, N = coords.shape[:2]
+
+    def grid(meta):
+        return (triton.cdiv(N, meta["BLOCK_Q"]), B)
+
+    kernel[grid](*args, **constants, **blocks)
+    return out
+
+
+def kernel_arguments(folded, coords: torch.Tensor, precision: str, with_grad: bool):
+    """The kernel's run-time arguments (in order), its compile-time constants but the block sizes,
+    and the output tensor: also what an ahead-of-time compile needs (tests/test_triton_hopper.py)."""
     if precision not in LOW_CODES:
         raise ValueError(f"precision must be one of {sorted(LOW_CODES)}, got {precision!r}")
     pair1, pair2, pair3, tail = _split(folded)
@@ -325,16 +343,7 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
         dummy = torch.zeros(16, **f32)
         p3 = (dummy, dummy, 0, 0, dummy, dummy, 0)
     out = torch.empty(B, N, 3, **f32) if with_grad else torch.empty(B, N, **f32)
-    if out.numel() == 0:
-        return out
-    tuned = coords.is_cuda
-    kernel = _fused_decode_kernel_tuned if tuned else _fused_decode_kernel
-    blocks = {} if tuned else {"BLOCK_Q": 16, "BLOCK_K": 32}
-
-    def grid(meta):
-        return (triton.cdiv(N, meta["BLOCK_Q"]), B)
-
-    kernel[grid](
+    args = [
         coords, out, N,
         a1.bias.to(**f32).contiguous(), a1.width, m11, m11.shape[1], m11.shape[2], m12, m12.shape[1], m12.shape[2],
         wt(b1), b1.bias.to(**f32).contiguous(), b1.width,
@@ -342,12 +351,14 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
         *p3,
         tail_w, tail_b, tail_act, n_tail,
         max(N, 1).bit_length(),
+    ]
+    constants = dict(
         N_MAPS1=len(maps1), ACT_A1=ACT_CODES[a1.act], ACT_B1=ACT_CODES[b1.act], NB1_PAD=_pad16(b1.width),
         HAS_PAIR2=pair2 is not None, ACT_A2=ACT_CODES[pair2[0].act] if pair2 else 0,
         ACT_B2=ACT_CODES[pair2[1].act] if pair2 else 0, NB2_PAD=_pad16(pair2[1].width) if pair2 else 16,
         HAS_PAIR3=pair3 is not None, ACT_A3=ACT_CODES[pair3[0].act] if pair3 else 0,
         ACT_B3=ACT_CODES[pair3[1].act] if pair3 else 0, KA3_PAD=_pad16(before3.width),
         NB3_PAD=_pad16(pair3[1].width) if pair3 else 16,
-        TW=TW, LOW=LOW_CODES[precision], WITH_GRAD=with_grad, **blocks,
+        TW=TW, LOW=LOW_CODES[precision], WITH_GRAD=with_grad,
     )
-    return out
+    return args, constants, out
