@@ -146,6 +146,19 @@ def _stream_pair(
 
 
 @triton.jit
+def _finish_pair(acc, acc_y, acc_x, bias_ptr, n, NB_PAD: tl.constexpr, ACT: tl.constexpr, WITH_GRAD: tl.constexpr):
+    """Layer B of a pair: bias and activation on the accumulator, and the tangents (d/dy, d/dx)
+    scaled by the activation's derivative; returns ``(h, t_y, t_x)``."""
+    nb = tl.arange(0, NB_PAD)
+    pre = acc + tl.load(bias_ptr + nb, mask=nb < n, other=0.0)[None, :]
+    if WITH_GRAD:
+        d = _act_grad(pre, ACT)
+        acc_y = acc_y * d
+        acc_x = acc_x * d
+    return _act(pre, ACT), acc_y, acc_x
+
+
+@triton.jit
 def _fused_decode_kernel(
     coords_ptr, out_ptr, N,
     # pair 1
@@ -169,43 +182,21 @@ def _fused_decode_kernel(
     y = tl.load(coords_ptr + row * 2, mask=q_mask, other=0.0)
     x = tl.load(coords_ptr + row * 2 + 1, mask=q_mask, other=0.0)
 
-    nb1 = tl.arange(0, NB1_PAD)
     zero16 = tl.zeros((BLOCK_Q, 16), dtype=tl.float32)
     acc, acc_y, acc_x = _stream_pair(zero16, zero16, zero16, b, y, x, q_mask,
                                      a1_b, a1_b, 0, a1_n, m11, m11_h, m11_w, m12, m12_h, m12_w, b1_wt, b1_n,
                                      False, N_MAPS1, ACT_A1, BLOCK_Q, BLOCK_K, 16, NB1_PAD, LOW, WITH_GRAD)
-    pre = acc + tl.load(b1_b + nb1, mask=nb1 < b1_n, other=0.0)[None, :]
-    if WITH_GRAD:
-        d = _act_grad(pre, ACT_B1)
-        t_y = acc_y * d
-        t_x = acc_x * d
-    else:
-        t_y = acc
-        t_x = acc
-    h = _act(pre, ACT_B1)
+    h, t_y, t_x = _finish_pair(acc, acc_y, acc_x, b1_b, b1_n, NB1_PAD, ACT_B1, WITH_GRAD)
     if HAS_PAIR2:
-        nb2 = tl.arange(0, NB2_PAD)
-        acc2, acc2_y, acc2_x = _stream_pair(h, t_y, t_x, b, y, x, q_mask,
-                                            a2_wt, a2_b, b1_n, a2_n, m21, m21_h, m21_w, m21, m21_h, m21_w, b2_wt, b2_n,
-                                            True, 1, ACT_A2, BLOCK_Q, BLOCK_K, NB1_PAD, NB2_PAD, LOW, WITH_GRAD)
-        pre = acc2 + tl.load(b2_b + nb2, mask=nb2 < b2_n, other=0.0)[None, :]
-        if WITH_GRAD:
-            d = _act_grad(pre, ACT_B2)
-            t_y = acc2_y * d
-            t_x = acc2_x * d
-        h = _act(pre, ACT_B2)
+        acc, acc_y, acc_x = _stream_pair(h, t_y, t_x, b, y, x, q_mask,
+                                         a2_wt, a2_b, b1_n, a2_n, m21, m21_h, m21_w, m21, m21_h, m21_w, b2_wt, b2_n,
+                                         True, 1, ACT_A2, BLOCK_Q, BLOCK_K, NB1_PAD, NB2_PAD, LOW, WITH_GRAD)
+        h, t_y, t_x = _finish_pair(acc, acc_y, acc_x, b2_b, b2_n, NB2_PAD, ACT_B2, WITH_GRAD)
     if HAS_PAIR3:
-        nb3 = tl.arange(0, NB3_PAD)
-        acc3, acc3_y, acc3_x = _stream_pair(h, t_y, t_x, b, y, x, q_mask,
-                                            a3_wt, a3_b, a3_k, a3_n,
-                                            m11, m11_h, m11_w, m11, m11_h, m11_w, b3_wt, b3_n,
-                                            True, 0, ACT_A3, BLOCK_Q, BLOCK_K, KA3_PAD, NB3_PAD, LOW, WITH_GRAD)
-        pre = acc3 + tl.load(b3_b + nb3, mask=nb3 < b3_n, other=0.0)[None, :]
-        if WITH_GRAD:
-            d = _act_grad(pre, ACT_B3)
-            t_y = acc3_y * d
-            t_x = acc3_x * d
-        h = _act(pre, ACT_B3)
+        acc, acc_y, acc_x = _stream_pair(h, t_y, t_x, b, y, x, q_mask,
+                                         a3_wt, a3_b, a3_k, a3_n, m11, m11_h, m11_w, m11, m11_h, m11_w, b3_wt, b3_n,
+                                         True, 0, ACT_A3, BLOCK_Q, BLOCK_K, KA3_PAD, NB3_PAD, LOW, WITH_GRAD)
+        h, t_y, t_x = _finish_pair(acc, acc_y, acc_x, b3_b, b3_n, NB3_PAD, ACT_B3, WITH_GRAD)
         width: tl.constexpr = NB3_PAD
     elif HAS_PAIR2:
         width: tl.constexpr = NB2_PAD
