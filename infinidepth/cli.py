@@ -31,7 +31,8 @@ import torch
 from infinidepth.checkpoint import CheckpointError, load_model
 from infinidepth.data.datasets import DataError
 from infinidepth.eval.benchmarks import BENCHMARKS
-from infinidepth.ops import grid_coords
+from infinidepth.ops import PRECISIONS, grid_coords
+from infinidepth.ops.gather import BACKENDS
 from infinidepth.io import (
     DEPTH_SUFFIXES,
     InputError,
@@ -537,10 +538,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--region", help="only output pixels y0,x0,y1,x1 (end exclusive) of the output grid: zoom into part of "
                                     "the image at very high resolution without computing the rest")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
-    p.add_argument("--backend", default="auto", choices=("auto", "torch", "cpp", "cuda", "triton"),
+    p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="decoder backend (default auto: cpp on the CPU, cuda on a GPU; on an H100 the torch path "
                         "was faster than cuda for fp32 dense maps, benchmarks/GPU.md)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+    p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="on a GPU: bf16/fp16 run the encoder and the decoder's matrix products in 16 bits (fp32 "
                         "accumulation; about 1%% of the depth's spread in RMS error); fp32 on the CPU")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply): one point per output pixel")
@@ -589,7 +590,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", default="1k,4k", help="comma list of 1k (768x1024), 2k, 4k, 8k, 16k or HxW (default: 1k,4k)")
     b.add_argument("--paths", help="comma list of decoder paths (default: released-style, torch and every fused backend here)")
     b.add_argument("--json", help="write the report here")
-    b.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32", help="as for predict (GPU only)")
+    b.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="as for predict (GPU only)")
     b.add_argument("--repeats", type=int, default=1, help="runs per size and path; the median times are reported")
     b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     b.add_argument("--quiet", action="store_true")

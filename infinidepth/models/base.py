@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from infinidepth.ops import pixel_centers
+from infinidepth.ops import PRECISIONS, pixel_centers
 from infinidepth.ops.gather import check_coords, resolve_backend
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -111,13 +111,12 @@ class ImplicitDepthModel(nn.Module):
 
     def low_precision_dtype(self) -> torch.dtype | None:
         """The 16-bit type of :attr:`precision`, None for fp32; a clear error where it cannot run."""
-        kinds = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-        if self.precision not in kinds:
-            raise ValueError(f"precision must be one of {', '.join(kinds)}, got {self.precision!r}")
-        if kinds[self.precision] is not None and self.device.type != "cuda":
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if PRECISIONS[self.precision] is not None and self.device.type != "cuda":
             raise ValueError(f"precision {self.precision} needs the model on a CUDA device (it is on {self.device}); "
                              "use fp32 on the CPU")
-        return kinds[self.precision]
+        return PRECISIONS[self.precision]
 
     def forward(self, image: torch.Tensor, coords: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> torch.Tensor:
         """Training forward: raw output ``[B, N]`` at ``coords``, differentiable end to end (the

@@ -113,7 +113,7 @@ class InfiniDepthPaper(ImplicitDepthModel):
 
     def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
         return implicit_decode(feats.maps, coords, self.decoder.weights(), backend=backend, chunk=chunk, cache=feats.extras,
-                              precision=self.precision, with_grad=with_grad)
+                               precision=self.precision, with_grad=with_grad)
 
     def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw)

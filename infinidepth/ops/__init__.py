@@ -2,7 +2,7 @@
 
 from .coords import grid_coords, normalized_to_pixel, pixel_centers, pixel_to_normalized
 from .gather import available_backends, bilinear_gather, bilinear_gather_reference, resolve_backend
-from .implicit_decode import ConcatDecoder, HierarchicalDecoder, implicit_decode
+from .implicit_decode import PRECISIONS, ConcatDecoder, HierarchicalDecoder, implicit_decode
 from .inverse_cdf import inverse_cdf_sample
 
 __all__ = [

@@ -84,6 +84,10 @@ def _decode(gathered: list[torch.Tensor], decoder) -> torch.Tensor:
     raise TypeError(f"unknown decoder type {type(decoder).__name__}")
 
 
+#: the arithmetic a decode (and a model) can run in: the 16-bit dtypes of its matrix operands
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def implicit_decode(
     maps: Sequence[torch.Tensor],
     coords: torch.Tensor,
@@ -108,7 +112,7 @@ def implicit_decode(
     kink). The reference gets it from autograd; the fused kernels carry the two tangents alongside
     the value.
     """
-    if precision not in ("fp32", "bf16", "fp16"):
+    if precision not in PRECISIONS:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     _check_maps(maps)
     check_coords(coords, maps[0].shape[0])
@@ -134,7 +138,7 @@ def implicit_decode(
     outs, grads = [], []
     # 16-bit values under autocast; derivatives stay in fp32 (autograd through 16-bit layers loses
     # ~5% of their spread: too much for normals)
-    low = None if with_grad else {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    low = None if with_grad else PRECISIONS[precision]
     with torch.autocast(maps[0].device.type, dtype=low) if low else contextlib.nullcontext():
         for start in range(0, max(n, 1), max(step, 1)):
             c = coords[:, start : start + step]

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from infinidepth.ops import PRECISIONS
+
 from .config import TrainConfig
 
 log = logging.getLogger("infinidepth.train")
@@ -224,7 +226,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
         raise ValueError(f"{len(dataset)} frames are too few for batch_size {cfg.batch_size} on {world} process(es)")
 
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    amp_dtype = PRECISIONS[precision]
     scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     stop = {"signal": None}
