@@ -12,7 +12,10 @@ The program is read as up to two *streamed pairs* and a *tail*:
 
 Official decoder: pair (gather 1024 -> 256), pair (256 -> 32 -> 1). Paper decoder: pair (gather
 2048 -> 512), pair (512 + gather -> 4096 -> 256), pair (256 -> 256 -> 1). fp32 uses IEEE dot products (no TF32); bf16 and
-fp16 feed the dots 16-bit operands with fp32 accumulation (tensor cores on the GPU).
+fp16 feed the dots 16-bit operands with fp32 accumulation (tensor cores on the GPU), and the pairs'
+weights and the gathered maps are passed in that 16-bit type too: every block streams the weights
+and reads its taps from L2, so storing them at half the bytes halves the kernel's main traffic
+(biases, the small tail and all sums stay fp32).
 
 With ``WITH_GRAD`` the kernel carries two tangents beside every activation (forward mode): the
 derivatives with respect to the query's y and x. Weights act on them as on the value, gathers give
@@ -27,6 +30,7 @@ import triton
 import triton.language as tl
 
 from infinidepth.ops.fold import ACT_CODES
+from infinidepth.ops.implicit_decode import PRECISIONS
 
 from .bilinear_gather import bilerp_block, bilerp_block_grad
 
@@ -76,11 +80,15 @@ def _act_runtime(x, code):
 @triton.jit
 def _dot(a, b, LOW: tl.constexpr):
     """LOW = 0: fp32 IEEE; 1: bf16 operands; 2: fp16 operands (fp32 accumulation in all)."""
+    # one branch per value, no early returns: the compiler also builds the statements after a taken
+    # `return`, and an fp32 dot there fails to compile with 16-bit weights
     if LOW == 1:
-        return tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
-    if LOW == 2:
-        return tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
-    return tl.dot(a, b, input_precision="ieee")
+        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
+    elif LOW == 2:
+        out = tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
+    else:
+        out = tl.dot(a, b, input_precision="ieee")
+    return out
 
 
 @triton.jit
@@ -294,11 +302,12 @@ def kernel_arguments(folded, coords: torch.Tensor, precision: str, with_grad: bo
     pair1, pair2, pair3, tail = _split(folded)
     dev = coords.device
     f32 = dict(device=dev, dtype=torch.float32)
+    stored = dict(device=dev, dtype=PRECISIONS[precision] or torch.float32)  # the pairs' weights and the maps
     B, N = coords.shape[:2]
     coords = coords.contiguous()
 
     def wt(layer):  # transposed weight [in, out], contiguous
-        return layer.weight.to(**f32).t().contiguous()
+        return layer.weight.to(**stored).t().contiguous()
 
     last = pair3[1] if pair3 else pair2[1] if pair2 else pair1[1]
     widths = [last.width] + [d for l in tail for d in l.weight.shape]
@@ -314,25 +323,24 @@ def kernel_arguments(folded, coords: torch.Tensor, precision: str, with_grad: bo
         raise ValueError("the program must end in a layer of width 1")
 
     a1, b1 = pair1
-    maps1 = [m.contiguous() for m in a1.maps]
+    maps1 = [m.to(**stored).contiguous() for m in a1.maps]
     m11 = maps1[0]
     m12 = maps1[1] if len(maps1) > 1 else maps1[0]
     if pair2:
         a2, b2 = pair2
-        m21 = a2.maps[0].contiguous()
+        m21 = a2.maps[0].to(**stored).contiguous()
         p2 = (wt(a2), a2.bias.to(**f32).contiguous(), a2.width, m21, m21.shape[1], m21.shape[2], wt(b2),
               b2.bias.to(**f32).contiguous(), b2.width)
     else:
-        dummy = torch.zeros(16, **f32)
-        p2 = (dummy, dummy, 0, m11, 1, 1, dummy, dummy, 0)
+        p2 = (torch.zeros(16, **stored), torch.zeros(16, **f32), 0, m11, 1, 1, torch.zeros(16, **stored),
+              torch.zeros(16, **f32), 0)
     before3 = pair2[1] if pair2 else pair1[1]
     if pair3:
         a3, b3 = pair3
         p3 = (wt(a3), a3.bias.to(**f32).contiguous(), before3.width, a3.width, wt(b3), b3.bias.to(**f32).contiguous(),
               b3.width)
     else:
-        dummy = torch.zeros(16, **f32)
-        p3 = (dummy, dummy, 0, 0, dummy, dummy, 0)
+        p3 = (torch.zeros(16, **stored), torch.zeros(16, **f32), 0, 0, torch.zeros(16, **stored), torch.zeros(16, **f32), 0)
     out = torch.empty(B, N, 3, **f32) if with_grad else torch.empty(B, N, **f32)
     args = [
         coords, out, N,

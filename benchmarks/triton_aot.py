@@ -1,0 +1,79 @@
+"""The Triton decoder compiled ahead of time for a GPU architecture, on any machine (no GPU needed):
+shared memory and compile time of every autotuning config at the ViT-L widths.
+
+    python benchmarks/triton_aot.py --json benchmarks/results/triton_aot_sm90.json
+
+A config that asks for more shared memory than an SM has is compiled by the autotuner on the GPU
+and then thrown away, so this table says which configs can run at all and what the first call of a
+shape costs in compiling. Triton's own compiler and ptxas build the binaries; TRITON_INTERPRET must
+be off (the script clears it). tests/test_triton_hopper.py runs the smallest config this way in CI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.pop("TRITON_INTERPRET", None)
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import write_report  # noqa: E402
+from decoder import make_problem, query_grid  # noqa: E402
+
+from infinidepth.kernels import fused_decode as fd  # noqa: E402
+from infinidepth.ops.fold import fold_decoder  # noqa: E402
+
+HOPPER_SHARED_BYTES = 227 * 1024  # the most one block can have on an H100/H200 (sm_90)
+POINTER = {torch.int32: "*i32", torch.float32: "*fp32", torch.bfloat16: "*bf16", torch.float16: "*fp16"}
+
+
+def compile_config(decoder: str, precision: str, config, arch: int = 90) -> dict:
+    """Compile the tuned decoder kernel for one problem and one autotuning config: the shared
+    memory it asks for (bytes) and the seconds the compile took."""
+    tuned = fd._fused_decode_kernel_tuned
+    names = list(inspect.signature(tuned.fn.fn).parameters)
+    maps, dec = make_problem(decoder, torch.device("cpu"))
+    args, consts, _ = fd.kernel_arguments(fold_decoder(maps, dec), query_grid(4096, "cpu"), precision, False)
+    consts = dict(consts, **config.kwargs)
+    sig = {n: POINTER[a.dtype] if isinstance(a, torch.Tensor) else "i32" for n, a in zip(names, args)}
+    sig.update({k: "constexpr" for k in consts})
+    src = ASTSource(fn=tuned.fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    start = time.perf_counter()
+    binary = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                            options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    return {"decoder": decoder, "precision": precision, **config.kwargs, "num_warps": config.num_warps,
+            "num_stages": config.num_stages, "shared_bytes": binary.metadata.shared,
+            "fits_sm90": binary.metadata.shared <= HOPPER_SHARED_BYTES,
+            "compile_s": round(time.perf_counter() - start, 2)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--decoders", default="official,paper")
+    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--smallest", action="store_true", help="only the first (smallest) autotuning config")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    configs = fd._fused_decode_kernel_tuned.configs
+    rows = []
+    for decoder in args.decoders.split(","):
+        for precision in args.precisions.split(","):
+            for config in configs[:1] if args.smallest else configs:
+                row = compile_config(decoder, precision, config)
+                rows.append(row)
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+    write_report(args.json, {"benchmark": "Triton decoder compiled ahead of time for sm_90", "triton": triton.__version__,
+                             "host": "no GPU needed", "shared_limit_bytes": HOPPER_SHARED_BYTES, "rows": rows})
+
+
+if __name__ == "__main__":
+    main()
