@@ -19,6 +19,7 @@ Each stage resumes: rendered scenes, finished runs (`model.safetensors`) and int
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -32,11 +33,23 @@ from common import device_name, write_report  # noqa: E402
 from infinidepth.checkpoint import load_model  # noqa: E402
 from infinidepth.data.procedural import render_set  # noqa: E402
 from infinidepth.eval import Procedural, evaluate  # noqa: E402
+from infinidepth.models import PRESETS  # noqa: E402
 from infinidepth.train import TrainConfig, train  # noqa: E402
 from infinidepth.train.config import DataSource  # noqa: E402
 
 INPUT = (96, 128)
 GT = (384, 512)
+
+
+def with_patch(preset: str, patch: int) -> str:
+    """``preset``, or for another ViT patch size than its own a variant registered as
+    ``<preset>-p<patch>`` (e.g. tiny-p4: at a 96x128 input its pyramid has strides 1, 2, 4 pixels)."""
+    arch, config = PRESETS[preset]
+    if patch == config.vit.patch_size:
+        return preset
+    name = f"{preset}-p{patch}"
+    PRESETS[name] = (arch, dataclasses.replace(config, vit=dataclasses.replace(config.vit, patch_size=patch)))
+    return name
 
 
 def run(model: str, work: Path, steps: int, seed: int, lr_decoder: float = 1e-3, pairs: int = 4096) -> Path:
@@ -69,13 +82,15 @@ def main() -> None:
     ap.add_argument("--lr-decoder", type=float, default=1e-3, help="learning rate of everything but the ViT")
     ap.add_argument("--pairs", type=int, default=4096, help="coordinate-depth pairs per image")
     ap.add_argument("--models", default="tiny,grid-tiny", help="which runs to train/evaluate (e.g. one per process)")
+    ap.add_argument("--patch", type=int, default=16, help="ViT patch size of both models (16: the presets as they are)")
     ap.add_argument("--json")
     ap.add_argument("--bundle")
     args = ap.parse_args()
     work = Path(args.work)
     render_set(work / "train", args.train_scenes, GT, seed=0)
     render_set(work / "val", args.val_scenes, GT, seed=100_000)
-    models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs) for name in args.models.split(",")}
+    names = [with_patch(name, args.patch) for name in args.models.split(",")]
+    models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs) for name in names}
     val = Procedural(work / "val")
     rows = {}
     for name, path in models.items():
@@ -88,12 +103,13 @@ def main() -> None:
     write_report(args.json, {
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
         "input": list(INPUT), "evaluated_at": list(GT), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
-        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "alignment": "RANSAC scale and shift in depth space, per image",
+        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "patch": args.patch, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows,
     })
-    if args.bundle and "tiny" in models:
-        shutil.copyfile(models["tiny"], args.bundle)
-        print(f"bundled {models['tiny']} as {args.bundle}")
+    implicit = next((n for n in names if PRESETS[n][0] == "InfiniDepthPaper"), None)
+    if args.bundle and implicit:
+        shutil.copyfile(models[implicit], args.bundle)
+        print(f"bundled {models[implicit]} as {args.bundle}")
 
 
 if __name__ == "__main__":
