@@ -237,7 +237,8 @@ def _fused_decode_kernel(
         tl.store(out_ptr + row, tl.sum(tl.where(first, h, 0.0), axis=1), mask=q_mask)
 
 
-# On the GPU the block sizes are autotuned per program shape; the interpreter (CPU) uses one config.
+# On the GPU the block sizes are autotuned per program shape for large calls; small calls and the
+# interpreter (CPU) use the first config.
 _fused_decode_kernel_tuned = triton.autotune(
     configs=[
         triton.Config({"BLOCK_Q": bq, "BLOCK_K": bk}, num_warps=w, num_stages=st)
@@ -247,6 +248,12 @@ _fused_decode_kernel_tuned = triton.autotune(
     key=["n_bucket", "a1_n", "b1_n", "a2_n", "b2_n", "a3_n", "b3_n", "n_tail", "NB1_PAD", "NB2_PAD", "NB3_PAD", "TW",
          "LOW", "WITH_GRAD"],
 )(_fused_decode_kernel)
+
+
+# Autotuning compiles every config of a new program shape (seconds to minutes each, see
+# benchmarks/results/triton_aot_sm90.json); a call with fewer queries than this takes the smallest
+# config instead, which fits every shape: a first small call costs one compile, not six.
+AUTOTUNE_MIN_QUERIES = 1 << 16
 
 
 def _pad16(n: int) -> int:
@@ -282,10 +289,11 @@ def fused_decode_triton(folded, coords: torch.Tensor, precision: str = "fp32", w
     args, constants, out = kernel_arguments(folded, coords, precision, with_grad)
     if out.numel() == 0:
         return out
-    tuned = coords.is_cuda
-    kernel = _fused_decode_kernel_tuned if tuned else _fused_decode_kernel
-    blocks = {} if tuned else {"BLOCK_Q": 16, "BLOCK_K": 32}
     B, N = coords.shape[:2]
+    tuned = coords.is_cuda and B * N >= AUTOTUNE_MIN_QUERIES
+    kernel = _fused_decode_kernel_tuned if tuned else _fused_decode_kernel
+    small = _fused_decode_kernel_tuned.configs[0]
+    blocks = {} if tuned else dict(small.kwargs, num_warps=small.num_warps, num_stages=small.num_stages)
 
     def grid(meta):
         return (triton.cdiv(N, meta["BLOCK_Q"]), B)

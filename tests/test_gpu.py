@@ -86,6 +86,26 @@ def test_fused_decoder_released_sizes_on_gpu(backend, precision):
         assert ok, (name, err)
 
 
+@pytest.mark.skipif("triton" not in GPU_BACKENDS, reason="triton is not available")
+def test_autotuned_triton_decoder_on_gpu():
+    """Calls of at least AUTOTUNE_MIN_QUERIES queries run the autotuned kernel (the other tests are
+    smaller and take the first config): the official decoder in bf16, the 8K path."""
+    import sys
+    from pathlib import Path
+
+    from infinidepth.kernels.fused_decode import AUTOTUNE_MIN_QUERIES
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from decoder import make_problem, query_grid
+
+    maps, dec = make_problem("official", torch.device("cuda"))
+    coords = query_grid(AUTOTUNE_MIN_QUERIES, "cuda")
+    want = implicit_decode([m.double() for m in maps], coords.double(), cast(dec, torch.float64), backend="torch", chunk=8192)
+    got = implicit_decode(maps, coords, dec, backend="triton", precision="bf16")
+    ok, err = within(got, want, "bf16")
+    assert ok, err
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("family", [random_concat, random_hierarchical])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
