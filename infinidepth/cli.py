@@ -539,8 +539,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     "the image at very high resolution without computing the rest")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
-                   help="decoder backend (default auto: cpp on the CPU, cuda on a GPU; on an H100 the torch path "
-                        "was faster than cuda for fp32 dense maps, benchmarks/GPU.md)")
+                   help="decoder backend (default auto: cpp on the CPU, torch on a GPU, where it beat the fused "
+                        "cuda kernel on an H100; benchmarks/GPU.md)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
                    help="on a GPU: bf16/fp16 run the encoder and the decoder's matrix products in 16 bits (fp32 "
                         "accumulation; about 1%% of the depth's spread in RMS error); fp32 on the CPU")

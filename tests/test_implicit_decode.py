@@ -283,3 +283,14 @@ def test_torch_backend_in_bf16_under_autocast(family):
         assert 1e-5 < err(got, want_v) < 5e-2  # rounded (fp32 lands near 1e-7), but not garbage
     got_v, got_g = implicit_decode(maps, coords.float(), dec, backend="torch", precision="bf16", with_grad=True)
     assert err(got_v, want_v) < 1e-5 and err(got_g, want_g) < 1e-5
+
+
+def test_auto_decoder_backend_follows_the_gpu_benchmark():
+    """On a GPU ``auto`` is the plain-PyTorch decoder (it beat the fused cuda kernel on the H100);
+    elsewhere it is the shared rule (cpp on the CPU when built). No GPU is needed to resolve a name."""
+    from infinidepth.ops.gather import resolve_backend
+    from infinidepth.ops.implicit_decode import resolve_decoder_backend
+
+    assert resolve_decoder_backend("auto", "cuda") == "torch"
+    assert resolve_decoder_backend("auto", "cpu") == resolve_backend("auto", "cpu")
+    assert resolve_decoder_backend("torch", "cpu") == "torch"

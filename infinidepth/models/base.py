@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from infinidepth.ops import PRECISIONS, pixel_centers
-from infinidepth.ops.gather import check_coords, resolve_backend
+from infinidepth.ops.gather import check_coords
+from infinidepth.ops.implicit_decode import resolve_decoder_backend
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -70,7 +71,8 @@ class ImplicitDepthModel(nn.Module):
 
     def __init__(self):
         super().__init__()
-        #: decoder backend used when a call does not name one ("auto": the fastest available)
+        #: decoder backend used when a call does not name one ("auto": the fastest measured here: cpp
+        #: on the CPU, torch on a GPU; ops.implicit_decode.resolve_decoder_backend)
         self.backend = "auto"
         #: arithmetic of inference on a GPU: "fp32", or "bf16" / "fp16" (the encoder under autocast,
         #: the decoder's matrix products on 16-bit operands with fp32 accumulation; not cpp)
@@ -130,7 +132,7 @@ class ImplicitDepthModel(nn.Module):
         return self._mean.device
 
     def resolved_backend(self, backend: str | None = None) -> str:
-        return resolve_backend(backend or self.backend, self.device)
+        return resolve_decoder_backend(backend or self.backend, self.device)
 
     @torch.no_grad()
     def decode(self, feats: Features, coords: torch.Tensor, backend: str | None = None, chunk: int | None = 65536,

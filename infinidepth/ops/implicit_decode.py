@@ -88,6 +88,16 @@ def _decode(gathered: list[torch.Tensor], decoder) -> torch.Tensor:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def resolve_decoder_backend(backend: str, device: torch.device | str) -> str:
+    """:func:`resolve_backend` for the decoder, where ``auto`` on a GPU means ``torch``: on the H100
+    the plain-PyTorch decoder (cuBLAS GEMMs) beat the fused ``cuda`` kernel at every size
+    (``benchmarks/results/bench_official_h100.json``: 8K decode 2.45 s against 4.51 s). ``auto``
+    follows the benchmark; it goes back to a fused kernel once one wins there."""
+    if backend == "auto" and torch.device(device).type == "cuda":
+        return "torch"
+    return resolve_backend(backend, device)
+
+
 def implicit_decode(
     maps: Sequence[torch.Tensor],
     coords: torch.Tensor,
@@ -116,7 +126,7 @@ def implicit_decode(
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     _check_maps(maps)
     check_coords(coords, maps[0].shape[0])
-    backend = resolve_backend(backend, maps[0].device)
+    backend = resolve_decoder_backend(backend, maps[0].device)
     if precision != "fp32" and backend == "cpp":
         raise ValueError(f"the cpp backend computes in fp32; precision {precision!r} needs torch, cuda or triton")
     if backend != "torch":
