@@ -41,14 +41,19 @@ INPUT = (96, 128)
 GT = (384, 512)
 
 
-def with_patch(preset: str, patch: int) -> str:
-    """``preset``, or for another ViT patch size than its own a variant registered as
-    ``<preset>-p<patch>`` (e.g. tiny-p4: at a 96x128 input its pyramid has strides 1, 2, 4 pixels)."""
+def variant(preset: str, patch: int, head: tuple[int, ...] | None) -> str:
+    """``preset``, or a variant of it registered as ``<preset>[-p<patch>][-h<head>]``: another ViT
+    patch size (tiny-p4: at a 96x128 input its pyramid has strides 1, 2, 4 pixels) and, for the
+    implicit model, other hidden widths of the decoder's head MLP."""
     arch, config = PRESETS[preset]
-    if patch == config.vit.patch_size:
-        return preset
-    name = f"{preset}-p{patch}"
-    PRESETS[name] = (arch, dataclasses.replace(config, vit=dataclasses.replace(config.vit, patch_size=patch)))
+    name = preset
+    if patch != config.vit.patch_size:
+        name += f"-p{patch}"
+        config = dataclasses.replace(config, vit=dataclasses.replace(config.vit, patch_size=patch))
+    if head and isinstance(config.head, tuple) and head != config.head:
+        name += "-h" + "x".join(map(str, head))
+        config = dataclasses.replace(config, head=head)
+    PRESETS[name] = (arch, config)
     return name
 
 
@@ -83,13 +88,15 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=4096, help="coordinate-depth pairs per image")
     ap.add_argument("--models", default="tiny,grid-tiny", help="which runs to train/evaluate (e.g. one per process)")
     ap.add_argument("--patch", type=int, default=16, help="ViT patch size of both models (16: the presets as they are)")
+    ap.add_argument("--head", help="hidden widths of the implicit decoder's head MLP, e.g. 64,64 (default: the preset's)")
     ap.add_argument("--json")
     ap.add_argument("--bundle")
     args = ap.parse_args()
     work = Path(args.work)
     render_set(work / "train", args.train_scenes, GT, seed=0)
     render_set(work / "val", args.val_scenes, GT, seed=100_000)
-    names = [with_patch(name, args.patch) for name in args.models.split(",")]
+    head = tuple(int(v) for v in args.head.split(",")) if args.head else None
+    names = [variant(name, args.patch, head) for name in args.models.split(",")]
     models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs) for name in names}
     val = Procedural(work / "val")
     rows = {}
@@ -103,7 +110,7 @@ def main() -> None:
     write_report(args.json, {
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
         "input": list(INPUT), "evaluated_at": list(GT), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
-        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "patch": args.patch, "alignment": "RANSAC scale and shift in depth space, per image",
+        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "patch": args.patch, "head": args.head, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows,
     })
     implicit = next((n for n in names if PRESETS[n][0] == "InfiniDepthPaper"), None)
