@@ -53,7 +53,8 @@ def variant(preset: str, patch: int, head: tuple[int, ...] | None) -> str:
     if head and isinstance(config.head, tuple) and head != config.head:
         name += "-h" + "x".join(map(str, head))
         config = dataclasses.replace(config, head=head)
-    PRESETS[name] = (arch, config)
+    if name != preset:
+        PRESETS[name] = (arch, config)
     return name
 
 

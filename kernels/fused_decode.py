@@ -330,6 +330,7 @@ def kernel_arguments(folded, coords: torch.Tensor, precision: str, with_grad: bo
     if not tail and last.width != 1:  # the pair's output is the answer
         raise ValueError("the program must end in a layer of width 1")
 
+    no_w, no_b = torch.zeros(16, **stored), torch.zeros(16, **f32)  # stand-ins for an absent pair
     a1, b1 = pair1
     maps1 = [m.to(**stored).contiguous() for m in a1.maps]
     m11 = maps1[0]
@@ -340,15 +341,14 @@ def kernel_arguments(folded, coords: torch.Tensor, precision: str, with_grad: bo
         p2 = (wt(a2), a2.bias.to(**f32).contiguous(), a2.width, m21, m21.shape[1], m21.shape[2], wt(b2),
               b2.bias.to(**f32).contiguous(), b2.width)
     else:
-        p2 = (torch.zeros(16, **stored), torch.zeros(16, **f32), 0, m11, 1, 1, torch.zeros(16, **stored),
-              torch.zeros(16, **f32), 0)
+        p2 = (no_w, no_b, 0, m11, 1, 1, no_w, no_b, 0)
     before3 = pair2[1] if pair2 else pair1[1]
     if pair3:
         a3, b3 = pair3
         p3 = (wt(a3), a3.bias.to(**f32).contiguous(), before3.width, a3.width, wt(b3), b3.bias.to(**f32).contiguous(),
               b3.width)
     else:
-        p3 = (torch.zeros(16, **stored), torch.zeros(16, **f32), 0, 0, torch.zeros(16, **stored), torch.zeros(16, **f32), 0)
+        p3 = (no_w, no_b, 0, 0, no_w, no_b, 0)
     out = torch.empty(B, N, 3, **f32) if with_grad else torch.empty(B, N, **f32)
     args = [
         coords, out, N,
