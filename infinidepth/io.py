@@ -168,16 +168,20 @@ def depth_to_png16(depth: np.ndarray, metric: bool) -> tuple[np.ndarray, str]:
     return np.round(scaled).astype(np.uint16), f"relative depth, 0..65535 spans [{lo:.6g}, {hi:.6g}]"
 
 
-def colorize_depth(depth: np.ndarray, cmap: str = "Spectral") -> np.ndarray:
-    """RGB ``uint8`` picture of a depth map: near is red, far is blue; 2-98% of inverse depth spans the map.
+def colorize_depth(depth: np.ndarray, cmap: str = "Spectral", reference: np.ndarray | None = None) -> np.ndarray:
+    """RGB ``uint8`` picture of a depth map: near is red, far is blue; 2-98% of inverse depth spans the map
+    (of ``reference``'s depths instead when given, so that several maps share one colour scale).
 
     Works in blocks of rows with a 256-colour table (the colormap's own resolution), and takes the
     percentiles from at most ~4 M evenly spaced samples, so a 16K map costs little beyond its picture."""
     from matplotlib import colormaps
 
     depth = np.asarray(depth)
-    step = max(1, depth.size // 4_000_000)
-    lo, hi = np.percentile(1.0 / np.maximum(depth.reshape(-1)[::step], 1e-6), [2, 98])
+    ref = np.asarray(depth if reference is None else reference).reshape(-1)
+    if ref.size == 0:
+        raise ValueError("colorize_depth: the reference holds no depth to take the colour scale from")
+    step = max(1, ref.size // 4_000_000)
+    lo, hi = np.percentile(1.0 / np.maximum(ref[::step], 1e-6), [2, 98])
     table = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
     out = np.empty(depth.shape + (3,), np.uint8)
     rows = max(1, 1_000_000 // max(depth.shape[-1], 1))

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from infinidepth.io import (
+    colorize_depth,
     InputError,
     atomic_path,
     check_depth_values,
@@ -122,3 +123,16 @@ def test_backproject_and_ply_round_trip(tmp_path, depth):
     v = PlyData.read(str(tmp_path / "p.ply"))["vertex"]
     np.testing.assert_allclose(np.stack([v["x"], v["y"], v["z"]], -1), pts)
     np.testing.assert_array_equal(np.stack([v["red"], v["green"], v["blue"]], -1), colors)
+
+
+def test_colorize_depth_shared_scale():
+    depth = np.linspace(1.0, 10.0, 64 * 48, dtype=np.float32).reshape(48, 64)
+    # On its own scale a map's picture does not change when everything is twice as far ...
+    assert np.array_equal(colorize_depth(2 * depth), colorize_depth(depth))
+    assert np.array_equal(colorize_depth(depth, reference=depth), colorize_depth(depth))
+    # ... on the reference's scale it does: farther is bluer (Spectral: far is blue).
+    far = colorize_depth(2 * depth, reference=depth).astype(int)
+    near = colorize_depth(depth).astype(int)
+    assert (far[..., 2] - far[..., 0]).mean() > (near[..., 2] - near[..., 0]).mean() + 20
+    with pytest.raises(ValueError, match="reference"):
+        colorize_depth(depth, reference=np.zeros(0))
