@@ -9,8 +9,9 @@
    input's pixel grid, bilinearly upsampled) with the same data, steps and schedule;
 3. evaluates both on the held-out scenes at 4x the training resolution (384x512, the ground truth's
    own resolution): AbsRel and delta < 1.25 on the full image and on high-frequency pixels;
-4. writes the report (with the training curves, summarised) and copies the implicit model's weights
-   to `--bundle` (the demo default).
+4. writes the report (with the training curves, summarised) and, beside it, a picture of three
+   held-out scenes (input, ground truth, each model), and copies the implicit model's weights to
+   `--bundle` (the demo default).
 
 Each stage resumes: rendered scenes, finished runs (`model.safetensors`) and interrupted runs
 (`checkpoint.pt`) are reused.
@@ -25,6 +26,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -33,20 +35,29 @@ from common import device_name, write_report  # noqa: E402
 from infinidepth.checkpoint import load_model  # noqa: E402
 from infinidepth.data.procedural import render_set  # noqa: E402
 from infinidepth.eval import Procedural, evaluate  # noqa: E402
+from infinidepth.eval.evaluate import predict_depth  # noqa: E402
+from infinidepth.eval.metrics import align  # noqa: E402
+from infinidepth.io import colorize_depth, write_png  # noqa: E402
 from infinidepth.models import PRESETS  # noqa: E402
 from infinidepth.train import TrainConfig, train  # noqa: E402
 from infinidepth.train.config import DataSource  # noqa: E402
 
 INPUT = (96, 128)
 GT = (384, 512)
+FIGURE_SCENES = (0, 7, 12)   # held-out scenes in the picture: a street, a street with a tree and posts, a room
 
 
-def variant(preset: str, patch: int, head: tuple[int, ...] | None) -> str:
-    """``preset``, or a variant of it registered as ``<preset>[-p<patch>][-h<head>]``: another ViT
-    patch size (tiny-p4: at a 96x128 input its pyramid has strides 1, 2, 4 pixels) and, for the
-    implicit model, other hidden widths of the decoder's head MLP."""
+def variant(preset: str, patch: int, head: tuple[int, ...] | None, encoder: tuple[int, int, int] | None = None) -> str:
+    """``preset``, or a variant of it registered as ``<preset>[-e<embed>x<depth>x<heads>][-p<patch>][-h<head>]``:
+    another ViT width, depth and head count, another ViT patch size (tiny-p4: at a 96x128 input its
+    pyramid has strides 1, 2, 4 pixels) and, for the implicit model, other hidden widths of the
+    decoder's head MLP."""
     arch, config = PRESETS[preset]
     name = preset
+    if encoder and encoder != (config.vit.embed_dim, config.vit.depth, config.vit.num_heads):
+        name += "-e" + "x".join(map(str, encoder))
+        embed, depth, heads = encoder
+        config = dataclasses.replace(config, vit=dataclasses.replace(config.vit, embed_dim=embed, depth=depth, num_heads=heads))
     if patch != config.vit.patch_size:
         name += f"-p{patch}"
         config = dataclasses.replace(config, vit=dataclasses.replace(config.vit, patch_size=patch))
@@ -78,6 +89,33 @@ def curve(run_dir: Path, points: int = 10) -> list[dict]:
             for i in range(0, len(rows), size)]
 
 
+def comparison_figure(models: dict, val, path: Path) -> None:
+    """One row per scene: the input, the ground truth, then each model queried at the ground truth's
+    resolution, aligned to it as the scores are (RANSAC in the model's space) and coloured on the
+    ground truth's scale, so that colours compare across a row. Black: no ground truth (sky)."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for i in FIGURE_SCENES:
+        f = val.frame(i)
+        gt, valid = f["depth"].numpy(), f["valid"].numpy()
+        scale = gt[valid]
+        tiles = [f["rgb"], np.where(valid[..., None], colorize_depth(gt, reference=scale), 0).astype(np.uint8)]
+        for model in models.values():
+            pred = predict_depth(model, f["rgb"], gt.shape, "native", INPUT)
+            pred, _, _ = align(pred, gt, valid, space=model.alignment, method="ransac")
+            tiles.append(colorize_depth(pred, reference=scale))
+        rows.append(np.concatenate(tiles, 1))
+    picture = np.concatenate(rows, 0)
+    header = Image.new("RGB", (picture.shape[1], 20), "white")
+    draw = ImageDraw.Draw(header)
+    names = [f"input (network sees {INPUT[0]}x{INPUT[1]})", "ground truth", *models]
+    for k, name in enumerate(names):
+        draw.text((k * GT[1] + 6, 4), name, fill="black")
+    write_png(path, np.concatenate([np.asarray(header), picture], 0))
+    print(f"wrote {path}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="data/demo")
@@ -88,6 +126,7 @@ def main() -> None:
     ap.add_argument("--lr-decoder", type=float, default=1e-3, help="learning rate of everything but the ViT")
     ap.add_argument("--pairs", type=int, default=4096, help="coordinate-depth pairs per image")
     ap.add_argument("--models", default="tiny,grid-tiny", help="which runs to train/evaluate (e.g. one per process)")
+    ap.add_argument("--encoder", help="ViT embedding width, depth and heads of both models, e.g. 192,6,3 (default: the preset's)")
     ap.add_argument("--patch", type=int, default=16, help="ViT patch size of both models (16: the presets as they are)")
     ap.add_argument("--head", help="hidden widths of the implicit decoder's head MLP, e.g. 64,64 (default: the preset's)")
     ap.add_argument("--json")
@@ -97,12 +136,13 @@ def main() -> None:
     render_set(work / "train", args.train_scenes, GT, seed=0)
     render_set(work / "val", args.val_scenes, GT, seed=100_000)
     head = tuple(int(v) for v in args.head.split(",")) if args.head else None
-    names = [variant(name, args.patch, head) for name in args.models.split(",")]
+    encoder = tuple(int(v) for v in args.encoder.split(",")) if args.encoder else None
+    names = [variant(name, args.patch, head, encoder) for name in args.models.split(",")]
     models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs) for name in names}
     val = Procedural(work / "val")
-    rows = {}
+    rows, loaded = {}, {}
     for name, path in models.items():
-        model = load_model(path)
+        model = loaded[name] = load_model(path)
         result = evaluate(model, val, output_resolution="native", input_size=INPUT, progress=True)
         rows[name] = {"summary": result["summary"], "curve": curve(path.parent)}
         s = result["summary"]
@@ -111,9 +151,11 @@ def main() -> None:
     write_report(args.json, {
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
         "input": list(INPUT), "evaluated_at": list(GT), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
-        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "patch": args.patch, "head": args.head, "alignment": "RANSAC scale and shift in depth space, per image",
+        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows,
     })
+    if args.json:
+        comparison_figure(loaded, val, Path(args.json).with_suffix(".png"))
     implicit = next((n for n in names if PRESETS[n][0] == "InfiniDepthPaper"), None)
     if args.bundle and implicit:
         shutil.copyfile(models[implicit], args.bundle)
