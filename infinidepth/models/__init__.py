@@ -12,7 +12,7 @@ from .base import Features, ImplicitDepthModel, SampledPoints
 from .grid import GridBaseline, GridConfig
 from .official import InfiniDepth, InfiniDepthDepthSensor, OfficialConfig
 from .paper import InfiniDepthPaper, PaperConfig
-from .vit import VIT_SIZES
+from .vit import VIT_SIZES, ViTConfig
 
 ARCHS: dict[str, type[ImplicitDepthModel]] = {
     InfiniDepth.arch: InfiniDepth,
@@ -22,6 +22,9 @@ ARCHS: dict[str, type[ImplicitDepthModel]] = {
 }
 
 _TINY_OFFICIAL = dict(vit=VIT_SIZES["tiny"], cnn_dim=32, hidden=(64, 32, 16))
+# The bundled demo model's encoder (infinidepth/assets/DEMO_MODEL.md): wider and deeper than "tiny",
+# and 8-pixel patches, so that a 96x128 input gives 12x16 tokens instead of 6x8.
+_MINI_VIT = ViTConfig(embed_dim=192, depth=6, num_heads=3, patch_size=8)
 
 PRESETS: dict[str, tuple[str, object]] = {
     "tiny": (InfiniDepthPaper.arch, PaperConfig(vit=VIT_SIZES["tiny"], channels=(16, 32, 64), head=(32, 32))),
@@ -34,6 +37,8 @@ PRESETS: dict[str, tuple[str, object]] = {
     "paper-large": (InfiniDepthPaper.arch, PaperConfig()),
     # the same encoder and pyramid as "tiny" with a grid head (bilinear upsampling): a baseline
     "grid-tiny": (GridBaseline.arch, GridConfig(vit=VIT_SIZES["tiny"], channels=(16, 32, 64), head=32)),
+    "mini": (InfiniDepthPaper.arch, PaperConfig(vit=_MINI_VIT, channels=(16, 32, 64), head=(32, 32))),
+    "grid-mini": (GridBaseline.arch, GridConfig(vit=_MINI_VIT, channels=(16, 32, 64), head=32)),
 }
 
 
