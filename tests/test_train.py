@@ -56,7 +56,7 @@ def test_configs_from_presets_and_yaml(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("base: demo\nsteps: 7\ndata: [{name: procedural, root: /x}]\ninput_size: [64, 80]\n")
     cfg = load_config(str(path), out="elsewhere")
-    assert cfg.steps == 7 and cfg.input_size == (64, 80) and cfg.out == "elsewhere" and cfg.pairs == 4096
+    assert cfg.steps == 7 and cfg.input_size == (64, 80) and cfg.out == "elsewhere" and cfg.pairs == load_config("demo").pairs
     path.write_text("base: demo\nstep: 7\n")
     with pytest.raises(ValueError, match="unknown config keys: step"):
         load_config(str(path))
