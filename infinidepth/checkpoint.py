@@ -161,7 +161,9 @@ def load_model(path_or_preset: str | os.PathLike, device: str | torch.device = "
             return from_preset(name).to(device)
         raise FileNotFoundError(f"no checkpoint file {name!r} (and no preset of that name; presets: {sorted(PRESETS)})")
     if path.is_dir():
-        raise CheckpointError(f"{path} is a directory, not a checkpoint file")
+        hint = (f" (the bundled model of that name is shadowed by it: pass ./{name}/<file> for a file in it, or "
+                f"run from another folder for the bundled one)") if name in BUNDLED else ""
+        raise CheckpointError(f"{path} is a directory, not a checkpoint file{hint}")
     sd, info = _read(path)
     if info is not None:
         if info.get("arch") not in ARCHS:

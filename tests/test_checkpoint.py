@@ -125,3 +125,12 @@ def test_the_bundled_demo_model_loads_by_name():
 
     m = load_model("demo")
     assert m.arch == "InfiniDepthPaper" and m.input_size == (96, 128)
+
+
+def test_a_folder_named_like_the_bundled_model_is_a_clear_error(tmp_path, monkeypatch):
+    from infinidepth import load_model
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()   # e.g. the output folder of an earlier run
+    with pytest.raises(CheckpointError, match="is a directory.*bundled model of that name is shadowed"):
+        load_model("demo")
