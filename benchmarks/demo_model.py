@@ -155,11 +155,13 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--bundle")
     args = ap.parse_args()
+    encoder = tuple(int(v) for v in args.encoder.split(",")) if args.encoder else None
+    if encoder is not None and len(encoder) != 3:
+        ap.error(f"--encoder takes three numbers, embedding width, depth and heads (e.g. 192,6,3), got {args.encoder!r}")
     work = Path(args.work)
     render_set(work / "train", args.train_scenes, GT, seed=0)
     render_set(work / "val", args.val_scenes, GT, seed=100_000)
     head = tuple(int(v) for v in args.head.split(",")) if args.head else None
-    encoder = tuple(int(v) for v in args.encoder.split(",")) if args.encoder else None
     names = [variant(name, args.patch, head, encoder) for name in args.models.split(",")]
     models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs) for name in names}
     val = Procedural(work / "val")
