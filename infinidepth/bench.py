@@ -1,7 +1,9 @@
 """End-to-end timing of dense prediction at large sizes: ``infinidepth bench``.
 
-For each output size and each decoder path, one image is encoded (input 768x1024), every output
-pixel is decoded into a preallocated map, and the map is written to disk as ``.npy``:
+For each output size and each decoder path, one image is encoded, every output pixel is decoded into
+a preallocated map, and the map is written to disk as ``.npy``. The input is the size the model is
+run at: its training input when the checkpoint records one (the CLI's default for a picture of that
+aspect), else 768x1024, the released model's; ``input_size`` overrides. The paths:
 
 - ``released-style``: the decoder run as the released code runs it (plain PyTorch, grid_sample per
   map, concatenation, MLP, in chunks of 10,000 queries): the baseline of the ratios;
@@ -138,12 +140,14 @@ def run_one(model, image, size, path: str) -> dict:
             "queries_per_s": size[0] * size[1] / decode, **memory}
 
 
-def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress: bool = True, repeats: int = 1) -> dict:
+def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress: bool = True, repeats: int = 1,
+          input_size: tuple[int, int] | None = None) -> dict:
     """Rows of :func:`run_one` for every size and path (median times of ``repeats`` runs), with
     ratios to the baseline."""
     from tqdm import tqdm
 
-    image = torch.rand(1, 3, *INPUT, generator=torch.Generator().manual_seed(0)).to(device)
+    input_size = tuple(input_size or model.input_size or INPUT)
+    image = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     todo = paths_to_run or paths(device)
     if warmup:  # compilation, autotuning, caches, the fold: not what a 16K user waits for each image
         for p in todo:
@@ -163,7 +167,7 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
             row["decode_speedup_vs_released"] = base["decode_s"] / row["decode_s"]
             row["total_speedup_vs_released"] = base["total_s"] / row["total_s"]
     return {"benchmark": "end-to-end dense prediction", "device": device_name(device), "torch": torch.__version__,
-            "input": list(INPUT), "arch": model.arch, "precision": model.precision, "rows": rows}
+            "input": list(input_size), "arch": model.arch, "precision": model.precision, "rows": rows}
 
 
 def format_rows(report: dict) -> str:

@@ -402,13 +402,14 @@ def run_bench(args) -> dict:
             raise InputError(f"--paths: {p!r} is not available on {device}; choose from {', '.join(known)}")
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
+    input_size = network_input_size(args.input_size) if args.input_size else None
     model = load_model(args.checkpoint or args.preset or DEFAULT_CHECKPOINT, device=device)
     set_precision(model, args.precision)
     if args.precision != "fp32":
         for p in chosen or known:
             if p not in ("torch", "cuda", "triton"):
                 raise InputError(f"--precision {args.precision}: path {p} computes in fp32; pass --paths from torch, cuda, triton")
-    report = bench.bench(model, sizes, device, chosen, progress=not args.quiet, repeats=args.repeats)
+    report = bench.bench(model, sizes, device, chosen, progress=not args.quiet, repeats=args.repeats, input_size=input_size)
     report["checkpoint"] = args.checkpoint or args.preset or DEFAULT_CHECKPOINT
     if not args.quiet:
         print(bench.format_rows(report))
@@ -592,6 +593,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the report here")
     b.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="as for predict (GPU only)")
     b.add_argument("--repeats", type=int, default=1, help="runs per size and path; the median times are reported")
+    b.add_argument("--input-size", help="network input HxW, multiples of 16 (default: the model's training input "
+                                        "when the checkpoint records one, else 768x1024)")
     b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     b.add_argument("--quiet", action="store_true")
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from infinidepth import cli
+from infinidepth import cli, save_model
 from infinidepth.cli import main
 from infinidepth.models import from_preset
 from infinidepth.ops import available_backends
@@ -122,6 +122,27 @@ def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
     assert "needs the model on a CUDA device" in capsys.readouterr().err
     assert main(["bench", "--preset", "tiny", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
+    assert main(["bench", "--preset", "tiny", "--input-size", "30x40"]) == 2
+    assert "multiples of 16" in capsys.readouterr().err
+
+
+def test_bench_encodes_at_the_size_the_model_runs_at(tmp_path):
+    """A checkpoint that records its training input is timed at that input (what `predict` feeds it),
+    one without at the released model's 768x1024, and --input-size overrides both."""
+    from infinidepth import bench
+
+    model = from_preset("tiny")
+    assert bench.bench(model, [("s", (8, 8))], torch.device("cpu"), ["torch"], warmup=False, progress=False)["input"] == [768, 1024]
+    model.input_size = (32, 48)
+    assert bench.bench(model, [("s", (8, 8))], torch.device("cpu"), ["torch"], warmup=False, progress=False)["input"] == [32, 48]
+    path = tmp_path / "m.safetensors"
+    save_model(model, path)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--checkpoint", str(path), "--sizes", "8x8", "--paths", "torch", "--json", str(out), "--quiet"]) == 0
+    assert json.loads(out.read_text())["input"] == [32, 48]
+    assert main(["bench", "--checkpoint", str(path), "--sizes", "8x8", "--paths", "torch", "--json", str(out), "--quiet",
+                 "--input-size", "16x32"]) == 0
+    assert json.loads(out.read_text())["input"] == [16, 32]
 
 
 def test_model_precision_is_checked():
