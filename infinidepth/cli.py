@@ -1,6 +1,6 @@
 """The ``infinidepth`` command.
 
-    infinidepth predict IMAGE [--checkpoint PATH] [--output-size HxW | --scale S] [--region y0,x0,y1,x1] [--sparse-depth FILE]
+    infinidepth predict IMAGE|FOLDER... [--checkpoint PATH] [--output-size HxW | --scale S] [--region y0,x0,y1,x1] [--sparse-depth FILE]
                               [--reference-depth FILE] [--out DIR] [--ply [--points N]] [--fx F --fy F --cx C --cy C]
     infinidepth demo [--out DIR]
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
@@ -189,31 +189,87 @@ def available_memory() -> int:
     return 1 << 40
 
 
-def predict(args) -> dict:
-    # Everything is read and checked before anything is computed or written.
-    rgb = read_image(args.image)
-    H0, W0 = rgb.shape[:2]
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def image_paths(items: list[str]) -> list[Path]:
+    """The images named on the command line: files as given, folders expanded to the images directly
+    in them (sorted by name). Two images with the same name stem would overwrite each other's outputs."""
+    from PIL import Image, UnidentifiedImageError
+
+    paths: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            paths += found
+        elif p.is_file():
+            paths.append(p)
+        else:
+            raise InputError(f"image not found: {p}")
+    by_stem: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in by_stem and by_stem[p.stem].resolve() != p.resolve():
+            raise InputError(f"{by_stem[p.stem]} and {p} would write the same files ({p.stem}_depth.*); rename one")
+        by_stem[p.stem] = p
+    for p in by_stem.values():  # headers only: a file that is not an image fails before the model loads
+        try:
+            with Image.open(p):
+                pass
+        except (UnidentifiedImageError, OSError) as e:
+            raise InputError(f"cannot read image {p}: {e}") from e
+    return list(by_stem.values())
+
+
+def depth_input_for(value: str | None, image: Path, several: bool, flag: str) -> str | None:
+    """The depth file for ``image`` given as ``--sparse-depth``/``--reference-depth``: the file itself
+    (one image), or, from a folder, the one file named like the image (``STEM.npy``, ``STEM.png``, ...)."""
+    if not value:
+        return None
+    folder = Path(value)
+    if not folder.is_dir():
+        if several:
+            raise InputError(f"{flag} {value} is one file for several images; give a folder holding one depth file "
+                             f"per image, named like it (e.g. {image.stem}.npy)")
+        return value
+    found = [folder / (image.stem + s) for s in DEPTH_SUFFIXES if (folder / (image.stem + s)).is_file()]
+    if len(found) != 1:
+        what = "no file" if not found else f"{len(found)} files ({', '.join(f.name for f in found)})"
+        raise InputError(f"{flag} folder {folder} has {what} for image {image}; expected one of "
+                         f"{', '.join(image.stem + s for s in DEPTH_SUFFIXES)}")
+    return str(found[0])
+
+
+def predict(args) -> list[dict]:
+    """Depth (and point clouds) for every image named, one model loaded once.
+
+    Options, files and image headers are checked before the model loads. With several images, an
+    image that fails later (a bad map size, say) stops the run with its name; the images before it
+    keep their complete outputs.
+    """
+    from tqdm import tqdm
+
+    images = image_paths(args.image)
+    several = len(images) > 1
+    depth_files = [(depth_input_for(args.sparse_depth, im, several, "--sparse-depth"),
+                    depth_input_for(args.reference_depth, im, several, "--reference-depth")) for im in images]
     if args.input_size:  # checked now; the default depends on the model
         network_input_size(args.input_size)
     if args.output_size and args.scale:
         raise InputError("give either --output-size or --scale, not both")
     if args.output_size:
-        out_size = parse_size(args.output_size, "--output-size")
-    elif args.scale:
-        if not args.scale > 0:
-            raise InputError(f"--scale must be positive, got {args.scale}")
-        out_size = (max(1, round(H0 * args.scale)), max(1, round(W0 * args.scale)))
-    else:
-        out_size = (H0, W0)
-    fx = args.fx if args.fx is not None else float(max(H0, W0))
-    fy = args.fy if args.fy is not None else fx
-    cx = args.cx if args.cx is not None else W0 / 2
-    cy = args.cy if args.cy is not None else H0 / 2
-    for name, v in (("fx", fx), ("fy", fy)):
-        if not np.isfinite(v) or v <= 0:
+        parse_size(args.output_size, "--output-size")
+    if args.scale is not None and not args.scale > 0:
+        raise InputError(f"--scale must be positive, got {args.scale}")
+    for name in ("fx", "fy"):
+        v = getattr(args, name)
+        if v is not None and (not np.isfinite(v) or v <= 0):
             raise InputError(f"focal length {name} must be positive and finite, got {v}")
-    for name, v in (("cx", cx), ("cy", cy)):
-        if not np.isfinite(v):
+    for name in ("cx", "cy"):
+        v = getattr(args, name)
+        if v is not None and not np.isfinite(v):
             raise InputError(f"principal point {name} must be finite, got {v}")
     if args.points is not None:
         if not args.ply:
@@ -221,50 +277,74 @@ def predict(args) -> dict:
         if not 0 < args.points <= 2**30:
             raise InputError(f"--points must be in [1, 2**30], got {args.points}")
 
-    region = parse_region(args.region, out_size) if args.region else (0, 0, *out_size)
-    y0, x0, y1, x1 = region
-    map_size = (y1 - y0, x1 - x0)
-    huge = 4 * map_size[0] * map_size[1] > available_memory() // 2
-    if huge and (args.ply or args.reference_depth):
-        raise InputError(f"a {map_size[0]}x{map_size[1]} map does not fit in memory: it is streamed into a memory-mapped "
-                         ".npy, and --ply / --reference-depth need it in memory; use --region for a part of it")
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     set_precision(model, args.precision)
     set_backend(model, args.backend)
+    if model.arch == "InfiniDepth_DepthSensor" and not args.sparse_depth:
+        raise InputError("this InfiniDepth_DepthSensor checkpoint needs --sparse-depth FILE")
+    if args.sparse_depth and model.arch != "InfiniDepth_DepthSensor":
+        raise InputError(f"--sparse-depth needs an InfiniDepth_DepthSensor checkpoint; this one is {model.arch}")
+    results = []
+    bar = tqdm(list(zip(images, depth_files)), desc="images", unit="image", disable=args.quiet or not several)
+    for image, (sparse_file, reference_file) in bar:
+        results.append(predict_one(model, device, image, sparse_file, reference_file, args,
+                                   say=bar.write if several else print, progress=not (args.quiet or several)))
+    return results
+
+
+def predict_one(model, device, path: Path, sparse_file: str | None, reference_file: str | None, args, say=print,
+                progress: bool = True) -> dict:
+    # Everything about this image is read and checked before anything is computed or written.
+    rgb = read_image(path)
+    H0, W0 = rgb.shape[:2]
+    if args.output_size:
+        out_size = parse_size(args.output_size, "--output-size")
+    elif args.scale:
+        out_size = (max(1, round(H0 * args.scale)), max(1, round(W0 * args.scale)))
+    else:
+        out_size = (H0, W0)
+    fx = args.fx if args.fx is not None else float(max(H0, W0))
+    fy = args.fy if args.fy is not None else fx
+    cx = args.cx if args.cx is not None else W0 / 2
+    cy = args.cy if args.cy is not None else H0 / 2
+
+    region = parse_region(args.region, out_size) if args.region else (0, 0, *out_size)
+    y0, x0, y1, x1 = region
+    map_size = (y1 - y0, x1 - x0)
+    huge = 4 * map_size[0] * map_size[1] > available_memory() // 2
+    if huge and (args.ply or reference_file):
+        raise InputError(f"a {map_size[0]}x{map_size[1]} map does not fit in memory: it is streamed into a memory-mapped "
+                         ".npy, and --ply / --reference-depth need it in memory; use --region for a part of it")
+
     input_size = network_input_size(args.input_size, H0, W0, model.input_size)
     sizes = {"image": (H0, W0), "network input": input_size}
     sparse = None
-    if args.sparse_depth:
-        if model.arch != "InfiniDepth_DepthSensor":
-            raise InputError(f"--sparse-depth needs an InfiniDepth_DepthSensor checkpoint; this one is {model.arch}")
-        sparse = load_depth_input(args.sparse_depth, "sparse depth", sizes, input_size)
+    if sparse_file:
+        sparse = load_depth_input(sparse_file, "sparse depth", sizes, input_size)
         sparse = subsample_prompt(sparse, args.max_prompt_points, args.seed)
-    elif model.arch == "InfiniDepth_DepthSensor":
-        raise InputError("this InfiniDepth_DepthSensor checkpoint needs --sparse-depth FILE")
     reference = None
-    if args.reference_depth:
-        reference = load_depth_input(args.reference_depth, "reference depth", {**sizes, "output": out_size}, out_size)
+    if reference_file:
+        reference = load_depth_input(reference_file, "reference depth", {**sizes, "output": out_size}, out_size)
         reference = reference[y0:y1, x0:x1]
 
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255)
     sparse_t = None if sparse is None else torch.from_numpy(sparse)[None, None]
     out = Path(args.out)
-    stem = Path(args.image).stem
+    stem = path.stem
     t0 = time.perf_counter()
     if huge:  # streamed tile by tile into the file; renamed into place only when complete
         with atomic_path(out / f"{stem}_depth.npy") as tmp:
             depth = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=map_size)
-            model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=not args.quiet,
+            model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=progress,
                           region=region, out=depth)
             depth.flush()
             del depth
         if not args.quiet:
-            print(f"{model.arch} on {device}: {map_size[0]}x{map_size[1]} depth streamed to {out / f'{stem}_depth.npy'} "
-                  f"(memory-mapped; larger than half the free memory, so no PNGs) in {time.perf_counter() - t0:.2f} s")
-        return {"depth": None, "files": [out / f"{stem}_depth.npy"]}
-    depth = model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=not args.quiet,
+            say(f"{model.arch} on {device}: {map_size[0]}x{map_size[1]} depth streamed to {out / f'{stem}_depth.npy'} "
+                f"(memory-mapped; larger than half the free memory, so no PNGs) in {time.perf_counter() - t0:.2f} s")
+        return {"image": path, "depth": None, "files": [out / f"{stem}_depth.npy"]}
+    depth = model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=progress,
                           region=region)
     depth = depth[0, 0].cpu().numpy()
     seconds = time.perf_counter() - t0
@@ -299,12 +379,12 @@ def predict(args) -> dict:
         write_ply(written[-1], points, colors)
     if not args.quiet:
         part = f" (region rows {y0}:{y1}, columns {x0}:{x1})" if map_size != out_size else ""
-        print(f"{model.arch} on {device}, input {input_size[0]}x{input_size[1]}, output {out_size[0]}x{out_size[1]}{part} "
-              f"in {seconds:.2f} s{note}")
-        print(f"16-bit PNG holds {encoding}")
+        say(f"{path.name}: {model.arch} on {device}, input {input_size[0]}x{input_size[1]}, "
+            f"output {out_size[0]}x{out_size[1]}{part} in {seconds:.2f} s{note}")
+        say(f"16-bit PNG holds {encoding}")
         for p in written:
-            print(f"wrote {p}")
-    return {"depth": depth, "files": written}
+            say(f"wrote {p}")
+    return {"image": path, "depth": depth, "files": written}
 
 
 def data_render(args) -> dict:
@@ -526,16 +606,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("predict", help="depth map (and point cloud) of one image")
-    p.add_argument("image", help="input image (PNG, JPEG, ...)")
+    p = sub.add_parser("predict", help="depth maps (and point clouds) of images, one model load for all")
+    p.add_argument("image", nargs="+", help="input images (PNG, JPEG, ...) or folders of them; outputs are named by "
+                                            "each image's name stem")
     p.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--output-size", help="output HxW, any size (default: the image's)")
     p.add_argument("--scale", type=float, help="output size as a multiple of the image's")
     p.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, the pixel count the "
                                         "model was trained at when it says, else long side <= 1024)")
-    p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; PNG in mm)")
+    p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; "
+                                          "PNG in mm); for several images a folder with one file per image, named like it")
     p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample)")
-    p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift)")
+    p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift); "
+                                             "for several images a folder, as for --sparse-depth")
     p.add_argument("--region", help="only output pixels y0,x0,y1,x1 (end exclusive) of the output grid: zoom into part of "
                                     "the image at very high resolution without computing the rest")
     p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")

@@ -139,3 +139,53 @@ def test_backend_choice(tmp_path, image, capsys):
         np.testing.assert_allclose(depth, maps["torch"], rtol=1e-4)
     code, _, err = run(["predict", str(image), "--out", str(tmp_path / "x"), "--backend", "cuda", "--device", "cpu"], capsys)
     assert code == 2 and "--backend" in err and "not available" in err
+
+
+def test_several_images_and_folders_with_one_model_load(tmp_path, image, capsys):
+    """Files and folders mix; every image gets the outputs it gets alone; per-image depth inputs come
+    from a folder by name; whatever is wrong is reported before anything is written."""
+    rng = np.random.default_rng(1)
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for name, shape in (("a.png", (24, 40, 3)), ("b.jpg", (40, 32, 3))):
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image, not picked up")
+    alone = tmp_path / "alone"
+    for path in (image, folder / "a.png", folder / "b.jpg"):
+        assert run(["predict", str(path), "--out", str(alone), "--quiet"], capsys)[0] == 0
+    out = tmp_path / "together"
+    code, stdout, err = run(["predict", str(image), str(folder), "--out", str(out)], capsys)
+    assert code == 0, err
+    for stem in ("scene", "a", "b"):
+        np.testing.assert_array_equal(np.load(out / f"{stem}_depth.npy"), np.load(alone / f"{stem}_depth.npy"))
+        assert f"wrote {out / f'{stem}_depth.png'}" in stdout
+    assert np.load(out / "b_depth.npy").shape == (40, 32)
+
+    # reference depth per image, found in a folder by the image's name
+    refs = tmp_path / "refs"
+    refs.mkdir()
+    for stem in ("a", "b"):
+        rel = np.load(alone / f"{stem}_depth.npy")
+        np.save(refs / f"{stem}.npy", np.exp(1.3 * np.log(rel) - 0.2).astype(np.float32))
+    aligned = tmp_path / "aligned"
+    assert run(["predict", str(folder), "--reference-depth", str(refs), "--out", str(aligned), "--quiet"], capsys)[0] == 0
+    for stem in ("a", "b"):
+        np.testing.assert_allclose(np.load(aligned / f"{stem}_depth.npy"), np.load(refs / f"{stem}.npy"), rtol=1e-3)
+
+    bad = tmp_path / "bad"
+    (refs / "b.npy").unlink()
+    cases = [
+        ([str(folder), "--reference-depth", str(refs)], "has no file for image"),
+        ([str(folder), "--reference-depth", str(refs / "a.npy")], "one file for several images"),
+        ([str(image), str(folder / "a.png"), str(tmp_path / "missing.png")], "image not found"),
+        ([str(tmp_path / "refs")], "no images"),
+        ([str(image), str(folder / "notes.txt")], "cannot read image"),
+    ]
+    other = tmp_path / "other"
+    other.mkdir()
+    Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(other / "a.bmp")
+    cases.append(([str(folder), str(other)], "would write the same files"))
+    for argv, message in cases:
+        code, _, err = run(["predict", *argv, "--out", str(bad), "--quiet"], capsys)
+        assert code == 2 and message in err, (argv, err)
+        assert not bad.exists(), argv
