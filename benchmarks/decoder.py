@@ -33,6 +33,7 @@ import torch
 from common import device_name, sync, timeit, write_report
 
 from infinidepth.ops import ConcatDecoder, HierarchicalDecoder, available_backends, grid_coords, implicit_decode
+from infinidepth.ops.gather import cpu_supports_bf16
 
 BASELINE_CHUNK = 10_000
 TORCH_CHUNK = 65_536  # queries in flight on the plain-PyTorch rows (as model.predict runs them)
@@ -153,6 +154,8 @@ def main(argv=None):
         runs = [(b, "fp32") for b in backends]
         if device.type == "cuda":  # tensor cores: bf16 operands, fp32 accumulation (torch: autocast)
             runs += [(b, "bf16") for b in ["torch", *backends] if b in ("torch", "cuda", "triton")]
+        elif cpu_supports_bf16() and not grad:  # AVX512_BF16 dot products (torch: autocast through oneDNN)
+            runs += [(b, "bf16") for b in ["torch", *backends] if b in ("torch", "cpp")]
         for backend, precision in runs:
             t0 = time.perf_counter()
             cache: dict = {}

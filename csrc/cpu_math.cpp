@@ -2,6 +2,12 @@
 
 #include <cmath>
 #include <cstring>
+#include <stdexcept>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define INFINIDEPTH_BF16 1
+#include <immintrin.h>
+#endif
 
 #include "fused_decode.h"
 
@@ -189,5 +195,81 @@ void activate_with_tangents(float* x, int64_t rows, int64_t width, int act) {
     }
   }
 }
+
+void pack_weight_bf16(const float* w, int64_t N, int64_t K, uint16_t* packed) {
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t p = 0; p < (N + 15) / 16; ++p)
+    for (int64_t k2 = 0; k2 < K2; ++k2)
+      for (int64_t c = 0; c < 16; ++c)
+        for (int64_t j = 0; j < 2; ++j) {
+          const int64_t n = p * 16 + c, k = 2 * k2 + j;
+          packed[((p * K2 + k2) * 16 + c) * 2 + j] = n < N && k < K ? to_bf16(w[n * K + k]) : 0;
+        }
+}
+
+#ifdef INFINIDEPTH_BF16
+
+bool cpu_supports_bf16() { return __builtin_cpu_supports("avx512bf16"); }
+
+namespace {
+
+#define INFINIDEPTH_BF16_TARGET __attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16")))
+
+// `rows` (at most 12) rows x 16 columns of y over all K2 pairs: one 16-lane accumulator per row, the
+// panel's vector loaded once per pair and used by every row (x's pair broadcast to all lanes).
+INFINIDEPTH_BF16_TARGET inline __attribute__((always_inline)) void block16_bf16(
+    const uint32_t* x2, int64_t ldx2, const uint16_t* panel, float* y, int64_t ldy, int64_t rows, int64_t K2,
+    __mmask16 cols) {
+  __m512 acc[12];
+  for (int r = 0; r < 12; ++r) acc[r] = _mm512_setzero_ps();
+  if (rows == 12) {  // the steady state: a fixed trip count, so acc stays in registers
+    for (int64_t k = 0; k < K2; ++k) {
+      const __m512bh w = (__m512bh)_mm512_loadu_si512(panel + k * 32);
+      for (int r = 0; r < 12; ++r)
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(x2[r * ldx2 + k])), w);
+    }
+  } else {
+    for (int64_t k = 0; k < K2; ++k) {
+      const __m512bh w = (__m512bh)_mm512_loadu_si512(panel + k * 32);
+      for (int r = 0; r < rows; ++r)
+        acc[r] = _mm512_dpbf16_ps(acc[r], (__m512bh)_mm512_set1_epi32(static_cast<int>(x2[r * ldx2 + k])), w);
+    }
+  }
+  for (int r = 0; r < rows; ++r) {
+    float* row = y + r * ldy;
+    _mm512_mask_storeu_ps(row, cols, _mm512_add_ps(_mm512_maskz_loadu_ps(cols, row), acc[r]));
+  }
+}
+
+}  // namespace
+
+INFINIDEPTH_BF16_TARGET
+void gemm_accumulate_bf16(const float* x, int64_t ldx, const uint16_t* packed, float* y, int64_t ldy, int64_t T,
+                          int64_t K, int64_t N, uint16_t* scratch) {
+  const int64_t K2 = (K + 1) / 2;
+  for (int64_t r = 0; r < T; ++r) {  // x in bf16, an odd K padded with a zero
+    uint16_t* row = scratch + r * 2 * K2;
+    for (int64_t k = 0; k < K; ++k) row[k] = to_bf16(x[r * ldx + k]);
+    if (K % 2) row[K] = 0;
+  }
+  const uint32_t* x2 = reinterpret_cast<const uint32_t*>(scratch);
+  for (int64_t j = 0; j < N; j += 16) {
+    const uint16_t* panel = packed + j / 16 * K2 * 32;
+    const __mmask16 cols = N - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (N - j)) - 1);
+    for (int64_t r = 0; r < T; r += 12)
+      block16_bf16(x2 + r * K2, K2, panel, y + r * ldy + j, ldy, T - r < 12 ? T - r : 12, K2, cols);
+  }
+}
+
+#else
+
+bool cpu_supports_bf16() { return false; }
+
+void gemm_accumulate_bf16(const float*, int64_t, const uint16_t*, float*, int64_t, int64_t, int64_t, int64_t,
+                          uint16_t*) {
+  throw std::runtime_error("the bf16 CPU GEMM needs an x86-64 build with AVX512_BF16");
+}
+
+#endif
 
 }  // namespace infinidepth

@@ -6,6 +6,15 @@
 
 namespace infinidepth {
 
+// bf16 (the top half of a float32) from a float, rounded to nearest even: what torch's .bfloat16() does
+// for finite values.
+inline uint16_t to_bf16(float f) {
+  uint32_t u;
+  __builtin_memcpy(&u, &f, sizeof u);
+  u += 0x7FFFu + ((u >> 16) & 1u);
+  return static_cast<uint16_t>(u >> 16);
+}
+
 // Floats needed by pack_weight's output.
 inline int64_t packed_size(int64_t N, int64_t K) { return (N + 15) / 16 * K * 16; }
 
@@ -16,6 +25,23 @@ void pack_weight(const float* w, int64_t N, int64_t K, float* packed);
 // y[T, N] += x[T, K] @ w^T with w packed by pack_weight; x and y row-major with leading dims ldx, ldy.
 void gemm_accumulate(const float* x, int64_t ldx, const float* packed, float* y, int64_t ldy, int64_t T, int64_t K,
                      int64_t N);
+
+// The bf16 GEMM (precision "bf16" on the CPU): bf16 operands, products exact, sums in fp32, through
+// AVX512_BF16's dot-product instruction (2x the multiply-adds per instruction of fp32 FMA).
+// cpu_supports_bf16() says whether this CPU has it; the other bf16 entry points need it.
+bool cpu_supports_bf16();
+
+// uint16 elements needed by pack_weight_bf16's output.
+inline int64_t packed_size_bf16(int64_t N, int64_t K) { return (N + 15) / 16 * ((K + 1) / 2) * 32; }
+
+// Packs w [N, K] into panels of 16 output columns holding pairs of consecutive k, zero-padded:
+// [ceil(N/16)][ceil(K/2)][16][2] bf16, one 64-byte vector per panel and pair.
+void pack_weight_bf16(const float* w, int64_t N, int64_t K, uint16_t* packed);
+
+// y[T, N] += bf16(x[T, K]) @ w^T with w packed by pack_weight_bf16. scratch holds T * 2 * ceil(K/2)
+// uint16 (x rounded to bf16, row by row).
+void gemm_accumulate_bf16(const float* x, int64_t ldx, const uint16_t* packed, float* y, int64_t ldy, int64_t T,
+                          int64_t K, int64_t N, uint16_t* scratch);
 
 // y[r, :C] += sum_i weights[4r + i] * taps[4r + i][:C] for r < rows: the bilinear blend of each
 // row's four taps (pointers to C contiguous floats).

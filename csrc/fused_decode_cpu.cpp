@@ -39,14 +39,17 @@ void gather_add(const FusedMap& m, const float* coords, int64_t q0, int64_t coun
 
 }  // namespace
 
-void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& packed, const float* coords,
-                      float* out, int64_t B, int64_t N, bool with_grad) {
+// packed[l]: layer l's weight in pack_weight's layout, or pack_weight_bf16's for the layers that
+// run in bf16 (bf16_layer[l]).
+void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& packed, const std::vector<bool>& bf16_layer,
+                      const float* coords, float* out, int64_t B, int64_t N, bool with_grad) {
   const int64_t total = B * N;
   const int64_t width = prog.max_width;
   const int64_t blocks = with_grad ? 3 : 1;  // value rows, then the two tangent blocks
   at::parallel_for(0, (total + kTile - 1) / kTile, 1, [&](int64_t tile_begin, int64_t tile_end) {
     // Two ping-pong buffers per thread: a tile's activations stay in this core's cache.
     std::vector<float> buf_a(blocks * kTile * width), buf_b(blocks * kTile * width);
+    std::vector<uint16_t> bf16_rows(kTile * (width + 1));  // a tile's activations rounded to bf16
     for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
       const int64_t q0 = tile * kTile;
       const int64_t count = std::min(kTile, total - q0);
@@ -58,7 +61,12 @@ void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& p
         for (int64_t t = 0; t < count; ++t) std::copy(L.bias, L.bias + L.out, y + t * L.out);
         std::fill(y + count * L.out, y + blocks * count * L.out, 0.f);
         // The weight acts on value and tangent rows alike: one GEMM over all of them.
-        if (L.weight) gemm_accumulate(x, L.in, packed[l].data_ptr<float>(), y, L.out, blocks * count, L.in, L.out);
+        if (L.weight && bf16_layer[l]) {
+          gemm_accumulate_bf16(x, L.in, reinterpret_cast<const uint16_t*>(packed[l].data_ptr<int16_t>()), y, L.out,
+                               blocks * count, L.in, L.out, bf16_rows.data());
+        } else if (L.weight) {
+          gemm_accumulate(x, L.in, packed[l].data_ptr<float>(), y, L.out, blocks * count, L.in, L.out);
+        }
         for (int m = 0; m < prog.num_maps; ++m) {
           if (prog.maps[m].layer == l) gather_add(prog.maps[m], coords, q0, count, N, y, with_grad);
         }

@@ -9,8 +9,8 @@
 
 namespace infinidepth {
 
-void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& packed, const float* coords,
-                      float* out, int64_t B, int64_t N, bool with_grad);
+void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& packed, const std::vector<bool>& bf16_layer,
+                      const float* coords, float* out, int64_t B, int64_t N, bool with_grad);
 
 // Shared checks; Python validates user input first, these guard direct callers of torch.ops.
 void check_gather_args(const at::Tensor& feat, const at::Tensor& coords) {
@@ -98,19 +98,32 @@ namespace {
 at::Tensor fused_decode_cpu_run(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
                                 const c10::List<std::optional<at::Tensor>>& weights, at::TensorList biases,
                                 at::IntArrayRef acts, c10::string_view precision, bool with_grad) {
-  TORCH_CHECK(precision == "fp32", "fused_decode: the CPU kernel computes in fp32, got precision '", precision, "'");
+  TORCH_CHECK(precision == "fp32" || precision == "bf16", "fused_decode: the CPU kernel computes in fp32 or bf16, got "
+              "precision '", precision, "'");
+  // Tangents stay fp32 (as in the reference: 16-bit layers lose too much of the derivative).
+  const bool bf16 = precision == "bf16" && !with_grad;
+  TORCH_CHECK(!bf16 || cpu_supports_bf16(), "fused_decode: precision 'bf16' on the CPU needs AVX512_BF16, which this "
+              "CPU lacks");
   std::vector<at::Tensor> keep;
   std::vector<std::optional<at::Tensor>> w(weights.begin(), weights.end());
   const at::Tensor q = coords.contiguous();
   const FusedProgram p = make_program(q, maps.vec(), map_layer, w, biases.vec(), acts, keep);
   std::vector<at::Tensor> packed(p.num_layers);  // weights in the GEMM's panel layout (cheap: once per call)
+  std::vector<bool> bf16_layer(p.num_layers, false);
   for (int l = 1; l < p.num_layers; ++l) {
     const FusedLayer& L = p.layers[l];
-    packed[l] = at::empty({packed_size(L.out, L.in)}, at::kFloat);
-    pack_weight(L.weight, L.out, L.in, packed[l].data_ptr<float>());
+    // The answer's own layer (width 1) stays fp32, as in the reference under autocast.
+    bf16_layer[l] = bf16 && l < p.num_layers - 1;
+    if (bf16_layer[l]) {
+      packed[l] = at::empty({packed_size_bf16(L.out, L.in)}, at::kShort);
+      pack_weight_bf16(L.weight, L.out, L.in, reinterpret_cast<uint16_t*>(packed[l].data_ptr<int16_t>()));
+    } else {
+      packed[l] = at::empty({packed_size(L.out, L.in)}, at::kFloat);
+      pack_weight(L.weight, L.out, L.in, packed[l].data_ptr<float>());
+    }
   }
   at::Tensor out = with_grad ? at::empty({q.size(0), q.size(1), 3}, q.options()) : at::empty({q.size(0), q.size(1)}, q.options());
-  fused_decode_cpu(p, packed, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1), with_grad);
+  fused_decode_cpu(p, packed, bf16_layer, q.data_ptr<float>(), out.data_ptr<float>(), q.size(0), q.size(1), with_grad);
   return out;
 }
 
@@ -148,9 +161,13 @@ at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& co
   return out;
 }
 
+bool cpu_supports_bf16_op() { return cpu_supports_bf16(); }
+
 }  // namespace
 
 TORCH_LIBRARY(infinidepth, m) {
+  // Whether the CPU kernel can run precision "bf16" (AVX512_BF16).
+  m.def("cpu_supports_bf16() -> bool", &cpu_supports_bf16_op);
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
   m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
   // The same program carrying the forward-mode tangents: [B, N, 3] = (value, d/dy, d/dx) per query.

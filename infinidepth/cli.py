@@ -444,7 +444,7 @@ def run_eval(args) -> list[dict]:
 
 
 def set_precision(model, precision: str) -> None:
-    """``model.precision``, checked now (a 16-bit precision on the CPU is refused before any work)."""
+    """``model.precision``, checked now (one the device cannot compute is refused before any work)."""
     model.precision = precision
     try:
         model.low_precision_dtype()
@@ -486,9 +486,10 @@ def run_bench(args) -> dict:
     model = load_model(args.checkpoint or args.preset or DEFAULT_CHECKPOINT, device=device)
     set_precision(model, args.precision)
     if args.precision != "fp32":
+        low = ("torch", "cpp") if device.type == "cpu" else ("torch", "cuda", "triton")
         for p in chosen or known:
-            if p not in ("torch", "cuda", "triton"):
-                raise InputError(f"--precision {args.precision}: path {p} computes in fp32; pass --paths from torch, cuda, triton")
+            if p not in low:
+                raise InputError(f"--precision {args.precision}: path {p} computes in fp32; pass --paths from {', '.join(low)}")
     report = bench.bench(model, sizes, device, chosen, progress=not args.quiet, repeats=args.repeats, input_size=input_size)
     report["checkpoint"] = args.checkpoint or args.preset or DEFAULT_CHECKPOINT
     if not args.quiet:
@@ -626,8 +627,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="decoder backend (default auto: cpp on the CPU, torch on a GPU, where it beat the fused "
                         "cuda kernel on an H100; benchmarks/GPU.md)")
     p.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32",
-                   help="on a GPU: bf16/fp16 run the encoder and the decoder's matrix products in 16 bits (fp32 "
-                        "accumulation; about 1%% of the depth's spread in RMS error); fp32 on the CPU")
+                   help="bf16/fp16 run the encoder and the decoder's matrix products in 16 bits (fp32 accumulation; "
+                        "about 1%% of the depth's spread in RMS error); on the CPU bf16 needs AVX512_BF16 (Zen 4, "
+                        "Sapphire Rapids and later) and fp16 is refused")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply): one point per output pixel")
     p.add_argument("--points", type=int, help="with --ply: N points spread evenly over the 3D surfaces (surface-area sampler) instead")
     p.add_argument("--fx", type=float, help="focal length in pixels of the original image (default: max(H, W))")
@@ -674,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--sizes", default="1k,4k", help="comma list of 1k (768x1024), 2k, 4k, 8k, 16k or HxW (default: 1k,4k)")
     b.add_argument("--paths", help="comma list of decoder paths (default: released-style, torch and every fused backend here)")
     b.add_argument("--json", help="write the report here")
-    b.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="as for predict (GPU only)")
+    b.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="as for predict")
     b.add_argument("--repeats", type=int, default=1, help="runs per size and path; the median times are reported")
     b.add_argument("--input-size", help="network input HxW, multiples of 16 (default: the model's training input "
                                         "when the checkpoint records one, else 768x1024)")

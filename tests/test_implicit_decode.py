@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from infinidepth.ops import ConcatDecoder, HierarchicalDecoder, available_backends, implicit_decode
+from infinidepth.ops.gather import cpu_supports_bf16
 
 from conftest import rel_err
 from test_coords import bilinear_by_hand
@@ -235,15 +236,74 @@ def test_triton_16bit_path_within_its_tolerance():
         assert rel_err(got, want) < 1e-2
 
 
-def test_reduced_precision_is_refused_where_not_computed():
+def test_reduced_precision_is_refused_where_not_computed(monkeypatch):
+    from infinidepth.ops import gather
+
     rng = random.Random(4)
     chans, decoder = random_concat(rng)
     maps = random_maps(rng, chans, batch=1)
+    coords = torch.zeros(1, 2, 2, dtype=torch.float64)
     for backend in [b for b in KERNEL_BACKENDS if b == "cpp"]:
-        with pytest.raises(ValueError, match="computes in fp32"):
-            implicit_decode(maps, torch.zeros(1, 2, 2, dtype=torch.float64), decoder, backend=backend, precision="bf16")
+        with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
+            implicit_decode(maps, coords, decoder, backend=backend, precision="fp16")
+        monkeypatch.setattr(gather, "cpu_supports_bf16", lambda: False)  # a CPU without AVX512_BF16
+        with pytest.raises(ValueError, match="needs AVX512_BF16"):
+            implicit_decode(maps, coords, decoder, backend=backend, precision="bf16")
+        monkeypatch.undo()
     with pytest.raises(ValueError, match="precision must be"):
-        implicit_decode(maps, torch.zeros(1, 2, 2, dtype=torch.float64), decoder, precision="int8")
+        implicit_decode(maps, coords, decoder, precision="int8")
+
+
+def wide_concat(rng):
+    """Widths across the bf16 GEMM's 16-column panels, odd K (padded pairs) and single columns."""
+    chans = [rng.randint(1, 40), rng.randint(1, 40)]
+    dims = [sum(chans), rng.randint(1, 70), rng.randint(1, 40), 1]
+    return chans, ConcatDecoder([lin(a, b) for a, b in zip(dims[:-1], dims[1:])])
+
+
+def wide_hierarchical(rng):
+    chans = [rng.randint(1, 20), rng.randint(1, 20), rng.randint(1, 20)]
+    head = [chans[-1], rng.randint(1, 40), rng.randint(1, 40), 1]
+    return chans, HierarchicalDecoder(
+        gates=[torch.randn(c, dtype=torch.float64) for c in chans[1:]],
+        laterals=[lin(a, b) for a, b in zip(chans[:-1], chans[1:])],
+        ffns=[(lin(c, 4 * c), lin(4 * c, c)) for c in chans[1:]],
+        head=[lin(a, b) for a, b in zip(head[:-1], head[1:])],
+    )
+
+
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512_BF16")
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical, wide_concat, wide_hierarchical])
+def test_cpp_bf16_computes_its_stated_arithmetic(family):
+    """cpp in bf16 against the folded program with bf16-rounded operands (its arithmetic: products
+    exact, sums in fp32, the last layer in fp32), on random programs and query counts (partial
+    tiles and row blocks); and against the exact reference within the bf16 tolerance of the GPU
+    kernels: RMS error under 2% of the output's spread. Tangents stay fp32."""
+    from infinidepth.ops.fold import fold_decoder, run_folded_reference, run_fused
+
+    rng = random.Random(21)
+    for _ in range(6):
+        chans, decoder = family(rng)
+        maps = random_maps(rng, chans, batch=rng.randint(1, 2))
+        n = rng.choice([1, 11, 12, 47, 48, 49, 1000]) if _ < 5 else 1000
+        coords = torch.rand(maps[0].shape[0], n, 2, dtype=torch.float64) * 2.4 - 1.2  # borders and outside
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        got = run_fused(folded, coords.float(), "cpp", "bf16")
+        emulated = run_folded_reference(folded, coords.float(), "bf16")
+        exact = implicit_decode(maps, coords, decoder, backend="torch")
+        # Sums in another order can flip an intermediate's rounding to bf16 (0.4%) now and then, so
+        # the bound is on the whole output, with a looser one per query
+        diff = (got - emulated).double()
+        assert (diff.norm() / emulated.double().norm()).item() < 1e-4, (chans, n)
+        assert diff.abs().max().item() < 1e-2 * emulated.abs().max().item(), (chans, n)
+        if n >= 47:  # enough queries for a spread
+            spread = (exact - exact.mean()).norm()
+            assert ((got.double() - exact).norm() / spread).item() < 2e-2, (chans, n)
+        fp32 = run_fused(folded, coords.float(), "cpp", "fp32", with_grad=True)
+        torch.testing.assert_close(run_fused(folded, coords.float(), "cpp", "bf16", with_grad=True), fp32, rtol=0, atol=0)
+    # and it is rounded at all (fp32 lands near 1e-7)
+    assert ((got.double() - exact).norm() / (exact - exact.mean()).norm()).item() > 1e-5
+
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)

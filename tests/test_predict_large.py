@@ -12,6 +12,7 @@ from infinidepth import cli, save_model
 from infinidepth.cli import main
 from infinidepth.models import from_preset
 from infinidepth.ops import available_backends
+from infinidepth.ops.gather import cpu_supports_bf16
 
 
 @pytest.fixture(scope="module")
@@ -118,8 +119,11 @@ def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
     assert "unknown size" in capsys.readouterr().err
     assert main(["bench", "--paths", "cuda", "--device", "cpu"]) == 2
     assert "not available" in capsys.readouterr().err
-    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "bf16"]) == 2
-    assert "needs the model on a CUDA device" in capsys.readouterr().err
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "fp16"]) == 2
+    assert "fp16 needs a CUDA device" in capsys.readouterr().err
+    if cpu_supports_bf16():
+        assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "bf16"]) == 2
+        assert "path released-style computes in fp32; pass --paths from torch, cpp" in capsys.readouterr().err
     assert main(["bench", "--preset", "tiny", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
     assert main(["bench", "--preset", "tiny", "--input-size", "30x40"]) == 2
@@ -150,9 +154,21 @@ def test_model_precision_is_checked():
 
     model = from_preset("tiny")
     image = torch.rand(1, 3, 32, 32)
-    model.precision = "bf16"
-    with pytest.raises(ValueError, match="needs the model on a CUDA device"):
+    model.precision = "fp16"
+    with pytest.raises(ValueError, match="fp16 needs a CUDA device"):
         model.encode(image)
+    if cpu_supports_bf16():  # the encoder under CPU autocast; the maps come out in fp32
+        model.precision = "bf16"
+        maps = model.encode(image).maps
+        assert all(m.dtype == torch.float32 for m in maps)
+        model.precision = "fp32"
+        exact = model.encode(image).maps
+        assert not all(torch.equal(a, b) for a, b in zip(maps, exact))  # really computed in bf16
+        want = model.predict(image, output_size=(37, 53))
+        model.precision = "bf16"
+        got = model.predict(image, output_size=(37, 53))  # encoder and cpp decoder in bf16
+        err = ((got - want).norm() / (want - want.mean()).norm()).item()
+        assert 1e-5 < err < 5e-2
     model.precision = "fp8"
     with pytest.raises(ValueError, match="precision must be one of"):
         model.encode(image)

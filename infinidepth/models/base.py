@@ -9,7 +9,7 @@ from torch import nn
 
 from infinidepth.ops import PRECISIONS, pixel_centers
 from infinidepth.ops.gather import check_coords
-from infinidepth.ops.implicit_decode import resolve_decoder_backend
+from infinidepth.ops.implicit_decode import check_cpu_precision, resolve_decoder_backend
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,8 +74,9 @@ class ImplicitDepthModel(nn.Module):
         #: decoder backend used when a call does not name one ("auto": the fastest measured here: cpp
         #: on the CPU, torch on a GPU; ops.implicit_decode.resolve_decoder_backend)
         self.backend = "auto"
-        #: arithmetic of inference on a GPU: "fp32", or "bf16" / "fp16" (the encoder under autocast,
-        #: the decoder's matrix products on 16-bit operands with fp32 accumulation; not cpp)
+        #: arithmetic of inference: "fp32", or "bf16" / "fp16" (the encoder under autocast, the
+        #: decoder's matrix products on 16-bit operands with fp32 accumulation); on the CPU fp32, or
+        #: bf16 where the CPU has AVX512_BF16
         self.precision = "fp32"
         #: the network input (H, W) the model was trained at, when known (saved with the model); the
         #: CLI feeds images at that many pixels by default
@@ -106,7 +107,7 @@ class ImplicitDepthModel(nn.Module):
         dtype = self.low_precision_dtype()
         if dtype is None:
             return self.features(image, sparse_depth)
-        with torch.autocast("cuda", dtype=dtype):
+        with torch.autocast(self.device.type, dtype=dtype):
             feats = self.features(image, sparse_depth)
         feats.maps = [m.float() for m in feats.maps]
         return feats
@@ -115,9 +116,10 @@ class ImplicitDepthModel(nn.Module):
         """The 16-bit type of :attr:`precision`, None for fp32; a clear error where it cannot run."""
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if PRECISIONS[self.precision] is not None and self.device.type != "cuda":
-            raise ValueError(f"precision {self.precision} needs the model on a CUDA device (it is on {self.device}); "
-                             "use fp32 on the CPU")
+        if self.device.type == "cpu":
+            check_cpu_precision(self.precision)
+        elif PRECISIONS[self.precision] is not None and self.device.type != "cuda":
+            raise ValueError(f"precision {self.precision} needs a CUDA device or a CPU (it is on {self.device})")
         return PRECISIONS[self.precision]
 
     def forward(self, image: torch.Tensor, coords: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> torch.Tensor:

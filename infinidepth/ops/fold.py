@@ -126,15 +126,22 @@ def _activate(x: torch.Tensor, act: str) -> torch.Tensor:
     return x
 
 
-def run_folded_reference(folded: FoldedDecoder, coords: torch.Tensor) -> torch.Tensor:
-    """The folded program in plain PyTorch (grid_sample gathers): what the fused kernels compute."""
+def run_folded_reference(folded: FoldedDecoder, coords: torch.Tensor, precision: str = "fp32") -> torch.Tensor:
+    """The folded program in plain PyTorch (grid_sample gathers): what the fused kernels compute.
+
+    ``precision="bf16"``: the matrix products take operands rounded to bf16 (products and sums in
+    the coordinates' type) except the last layer's, the arithmetic of the ``cpp`` kernel in bf16.
+    """
     from .gather import bilinear_gather_reference
 
     x = None
-    for layer in folded.layers:
+    for index, layer in enumerate(folded.layers):
         pre = layer.bias.to(coords.dtype)
         if layer.weight is not None:
-            pre = torch.nn.functional.linear(x, layer.weight.to(x.dtype)) + pre
+            w = layer.weight
+            if precision == "bf16" and index < len(folded.layers) - 1:
+                x, w = x.bfloat16().to(x.dtype), w.bfloat16()
+            pre = torch.nn.functional.linear(x, w.to(x.dtype)) + pre
         for m in layer.maps:
             pre = pre + bilinear_gather_reference(m.permute(0, 3, 1, 2), coords)
         x = _activate(pre, layer.act)

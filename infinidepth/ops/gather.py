@@ -25,6 +25,12 @@ def has_cuda_kernels() -> bool:
     return HAS_EXTENSION and torch._C._dispatch_has_kernel_for_dispatch_key("infinidepth::bilinear_gather", "CUDA")
 
 
+def cpu_supports_bf16() -> bool:
+    """Whether the ``cpp`` kernels can compute in bf16 here: this CPU has AVX512_BF16 (Intel Cooper
+    Lake and Sapphire Rapids, AMD Zen 4 and later). Without it bf16 would be slower than fp32."""
+    return HAS_EXTENSION and bool(torch.ops.infinidepth.cpu_supports_bf16())
+
+
 def has_triton() -> bool:
     try:
         import triton  # noqa: F401

@@ -88,6 +88,17 @@ def _decode(gathered: list[torch.Tensor], decoder) -> torch.Tensor:
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def check_cpu_precision(precision: str) -> None:
+    """A clear error where the CPU cannot compute ``precision``: fp32 always, bf16 with AVX512_BF16."""
+    from .gather import cpu_supports_bf16
+
+    if precision == "fp16":
+        raise ValueError("precision fp16 needs a CUDA device; on the CPU use bf16 (CPUs with AVX512_BF16) or fp32")
+    if precision == "bf16" and not cpu_supports_bf16():
+        raise ValueError("precision bf16 on the CPU needs AVX512_BF16 (Intel Cooper Lake / Sapphire Rapids, AMD Zen 4 "
+                         "and later), which this CPU lacks; use fp32")
+
+
 def resolve_decoder_backend(backend: str, device: torch.device | str) -> str:
     """:func:`resolve_backend` for the decoder, where ``auto`` on a GPU means ``torch``: on the H100
     the plain-PyTorch decoder (cuBLAS GEMMs) beat the fused ``cuda`` kernel at every size
@@ -114,7 +125,7 @@ def implicit_decode(
     flight (peak memory of the reference path), without changing the result. ``precision`` of the
     matrix products: ``fp32``, or ``bf16`` / ``fp16`` operands with fp32 accumulation (tensor cores;
     ``cuda`` and ``triton``, and ``torch`` under autocast except with ``with_grad``; ``cpp``
-    computes in fp32 only).
+    computes fp32 and, on CPUs with AVX512_BF16, bf16 except with ``with_grad``).
 
     ``with_grad=True`` returns ``(value [B, N], grad [B, N, 2])`` with ``grad`` the exact derivative
     of the value with respect to the query's normalised ``(y, x)``: forward mode through the bilinear
@@ -127,8 +138,8 @@ def implicit_decode(
     _check_maps(maps)
     check_coords(coords, maps[0].shape[0])
     backend = resolve_decoder_backend(backend, maps[0].device)
-    if precision != "fp32" and backend == "cpp":
-        raise ValueError(f"the cpp backend computes in fp32; precision {precision!r} needs torch, cuda or triton")
+    if backend == "cpp":
+        check_cpu_precision(precision)
     if backend != "torch":
         from .fold import fold_decoder, run_fused
 
