@@ -183,7 +183,7 @@ def main() -> None:
     write_report(args.json, {
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
         "input": list(INPUT), "evaluated_at": list(GT), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
-        "steps": args.steps, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "alignment": "RANSAC scale and shift in depth space, per image",
+        "steps": args.steps, "seed": args.seed, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows, "implicit_minus_grid": comparison,
     })
     if args.json:

@@ -177,3 +177,33 @@ def test_train_command_errors_are_one_line(scenes, tmp_path, capsys):
     bad.write_text("base: demo\nlearning_rate: 3\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "unknown config keys: learning_rate" in capsys.readouterr().err
+
+
+def test_seed_summary_of_the_demo_model_comparison(tmp_path):
+    """benchmarks/demo_model_seeds.py: per-metric differences over seeds, counted the right way round
+    (lower AbsRel, higher delta), and refusing reports of different experiments or the same seed."""
+
+    def report(seed, implicit, grid, steps=6000):
+        summary = lambda v: {"full": {"abs_rel": v[0], "delta_1.25": v[1]}, "hf": {"abs_rel": v[2], "delta_1.25": v[3]}}  # noqa: E731
+        return {"seed": seed, "steps": steps, "pairs": 1024, "encoder": "192,6,3", "patch": 8,
+                "models": {"tiny-x": {"summary": summary(implicit)}, "grid-tiny-x": {"summary": summary(grid)}}}
+
+    paths = []
+    for seed, implicit, grid in [(0, (0.20, 0.75, 0.48, 0.44), (0.22, 0.70, 0.47, 0.40)),
+                                 (1, (0.21, 0.72, 0.50, 0.43), (0.23, 0.73, 0.49, 0.41))]:
+        paths.append(tmp_path / f"s{seed}.json")
+        paths[-1].write_text(json.dumps(report(seed, implicit, grid)))
+    script = Path(__file__).parents[1] / "benchmarks" / "demo_model_seeds.py"
+    out = tmp_path / "summary.json"
+    run = subprocess.run([sys.executable, str(script), *map(str, paths), "--json", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    rows = {(r["region"], r["metric"]): r for r in json.loads(out.read_text())["rows"]}
+    assert rows["full", "abs_rel"]["seeds_implicit_ahead"] == 2  # lower is better: -0.02, -0.02
+    assert rows["full", "delta_1.25"]["seeds_implicit_ahead"] == 1  # +0.05, -0.01
+    assert rows["hf", "abs_rel"]["seeds_implicit_ahead"] == 0  # +0.01, +0.01
+    assert rows["hf", "delta_1.25"]["mean_difference"] == pytest.approx(0.03)
+    paths[1].write_text(json.dumps(report(1, (0, 0, 0, 0), (0, 0, 0, 0), steps=100)))
+    run = subprocess.run([sys.executable, str(script), *map(str, paths)], capture_output=True, text=True)
+    assert run.returncode != 0 and "not the same experiment" in run.stderr
+    run = subprocess.run([sys.executable, str(script), str(paths[0]), str(paths[0])], capture_output=True, text=True)
+    assert run.returncode != 0 and "another seed" in run.stderr
