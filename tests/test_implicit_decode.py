@@ -30,11 +30,18 @@ def random_concat(rng):
 
 def random_hierarchical(rng):
     chans = [rng.randint(1, 6), rng.randint(1, 6), rng.randint(1, 6)]
-    return chans, HierarchicalDecoder(
+    return chans, hierarchical(chans, [chans[-1], 5, 4, 1], last_gain=4.0)
+
+
+def hierarchical(chans, head, last_gain=1.0):
+    """A random hierarchical decoder with these pyramid channels and head widths (the head's weights
+    drawn last, the last layer scaled by ``last_gain``)."""
+    return HierarchicalDecoder(
         gates=[torch.randn(c, dtype=torch.float64) for c in chans[1:]],
         laterals=[lin(a, b) for a, b in zip(chans[:-1], chans[1:])],
         ffns=[(lin(c, 4 * c), lin(4 * c, c)) for c in chans[1:]],
-        head=[lin(chans[-1], 5), lin(5, 4), lin(4, 1, gain=4.0)],
+        head=[lin(a, b, gain=last_gain if i == len(head) - 2 else 1.0)
+              for i, (a, b) in enumerate(zip(head[:-1], head[1:]))],
     )
 
 
@@ -263,13 +270,7 @@ def wide_concat(rng):
 
 def wide_hierarchical(rng):
     chans = [rng.randint(1, 20), rng.randint(1, 20), rng.randint(1, 20)]
-    head = [chans[-1], rng.randint(1, 40), rng.randint(1, 40), 1]
-    return chans, HierarchicalDecoder(
-        gates=[torch.randn(c, dtype=torch.float64) for c in chans[1:]],
-        laterals=[lin(a, b) for a, b in zip(chans[:-1], chans[1:])],
-        ffns=[(lin(c, 4 * c), lin(4 * c, c)) for c in chans[1:]],
-        head=[lin(a, b) for a, b in zip(head[:-1], head[1:])],
-    )
+    return chans, hierarchical(chans, [chans[-1], rng.randint(1, 40), rng.randint(1, 40), 1])
 
 
 @pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512_BF16")
