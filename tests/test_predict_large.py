@@ -174,3 +174,21 @@ def test_model_precision_is_checked():
         model.encode(image)
     model.precision = "fp32"
     assert model.encode(image).maps[0].dtype == torch.float32
+
+
+def test_bench_table_leaves_ratios_blank_without_a_baseline():
+    """A run without the released-style path (e.g. --precision bf16) has no ratios: the table shows
+    "-" there, not nan; with the baseline, each row's ratio is printed."""
+    from infinidepth import bench
+
+    model = from_preset("tiny")
+    alone = bench.bench(model, [("s", (8, 8))], torch.device("cpu"), ["torch"], warmup=False, progress=False, input_size=(32, 48))
+    table = bench.format_rows(alone)
+    assert "nan" not in table
+    row = table.splitlines()[2].split()
+    assert row[:2] == ["s", "torch"] and row[8:10] == ["-", "-"]
+    both = bench.bench(model, [("s", (8, 8))], torch.device("cpu"), [bench.BASELINE, "torch"], warmup=False, progress=False,
+                       input_size=(32, 48))
+    rows = bench.format_rows(both).splitlines()[2:4]
+    assert [r.split()[8] for r in rows][0] == "1.00"
+    assert float(rows[1].split()[8]) == pytest.approx(both["rows"][1]["decode_speedup_vs_released"], abs=0.006)
