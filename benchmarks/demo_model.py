@@ -15,6 +15,10 @@
 
 Each stage resumes: rendered scenes, finished runs (`model.safetensors`) and interrupted runs
 (`checkpoint.pt`) are reused.
+
+`--encoder-from MODEL.safetensors` compares the heads alone: both models start from that model's
+ViT encoder and keep it frozen (`lr_encoder` 0), so only the reassembly and the head are trained and
+the two differ in nothing else.
 """
 
 from __future__ import annotations
@@ -69,12 +73,14 @@ def variant(preset: str, patch: int, head: tuple[int, ...] | None, encoder: tupl
     return name
 
 
-def run(model: str, work: Path, steps: int, seed: int, lr_decoder: float = 1e-3, pairs: int = 4096) -> Path:
+def run(model: str, work: Path, steps: int, seed: int, lr_decoder: float = 1e-3, pairs: int = 4096,
+        encoder_from: str | None = None) -> Path:
     out = work / f"run-{model}"
     if (out / "model.safetensors").is_file():
         return out / "model.safetensors"
     cfg = TrainConfig(model=model, data=[DataSource("procedural", str(work / "train"))], input_size=INPUT, pairs=pairs,
-                      target="log_depth", batch_size=8, steps=steps, lr_encoder=1e-3, lr_decoder=lr_decoder, weight_decay=0.01,
+                      target="log_depth", batch_size=8, steps=steps, lr_encoder=0.0 if encoder_from else 1e-3,
+                      lr_decoder=lr_decoder, weight_decay=0.01, pretrained_encoder=encoder_from,
                       warmup_steps=100, checkpoint_every=250, log_every=25, num_workers=1, seed=seed, out=str(out))
     train(cfg, resume=(out / "checkpoint.pt").is_file())
     return out / "model.safetensors"
@@ -152,6 +158,7 @@ def main() -> None:
     ap.add_argument("--encoder", help="ViT embedding width, depth and heads of both models, e.g. 192,6,3 (default: the preset's)")
     ap.add_argument("--patch", type=int, default=16, help="ViT patch size of both models (16: the presets as they are)")
     ap.add_argument("--head", help="hidden widths of the implicit decoder's head MLP, e.g. 64,64 (default: the preset's)")
+    ap.add_argument("--encoder-from", help="a model file whose ViT encoder both models start from and keep frozen")
     ap.add_argument("--json")
     ap.add_argument("--bundle")
     args = ap.parse_args()
@@ -163,7 +170,7 @@ def main() -> None:
     render_set(work / "val", args.val_scenes, GT, seed=100_000)
     head = tuple(int(v) for v in args.head.split(",")) if args.head else None
     names = [variant(name, args.patch, head, encoder) for name in args.models.split(",")]
-    models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs) for name in names}
+    models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs, args.encoder_from) for name in names}
     val = Procedural(work / "val")
     rows, loaded, per_image = {}, {}, {}
     for name, path in models.items():
@@ -183,7 +190,7 @@ def main() -> None:
     write_report(args.json, {
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
         "input": list(INPUT), "evaluated_at": list(GT), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
-        "steps": args.steps, "seed": args.seed, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "alignment": "RANSAC scale and shift in depth space, per image",
+        "steps": args.steps, "seed": args.seed, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "encoder_from": args.encoder_from, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows, "implicit_minus_grid": comparison,
     })
     if args.json:

@@ -172,6 +172,32 @@ def test_dinov3_encoder_loads_and_dinov2_is_refused_with_the_reason(tmp_path):
         load_pretrained_encoder(model, tmp_path / "other.pth")
 
 
+def test_a_new_head_trains_on_another_models_frozen_encoder(scenes, tmp_path):
+    """pretrained_encoder may be one of our model files (its encoder is taken), and lr_encoder 0
+    freezes the encoder: after training it is that model's to the bit, while the head has moved."""
+    from infinidepth.checkpoint import load_model, save_model
+
+    donor = from_preset("grid-tiny", seed=5)
+    save_model(donor, tmp_path / "donor.safetensors")
+    cfg = small_config(scenes, tmp_path / "frozen", steps=3, pretrained_encoder=str(tmp_path / "donor.safetensors"),
+                       lr_encoder=0.0)
+    result = train(cfg, progress=False)
+    assert result["step"] == 3
+    trained = load_model(tmp_path / "frozen" / "model.safetensors")
+    assert trained.arch == "InfiniDepthPaper"
+    assert all(torch.equal(a, b) for a, b in zip(trained.encoder.state_dict().values(), donor.encoder.state_dict().values()))
+    start = from_preset("tiny", seed=cfg.seed)
+    assert not torch.equal(trained.decoder.mlp[0].weight, start.decoder.mlp[0].weight)
+    optimizer = torch.load(tmp_path / "frozen" / "checkpoint.pt", weights_only=False)["optimizer"]
+    assert [len(g["params"]) for g in optimizer["param_groups"]][0] == 0       # nothing of the encoder is optimised
+    # Trained with the encoder learning too, the encoder moves: the check above can fail.
+    moving = train(small_config(scenes, tmp_path / "moving", steps=3, pretrained_encoder=str(tmp_path / "donor.safetensors")),
+                   progress=False)
+    assert moving["step"] == 3
+    moved = load_model(tmp_path / "moving" / "model.safetensors")
+    assert not all(torch.equal(a, b) for a, b in zip(moved.encoder.state_dict().values(), donor.encoder.state_dict().values()))
+
+
 def test_train_command_errors_are_one_line(scenes, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: demo\nlearning_rate: 3\n")

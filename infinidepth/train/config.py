@@ -25,14 +25,14 @@ class DataSource:
 @dataclass
 class TrainConfig:
     model: str = "tiny"                          # preset name, or a checkpoint file to start from
-    pretrained_encoder: str | None = None        # a DINOv3 checkpoint (Meta layout) for the encoder
+    pretrained_encoder: str | None = None        # a DINOv3 checkpoint (Meta layout) or our model file, for the encoder
     data: list[DataSource] = field(default_factory=list)
     input_size: tuple[int, int] = (384, 512)     # network input (H, W), multiples of 16
     pairs: int = 100_000                         # coordinate-depth pairs per image
     target: str = "auto"                         # log_depth (paper) | disparity (released) | auto: by model
     batch_size: int = 4
     steps: int = 1000
-    lr_encoder: float = 5e-6
+    lr_encoder: float = 5e-6                     # 0: the encoder is frozen (no gradients through it)
     lr_decoder: float = 1e-4
     weight_decay: float = 0.05
     warmup_steps: int = 100

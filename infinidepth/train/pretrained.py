@@ -1,4 +1,4 @@
-"""Pretrained encoder weights from a local file: DINOv3 in Meta's layout.
+"""Pretrained encoder weights from a local file: DINOv3 in Meta's layout, or another model's.
 
 The encoders here are DINOv3-layout ViTs (RoPE positions, storage tokens, LayerScale), so a DINOv3
 backbone checkpoint (``dinov3_vitl16_pretrain_lvd1689m.pth`` and its siblings) loads key for key;
@@ -7,6 +7,10 @@ keeps for its own heads (``local_cls_norm``, ``head``...) are ignored. A DINOv2 
 recognised (learned ``pos_embed``, ``register_tokens``) and refused with the reason: its learned
 absolute positions have no counterpart in a RoPE encoder, so loading it would silently mis-place
 every patch.
+
+A model file of our own format (``save_model``, e.g. a finished run's ``model.safetensors``) gives
+its encoder: a new decoder head can be trained on an encoder another run learnt (with
+``lr_encoder: 0`` it stays frozen).
 """
 
 from __future__ import annotations
@@ -26,8 +30,17 @@ def read_encoder_state(path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"no pretrained encoder file {path}")
     if path.suffix == ".safetensors":
+        from safetensors import safe_open
         from safetensors.torch import load_file
 
+        with safe_open(str(path), framework="pt") as f:
+            ours = "infinidepth" in (f.metadata() or {})
+        if ours:
+            from infinidepth.checkpoint import load_model
+
+            from .trainer import encoder_of
+
+            return dict(encoder_of(load_model(path)).state_dict())
         sd = load_file(str(path))
     else:
         try:
@@ -52,7 +65,8 @@ def read_encoder_state(path) -> dict[str, torch.Tensor]:
 
 
 def load_pretrained_encoder(model, path) -> None:
-    """Load a DINOv3 backbone into ``model``'s encoder (``model.encoder`` or ``model.pretrained``)."""
+    """Load a DINOv3 backbone (or our model file's encoder) into ``model``'s encoder (``model.encoder``
+    or ``model.pretrained``)."""
     from .trainer import encoder_of
 
     sd = read_encoder_state(path)

@@ -124,10 +124,18 @@ def encoder_of(model) -> torch.nn.Module:
 
 
 def build_optimizer(model, cfg: TrainConfig):
+    """AdamW over two groups, encoder and the rest. ``lr_encoder == 0`` freezes the encoder: its
+    parameters stop requiring gradients, so the backward pass ends at its output (cheaper), and its
+    group stays empty."""
+    if cfg.lr_encoder == 0:
+        encoder_of(model).requires_grad_(False)
     enc = {id(p) for p in encoder_of(model).parameters()}
+    trained = [p for p in model.parameters() if p.requires_grad]
+    if not trained:
+        raise ValueError("nothing to train: every parameter is frozen")
     groups = [
-        {"params": [p for p in model.parameters() if id(p) in enc], "lr": cfg.lr_encoder, "name": "encoder"},
-        {"params": [p for p in model.parameters() if id(p) not in enc], "lr": cfg.lr_decoder, "name": "decoder"},
+        {"params": [p for p in trained if id(p) in enc], "lr": cfg.lr_encoder, "name": "encoder"},
+        {"params": [p for p in trained if id(p) not in enc], "lr": cfg.lr_decoder, "name": "decoder"},
     ]
     opt = torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
 
