@@ -10,6 +10,9 @@ difference, then the mean difference and on how many seeds the implicit model is
 
 Retraining moves every score; a margin that keeps its sign on every seed is one the architecture
 earns, not one seed's luck.
+
+Reports of heads trained on frozen encoders (``demo_model.py --encoder-from``) are summarised the
+same way, one per encoder; they may share a seed, and are not mixed with end-to-end runs.
 """
 
 from __future__ import annotations
@@ -36,15 +39,20 @@ def load(path: str) -> dict:
     if len(grid) != 1 or len(implicit) != 1:
         raise SystemExit(f"{path}: expected one implicit and one grid model, found {names}")
     # reports written before the seed was recorded ran with demo_model.py's default, 0
-    return {"path": path, "report": report, "seed": report.get("seed", 0), "implicit": report["models"][implicit[0]]["summary"],
+    return {"path": path, "report": report, "seed": report.get("seed", 0), "encoder_from": report.get("encoder_from"),
+            "implicit": report["models"][implicit[0]]["summary"],
             "grid": report["models"][grid[0]]["summary"]}
 
 
 def summarise(runs: list[dict]) -> dict:
     first = runs[0]["report"]
     seeds = [r["seed"] for r in runs]
-    if len(set(seeds)) != len(seeds):
-        raise SystemExit(f"training seeds {seeds}: each report must come from another seed")
+    frozen = [r["encoder_from"] is not None for r in runs]
+    if any(frozen) and not all(frozen):
+        raise SystemExit("these reports mix heads trained on frozen encoders (--encoder-from) with end-to-end runs")
+    keys = [(r["seed"], r["encoder_from"]) for r in runs]
+    if len(set(keys)) != len(keys):
+        raise SystemExit(f"training seeds {seeds}: each report must come from another seed (or, frozen, another encoder)")
     for run in runs[1:]:
         differ = [k for k in SAME if run["report"].get(k) != first.get(k)]
         if differ:
@@ -61,6 +69,7 @@ def summarise(runs: list[dict]) -> dict:
             "seeds_implicit_ahead": sum((d > 0) == higher and d != 0 for d in diffs),
         })
     return {"benchmark": "demo model vs grid baseline over training seeds", "seeds": len(runs), "training_seeds": seeds,
+            "encoders_from": [r["encoder_from"] for r in runs] if any(frozen) else None,
             "reports": [r["path"] for r in runs], **{k: first.get(k) for k in SAME}, "rows": rows}
 
 
@@ -71,6 +80,8 @@ def main() -> dict:
     args = ap.parse_args()
     summary = summarise([load(p) for p in args.reports])
     print(f"{summary['seeds']} training seeds {summary['training_seeds']}, {summary['steps']} steps, {summary['pairs']} pairs per image")
+    for k, encoder in enumerate(summary["encoders_from"] or []):
+        print(f"  run {k}: heads on the frozen encoder of {encoder}")
     print(f"{'metric':16s} {'implicit':>24s} {'grid':>24s} {'mean diff':>10s} {'implicit ahead':>15s}")
     for r in summary["rows"]:
         fmt = lambda xs: " ".join(f"{x:.3f}" for x in xs)  # noqa: E731

@@ -233,3 +233,15 @@ def test_seed_summary_of_the_demo_model_comparison(tmp_path):
     assert run.returncode != 0 and "not the same experiment" in run.stderr
     run = subprocess.run([sys.executable, str(script), str(paths[0]), str(paths[0])], capture_output=True, text=True)
     assert run.returncode != 0 and "another seed" in run.stderr
+    # heads on frozen encoders: one seed, two encoders is two runs; mixed with end-to-end runs, refused
+    frozen = []
+    for k, encoder in enumerate(("a.safetensors", "b.safetensors")):
+        frozen.append(tmp_path / f"frozen{k}.json")
+        frozen[-1].write_text(json.dumps(dict(report(2, (0.20, 0.75, 0.48, 0.44), (0.22, 0.70, 0.47, 0.40)), encoder_from=encoder)))
+    run = subprocess.run([sys.executable, str(script), *map(str, frozen), "--json", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(out.read_text())["encoders_from"] == ["a.safetensors", "b.safetensors"]
+    run = subprocess.run([sys.executable, str(script), str(frozen[0]), str(frozen[0])], capture_output=True, text=True)
+    assert run.returncode != 0 and "another encoder" in run.stderr
+    run = subprocess.run([sys.executable, str(script), str(frozen[0]), str(paths[0])], capture_output=True, text=True)
+    assert run.returncode != 0 and "mix" in run.stderr
