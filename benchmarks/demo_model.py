@@ -3,9 +3,10 @@
     python benchmarks/demo_model.py --work data/demo --steps 2500 \
         --json benchmarks/results/demo_model.json --bundle infinidepth/assets/demo_model.safetensors
 
-1. renders procedural training scenes (ground truth 384x512) and held-out ones (other seeds);
+1. renders procedural training scenes (ground truth 384x512, four times the network input) and
+   held-out ones (other seeds);
 2. trains the `tiny` paper-architecture model (implicit decoder) with sparse sub-pixel supervision
-   at a 96x128 network input, and the same encoder with a grid head (`grid-tiny`: depth on the
+   at a 96x128 network input (`--input`), and the same encoder with a grid head (`grid-tiny`: depth on the
    input's pixel grid, bilinearly upsampled) with the same data, steps and schedule;
 3. evaluates both on the held-out scenes at 4x the training resolution (384x512, the ground truth's
    own resolution): AbsRel and delta < 1.25 on the full image and on high-frequency pixels;
@@ -46,8 +47,7 @@ from infinidepth.models import PRESETS  # noqa: E402
 from infinidepth.train import TrainConfig, train  # noqa: E402
 from infinidepth.train.config import DataSource  # noqa: E402
 
-INPUT = (96, 128)
-GT = (384, 512)
+INPUT = (96, 128)   # the network input by default; the ground truth and the evaluation are at 4x
 FIGURE_SCENES = (0, 7, 12)   # held-out scenes in the picture: a street, a street with a tree and posts, a room
 
 
@@ -74,11 +74,11 @@ def variant(preset: str, patch: int, head: tuple[int, ...] | None, encoder: tupl
 
 
 def run(model: str, work: Path, steps: int, seed: int, lr_decoder: float = 1e-3, pairs: int = 4096,
-        encoder_from: str | None = None) -> Path:
+        encoder_from: str | None = None, input_size: tuple[int, int] = INPUT) -> Path:
     out = work / f"run-{model}"
     if (out / "model.safetensors").is_file():
         return out / "model.safetensors"
-    cfg = TrainConfig(model=model, data=[DataSource("procedural", str(work / "train"))], input_size=INPUT, pairs=pairs,
+    cfg = TrainConfig(model=model, data=[DataSource("procedural", str(work / "train"))], input_size=input_size, pairs=pairs,
                       target="log_depth", batch_size=8, steps=steps, lr_encoder=0.0 if encoder_from else 1e-3,
                       lr_decoder=lr_decoder, weight_decay=0.01, pretrained_encoder=encoder_from,
                       warmup_steps=100, checkpoint_every=250, log_every=25, num_workers=1, seed=seed, out=str(out))
@@ -118,29 +118,29 @@ def paired(per_image: dict, a: str, b: str, resamples: int = 10_000, seed: int =
     return out
 
 
-def comparison_figure(models: dict, val, path: Path) -> None:
+def comparison_figure(models: dict, val, path: Path, input_size: tuple[int, int]) -> None:
     """One row per scene: the input, the ground truth, then each model queried at the ground truth's
     resolution, aligned to it as the scores are (RANSAC in the model's space) and coloured on the
     ground truth's scale, so that colours compare across a row. Black: no ground truth (sky)."""
     from PIL import Image, ImageDraw
 
     rows = []
-    for i in FIGURE_SCENES:
+    for i in [i for i in FIGURE_SCENES if i < len(val)]:
         f = val.frame(i)
         gt, valid = f["depth"].numpy(), f["valid"].numpy()
         scale = gt[valid]
         tiles = [f["rgb"], np.where(valid[..., None], colorize_depth(gt, reference=scale), 0).astype(np.uint8)]
         for model in models.values():
-            pred = predict_depth(model, f["rgb"], gt.shape, "native", INPUT)
+            pred = predict_depth(model, f["rgb"], gt.shape, "native", input_size)
             pred, _, _ = align(pred, gt, valid, space=model.alignment, method="ransac")
             tiles.append(colorize_depth(pred, reference=scale))
         rows.append(np.concatenate(tiles, 1))
     picture = np.concatenate(rows, 0)
     header = Image.new("RGB", (picture.shape[1], 20), "white")
     draw = ImageDraw.Draw(header)
-    names = [f"input (network sees {INPUT[0]}x{INPUT[1]})", "ground truth", *models]
+    names = [f"input (network sees {input_size[0]}x{input_size[1]})", "ground truth", *models]
     for k, name in enumerate(names):
-        draw.text((k * GT[1] + 6, 4), name, fill="black")
+        draw.text((k * picture.shape[1] // len(names) + 6, 4), name, fill="black")
     write_png(path, np.concatenate([np.asarray(header), picture], 0))
     print(f"wrote {path}")
 
@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--encoder", help="ViT embedding width, depth and heads of both models, e.g. 192,6,3 (default: the preset's)")
     ap.add_argument("--patch", type=int, default=16, help="ViT patch size of both models (16: the presets as they are)")
     ap.add_argument("--head", help="hidden widths of the implicit decoder's head MLP, e.g. 64,64 (default: the preset's)")
+    ap.add_argument("--input", default="96x128", help="network input HxW, multiples of 16; ground truth and evaluation at 4x")
     ap.add_argument("--encoder-from", help="a model file whose ViT encoder both models start from and keep frozen")
     ap.add_argument("--json")
     ap.add_argument("--bundle")
@@ -165,17 +166,24 @@ def main() -> None:
     encoder = tuple(int(v) for v in args.encoder.split(",")) if args.encoder else None
     if encoder is not None and len(encoder) != 3:
         ap.error(f"--encoder takes three numbers, embedding width, depth and heads (e.g. 192,6,3), got {args.encoder!r}")
+    try:
+        input_size = tuple(int(v) for v in args.input.lower().split("x"))
+        if len(input_size) != 2 or min(input_size) <= 0 or input_size[0] % 16 or input_size[1] % 16:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--input takes HxW, positive multiples of 16 (e.g. 96x128), got {args.input!r}")
+    gt = (4 * input_size[0], 4 * input_size[1])
     work = Path(args.work)
-    render_set(work / "train", args.train_scenes, GT, seed=0)
-    render_set(work / "val", args.val_scenes, GT, seed=100_000)
+    render_set(work / "train", args.train_scenes, gt, seed=0)
+    render_set(work / "val", args.val_scenes, gt, seed=100_000)
     head = tuple(int(v) for v in args.head.split(",")) if args.head else None
     names = [variant(name, args.patch, head, encoder) for name in args.models.split(",")]
-    models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs, args.encoder_from) for name in names}
+    models = {name: run(name, work, args.steps, args.seed, args.lr_decoder, args.pairs, args.encoder_from, input_size) for name in names}
     val = Procedural(work / "val")
     rows, loaded, per_image = {}, {}, {}
     for name, path in models.items():
         model = loaded[name] = load_model(path)
-        result = evaluate(model, val, output_resolution="native", input_size=INPUT, progress=True)
+        result = evaluate(model, val, output_resolution="native", input_size=input_size, progress=True)
         rows[name] = {"summary": result["summary"], "curve": curve(path.parent)}
         per_image[name] = result["images"]
         s = result["summary"]
@@ -189,12 +197,12 @@ def main() -> None:
               f"{c['ci95'][1]:+.4f}); better on {c['images_better']} of {c['images']} images")
     write_report(args.json, {
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
-        "input": list(INPUT), "evaluated_at": list(GT), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
+        "input": list(input_size), "evaluated_at": list(gt), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
         "steps": args.steps, "seed": args.seed, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "encoder_from": args.encoder_from, "alignment": "RANSAC scale and shift in depth space, per image",
         "models": rows, "implicit_minus_grid": comparison,
     })
     if args.json:
-        comparison_figure(loaded, val, Path(args.json).with_suffix(".png"))
+        comparison_figure(loaded, val, Path(args.json).with_suffix(".png"), input_size)
     if args.bundle and implicit:
         shutil.copyfile(models[implicit], args.bundle)
         print(f"bundled {models[implicit]} as {args.bundle}")

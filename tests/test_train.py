@@ -245,3 +245,26 @@ def test_seed_summary_of_the_demo_model_comparison(tmp_path):
     assert run.returncode != 0 and "another encoder" in run.stderr
     run = subprocess.run([sys.executable, str(script), str(frozen[0]), str(paths[0])], capture_output=True, text=True)
     assert run.returncode != 0 and "mix" in run.stderr
+
+
+def test_demo_model_script_runs_end_to_end_at_another_input(tmp_path):
+    """benchmarks/demo_model.py on a few small scenes: both models train, are evaluated at four times
+    the chosen input and compared, and the report and picture say at which sizes; a bad --input is
+    refused before anything is rendered."""
+    script = Path(__file__).parents[1] / "benchmarks" / "demo_model.py"
+    out = tmp_path / "report.json"
+    common = [sys.executable, str(script), "--work", str(tmp_path / "work"), "--train-scenes", "8", "--val-scenes", "2",
+              "--steps", "2", "--pairs", "64"]
+    run = subprocess.run([*common, "--input", "32x48", "--json", str(out)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["input"] == [32, 48] and report["evaluated_at"] == [128, 192]
+    assert sorted(report["models"]) == ["grid-tiny", "tiny"] and report["implicit_minus_grid"]["full/abs_rel"]["images"] == 2
+    from PIL import Image
+
+    # columns: input, truth, two models; rows: the picture's scenes that exist (0, 7 and 12: only 0 here)
+    assert Image.open(out.with_suffix(".png")).size == (4 * 192, 20 + 128)
+    index = json.loads((tmp_path / "work" / "val" / "index.json").read_text())
+    assert index["size"] == [128, 192]
+    run = subprocess.run([*common, "--work", str(tmp_path / "other"), "--input", "30x48"], capture_output=True, text=True)
+    assert run.returncode == 2 and "multiples of 16" in run.stderr and not (tmp_path / "other").exists()
