@@ -131,8 +131,6 @@ def build_optimizer(model, cfg: TrainConfig):
         encoder_of(model).requires_grad_(False)
     enc = {id(p) for p in encoder_of(model).parameters()}
     trained = [p for p in model.parameters() if p.requires_grad]
-    if not trained:
-        raise ValueError("nothing to train: every parameter is frozen")
     groups = [
         {"params": [p for p in trained if id(p) in enc], "lr": cfg.lr_encoder, "name": "encoder"},
         {"params": [p for p in trained if id(p) not in enc], "lr": cfg.lr_decoder, "name": "decoder"},
