@@ -172,6 +172,8 @@ def main() -> None:
             raise ValueError
     except ValueError:
         ap.error(f"--input takes HxW, positive multiples of 16 (e.g. 96x128), got {args.input!r}")
+    if args.encoder_from and not Path(args.encoder_from).is_file():
+        ap.error(f"--encoder-from: no model file {args.encoder_from}")
     gt = (4 * input_size[0], 4 * input_size[1])
     work = Path(args.work)
     render_set(work / "train", args.train_scenes, gt, seed=0)

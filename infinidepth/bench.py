@@ -175,12 +175,12 @@ def format_rows(report: dict) -> str:
             f"{'Mq/s':>8} {'x decode':>9} {'x total':>8} {'memory MB':>10}")
     lines = [f"{report['arch']} on {report['device']}, input {report['input'][0]}x{report['input'][1]}, "
              f"{report.get('precision', 'fp32')}", head]
-    for r in report["rows"]:
-        def cell(key: str, width: int, fmt: str) -> str:   # "-" where there is nothing to report (no baseline run)
-            return f"{r[key]:{width}{fmt}}" if key in r else f"{'-':>{width}}"
+    def cell(r: dict, key: str, width: int, fmt: str) -> str:   # "-" where there is nothing to report (no baseline run)
+        return f"{r[key]:{width}{fmt}}" if key in r else f"{'-':>{width}}"
 
+    for r in report["rows"]:
         lines.append(f"{r['size']:>6} {r['path']:>15} {r['encode_s']:9.3f} {r['decode_s']:9.3f} {r['in_memory_s']:9.3f} {r['write_s']:8.3f} "
-                     f"{r['total_s']:8.3f} {r['queries_per_s'] / 1e6:8.2f} {cell('decode_speedup_vs_released', 9, '.2f')} "
-                     f"{cell('total_speedup_vs_released', 8, '.2f')} {cell('decoder_working_mb', 10, '.0f')}")
+                     f"{r['total_s']:8.3f} {r['queries_per_s'] / 1e6:8.2f} {cell(r, 'decode_speedup_vs_released', 9, '.2f')} "
+                     f"{cell(r, 'total_speedup_vs_released', 8, '.2f')} {cell(r, 'decoder_working_mb', 10, '.0f')}")
     lines.append("memory: the decoder's working memory beyond the features and the output map")
     return "\n".join(lines)

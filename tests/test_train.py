@@ -268,3 +268,6 @@ def test_demo_model_script_runs_end_to_end_at_another_input(tmp_path):
     assert index["size"] == [128, 192]
     run = subprocess.run([*common, "--work", str(tmp_path / "other"), "--input", "30x48"], capture_output=True, text=True)
     assert run.returncode == 2 and "multiples of 16" in run.stderr and not (tmp_path / "other").exists()
+    run = subprocess.run([*common, "--work", str(tmp_path / "other"), "--encoder-from", str(tmp_path / "none.safetensors")],
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "no model file" in run.stderr and not (tmp_path / "other").exists()
