@@ -293,3 +293,47 @@ def test_eval_command_on_the_procedural_set(tmp_path, capsys):
     assert "no frames found" in capsys.readouterr().err
     assert main(["eval", "--dataset", "procedural", "--dataset", "kitti", "--root", str(root)]) == 2
     assert "one --root per --dataset" in capsys.readouterr().err
+
+
+# -- the grid-head ceiling (benchmarks/grid_ceiling.py) ------------------------------------------
+
+
+def _grid_ceiling():
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from grid_ceiling import grid_ceiling_depth
+
+    return grid_ceiling_depth
+
+
+def test_grid_ceiling_reproduces_what_a_grid_can_hold_and_not_a_sharp_edge():
+    ceiling = _grid_ceiling()
+    H, W = 32, 48
+    y, x = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    valid = np.ones((H, W), bool)
+    # log-depth linear in the pixel position: each cell's mean is its centre's value, and bilinear
+    # upsampling of those is exact between the outermost cell centres (beyond them it is held flat)
+    plane = np.exp(0.5 + 0.02 * y - 0.01 * x).astype(np.float32)
+    out = ceiling(plane, valid, (8, 12))
+    np.testing.assert_allclose(out[2:-2, 2:-2], plane[2:-2, 2:-2], rtol=1e-5)
+    # a step inside a cell cannot be held by the grid: the ceiling blurs it
+    step = np.where(x < 21, 2.0, 8.0).astype(np.float32)
+    blurred = ceiling(step, valid, (8, 12))
+    assert np.abs(blurred - step).max() > 1.0
+    np.testing.assert_allclose(blurred[:, :12], 2.0, rtol=1e-5)
+
+
+def test_grid_ceiling_continues_the_surface_under_unscored_cells():
+    ceiling = _grid_ceiling()
+    depth = np.full((32, 48), 5.0, np.float32)
+    valid = np.ones_like(depth, bool)
+    valid[:12, :] = False            # three rows of cells with no scored pixel (sky)
+    depth[:12, :] = 0.0
+    out = ceiling(depth, valid, (8, 12))
+    np.testing.assert_allclose(out[valid], 5.0, rtol=1e-5)   # no pull from the empty cells
+    with pytest.raises(ValueError, match="multiple"):
+        ceiling(depth, valid, (7, 12))
+    with pytest.raises(ValueError, match="no valid pixel"):
+        ceiling(depth, np.zeros_like(valid), (8, 12))
