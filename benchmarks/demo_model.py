@@ -9,7 +9,10 @@
    at a 96x128 network input (`--input`), and the same encoder with a grid head (`grid-tiny`: depth on the
    input's pixel grid, bilinearly upsampled) with the same data, steps and schedule;
 3. evaluates both on the held-out scenes at 4x the training resolution (384x512, the ground truth's
-   own resolution): AbsRel and delta < 1.25 on the full image and on high-frequency pixels;
+   own resolution): AbsRel and delta < 1.25 on the full image and on high-frequency pixels; and,
+   to show whether the implicit head uses what lies between input pixels, the implicit model's
+   own input-grid prediction upsampled bilinearly and the ceiling of any grid head
+   (`grid_ceiling.py`: the ground truth on the input grid, upsampled);
 4. writes the report (with the training curves, summarised) and, beside it, a picture of three
    held-out scenes (input, ground truth, each model), and copies the implicit model's weights to
    `--bundle` (the demo default).
@@ -36,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, write_report  # noqa: E402
+from grid_ceiling import ceiling_scores  # noqa: E402
 
 from infinidepth.checkpoint import load_model  # noqa: E402
 from infinidepth.data.procedural import render_set  # noqa: E402
@@ -193,6 +197,17 @@ def main() -> None:
               f"HF AbsRel {s['hf']['abs_rel']:.4f} d1 {s['hf']['delta_1.25']:.4f}")
     implicit = next((n for n in names if PRESETS[n][0] == "InfiniDepthPaper"), None)
     grid = next((n for n in names if PRESETS[n][0] == "GridBaseline"), None)
+    # Does the implicit model use what lies between input pixels? Its own input-grid prediction,
+    # upsampled like the grid baseline's, and what a perfect grid scores (benchmarks/grid_ceiling.py).
+    ceiling = ceiling_scores(val, [input_size])[f"{input_size[0]}x{input_size[1]}"]
+    scored = [("grid ceiling", ceiling)]
+    if implicit:
+        upsampled = evaluate(loaded[implicit], val, output_resolution="input", input_size=input_size, progress=False)
+        rows[implicit]["summary_input_grid"] = upsampled["summary"]
+        scored.append((f"{implicit} on its input grid, upsampled", upsampled["summary"]))
+    for label, s in scored:
+        print(f"{label}: full AbsRel {s['full']['abs_rel']:.4f} d1 {s['full']['delta_1.25']:.4f} | "
+              f"HF AbsRel {s['hf']['abs_rel']:.4f} d1 {s['hf']['delta_1.25']:.4f}")
     comparison = paired(per_image, implicit, grid) if implicit and grid else None
     for key, c in (comparison or {}).items():
         print(f"{implicit} - {grid}, {key}: {c['mean_difference']:+.4f} (95% over images {c['ci95'][0]:+.4f} .. "
@@ -201,7 +216,7 @@ def main() -> None:
         "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
         "input": list(input_size), "evaluated_at": list(gt), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
         "steps": args.steps, "seed": args.seed, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "encoder_from": args.encoder_from, "alignment": "RANSAC scale and shift in depth space, per image",
-        "models": rows, "implicit_minus_grid": comparison,
+        "models": rows, "implicit_minus_grid": comparison, "grid_ceiling": ceiling,
     })
     if args.json:
         comparison_figure(loaded, val, Path(args.json).with_suffix(".png"), input_size)

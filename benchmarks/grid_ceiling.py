@@ -56,6 +56,21 @@ def grid_ceiling_depth(depth: np.ndarray, valid: np.ndarray, grid: tuple[int, in
     return F.interpolate(small, size=(H, W), mode="bilinear", align_corners=False)[0, 0].exp().numpy()
 
 
+def ceiling_scores(dataset, grids: list[tuple[int, int]]) -> dict:
+    """Per grid ("HxW") and region (full, hf): the mean of every metric over the dataset's images."""
+    rows = {f"{g[0]}x{g[1]}": [] for g in grids}
+    for i in range(len(dataset)):
+        f = dataset.frame(i)
+        gt, valid = f["depth"].numpy(), f["valid"].numpy()
+        hf = high_frequency_mask(gt, valid, seed=0)   # the masks `infinidepth eval` draws (its default seed)
+        for g in grids:
+            pred = grid_ceiling_depth(gt, valid, g)
+            rows[f"{g[0]}x{g[1]}"].append({"full": depth_metrics(pred, gt, valid), "hf": depth_metrics(pred, gt, valid & hf)})
+    return {key: {region: {m: float(np.mean([r[region][m] for r in per_image])) for m in per_image[0][region]}
+                  for region in ("full", "hf")}
+            for key, per_image in rows.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data", help="a rendered procedural set (`infinidepth data render`, or demo_model.py's val/)")
@@ -69,25 +84,15 @@ def main() -> None:
     except ValueError:
         ap.error(f"--input takes HxW grids, comma-separated (e.g. 96x128), got {args.input!r}")
     val = Procedural(args.data)
-    rows = {f"{g[0]}x{g[1]}": [] for g in grids}
-    for i in range(len(val)):
-        f = val.frame(i)
-        gt, valid = f["depth"].numpy(), f["valid"].numpy()
-        hf = high_frequency_mask(gt, valid, seed=0)   # the masks `infinidepth eval` draws (its default seed)
-        for g in grids:
-            pred = grid_ceiling_depth(gt, valid, g)
-            rows[f"{g[0]}x{g[1]}"].append({"full": depth_metrics(pred, gt, valid), "hf": depth_metrics(pred, gt, valid & hf)})
-    summary = {}
-    for key, per_image in rows.items():
-        summary[key] = {region: {m: float(np.mean([r[region][m] for r in per_image])) for m in per_image[0][region]}
-                        for region in ("full", "hf")}
-        s = summary[key]
-        print(f"grid {key} -> {gt.shape[0]}x{gt.shape[1]}: full AbsRel {s['full']['abs_rel']:.4f} "
+    summary = ceiling_scores(val, grids)
+    shape = val.frame(0)["depth"].shape
+    for key, s in summary.items():
+        print(f"grid {key} -> {shape[0]}x{shape[1]}: full AbsRel {s['full']['abs_rel']:.4f} "
               f"d1 {s['full']['delta_1.25']:.4f} | HF AbsRel {s['hf']['abs_rel']:.4f} d1 {s['hf']['delta_1.25']:.4f}")
     write_report(args.json, {
         "benchmark": "grid-head ceiling: ground truth on the input grid, upsampled bilinearly",
         "device": device_name(torch.device("cpu")), "data": args.data, "images": len(val),
-        "evaluated_at": list(gt.shape), "reduction": "mean of log-depth per cell", "hf_mask_seed": 0,
+        "evaluated_at": list(shape), "reduction": "mean of log-depth per cell", "hf_mask_seed": 0,
         "grids": summary,
     })
 

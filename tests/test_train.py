@@ -260,6 +260,10 @@ def test_demo_model_script_runs_end_to_end_at_another_input(tmp_path):
     report = json.loads(out.read_text())
     assert report["input"] == [32, 48] and report["evaluated_at"] == [128, 192]
     assert sorted(report["models"]) == ["grid-tiny", "tiny"] and report["implicit_minus_grid"]["full/abs_rel"]["images"] == 2
+    # the implicit model is also scored on its own input grid, upsampled; the perfect grid beats both untrained models
+    assert set(report["models"]["tiny"]["summary_input_grid"]) == {"full", "hf"}
+    ceiling = report["grid_ceiling"]["full"]["abs_rel"]
+    assert 0 <= ceiling < min(report["models"][m]["summary"]["full"]["abs_rel"] for m in ("tiny", "grid-tiny"))
     from PIL import Image
 
     # columns: input, truth, two models; rows: the picture's scenes that exist (0, 7 and 12: only 0 here)
