@@ -29,3 +29,10 @@ def write_report(path: str | None, report: dict) -> None:
 
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
+
+
+def score_line(summary: dict) -> str:
+    """AbsRel and delta < 1.25 on the full image and on the high-frequency pixels, on one line."""
+    full, hf = summary["full"], summary["hf"]
+    return (f"full AbsRel {full['abs_rel']:.4f} d1 {full['delta_1.25']:.4f} | "
+            f"HF AbsRel {hf['abs_rel']:.4f} d1 {hf['delta_1.25']:.4f}")

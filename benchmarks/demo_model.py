@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, write_report  # noqa: E402
+from common import device_name, score_line, write_report  # noqa: E402
 from grid_ceiling import ceiling_scores  # noqa: E402
 
 from infinidepth.checkpoint import load_model  # noqa: E402
@@ -193,8 +193,7 @@ def main() -> None:
         rows[name] = {"summary": result["summary"], "curve": curve(path.parent)}
         per_image[name] = result["images"]
         s = result["summary"]
-        print(f"{name:>10}: full AbsRel {s['full']['abs_rel']:.4f} d1 {s['full']['delta_1.25']:.4f} | "
-              f"HF AbsRel {s['hf']['abs_rel']:.4f} d1 {s['hf']['delta_1.25']:.4f}")
+        print(f"{name:>10}: {score_line(s)}")
     implicit = next((n for n in names if PRESETS[n][0] == "InfiniDepthPaper"), None)
     grid = next((n for n in names if PRESETS[n][0] == "GridBaseline"), None)
     # Does the implicit model use what lies between input pixels? Its own input-grid prediction,
@@ -206,8 +205,7 @@ def main() -> None:
         rows[implicit]["summary_input_grid"] = upsampled["summary"]
         scored.append((f"{implicit} on its input grid, upsampled", upsampled["summary"]))
     for label, s in scored:
-        print(f"{label}: full AbsRel {s['full']['abs_rel']:.4f} d1 {s['full']['delta_1.25']:.4f} | "
-              f"HF AbsRel {s['hf']['abs_rel']:.4f} d1 {s['hf']['delta_1.25']:.4f}")
+        print(f"{label}: {score_line(s)}")
     comparison = paired(per_image, implicit, grid) if implicit and grid else None
     for key, c in (comparison or {}).items():
         print(f"{implicit} - {grid}, {key}: {c['mean_difference']:+.4f} (95% over images {c['ci95'][0]:+.4f} .. "

@@ -1,7 +1,7 @@
 """The best score any grid head can reach: what a perfect depth map on the network input's grid,
 upsampled bilinearly (as the grid baseline does), scores against the ground truth.
 
-    python benchmarks/grid_ceiling.py data/demo/val --input 96x128 --json benchmarks/results/grid_ceiling.json
+    python benchmarks/grid_ceiling.py data/demo-e192/val --input 48x64,96x128,192x256 --json benchmarks/results/grid_ceiling.json
 
 For each held-out scene the ground truth is reduced to the input grid (the mean of log-depth over
 each cell: the grid a perfect grid head would predict, up to how it weighs an edge), upsampled back
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, write_report  # noqa: E402
+from common import device_name, score_line, write_report  # noqa: E402
 
 from infinidepth.eval import Procedural  # noqa: E402
 from infinidepth.eval.hf_mask import high_frequency_mask  # noqa: E402
@@ -83,12 +83,14 @@ def main() -> None:
             raise ValueError
     except ValueError:
         ap.error(f"--input takes HxW grids, comma-separated (e.g. 96x128), got {args.input!r}")
-    val = Procedural(args.data)
-    summary = ceiling_scores(val, grids)
+    try:
+        val = Procedural(args.data)
+        summary = ceiling_scores(val, grids)
+    except ValueError as e:   # no such set (InputError), or a grid that does not divide its ground truth
+        ap.error(str(e))
     shape = val.frame(0)["depth"].shape
     for key, s in summary.items():
-        print(f"grid {key} -> {shape[0]}x{shape[1]}: full AbsRel {s['full']['abs_rel']:.4f} "
-              f"d1 {s['full']['delta_1.25']:.4f} | HF AbsRel {s['hf']['abs_rel']:.4f} d1 {s['hf']['delta_1.25']:.4f}")
+        print(f"grid {key} -> {shape[0]}x{shape[1]}: {score_line(s)}")
     write_report(args.json, {
         "benchmark": "grid-head ceiling: ground truth on the input grid, upsampled bilinearly",
         "device": device_name(torch.device("cpu")), "data": args.data, "images": len(val),
