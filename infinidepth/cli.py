@@ -12,7 +12,7 @@
                      [--output-resolution native|input] [--json OUT]
 
 Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
-zero focal length, an input size that is not a multiple of 16) gets one line on stderr, exit code
+zero focal length, an input size that is not a multiple of the model's ViT patch) gets one line on stderr, exit code
 2, and no output files.
 """
 
@@ -61,21 +61,22 @@ def parse_size(text: str, what: str) -> tuple[int, int]:
     return h, w
 
 
-def default_input_size(h: int, w: int, trained: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Aspect kept, both sides multiples of 16; as many pixels as the model was trained at when that is
-    known (``trained``), else the long side at most 1024."""
+def default_input_size(h: int, w: int, trained: tuple[int, int] | None = None, patch: int = 16) -> tuple[int, int]:
+    """Aspect kept, both sides multiples of the model's ViT ``patch``; as many pixels as the model was
+    trained at when that is known (``trained``), else the long side at most 1024."""
     if trained:
         s = (trained[0] * trained[1] / (h * w)) ** 0.5
     else:
         s = min(1.0, MAX_INPUT_SIDE / max(h, w))
-    return max(16, round(h * s / 16) * 16), max(16, round(w * s / 16) * 16)
+    return max(patch, round(h * s / patch) * patch), max(patch, round(w * s / patch) * patch)
 
 
-def network_input_size(text: str | None, H0: int = 0, W0: int = 0, trained=None) -> tuple[int, int]:
-    """``--input-size`` checked (multiples of 16), or the default for an H0 x W0 image."""
-    size = parse_size(text, "--input-size") if text else default_input_size(H0, W0, trained)
-    if size[0] % 16 or size[1] % 16:
-        raise InputError(f"--input-size must be multiples of 16 (the ViT patch), got {size[0]}x{size[1]}")
+def network_input_size(text: str | None, H0: int = 0, W0: int = 0, trained=None, patch: int | None = None) -> tuple[int, int]:
+    """``--input-size`` checked, or the default for an H0 x W0 image: multiples of the model's ViT
+    ``patch`` (16 for the released models; None before the model is loaded: the syntax alone)."""
+    size = parse_size(text, "--input-size") if text else default_input_size(H0, W0, trained, patch or 16)
+    if patch and (size[0] % patch or size[1] % patch):
+        raise InputError(f"--input-size must be multiples of {patch} (the model's ViT patch), got {size[0]}x{size[1]}")
     return size
 
 
@@ -317,7 +318,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         raise InputError(f"a {map_size[0]}x{map_size[1]} map does not fit in memory: it is streamed into a memory-mapped "
                          ".npy, and --ply / --reference-depth need it in memory; use --region for a part of it")
 
-    input_size = network_input_size(args.input_size, H0, W0, model.input_size)
+    input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
     sizes = {"image": (H0, W0), "network input": input_size}
     sparse = None
     if sparse_file:
@@ -423,10 +424,12 @@ def run_eval(args) -> list[dict]:
             raise InputError(f"unknown dataset {name!r}; choose from {', '.join(BENCHMARKS)}")
     if args.hf_points <= 0 or (args.limit is not None and args.limit <= 0):
         raise InputError("--hf-points and --limit must be positive")
-    input_size = network_input_size(args.input_size) if args.input_size else None
+    if args.input_size:
+        network_input_size(args.input_size)
     datasets = [BENCHMARKS[name](root) for name, root in zip(args.dataset, args.root)]  # all checked before any work
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
+    input_size = network_input_size(args.input_size, patch=model.patch_size) if args.input_size else None
     results = []
     for ds in datasets:
         r = evaluate(model, ds, args.output_resolution, input_size, None if args.align == "none" else args.align,
@@ -482,8 +485,10 @@ def run_bench(args) -> dict:
             raise InputError(f"--paths: {p!r} is not available on {device}; choose from {', '.join(known)}")
     if args.repeats < 1:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
-    input_size = network_input_size(args.input_size) if args.input_size else None
+    if args.input_size:
+        network_input_size(args.input_size)
     model = load_model(args.checkpoint or args.preset or DEFAULT_CHECKPOINT, device=device)
+    input_size = network_input_size(args.input_size, patch=model.patch_size) if args.input_size else None
     set_precision(model, args.precision)
     if args.precision != "fp32":
         low = ("torch", "cpp") if device.type == "cpu" else ("torch", "cuda", "triton")
@@ -542,7 +547,7 @@ def run_gs(args) -> dict:
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     if model.arch == "InfiniDepth_DepthSensor":
         raise InputError("infinidepth gs takes a monocular checkpoint (no sparse depth)")
-    input_size = network_input_size(args.input_size, H0, W0, model.input_size)
+    input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
     points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
@@ -613,7 +618,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--output-size", help="output HxW, any size (default: the image's)")
     p.add_argument("--scale", type=float, help="output size as a multiple of the image's")
-    p.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, the pixel count the "
+    p.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, the pixel count the "
                                         "model was trained at when it says, else long side <= 1024)")
     p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; "
                                           "PNG in mm); for several images a folder with one file per image, named like it")
@@ -658,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
     e.add_argument("--output-resolution", choices=("native", "input"), default="native",
                    help="native: query the decoder at every ground-truth pixel; input: predict at the network input and upsample bilinearly (baseline)")
-    e.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, long side <= 1024)")
+    e.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, long side <= 1024)")
     e.add_argument("--align", choices=("auto", "lsq", "ransac", "none"), default="auto",
                    help="scale-and-shift alignment (auto: RANSAC for relative models, none for metric ones)")
     e.add_argument("--align-space", choices=("depth", "disparity", "log_depth"),
@@ -678,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", help="write the report here")
     b.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="as for predict")
     b.add_argument("--repeats", type=int, default=1, help="runs per size and path; the median times are reported")
-    b.add_argument("--input-size", help="network input HxW, multiples of 16 (default: the model's training input "
+    b.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: the model's training input "
                                         "when the checkpoint records one, else 768x1024)")
     b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     b.add_argument("--quiet", action="store_true")
@@ -698,7 +703,7 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--fps", type=int, default=30)
     gs.add_argument("--move", type=float, default=0.05, help="camera move of the novel view and the video, as a fraction of the median depth")
     gs.add_argument("--render-size", help="HxW of the rendered views (default: the image's, long side at most 512)")
-    gs.add_argument("--input-size", help="network input HxW, multiples of 16 (default: aspect kept, long side <= 1024)")
+    gs.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, long side <= 1024)")
     gs.add_argument("--fx", type=float, help="focal length in pixels of the image (default: max(H, W))")
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu or cuda (default: cuda when available)")

@@ -96,7 +96,7 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--checkpoint", "sensor-tiny"], "needs --sparse-depth"),
         (["predict", img, "--sparse-depth", str(tmp_path / "small.npy")], "needs an InfiniDepth_DepthSensor"),
         (["predict", img, "--fx", "0", "--ply"], "focal length fx must be positive"),
-        (["predict", img, "--input-size", "40x56"], "multiples of 16"),
+        (["predict", img, "--input-size", "44x56"], "multiples of 8"),       # the demo model's patch
         (["predict", img, "--output-size", "12by5"], "HxW"),
         (["predict", img, "--scale", "-1"], "--scale must be positive"),
         (["predict", img, "--checkpoint", str(tmp_path / "none.ckpt")], "no checkpoint file"),

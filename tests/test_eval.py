@@ -237,6 +237,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.truth_of = truth_of
         self.device = torch.device("cpu")
+        self.patch_size = 16
 
     def predict(self, image, output_size=None):
         H, W = output_size or image.shape[-2:]

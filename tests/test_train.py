@@ -1,6 +1,7 @@
 """Training: targets, configs, bit-for-bit resume after SIGTERM, atomic checkpoints, 2-process DDP
 on gloo, pretrained encoders."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -19,6 +20,7 @@ from infinidepth.models import from_preset
 from infinidepth.train import TrainConfig, load_config, make_targets, save_checkpoint, train
 from infinidepth.train.config import DataSource
 from infinidepth.train.pretrained import load_pretrained_encoder
+from infinidepth.train.trainer import build_model
 
 
 @pytest.fixture(scope="module")
@@ -60,10 +62,14 @@ def test_configs_from_presets_and_yaml(tmp_path):
     path.write_text("base: demo\nstep: 7\n")
     with pytest.raises(ValueError, match="unknown config keys: step"):
         load_config(str(path))
-    path.write_text("base: demo\ninput_size: [60, 80]\nbatch_size: 0\n")
-    with pytest.raises(ValueError, match="multiples of 16") as e:
+    path.write_text("base: demo\ninput_size: [0, 80]\nbatch_size: 0\n")
+    with pytest.raises(ValueError, match="input_size must be positive") as e:
         load_config(str(path))
     assert "batch_size must be positive" in str(e.value)
+    # multiples of the model's patch, known once it is built (16 for tiny; 8 for the demo's mini)
+    with pytest.raises(ValueError, match="multiples of the encoder's patch, 16: got 60x80 \\(nearest: 64x80\\)"):
+        build_model(dataclasses.replace(cfg, model="tiny", input_size=(60, 80)))
+    assert build_model(dataclasses.replace(cfg, model="mini", input_size=(56, 80))).patch_size == 8
     with pytest.raises(FileNotFoundError, match="presets"):
         load_config("nonexistent.yaml")
 
@@ -154,7 +160,7 @@ def test_two_process_ddp_on_gloo(scenes, tmp_path):
 
 
 # -- pretrained encoders and the command ----------------------------------------------------------------------------------------
-def test_dinov3_encoder_loads_and_dinov2_is_refused_with_the_reason(tmp_path):
+def test_dinov3_encoder_loads_key_for_key(tmp_path):
     donor = from_preset("tiny", seed=3)
     sd = {f"teacher.backbone.{k}": v for k, v in donor.encoder.state_dict().items()}
     sd["teacher.backbone.head.weight"] = torch.zeros(3)          # a DINO head: ignored
@@ -163,13 +169,98 @@ def test_dinov3_encoder_loads_and_dinov2_is_refused_with_the_reason(tmp_path):
     load_pretrained_encoder(model, tmp_path / "dinov3.pth")
     assert all(torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), donor.encoder.state_dict().values()))
     assert not torch.equal(model.decoder.mlp[0].weight, donor.decoder.mlp[0].weight)   # only the encoder
-    v2 = dict(donor.encoder.state_dict(), pos_embed=torch.zeros(1, 17, 64))
-    torch.save(v2, tmp_path / "dinov2.pth")
-    with pytest.raises(CheckpointError, match="DINOv2"):
-        load_pretrained_encoder(model, tmp_path / "dinov2.pth")
     torch.save(from_preset("paper-small").encoder.state_dict(), tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match="shape mismatches"):
         load_pretrained_encoder(model, tmp_path / "other.pth")
+
+
+DINOV2_FIXTURE = Path(__file__).parent / "data" / "dinov2_tiny.safetensors"
+
+
+def dinov2_backbone(name: str) -> tuple[dict, dict]:
+    """A tiny DINOv2 backbone's state dict and, per input size, (image, DINOv2's own output):
+    tests/data/make_dinov2_fixture.py ran facebookresearch/dinov2's code to make them."""
+    from safetensors.torch import load_file
+
+    fixture = load_file(DINOV2_FIXTURE)
+    sd = {k.split("/", 1)[1]: v for k, v in fixture.items() if k.startswith(name + "/") and "/out_" not in k}
+    cases = {k.split("_", 1)[1]: (v.float() / 255, fixture[f"{name}/out_{k.split('_', 1)[1]}"])
+             for k, v in fixture.items() if k.startswith("input_")}
+    return sd, cases
+
+
+def tiny_paper_model():
+    from infinidepth.models import InfiniDepthPaper, PaperConfig
+    from infinidepth.models.vit import ViTConfig
+
+    return InfiniDepthPaper(PaperConfig(vit=ViTConfig(embed_dim=16, depth=2, num_heads=2), channels=(8, 8, 8), head=(8,)))
+
+
+@pytest.mark.parametrize("name,chunked", [("plain", False), ("reg4", False), ("plain", True)])
+def test_dinov2_backbone_loads_and_matches_dinov2s_own_outputs(tmp_path, name, chunked):
+    """A DINOv2 file rebuilds the encoder in DINOv2's layout (learned positions resized per input,
+    registers, patch 14); its patch tokens match DINOv2's code at the grid's own size, larger,
+    smaller and oblong inputs. fp32, within 2e-6 of their spread: DINOv2 runs the same ops, so only
+    rounding may differ (LayerNorm eps 1e-5 instead of DINOv2's 1e-6 already exceeds it). Training
+    checkpoints chunk the blocks."""
+    from infinidepth.checkpoint import load_model, save_model
+
+    sd, cases = dinov2_backbone(name)
+    if chunked:  # FSDP chunks of one block each: blocks.<chunk>.<block index>
+        sd = {(k.replace(f"blocks.{k.split('.')[1]}.", f"blocks.{k.split('.')[1]}.{k.split('.')[1]}.", 1)
+               if k.startswith("blocks.") else k): v for k, v in sd.items()}
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}}, tmp_path / "dinov2.pth")
+    model = tiny_paper_model()
+    load_pretrained_encoder(model, tmp_path / "dinov2.pth")
+    vit = model.encoder.config
+    assert (vit.position, vit.patch_size, vit.pos_grid, vit.n_storage_tokens) == ("learned", 14, 3, 4 if name == "reg4" else 0)
+    assert model.patch_size == 14 and model.config.vit == vit
+    for size, (image, want) in cases.items():
+        with torch.no_grad():
+            got = torch.stack(model.encoder.intermediate_layers(image, [0, 1]))
+        assert got.shape == want.shape, size
+        err = float((got - want).abs().max() / want.std())
+        assert err < 2e-6, f"{name} at {size}: max error {err:.2e} of the tokens' spread"
+    # the whole model runs at multiples of 14, and saves and loads as a DINOv2-layout model
+    image = cases["56x84"][0]
+    depth = model.predict(image, output_size=(20, 30))
+    assert depth.shape == (1, 1, 20, 30) and torch.isfinite(depth).all()
+    save_model(model, tmp_path / "m.safetensors")
+    again = load_model(tmp_path / "m.safetensors")
+    assert again.encoder.config == vit and torch.equal(again.predict(image, output_size=(20, 30)), depth)
+    with pytest.raises(ValueError, match="multiples of 14"):
+        model.predict(torch.rand(1, 3, 48, 64))
+
+
+def test_training_starts_from_a_dinov2_backbone(scenes, tmp_path):
+    """pretrained_encoder: a DINOv2 file; the input size must then be multiples of 14, and the
+    trained model is saved with its DINOv2-layout encoder."""
+    from infinidepth.checkpoint import load_model, save_model
+
+    sd, _ = dinov2_backbone("reg4")
+    torch.save(sd, tmp_path / "dinov2.pth")
+    save_model(tiny_paper_model(), tmp_path / "start.safetensors")
+    common = dict(model=str(tmp_path / "start.safetensors"), pretrained_encoder=str(tmp_path / "dinov2.pth"), steps=2)
+    with pytest.raises(ValueError, match="multiples of the encoder's patch, 14: got 32x48 \\(nearest: 28x42\\)"):
+        train(small_config(scenes, tmp_path / "bad", **common), progress=False)
+    assert train(small_config(scenes, tmp_path / "run", input_size=(28, 42), **common), progress=False)["step"] == 2
+    trained = load_model(tmp_path / "run" / "model.safetensors")
+    assert trained.encoder.config.position == "learned" and trained.input_size == (28, 42)
+    assert not torch.equal(trained.encoder.pos_embed, sd["pos_embed"])           # it trained
+
+
+def test_dinov2_files_that_do_not_fit_are_refused_with_the_reason(tmp_path):
+    sd, _ = dinov2_backbone("plain")
+    torch.save(sd, tmp_path / "dinov2.pth")
+    with pytest.raises(CheckpointError, match="16 wide with 2 blocks, the model's encoder is 64 wide with 4"):
+        load_pretrained_encoder(from_preset("tiny"), tmp_path / "dinov2.pth")
+    swiglu = {**{k: v for k, v in sd.items() if ".mlp." not in k}, "blocks.0.mlp.w12.weight": torch.zeros(64, 16)}
+    torch.save(swiglu, tmp_path / "giant.pth")
+    with pytest.raises(CheckpointError, match="ViT-g"):
+        load_pretrained_encoder(tiny_paper_model(), tmp_path / "giant.pth")
+    torch.save({k: v for k, v in sd.items() if k != "blocks.1.attn.qkv.bias"}, tmp_path / "short.pth")
+    with pytest.raises(CheckpointError, match="blocks.1.attn.qkv.bias"):
+        load_pretrained_encoder(tiny_paper_model(), tmp_path / "short.pth")
 
 
 def test_a_new_head_trains_on_another_models_frozen_encoder(scenes, tmp_path):

@@ -43,7 +43,8 @@ class Features:
         return self.maps[0].shape[0]
 
 
-def check_image(image: torch.Tensor, multiple: int = 16) -> None:
+def check_image(image: torch.Tensor, multiple: int) -> None:
+    """A float image [B, 3, H, W] in [0, 1], H and W multiples of ``multiple`` (the ViT patch)."""
     if not isinstance(image, torch.Tensor):
         raise TypeError(f"image must be a torch.Tensor [B, 3, H, W], got {type(image).__name__}")
     if image.dim() != 4 or image.shape[1] != 3:
@@ -132,6 +133,11 @@ class ImplicitDepthModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return self._mean.device
+
+    @property
+    def patch_size(self) -> int:
+        """Network inputs are multiples of this: the ViT's patch (16 for the released models)."""
+        return (getattr(self, "encoder", None) or self.pretrained).patch_size
 
     def resolved_backend(self, backend: str | None = None) -> str:
         return resolve_decoder_backend(backend or self.backend, self.device)
@@ -259,7 +265,7 @@ class ImplicitDepthModel(nn.Module):
 
         if strategy not in ("surface_area", "triangle"):
             raise ValueError(f"strategy must be 'surface_area' or 'triangle', got {strategy!r}")
-        check_image(image)
+        check_image(image, self.patch_size)
         B, _, H, W = image.shape
         K = check_intrinsics(intrinsics, B, self.device)
         feats = self.encode(image, sparse_depth=sparse_depth)

@@ -25,9 +25,9 @@ class DataSource:
 @dataclass
 class TrainConfig:
     model: str = "tiny"                          # preset name, or a checkpoint file to start from
-    pretrained_encoder: str | None = None        # a DINOv3 checkpoint (Meta layout) or our model file, for the encoder
+    pretrained_encoder: str | None = None        # a DINOv3 or DINOv2 checkpoint (Meta layout) or our model file, for the encoder
     data: list[DataSource] = field(default_factory=list)
-    input_size: tuple[int, int] = (384, 512)     # network input (H, W), multiples of 16
+    input_size: tuple[int, int] = (384, 512)     # network input (H, W), multiples of the ViT patch (16; 14 for DINOv2)
     pairs: int = 100_000                         # coordinate-depth pairs per image
     target: str = "auto"                         # log_depth (paper) | disparity (released) | auto: by model
     batch_size: int = 4
@@ -57,8 +57,8 @@ class TrainConfig:
             if s.name == "procedural-live" and s.scenes <= 0:
                 problems.append("procedural-live needs scenes > 0")
         h, w = self.input_size
-        if h <= 0 or w <= 0 or h % 16 or w % 16:
-            problems.append(f"input_size must be positive multiples of 16, got {self.input_size}")
+        if h <= 0 or w <= 0:  # multiples of the model's patch: checked once the model is built
+            problems.append(f"input_size must be positive, got {self.input_size}")
         for name in ("pairs", "batch_size", "steps", "checkpoint_every", "log_every"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name} must be positive, got {getattr(self, name)}")

@@ -1,12 +1,17 @@
-"""Pretrained encoder weights from a local file: DINOv3 in Meta's layout, or another model's.
+"""Pretrained encoder weights from a local file: DINOv3 or DINOv2 in Meta's layout, or another model's.
 
 The encoders here are DINOv3-layout ViTs (RoPE positions, storage tokens, LayerScale), so a DINOv3
 backbone checkpoint (``dinov3_vitl16_pretrain_lvd1689m.pth`` and its siblings) loads key for key;
 prefixes such as ``module.``, ``backbone.`` or ``teacher.backbone.`` are stripped, and keys DINOv3
-keeps for its own heads (``local_cls_norm``, ``head``...) are ignored. A DINOv2 checkpoint is
-recognised (learned ``pos_embed``, ``register_tokens``) and refused with the reason: its learned
-absolute positions have no counterpart in a RoPE encoder, so loading it would silently mis-place
-every patch.
+keeps for its own heads (``local_cls_norm``, ``head``...) are ignored.
+
+A DINOv2 checkpoint (``dinov2_vitl14_pretrain.pth``, ``dinov2_vitl14_reg4_pretrain.pth`` and their
+siblings, or a training checkpoint with chunked blocks) is recognised by its learned ``pos_embed``.
+Its positions are absolute, not rotary, and its patches are 14 pixels, so the model's encoder is
+rebuilt in DINOv2's layout (``ViTConfig(position="learned")``: the file gives the patch, the
+registers and the position grid; the model's preset gives the width, depth and heads, which must
+match) and the model's config records it, so the trained model saves and loads as such. Network
+inputs must then be multiples of 14. DINOv2's ViT-g (SwiGLU feed-forward) is refused.
 
 A model file of our own format (``save_model``, e.g. a finished run's ``model.safetensors``) gives
 its encoder: a new decoder head can be trained on an encoder another run learnt (with
@@ -15,11 +20,15 @@ its encoder: a new decoder head can be trained on an encoder another run learnt 
 
 from __future__ import annotations
 
+import dataclasses
+import math
+import re
 from pathlib import Path
 
 import torch
 
 from infinidepth.checkpoint import CheckpointError, load_state_dict_strict
+from infinidepth.models.vit import ViTConfig, VisionTransformer
 
 PREFIXES = ("module.", "teacher.backbone.", "student.backbone.", "backbone.", "encoder.", "pretrained.", "model.")
 IGNORED = ("local_cls_norm.", "head.", "dino_head.", "ibot_head.")
@@ -64,17 +73,55 @@ def read_encoder_state(path) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if not k.startswith(IGNORED)}
 
 
+def dinov2_encoder_state(sd: dict[str, torch.Tensor], like: ViTConfig, source) -> tuple[ViTConfig, dict]:
+    """A DINOv2 state dict -> (the ViTConfig that holds it, its state dict in our names). ``like``: the
+    model's encoder config, whose width, depth and heads the file must have."""
+    if any(".mlp.w12." in k for k in sd):
+        raise CheckpointError(f"{source}: a DINOv2 ViT-g (SwiGLU feed-forward); only ViT-S/B/L (GELU MLP) load here")
+    # training checkpoints chunk the blocks (blocks.<chunk>.<index>.*, the index counted over all chunks)
+    sd = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in sd.items()}
+    if "register_tokens" in sd:
+        sd["storage_tokens"] = sd.pop("register_tokens")
+    needed = ("cls_token", "pos_embed", "patch_embed.proj.weight", "blocks.0.mlp.fc1.weight")
+    missing = [k for k in needed if k not in sd]
+    if missing:
+        raise CheckpointError(f"{source}: looks like DINOv2 (pos_embed) but lacks {', '.join(missing)}")
+    width = sd["cls_token"].shape[-1]
+    depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    positions = sd["pos_embed"].shape[1] - 1
+    grid = math.isqrt(positions)
+    if grid * grid != positions:
+        raise CheckpointError(f"{source}: pos_embed has {positions} patch positions, not a square grid")
+    if (width, depth) != (like.embed_dim, like.depth):
+        raise CheckpointError(
+            f"{source} is a DINOv2 ViT {width} wide with {depth} blocks, the model's encoder is {like.embed_dim} wide "
+            f"with {like.depth}: pick the preset of that size (ViT-S: paper-small, ViT-B: paper-base, ViT-L: "
+            "paper-large or official-large)")
+    registers = sd["storage_tokens"].shape[1] if "storage_tokens" in sd else 0
+    for i in range(depth):  # DINOv2 without LayerScale (init_values None) is LayerScale 1
+        for name in ("ls1.gamma", "ls2.gamma"):
+            sd.setdefault(f"blocks.{i}.{name}", torch.ones(width))
+    config = dataclasses.replace(
+        like, patch_size=patch, n_storage_tokens=registers, position="learned", pos_grid=grid,
+        # how DINOv2's hub builds them: registers came with an antialiased resize to the exact size
+        pos_resize="antialias" if registers else "offset", key_bias=True, norm_eps=1e-6,
+        ffn_ratio=sd["blocks.0.mlp.fc1.weight"].shape[0] / width)
+    return config, sd
+
+
 def load_pretrained_encoder(model, path) -> None:
-    """Load a DINOv3 backbone (or our model file's encoder) into ``model``'s encoder (``model.encoder``
-    or ``model.pretrained``)."""
+    """Load a DINOv3 or DINOv2 backbone (or our model file's encoder) into ``model``'s encoder
+    (``model.encoder`` or ``model.pretrained``); a DINOv2 file replaces the encoder by one of its layout."""
     from .trainer import encoder_of
 
     sd = read_encoder_state(path)
-    if "pos_embed" in sd or "register_tokens" in sd:
-        raise CheckpointError(
-            f"{path} is a DINOv2 checkpoint (learned pos_embed {tuple(sd['pos_embed'].shape) if 'pos_embed' in sd else ''}); "
-            "InfiniDepth's encoder is the DINOv3 layout with rotary positions, which DINOv2's absolute position "
-            "embeddings cannot be mapped onto. Use a DINOv3 checkpoint (e.g. dinov3_vitl16_pretrain_lvd1689m.pth).")
+    if "pos_embed" in sd:
+        config, sd = dinov2_encoder_state(sd, encoder_of(model).config, path)
+        if config != encoder_of(model).config:
+            name = "encoder" if hasattr(model, "encoder") else "pretrained"
+            setattr(model, name, VisionTransformer(config).to(model.device))
+            model.config.vit = config
     encoder = encoder_of(model)
     own = encoder.state_dict()
     # Buffers the encoder computes itself (RoPE periods) are taken from the file only if present.

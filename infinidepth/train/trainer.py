@@ -116,6 +116,11 @@ def build_model(cfg: TrainConfig):
         from .pretrained import load_pretrained_encoder
 
         load_pretrained_encoder(model, cfg.pretrained_encoder)
+    h, w = cfg.input_size
+    p = model.patch_size
+    if h % p or w % p:
+        near = f"{max(p, round(h / p) * p)}x{max(p, round(w / p) * p)}"
+        raise ValueError(f"input_size must be multiples of the encoder's patch, {p}: got {h}x{w} (nearest: {near})")
     return model
 
 
