@@ -81,8 +81,10 @@ setup(
         "gsplat",  # the CUDA Gaussian rasteriser for infinidepth gs on a GPU (imported only there)
     ],
     extras_require={
-        "test": ["pytest", "pytest-benchmark", "hypothesis", "ninja", "pybind11"],
+        # lpips: the reference LPIPS (GS head training's optional perceptual loss); torchvision builds its trunk
+        "test": ["pytest", "pytest-benchmark", "hypothesis", "ninja", "pybind11", "lpips", "torchvision"],
         "triton": ["triton"],
+        "lpips": ["lpips", "torchvision"],
     },
     entry_points={"console_scripts": ["infinidepth=infinidepth.cli:main"]},
 )

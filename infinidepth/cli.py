@@ -598,9 +598,12 @@ def run_train_gs(args) -> dict:
 
     try:
         cfg = GSTrainConfig(depth_model=args.depth_model, scenes=args.scenes, steps=args.steps, points=args.points,
-                            size=parse_size(args.size, "--size"), views=args.views, lpips=args.lpips, out=args.out).validate()
+                            size=parse_size(args.size, "--size"), views=args.views, lpips=args.lpips,
+                            lpips_weight=args.lpips_weight, out=args.out).validate()
+        if not args.quiet:
+            print(cfg.loss_description())
         result = train_gs(cfg, resume=args.resume, progress=not args.quiet)
-    except (ValueError, FileExistsError) as e:
+    except (ValueError, FileExistsError, ImportError) as e:
         raise InputError(str(e)) from None
     if not args.quiet:
         print(f"{'stopped (continue with --resume)' if result['interrupted'] else 'finished'} at step {result['step']}; "
@@ -719,7 +722,10 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--points", type=int, default=6000)
     tg.add_argument("--size", default="96x128", help="HxW of the rendered views, multiples of 16")
     tg.add_argument("--views", type=int, default=3, help="views per scene: the source and moved ones")
-    tg.add_argument("--lpips", help="an LPIPS weights file (not supported yet: L1 + SSIM is used)")
+    tg.add_argument("--lpips", help="LPIPS network weights: torchvision's VGG16 or AlexNet file (e.g. "
+                                    "~/.cache/torch/hub/checkpoints/vgg16-397923af.pth) or a saved lpips.LPIPS state "
+                                    "dict; adds --lpips-weight x LPIPS to L1 + SSIM (needs pip install lpips)")
+    tg.add_argument("--lpips-weight", type=float, default=0.05)
     tg.add_argument("--out", default="runs/gs")
     tg.add_argument("--resume", action="store_true")
     tg.add_argument("--quiet", action="store_true")

@@ -283,7 +283,7 @@ def test_gs_head_training_resumes_exactly_and_feeds_the_gs_command(tmp_path):
     assert first["losses"] + second["losses"] == whole["losses"]
     with pytest.raises(FileExistsError):
         train_gs(cfg(tmp_path / "whole"), progress=False)
-    with pytest.raises(ValueError, match="LPIPS"):
+    with pytest.raises(ValueError, match="lpips: no weights file vgg.pth"):
         GSTrainConfig(lpips="vgg.pth").validate()
 
     from PIL import Image
@@ -302,3 +302,117 @@ def test_the_bundled_gs_head_loads_by_name_and_fits_the_demo_model():
 
     head, depth_model = load_gs_head("demo")
     assert depth_model == "demo" and head.feature_dim == feature_dim(load_model("demo"))
+
+
+# -- LPIPS (the lpips package, network weights from a file the user gives) -----------------------------------------
+@pytest.fixture
+def lpips():
+    """The lpips package (in the test extras; these tests skip where it is not installed)."""
+    return pytest.importorskip("lpips")
+
+
+def trunk_file(tmp_path, net: str) -> tuple[Path, torch.nn.Module]:
+    """torchvision's trunk of ``net`` with random weights, saved as torchvision's files are (the
+    classifier left out here to keep the file small; a real file's is ignored)."""
+    import torchvision
+
+    torch.manual_seed(0)
+    model = torchvision.models.vgg16() if net == "vgg" else torchvision.models.alexnet()
+    path = tmp_path / f"{net}.pth"
+    torch.save({k: v for k, v in model.state_dict().items() if k.startswith("features.")}, path)
+    return path, model.features.eval()
+
+
+# where LPIPS reads the trunk (the paper): after the ReLUs of VGG's conv1_2, conv2_2, conv3_3, conv4_3,
+# conv5_3 and of AlexNet's conv1 to conv5, as indices into torchvision's `features`
+LPIPS_TAPS = {"vgg": [3, 8, 15, 22, 29], "alex": [1, 4, 7, 9, 11]}
+
+
+def lpips_by_hand(features, taps, lins, a, b) -> float:
+    """LPIPS written out (Zhang et al. 2018, v0.1): inputs to [-1, 1], the fixed per-channel scaling,
+    the trunk's activations at the taps, unit-normalised over channels, squared differences weighted
+    per channel by the calibrated linear layers, averaged over space, summed over the taps."""
+    shift = torch.tensor([-0.030, -0.088, -0.188]).view(1, 3, 1, 1)
+    scale = torch.tensor([0.458, 0.448, 0.450]).view(1, 3, 1, 1)
+    x, y = ((t.permute(2, 0, 1)[None] * 2 - 1 - shift) / scale for t in (a, b))
+    total, k = 0.0, 0
+    for i, layer in enumerate(features):
+        x, y = layer(x), layer(y)
+        if i in taps:
+            fx = x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            fy = y / (y.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)
+            total += float(((fx - fy) ** 2 * lins[k].view(1, -1, 1, 1)).sum(1).mean())
+            k += 1
+    return total
+
+
+@pytest.mark.filterwarnings("ignore:.*deprecated since 0.13:UserWarning")  # torchvision on lpips's `pretrained`
+@pytest.mark.parametrize("net", ["alex", "vgg"])
+def test_lpips_from_a_torchvision_trunk_file_matches_the_formula(tmp_path, net, lpips):
+    from infinidepth.gs.metrics import load_lpips, lpips_distance
+
+    path, features = trunk_file(tmp_path, net)
+    model = load_lpips(path)
+    calibrated = lpips.LPIPS(net=net, pnet_rand=True, verbose=False)       # the package's linear layers
+    lins = [getattr(calibrated, f"lin{k}").model[1].weight.detach().flatten() for k in range(5)]
+    g = torch.Generator().manual_seed(1)
+    a, b = torch.rand(64, 80, 3, generator=g), torch.rand(64, 80, 3, generator=g)
+    with torch.no_grad():
+        got = float(lpips_distance(model, a, b))
+        want = lpips_by_hand(features, LPIPS_TAPS[net], lins, a, b)
+    assert got == pytest.approx(want, rel=1e-4) and got > 0
+    assert float(lpips_distance(model, a, a)) == 0.0
+    # pixels outside the mask do not count: changing them there changes nothing
+    mask = torch.zeros(64, 80, dtype=torch.bool)
+    mask[:, :40] = True
+    c = torch.where(mask[..., None], a, torch.rand(64, 80, 3, generator=g))
+    assert float(lpips_distance(model, c, b, mask)) == pytest.approx(float(lpips_distance(model, a, b, mask)), abs=0)
+    # gradients reach the image (a training loss), not the frozen network
+    a.requires_grad_(True)
+    lpips_distance(model, a, b).backward()
+    assert a.grad.abs().sum() > 0 and all(p.grad is None for p in model.parameters())
+
+
+@pytest.mark.filterwarnings("ignore:.*deprecated since 0.13:UserWarning")  # torchvision on lpips's `pretrained`
+def test_lpips_takes_a_saved_lpips_module_and_refuses_other_files(tmp_path, lpips):
+    from infinidepth.checkpoint import CheckpointError
+    from infinidepth.gs.metrics import load_lpips, lpips_distance
+
+    torch.manual_seed(2)
+    whole = lpips.LPIPS(net="alex", pnet_rand=True, verbose=False)
+    torch.save(whole.state_dict(), tmp_path / "lpips_alex.pth")
+    model = load_lpips(tmp_path / "lpips_alex.pth")
+    a, b = torch.rand(32, 48, 3), torch.rand(32, 48, 3)
+    with torch.no_grad():
+        assert float(lpips_distance(model, a, b)) == pytest.approx(float(whole(a.permute(2, 0, 1)[None],
+                                                                             b.permute(2, 0, 1)[None], normalize=True)))
+    torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, tmp_path / "resnet.pth")
+    with pytest.raises(CheckpointError, match="neither torchvision VGG16 / AlexNet"):
+        load_lpips(tmp_path / "resnet.pth")
+    path, _ = trunk_file(tmp_path, "alex")
+    short = {k: v for k, v in torch.load(path).items() if k != "features.8.bias"}
+    torch.save(short, tmp_path / "short.pth")
+    with pytest.raises(CheckpointError, match=r"lacks 1 tensors of the alex trunk \(e.g. net.slice4.8.bias\)"):
+        load_lpips(tmp_path / "short.pth")
+    (tmp_path / "text.pth").write_text("not weights")
+    with pytest.raises(CheckpointError, match="not a readable"):
+        load_lpips(tmp_path / "text.pth")
+
+
+def test_gs_training_adds_lpips_when_given_weights_and_says_when_it_does_not(tmp_path, capsys, lpips):
+    from infinidepth.cli import main
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    path, _ = trunk_file(tmp_path, "alex")
+
+    def cfg(out, **kw):
+        return GSTrainConfig(depth_model="tiny", scenes=2, size=(32, 48), points=300, steps=1, out=str(out), **kw)
+
+    plain = train_gs(cfg(tmp_path / "plain"), progress=False)["losses"]
+    with_lpips = train_gs(cfg(tmp_path / "lpips", lpips=str(path), lpips_weight=10.0), progress=False)["losses"]
+    assert with_lpips[0][1] > plain[0][1] + 1e-3          # the same first step, plus the LPIPS term
+    args = ["train-gs", "--depth-model", "tiny", "--scenes", "2", "--size", "32x48", "--points", "300", "--steps", "1"]
+    assert main([*args, "--out", str(tmp_path / "a")]) == 0
+    assert "loss: L1 + 0.2 (1 - SSIM) (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth adds it)" in capsys.readouterr().out
+    assert main([*args, "--out", str(tmp_path / "b"), "--lpips", str(path)]) == 0
+    assert f"loss: L1 + 0.2 (1 - SSIM) + 0.05 LPIPS ({path})" in capsys.readouterr().out

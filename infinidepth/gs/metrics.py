@@ -1,8 +1,11 @@
-"""Image metrics for novel views: PSNR, SSIM, and the hole fraction of a splatted render."""
+"""Image metrics for novel views: PSNR, SSIM, LPIPS, and the hole fraction of a splatted render."""
 
 from __future__ import annotations
 
 import math
+import re
+import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -53,3 +56,63 @@ def hole_fraction(alpha: torch.Tensor, mask: torch.Tensor | None = None, thresho
     """Fraction of (masked) pixels the splats leave uncovered: accumulated opacity below ``threshold``."""
     holes = alpha < threshold
     return float(holes[mask].float().mean() if mask is not None else holes.float().mean())
+
+
+def load_lpips(path, device="cpu") -> torch.nn.Module:
+    """LPIPS (Zhang et al. 2018) through the ``lpips`` package, its network weights from ``path``:
+    torchvision's VGG16 or AlexNet weights (``vgg16-397923af.pth``, ``alexnet-owt-7be5be79.pth``: the
+    trunk; the calibrated linear layers are the package's, v0.1), or a whole ``lpips.LPIPS``
+    state dict saved with ``torch.save``. Frozen, in eval mode; gradients flow to its inputs.
+    Nothing is downloaded."""
+    try:
+        import lpips
+    except ImportError as e:
+        raise ImportError("LPIPS needs the lpips package: pip install lpips (or pip install -e '.[lpips]')") from e
+    from infinidepth.checkpoint import CheckpointError, load_state_dict_strict
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no LPIPS weights file {path}")
+    try:
+        sd = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from e
+    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
+        sd = sd["state_dict"]
+    if not isinstance(sd, dict):
+        raise CheckpointError(f"{path}: expected a state dict")
+    whole = any(k.startswith("lin0.") for k in sd)  # a saved lpips.LPIPS, else a torchvision trunk
+    first = sd.get("net.slice1.0.weight" if whole else "features.0.weight")
+    kernel = first.shape[-1] if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+    if kernel == 11:
+        net = "alex"
+    elif kernel == 3 and any(k.endswith(".28.weight") for k in sd):
+        net = "vgg"
+    else:
+        raise CheckpointError(f"{path}: neither torchvision VGG16 / AlexNet weights (features.*) nor an lpips.LPIPS "
+                              "state dict of those trunks (net.slice*, lin*)")
+    with warnings.catch_warnings():  # torchvision's notice about lpips's old-style `pretrained` argument
+        warnings.simplefilter("ignore", UserWarning)
+        model = lpips.LPIPS(net=net, pretrained=not whole, pnet_rand=True, verbose=False)
+    if not whole:  # the package's linear layers and input scaling, the file's trunk (keys by torchvision's index)
+        trunk = {}
+        for key in model.state_dict():
+            m = re.fullmatch(r"net\.slice\d+\.(\d+)\.(weight|bias)", key)
+            if m:
+                trunk[key] = sd.get(f"features.{m.group(1)}.{m.group(2)}")
+        missing = sorted(k for k, v in trunk.items() if v is None)
+        if missing:
+            raise CheckpointError(f"{path}: lacks {len(missing)} tensors of the {net} trunk (e.g. {missing[0]})")
+        sd = {**model.state_dict(), **trunk}
+    load_state_dict_strict(model, sd, source=f"LPIPS weights {path}")
+    return model.eval().requires_grad_(False).to(device)
+
+
+def lpips_distance(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """LPIPS between ``[H, W, 3]`` images in [0, 1] (a 0-dim tensor, differentiable in ``a``). Pixels
+    outside ``mask`` are taken from ``b`` in both, so they add no difference of their own."""
+    _check(a, b, mask)
+    if mask is not None:
+        a = torch.where(mask[..., None], a, b)
+    x, y = (t.permute(2, 0, 1)[None].float() for t in (a, b))
+    return model(x, y, normalize=True).reshape(())

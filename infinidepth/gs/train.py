@@ -6,8 +6,10 @@ relative depth is aligned to the source view's true depth (RANSAC in log-depth, 
 so the points live in the scene's metric frame); the head turns points, colours, Plücker rays and
 the encoder features sampled at the points into Gaussians; those are rendered (the differentiable
 PyTorch rasteriser) into every view and compared with the true images on their valid pixels:
-``L1 + ssim_weight * (1 - SSIM)``. LPIPS is not used: it needs its network weights, which are not
-bundled; give ``lpips`` a weights file path to be told how to enable it.
+``L1 + ssim_weight * (1 - SSIM)``, plus ``lpips_weight * LPIPS`` when ``lpips`` names its network
+weights (torchvision's VGG16 or AlexNet file, or a saved ``lpips.LPIPS``; ``gs.metrics.load_lpips``,
+the ``lpips`` package). They are not bundled, so by default there is no LPIPS term, and the command
+says so when it starts.
 
 ``OUT/gs_checkpoint.pt`` (head, optimiser, step, RNG state, config) is written atomically every
 ``checkpoint_every`` steps, at the end and on SIGTERM/SIGINT; ``resume=True`` continues it.
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from .heads import PointHead
-from .metrics import ssim_map
+from .metrics import load_lpips, lpips_distance, ssim_map
 from .render import render_torch
 
 
@@ -48,7 +50,13 @@ class GSTrainConfig:
     log_every: int = 10
     seed: int = 0
     out: str = "runs/gs"
-    lpips: str | None = None
+    lpips: str | None = None  # LPIPS network weights (see load_lpips); None: no LPIPS term
+    lpips_weight: float = 0.05  # as pixelSplat and MVSplat weigh it against their photometric loss
+
+    def loss_description(self) -> str:
+        lpips = f" + {self.lpips_weight:g} LPIPS ({self.lpips})" if self.lpips else \
+            " (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth adds it)"
+        return f"loss: L1 + {self.ssim_weight:g} (1 - SSIM){lpips}"
 
     def validate(self) -> "GSTrainConfig":
         problems = [f"{k} must be positive" for k in ("scenes", "points", "steps", "checkpoint_every", "log_every", "hidden")
@@ -57,9 +65,10 @@ class GSTrainConfig:
             problems.append("views must be at least 2 (a source and a moved view)")
         if self.size[0] % 16 or self.size[1] % 16:
             problems.append(f"size must be multiples of 16, got {self.size}")
-        if self.lpips is not None:
-            problems.append("LPIPS is not wired in: it needs the lpips package and its VGG/AlexNet weights; "
-                            "train with L1 + SSIM (leave lpips unset)")
+        if self.lpips is not None and not Path(self.lpips).is_file():
+            problems.append(f"lpips: no weights file {self.lpips}")
+        if self.lpips_weight < 0 or self.ssim_weight < 0:
+            problems.append("ssim_weight and lpips_weight must not be negative")
         if problems:
             raise ValueError("bad GS training config:\n  " + "\n  ".join(problems))
         return self
@@ -120,6 +129,7 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
     torch.manual_seed(cfg.seed)
     depth_model = load_model(cfg.depth_model).eval()
     head = PointHead(feature_dim(depth_model), cfg.hidden)
+    perceptual = load_lpips(cfg.lpips) if cfg.lpips else None
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     if resume:
@@ -162,6 +172,8 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
                 truth, mask = views[v].rgb, views[v].valid
                 l1 = (pred - truth).abs().mean(-1)[mask].mean()
                 loss = loss + l1 + cfg.ssim_weight * (1 - ssim_map(pred, truth)[mask].mean())
+                if perceptual is not None:
+                    loss = loss + cfg.lpips_weight * lpips_distance(perceptual, pred, truth, mask)
             loss = loss / (cfg.views - 1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
