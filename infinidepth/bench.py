@@ -3,7 +3,8 @@
 For each output size and each decoder path, one image is encoded, every output pixel is decoded into
 a preallocated map, and the map is written to disk as ``.npy``. The input is the size the model is
 run at: its training input when the checkpoint records one (the CLI's default for a picture of that
-aspect), else 768x1024, the released model's; ``input_size`` overrides. The paths:
+aspect), else 768x1024, the released model's (to multiples of the model's ViT patch); ``input_size``
+overrides. The paths:
 
 - ``released-style``: the decoder run as the released code runs it (plain PyTorch, grid_sample per
   map, concatenation, MLP, in chunks of 10,000 queries): the baseline of the ratios;
@@ -146,7 +147,11 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
     ratios to the baseline."""
     from tqdm import tqdm
 
-    input_size = tuple(input_size or model.input_size or INPUT)
+    if not input_size and not model.input_size:  # 768x1024, or the nearest multiples of another patch (DINOv2: 14)
+        from infinidepth.cli import default_input_size
+
+        input_size = default_input_size(*INPUT, patch=model.patch_size)
+    input_size = tuple(input_size or model.input_size)
     image = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     todo = paths_to_run or paths(device)
     if warmup:  # compilation, autotuning, caches, the fold: not what a 16K user waits for each image

@@ -230,6 +230,10 @@ def test_dinov2_backbone_loads_and_matches_dinov2s_own_outputs(tmp_path, name, c
     assert again.encoder.config == vit and torch.equal(again.predict(image, output_size=(20, 30)), depth)
     with pytest.raises(ValueError, match="multiples of 14"):
         model.predict(torch.rand(1, 3, 48, 64))
+    if name == "plain" and not chunked:  # bench's default input: 768x1024 to multiples of 14
+        from infinidepth.bench import bench
+
+        assert bench(model, [("tiny", (14, 14))], torch.device("cpu"), ["torch"], warmup=False, progress=False)["input"] == [770, 1022]
 
 
 def test_training_starts_from_a_dinov2_backbone(scenes, tmp_path):
