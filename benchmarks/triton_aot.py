@@ -1,19 +1,27 @@
 """The Triton decoder compiled ahead of time for a GPU architecture, on any machine (no GPU needed):
-shared memory and compile time of every autotuning config at the ViT-L widths.
+shared memory, registers, spills and compile time of every autotuning config at the ViT-L widths.
 
     python benchmarks/triton_aot.py --json benchmarks/results/triton_aot_sm90.json
 
 A config that asks for more shared memory than an SM has is compiled by the autotuner on the GPU
 and then thrown away, so this table says which configs can run at all and what the first call of a
-shape costs in compiling. Triton's own compiler and ptxas build the binaries; TRITON_INTERPRET must
-be off (the script clears it). tests/test_triton_hopper.py runs the smallest config this way in CI.
+shape costs in compiling. Registers and spill bytes per thread are ptxas's own report of the build
+(Triton prints it with ``knobs.nvidia.dump_ptxas_log``; it records them itself only when it loads a
+kernel onto a GPU); spilled values live in local memory, and a config that spills in its inner
+loop pays for it in traffic. The tensor-core
+instructions counted in the PTX (mma.sync, Hopper's wgmma) say whether the dots reached them.
+Triton's own compiler and ptxas build the binaries; TRITON_INTERPRET must be off (the script clears
+it). tests/test_triton_hopper.py runs the smallest config this way in CI.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import io
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -22,6 +30,7 @@ os.environ.pop("TRITON_INTERPRET", None)
 
 import torch  # noqa: E402
 import triton  # noqa: E402
+from triton import knobs  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
@@ -37,8 +46,9 @@ POINTER = {torch.int32: "*i32", torch.float32: "*fp32", torch.bfloat16: "*bf16",
 
 
 def compile_config(decoder: str, precision: str, config, arch: int = 90) -> dict:
-    """Compile the tuned decoder kernel for one problem and one autotuning config: the shared
-    memory it asks for (bytes) and the seconds the compile took."""
+    """Compile the tuned decoder kernel for one problem and one autotuning config, as a GPU launch
+    would (the same argument attributes): the shared memory it asks for (bytes), registers and spills
+    per thread, tensor-core instructions, and the seconds the compile took."""
     tuned = fd._fused_decode_kernel_tuned
     names = list(inspect.signature(tuned.fn.fn).parameters)
     maps, dec = make_problem(decoder, torch.device("cpu"))
@@ -46,14 +56,40 @@ def compile_config(decoder: str, precision: str, config, arch: int = 90) -> dict
     consts = dict(consts, **config.kwargs)
     sig = {n: POINTER[a.dtype] if isinstance(a, torch.Tensor) else "i32" for n, a in zip(names, args)}
     sig.update({k: "constexpr" for k in consts})
-    src = ASTSource(fn=tuned.fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    src = ASTSource(fn=tuned.fn, signature=sig, constexprs={(names.index(k),): v for k, v in consts.items()},
+                    attrs=jit_attributes(args))
     start = time.perf_counter()
-    binary = triton.compile(src, target=GPUTarget("cuda", arch, 32),
-                            options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    log = io.StringIO()
+    with knobs.nvidia.scope(), knobs.compilation.scope(), contextlib.redirect_stdout(log):
+        knobs.nvidia.dump_ptxas_log = True  # Triton prints ptxas -v of the build it makes
+        knobs.compilation.always_compile = True  # never a cached binary: no log, and no compile time
+        binary = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+    seconds = round(time.perf_counter() - start, 2)
     return {"decoder": decoder, "precision": precision, **config.kwargs, "num_warps": config.num_warps,
             "num_stages": config.num_stages, "shared_bytes": binary.metadata.shared,
-            "fits_sm90": binary.metadata.shared <= HOPPER_SHARED_BYTES,
-            "compile_s": round(time.perf_counter() - start, 2)}
+            "fits_sm90": binary.metadata.shared <= HOPPER_SHARED_BYTES, "compile_s": seconds,
+            **register_usage(log.getvalue(), binary.asm["ptx"])}
+
+
+def jit_attributes(args) -> dict:
+    """What Triton's launcher tells the compiler about the arguments: pointers aligned to 16 bytes and
+    integers divisible by 16 are marked so (``tt.divisibility``), which lets it vectorise loads (the
+    gathers' channel runs: 8 bf16 per instruction instead of one). Without this the binary is not
+    the one a GPU run compiles."""
+    def divisible(a):
+        return a.data_ptr() % 16 == 0 if isinstance(a, torch.Tensor) else isinstance(a, int) and a % 16 == 0
+
+    return {(i,): [["tt.divisibility", 16]] for i, a in enumerate(args) if divisible(a)}
+
+
+def register_usage(ptxas_log: str, ptx: str) -> dict:
+    """Registers and spill bytes per thread from ptxas's own log of the build, and the tensor-core
+    instructions in the PTX."""
+    regs = re.search(r"Used (\d+) registers", ptxas_log)
+    spills = re.search(r"(\d+) bytes spill stores", ptxas_log)
+    return {"registers": int(regs.group(1)) if regs else None, "spill_store_bytes": int(spills.group(1)) if spills else None,
+            "mma_sync": len(re.findall(r"\bmma\.sync", ptx)), "wgmma": len(re.findall(r"\bwgmma\.mma_async", ptx))}
 
 
 def main() -> None:
