@@ -260,8 +260,12 @@ def test_dinov2_files_that_do_not_fit_are_refused_with_the_reason(tmp_path):
         load_pretrained_encoder(from_preset("tiny"), tmp_path / "dinov2.pth")
     swiglu = {**{k: v for k, v in sd.items() if ".mlp." not in k}, "blocks.0.mlp.w12.weight": torch.zeros(64, 16)}
     torch.save(swiglu, tmp_path / "giant.pth")
-    with pytest.raises(CheckpointError, match="ViT-g"):
+    with pytest.raises(CheckpointError, match="SwiGLU feed-forward backbone"):
         load_pretrained_encoder(tiny_paper_model(), tmp_path / "giant.pth")
+    dinov3_plus = {k.replace("mlp.fc1", "mlp.w1"): v for k, v in from_preset("tiny").encoder.state_dict().items()}
+    torch.save(dinov3_plus, tmp_path / "vits16plus.pth")
+    with pytest.raises(CheckpointError, match="DINOv3 ViT-S\\+/H\\+/7B"):
+        load_pretrained_encoder(from_preset("tiny"), tmp_path / "vits16plus.pth")
     torch.save({k: v for k, v in sd.items() if k != "blocks.1.attn.qkv.bias"}, tmp_path / "short.pth")
     with pytest.raises(CheckpointError, match="blocks.1.attn.qkv.bias"):
         load_pretrained_encoder(tiny_paper_model(), tmp_path / "short.pth")

@@ -11,7 +11,7 @@ Its positions are absolute, not rotary, and its patches are 14 pixels, so the mo
 rebuilt in DINOv2's layout (``ViTConfig(position="learned")``: the file gives the patch, the
 registers and the position grid; the model's preset gives the width, depth and heads, which must
 match) and the model's config records it, so the trained model saves and loads as such. Network
-inputs must then be multiples of 14. DINOv2's ViT-g (SwiGLU feed-forward) is refused.
+inputs must then be multiples of 14. SwiGLU backbones (DINOv2's ViT-g, DINOv3's ViT-S+/H+/7B) are refused.
 
 A model file of our own format (``save_model``, e.g. a finished run's ``model.safetensors``) gives
 its encoder: a new decoder head can be trained on an encoder another run learnt (with
@@ -76,8 +76,6 @@ def read_encoder_state(path) -> dict[str, torch.Tensor]:
 def dinov2_encoder_state(sd: dict[str, torch.Tensor], like: ViTConfig, source) -> tuple[ViTConfig, dict]:
     """A DINOv2 state dict -> (the ViTConfig that holds it, its state dict in our names). ``like``: the
     model's encoder config, whose width, depth and heads the file must have."""
-    if any(".mlp.w12." in k for k in sd):
-        raise CheckpointError(f"{source}: a DINOv2 ViT-g (SwiGLU feed-forward); only ViT-S/B/L (GELU MLP) load here")
     # training checkpoints chunk the blocks (blocks.<chunk>.<index>.*, the index counted over all chunks)
     sd = {re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", k): v for k, v in sd.items()}
     if "register_tokens" in sd:
@@ -116,6 +114,9 @@ def load_pretrained_encoder(model, path) -> None:
     from .trainer import encoder_of
 
     sd = read_encoder_state(path)
+    if any(".mlp.w12." in k or ".mlp.w1." in k for k in sd):
+        raise CheckpointError(f"{path}: a SwiGLU feed-forward backbone (DINOv2 ViT-g, DINOv3 ViT-S+/H+/7B); only the "
+                              "GELU-MLP backbones (ViT-S/B/L) fit the encoder here")
     if "pos_embed" in sd:
         config, sd = dinov2_encoder_state(sd, encoder_of(model).config, path)
         if config != encoder_of(model).config:
