@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -234,6 +235,13 @@ def test_dinov2_backbone_loads_and_matches_dinov2s_own_outputs(tmp_path, name, c
         from infinidepth.bench import bench
 
         assert bench(model, [("tiny", (14, 14))], torch.device("cpu"), ["torch"], warmup=False, progress=False)["input"] == [770, 1022]
+        # predict's default input for a 30x40 picture: aspect kept, multiples of 14 (28x42), not of 16
+        from PIL import Image
+
+        Image.fromarray((image[0].permute(1, 2, 0).numpy()[:30, :40] * 255).astype("uint8")).save(tmp_path / "pic.png")
+        assert main(["predict", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "m.safetensors"),
+                     "--out", str(tmp_path / "out"), "--quiet"]) == 0
+        assert np.load(tmp_path / "out" / "pic_depth.npy").shape == (30, 40)
 
 
 def test_training_starts_from_a_dinov2_backbone(scenes, tmp_path):
