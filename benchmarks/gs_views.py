@@ -18,6 +18,9 @@ This isolates where the points are; no learned Gaussian head is involved.
 ``--gs-head DIR/gs_head.pt`` adds two rows per shift with the head's depth model: its surface-area
 points (aligned to the true depth, as in training) as plain splats (``model``) and through the
 trained head (``model+head``), at the same count: what the learned head adds.
+
+``--lpips FILE`` adds LPIPS to every row (lower is better; the network weights as for
+``infinidepth train-gs --lpips``: torchvision's VGG16 or AlexNet file, or a saved ``lpips.LPIPS``).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from common import device_name, write_report  # noqa: E402
 
 from infinidepth.data.procedural import generate_scene, render  # noqa: E402
 from infinidepth.gs import render_torch, splats_from_points  # noqa: E402
-from infinidepth.gs.metrics import hole_fraction, psnr, ssim  # noqa: E402
+from infinidepth.gs.metrics import hole_fraction, load_lpips, lpips_distance, psnr, ssim  # noqa: E402
 from infinidepth.ops import grid_coords  # noqa: E402
 from infinidepth.sampling import backproject, surface_area_sample  # noqa: E402
 
@@ -64,7 +67,18 @@ def points_of(kind: str, src, fine, K, size, seed):
     return coords[keep], depth[keep], rgb[keep]
 
 
-def one_scene(seed: int, size, head=None, depth_model=None):
+def scores(out, truth, perceptual=None) -> dict:
+    """PSNR, SSIM, hole fraction (and LPIPS when a network is given) of a render on the true view's valid pixels."""
+    rgb, mask = out["rgb"].clamp(0, 1), truth.valid
+    row = {"psnr": psnr(rgb, truth.rgb, mask), "ssim": ssim(rgb, truth.rgb, mask),
+           "hole_fraction": hole_fraction(out["alpha"], mask)}
+    if perceptual is not None:
+        with torch.no_grad():
+            row["lpips"] = float(lpips_distance(perceptual, rgb, truth.rgb, mask))
+    return row
+
+
+def one_scene(seed: int, size, head=None, depth_model=None, perceptual=None):
     H, W = size
     scene = generate_scene(seed)
     src = render(scene, size)
@@ -79,15 +93,12 @@ def one_scene(seed: int, size, head=None, depth_model=None):
         scene.cameras.append(T)
         truth = render(scene, size, view=len(scene.cameras) - 1)
         w2c = torch.from_numpy(np.linalg.inv(T) @ c2w).float()      # source camera frame -> target camera
-        mask = truth.valid
         for kind in ("pixel", "uniform"):
             coords, depth, rgb = points_of(kind, src, fine, K, size, seed)
             pts = backproject(depth[None], coords[None], K[None], size)[0]
             out = render_torch(splats_from_points(pts, rgb), w2c, K, size)
             rows.append({"seed": seed, "shift": shift, "sampler": kind, "points": len(pts),
-                         "psnr": psnr(out["rgb"].clamp(0, 1), truth.rgb, mask),
-                         "ssim": ssim(out["rgb"].clamp(0, 1), truth.rgb, mask),
-                         "hole_fraction": hole_fraction(out["alpha"], mask)})
+                         **scores(out, truth, perceptual)})
             views[(shift, kind)] = out["rgb"].clamp(0, 1)
         if head is not None:
             from infinidepth.gs.train import head_inputs
@@ -100,9 +111,7 @@ def one_scene(seed: int, size, head=None, depth_model=None):
                                 ("model+head", head(p_in, c_in, feats, focal=float(K[0, 0])))):
                     out = render_torch(g, w2c, K, size)
                     rows.append({"seed": seed, "shift": shift, "sampler": kind, "points": n,
-                                 "psnr": psnr(out["rgb"].clamp(0, 1), truth.rgb, mask),
-                                 "ssim": ssim(out["rgb"].clamp(0, 1), truth.rgb, mask),
-                                 "hole_fraction": hole_fraction(out["alpha"], mask)})
+                                 **scores(out, truth, perceptual)})
         views[(shift, "truth")] = truth.rgb
     return rows, views
 
@@ -113,6 +122,7 @@ def main() -> None:
     ap.add_argument("--size", default="96x128", help="HxW of the source and target views")
     ap.add_argument("--seed", type=int, default=300_000, help="first scene seed (held out from training seeds)")
     ap.add_argument("--gs-head", help="a head from infinidepth train-gs: adds model / model+head rows")
+    ap.add_argument("--lpips", help="LPIPS network weights (as for infinidepth train-gs --lpips): adds an LPIPS column")
     ap.add_argument("--json")
     ap.add_argument("--picture")
     args = ap.parse_args()
@@ -124,20 +134,23 @@ def main() -> None:
 
         head, name = load_gs_head(args.gs_head)
         depth_model = load_model(name)
+    perceptual = load_lpips(args.lpips) if args.lpips else None
+    metrics = ("psnr", "ssim", "hole_fraction") + (("lpips",) if perceptual is not None else ())
     rows, first_views = [], None
     for k in range(args.scenes):
-        r, views = one_scene(args.seed + k, size, head, depth_model)
+        r, views = one_scene(args.seed + k, size, head, depth_model, perceptual)
         rows += r
         first_views = first_views or views
     summary = {}
-    print(f"{'shift':>6} {'sampler':>10} {'PSNR':>7} {'SSIM':>6} {'holes':>7}")
+    print(f"{'shift':>6} {'sampler':>10} {'PSNR':>7} {'SSIM':>6} {'holes':>7}" + (f" {'LPIPS':>6}" if perceptual else ""))
     kinds = ("pixel", "uniform") + (("model", "model+head") if head is not None else ())
     for shift in SHIFTS:
         for kind in kinds:
             sel = [r for r in rows if r["shift"] == shift and r["sampler"] == kind]
-            m = {key: float(np.mean([r[key] for r in sel])) for key in ("psnr", "ssim", "hole_fraction")}
+            m = {key: float(np.mean([r[key] for r in sel])) for key in metrics}
             summary[f"{shift}/{kind}"] = m
-            print(f"{shift:>6} {kind:>10} {m['psnr']:7.2f} {m['ssim']:6.3f} {m['hole_fraction']:7.4f}")
+            print(f"{shift:>6} {kind:>10} {m['psnr']:7.2f} {m['ssim']:6.3f} {m['hole_fraction']:7.4f}"
+                  + (f" {m['lpips']:6.3f}" if perceptual else ""))
     write_report(args.json, {"benchmark": "novel views from splatted points", "device": device_name(torch.device("cpu")),
                              "size": list(size), "shifts_of_median_depth": SHIFTS, "scenes": args.scenes,
                              "summary": summary, "rows": rows})
