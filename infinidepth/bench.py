@@ -147,11 +147,10 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
     ratios to the baseline."""
     from tqdm import tqdm
 
-    if not input_size and not model.input_size:  # 768x1024, or the nearest multiples of another patch (DINOv2: 14)
-        from infinidepth.cli import default_input_size
+    from infinidepth.cli import default_input_size
 
-        input_size = default_input_size(*INPUT, patch=model.patch_size)
-    input_size = tuple(input_size or model.input_size)
+    # else 768x1024, or the nearest multiples of another patch (DINOv2: 14)
+    input_size = tuple(input_size or model.input_size or default_input_size(*INPUT, patch=model.patch_size))
     image = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     todo = paths_to_run or paths(device)
     if warmup:  # compilation, autotuning, caches, the fold: not what a 16K user waits for each image

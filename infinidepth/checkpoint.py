@@ -34,6 +34,22 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
+def read_torch_weights(path, nests: tuple[str, ...] = ("state_dict",)) -> dict[str, torch.Tensor]:
+    """The tensors of a plain PyTorch weights file (nothing pickled is run), the dicts named in
+    ``nests`` unwrapped in turn where present (e.g. ``{"state_dict": {...}}``); a clear error for a
+    file that is not one."""
+    try:
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
+    for key in nests:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a state dict")
+    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """State dict and (for our own format) the model description."""
     if path.suffix == ".safetensors":

@@ -12,8 +12,8 @@
                      [--output-resolution native|input] [--json OUT]
 
 Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
-zero focal length, an input size that is not a multiple of the model's ViT patch) gets one line on stderr, exit code
-2, and no output files.
+zero focal length, an input size that is not a multiple of the model's ViT patch) gets one line on
+stderr, exit code 2, and no output files.
 """
 
 from __future__ import annotations

@@ -68,22 +68,15 @@ def load_lpips(path, device="cpu") -> torch.nn.Module:
         import lpips
     except ImportError as e:
         raise ImportError("LPIPS needs the lpips package: pip install lpips (or pip install -e '.[lpips]')") from e
-    from infinidepth.checkpoint import CheckpointError, load_state_dict_strict
+    from infinidepth.checkpoint import CheckpointError, load_state_dict_strict, read_torch_weights
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no LPIPS weights file {path}")
-    try:
-        sd = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch weights file ({type(e).__name__}: {e})") from e
-    if isinstance(sd, dict) and isinstance(sd.get("state_dict"), dict):
-        sd = sd["state_dict"]
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a state dict")
+    sd = read_torch_weights(path)
     whole = any(k.startswith("lin0.") for k in sd)  # a saved lpips.LPIPS, else a torchvision trunk
     first = sd.get("net.slice1.0.weight" if whole else "features.0.weight")
-    kernel = first.shape[-1] if isinstance(first, torch.Tensor) and first.dim() == 4 else None
+    kernel = first.shape[-1] if first is not None and first.dim() == 4 else None
     if kernel == 11:
         net = "alex"
     elif kernel == 3 and any(k.endswith(".28.weight") for k in sd):

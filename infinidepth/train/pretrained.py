@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from infinidepth.checkpoint import CheckpointError, load_state_dict_strict
+from infinidepth.checkpoint import CheckpointError, load_state_dict_strict, read_torch_weights
 from infinidepth.models.vit import ViTConfig, VisionTransformer
 
 PREFIXES = ("module.", "teacher.backbone.", "student.backbone.", "backbone.", "encoder.", "pretrained.", "model.")
@@ -52,17 +52,7 @@ def read_encoder_state(path) -> dict[str, torch.Tensor]:
             return dict(encoder_of(load_model(path)).state_dict())
         sd = load_file(str(path))
     else:
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-        sd = obj
-        for key in ("teacher", "model", "state_dict"):
-            if isinstance(sd, dict) and isinstance(sd.get(key), dict):
-                sd = sd[key]
-    if not isinstance(sd, dict):
-        raise CheckpointError(f"{path}: expected a state dict")
-    sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
+        sd = read_torch_weights(path, nests=("teacher", "model", "state_dict"))
     changed = True
     while changed:
         changed = False
