@@ -22,7 +22,9 @@ import inspect
 import io
 import os
 import re
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -69,7 +71,7 @@ def compile_config(decoder: str, precision: str, config, arch: int = 90) -> dict
     return {"decoder": decoder, "precision": precision, **config.kwargs, "num_warps": config.num_warps,
             "num_stages": config.num_stages, "shared_bytes": binary.metadata.shared,
             "fits_sm90": binary.metadata.shared <= HOPPER_SHARED_BYTES, "compile_s": seconds,
-            **register_usage(log.getvalue(), binary.asm["ptx"])}
+            **register_usage(log.getvalue(), binary.asm["ptx"]), "spills_in_loops": spills_in_loops(binary.asm["cubin"])}
 
 
 def jit_attributes(args) -> dict:
@@ -90,6 +92,26 @@ def register_usage(ptxas_log: str, ptx: str) -> dict:
     spills = re.search(r"(\d+) bytes spill stores", ptxas_log)
     return {"registers": int(regs.group(1)) if regs else None, "spill_store_bytes": int(spills.group(1)) if spills else None,
             "mma_sync": len(re.findall(r"\bmma\.sync", ptx)), "wgmma": len(re.findall(r"\bwgmma\.mma_async", ptx))}
+
+
+def spills_in_loops(cubin: bytes) -> int:
+    """Local-memory loads and stores (spills) inside the kernel's loops, from the disassembly by
+    Triton's own ``nvdisasm``: a branch back to an earlier label closes a loop. A spill outside
+    every loop (a value kept from the prologue for the epilogue) is paid once per block; one inside
+    the loop over channels is paid at every step."""
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        sass = subprocess.run([knobs.nvidia.nvdisasm.path, "-c", f.name], capture_output=True, text=True, check=True).stdout
+    labels, spills, loops = {}, [], []
+    for i, line in enumerate(sass.splitlines()):
+        if label := re.match(r"^\.(L_x_\d+):", line):
+            labels[label.group(1)] = i
+        elif re.search(r"\b(STL|LDL)(\.\w+)*\b", line):
+            spills.append(i)
+        elif (branch := re.search(r"\bBRA\b.*\(\.(L_x_\d+)\)", line)) and branch.group(1) in labels:
+            loops.append((labels[branch.group(1)], i))
+    return sum(any(start < at < end for start, end in loops) for at in spills)
 
 
 def main() -> None:
