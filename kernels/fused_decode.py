@@ -34,6 +34,10 @@ from infinidepth.ops.implicit_decode import PRECISIONS
 
 from .bilinear_gather import bilerp_block, bilerp_block_grad
 
+# A block's gathers from a window of map cells (see _gather): the window's rows and columns.
+WINDOW_Y = tl.constexpr(2)
+WINDOW_X = tl.constexpr(8)
+
 
 @triton.jit
 def _act(x, code: tl.constexpr):
@@ -92,6 +96,74 @@ def _dot(a, b, LOW: tl.constexpr):
 
 
 @triton.jit
+def _window(y, x, H, W, q_mask, LOW: tl.constexpr):
+    """A block's window of WINDOW_Y x WINDOW_X cells of an H x W map (see :func:`_gather`): whether
+    every query's 2 x 2 taps lie in it, its first row and column, and the blend weights [BLOCK_Q,
+    window] in two 16-bit parts: each query's bilinear weights at its 4 cells (zero elsewhere)
+    rounded, and what the rounding lost. Computed once per block, before the loop over channels."""
+    py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
+    px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
+    fy = tl.floor(py)
+    fx = tl.floor(px)
+    y0 = fy.to(tl.int32)
+    x0 = fx.to(tl.int32)
+    far = 1 << 30
+    top = tl.min(tl.where(q_mask, y0, far), axis=0)
+    left = tl.min(tl.where(q_mask, x0, far), axis=0)
+    fits = (tl.max(tl.where(q_mask, y0, -far), axis=0) - top + 2 <= WINDOW_Y) & \
+        (tl.max(tl.where(q_mask, x0, -far), axis=0) - left + 2 <= WINDOW_X)
+    cell = tl.arange(0, WINDOW_Y * WINDOW_X)
+    cy = (cell // WINDOW_X)[None, :]
+    cx = (cell % WINDOW_X)[None, :]
+    wy1 = (py - fy)[:, None]
+    wx1 = (px - fx)[:, None]
+    ry = (y0 - top)[:, None]
+    rx = (x0 - left)[:, None]
+    along_y = tl.where(cy == ry, 1.0 - wy1, 0.0) + tl.where(cy == ry + 1, wy1, 0.0)
+    along_x = tl.where(cx == rx, 1.0 - wx1, 0.0) + tl.where(cx == rx + 1, wx1, 0.0)
+    blend = along_y * along_x
+    if LOW == 1:
+        kept = blend.to(tl.bfloat16)
+        rest = (blend - kept.to(tl.float32)).to(tl.bfloat16)
+    else:
+        kept = blend.to(tl.float16)
+        rest = (blend - kept.to(tl.float32)).to(tl.float16)
+    return fits, top, left, kept, rest
+
+
+@triton.jit
+def _gather(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask, fits, top, left, kept, rest, LOW: tl.constexpr):
+    """Bilinear samples [BLOCK_Q, BLOCK_K] of a channels-last map, as :func:`bilerp_block`.
+
+    Queries close together read the same few cells: at 8K one cell of the released model's CNN map
+    spans about 22x30 output pixels, so a row of 128 neighbouring queries touches at most 2 x 6
+    cells, and reading 4 taps per query fetches each cell some 40 times. With 16-bit dots, a block
+    whose taps all lie in one window of cells (``fits``, from :func:`_window`) loads the window
+    once and blends it on the tensor cores: weights [BLOCK_Q, window] @ cells [window, BLOCK_K].
+    The weights enter in two 16-bit parts, so the blend is as exact as the taps' fp32 weights; the
+    two products cost 2 x 16 multiply-adds per channel, against the 256 of the official decoder's
+    next layer. The window is loaded whether the block uses it or not: a load outside any branch is
+    one Triton's pipeliner issues ahead (cp.async), and it is 16 cells against the taps' 4 per
+    query. Other blocks, and fp32 (where the products would run on the CUDA cores at 4x the taps'
+    work, and ptxas spills the larger kernel), read each query's taps.
+    """
+    if LOW == 0:
+        out = bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask)
+    else:
+        cell = tl.arange(0, WINDOW_Y * WINDOW_X)
+        my = top + cell // WINDOW_X  # the window's cells in the map (outside it: zeros, as the taps read)
+        mx = left + cell % WINDOW_X
+        inside = (my >= 0) & (my < H) & (mx >= 0) & (mx < W)
+        row = ((b * H + my).to(tl.int64) * W + mx) * C
+        cells = tl.load(feat_ptr + row[:, None] + chan[None, :], mask=inside[:, None] & c_mask[None, :], other=0.0)
+        if fits:
+            out = _dot(kept, cells, LOW) + _dot(rest, cells, LOW)
+        else:
+            out = bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask)
+    return out
+
+
+@triton.jit
 def _stream_pair(
     x_prev, ty_prev, tx_prev, b, y, x, q_mask,
     wa_ptr, ba_ptr, ka, n_wide,
@@ -108,6 +180,8 @@ def _stream_pair(
     acc_x = tl.zeros((BLOCK_Q, NB_PAD), dtype=tl.float32)
     nb = tl.arange(0, NB_PAD)
     ka_idx = tl.arange(0, KA_PAD)
+    fits1, top1, left1, kept1, rest1 = _window(y, x, m1_h, m1_w, q_mask, LOW)
+    fits2, top2, left2, kept2, rest2 = _window(y, x, m2_h, m2_w, q_mask, LOW)
     for k0 in range(0, n_wide, BLOCK_K):
         chan = k0 + tl.arange(0, BLOCK_K)
         c_mask = chan < n_wide
@@ -137,9 +211,11 @@ def _stream_pair(
             h_x = h_x * d
         else:
             if N_MAPS >= 1:
-                h += bilerp_block(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask)
+                h += _gather(m1_ptr, b, y, x, m1_h, m1_w, n_wide, chan, q_mask, c_mask, fits1, top1, left1, kept1, rest1,
+                             LOW)
             if N_MAPS >= 2:
-                h += bilerp_block(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask)
+                h += _gather(m2_ptr, b, y, x, m2_h, m2_w, n_wide, chan, q_mask, c_mask, fits2, top2, left2, kept2, rest2,
+                             LOW)
         h = _act(h, ACT_A)
         h = tl.where(c_mask[None, :], h, 0.0)
         wb = tl.load(wb_ptr + chan[:, None] * n_narrow + nb[None, :],  # W_B^T: [n_wide, n_narrow]

@@ -243,6 +243,68 @@ def test_triton_16bit_path_within_its_tolerance():
         assert rel_err(got, want) < 1e-2
 
 
+def block_spans(coords: torch.Tensor, height: int, width: int, block: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows and columns of an ``height x width`` map that the taps of each block of ``block``
+    consecutive queries cover, ``[B, blocks]`` each: the Triton decoder blends a block from one
+    window of cells when they fit in it (kernels/fused_decode.py, ``_gather``)."""
+    cy = torch.floor((((coords[..., 0] + 1) * height - 1) / 2).clamp(-2, height + 1))
+    cx = torch.floor((((coords[..., 1] + 1) * width - 1) / 2).clamp(-2, width + 1))
+    B, N = cy.shape
+    pad = (-N) % block  # the last block's missing queries take its last query's cell
+
+    def span(c):
+        c = torch.cat([c, c[:, -1:].expand(B, pad)], dim=1).reshape(B, -1, block)
+        return c.amax(-1) - c.amin(-1) + 2
+
+    return span(cy), span(cx)
+
+
+@pytest.mark.skipif("triton" not in KERNEL_BACKENDS, reason="triton is not available")
+def test_triton_window_gathers_on_dense_grids():
+    """Dense output grids finer than the maps, with 16-bit dots: a block of neighbouring queries
+    whose taps fit in one window of cells blends that window, loaded once (``_gather``); the other
+    blocks read each query's taps. Both kinds occur in every map, at the image's borders and
+    (second grid) beyond them, and blocks sit exactly at the window's limits and one cell over them
+    in each direction. The same queries in random order read taps only, with otherwise the same
+    arithmetic: the two agree within 1e-3 of the output's spread (dropping the weights' second
+    16-bit part gives 3e-3 and more), and both are within fp16's 2e-2 of the float64 reference."""
+    from infinidepth.kernels.fused_decode import WINDOW_X, WINDOW_Y, _fused_decode_kernel_tuned, fused_decode_triton
+    from infinidepth.ops import grid_coords
+    from infinidepth.ops.fold import fold_decoder
+
+    block = _fused_decode_kernel_tuned.configs[0].kwargs["BLOCK_Q"]  # what the interpreter runs
+    wy, wx = int(WINDOW_Y), int(WINDOW_X)
+    rng = random.Random(5)
+    cases = [  # decoder, output grid, its reach (1: the image), map sizes
+        (random_concat, (9, 28), 1.0, [(3, 12), (4, 11)]),
+        (random_hierarchical, (14, 8), 1.1, [(4, 3), (5, 4), (3, 2)]),
+    ]
+    limits = {"x at": 0, "x over": 0, "y at": 0, "y over": 0}
+    for family, (h, w), reach, sizes in cases:
+        chans, decoder = family(rng)
+        maps = [torch.randn(2, c, *size, dtype=torch.float64) for c, size in zip(chans, sizes)]
+        coords = grid_coords(h, w, 2).double() * reach
+        perm = torch.randperm(coords.shape[1])
+        for m in maps:
+            sy, sx = block_spans(coords, m.shape[2], m.shape[3], block)
+            fits = (sy <= wy) & (sx <= wx)
+            assert fits.any() and not fits.all(), (m.shape, sy, sx)
+            limits["x at"] += int((fits & (sx == wx)).sum())
+            limits["x over"] += int(((sx == wx + 1) & (sy <= wy)).sum())
+            limits["y at"] += int((fits & (sy == wy)).sum())
+            limits["y over"] += int(((sy == wy + 1) & (sx <= wx)).sum())
+            sy, sx = block_spans(coords[:, perm], m.shape[2], m.shape[3], block)
+            assert not ((sy <= wy) & (sx <= wx)).any()
+        want = implicit_decode(maps, coords, decoder, backend="torch")
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        windowed = fused_decode_triton(folded, coords.float(), precision="fp16")
+        taps = torch.empty_like(windowed)
+        taps[:, perm] = fused_decode_triton(folded, coords[:, perm].float(), precision="fp16")
+        assert rel_err(windowed, taps) < 1e-3
+        assert rel_err(windowed, want) < 2e-2 and rel_err(taps, want) < 2e-2
+    assert all(limits.values()), limits
+
+
 def test_reduced_precision_is_refused_where_not_computed(monkeypatch):
     from infinidepth.ops import gather
 
