@@ -16,11 +16,18 @@ def _tap(feat_ptr, b, yy, xx, w, H, W, C, chan, q_mask, c_mask):
 
 
 @triton.jit
-def bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
-    """Bilinear samples [BLOCK_Q, BLOCK_C] of channels ``chan`` of a channels-last map at queries (y, x)."""
-    # Far-away queries clamp to one pixel outside the map: same result, defined integer conversion.
+def map_position(y, x, H, W):
+    """Queries' continuous positions (py, px) in an H x W map's cells (ops/coords.py). Far-away
+    queries clamp to one pixel outside the map: same result, defined integer conversion."""
     py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
     px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
+    return py, px
+
+
+@triton.jit
+def bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
+    """Bilinear samples [BLOCK_Q, BLOCK_C] of channels ``chan`` of a channels-last map at queries (y, x)."""
+    py, px = map_position(y, x, H, W)
     fy = tl.floor(py)
     fx = tl.floor(px)
     wy1 = py - fy
@@ -38,8 +45,7 @@ def bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
 def bilerp_block_grad(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask):
     """Bilinear samples as :func:`bilerp_block`, and their derivatives with respect to y and x
     (the differentiated bilinear weights; one-sided at cell borders, as grid_sample's backward)."""
-    py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
-    px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
+    py, px = map_position(y, x, H, W)
     fy = tl.floor(py)
     fx = tl.floor(px)
     wy1 = (py - fy)[:, None]

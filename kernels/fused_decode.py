@@ -15,7 +15,9 @@ Official decoder: pair (gather 1024 -> 256), pair (256 -> 32 -> 1). Paper decode
 fp16 feed the dots 16-bit operands with fp32 accumulation (tensor cores on the GPU), and the pairs'
 weights and the gathered maps are passed in that 16-bit type too: every block streams the weights
 and reads its taps from L2, so storing them at half the bytes halves the kernel's main traffic
-(biases, the small tail and all sums stay fp32).
+(biases, the small tail and all sums stay fp32). In 16 bits, a block of neighbouring queries
+(a dense grid finer than the maps) blends one window of map cells loaded once instead of reading
+each query's 4 taps (``_window``, ``_gather``).
 
 With ``WITH_GRAD`` the kernel carries two tangents beside every activation (forward mode): the
 derivatives with respect to the query's y and x. Weights act on them as on the value, gathers give
@@ -32,7 +34,7 @@ import triton.language as tl
 from infinidepth.ops.fold import ACT_CODES
 from infinidepth.ops.implicit_decode import PRECISIONS
 
-from .bilinear_gather import bilerp_block, bilerp_block_grad
+from .bilinear_gather import bilerp_block, bilerp_block_grad, map_position
 
 # A block's gathers from a window of map cells (see _gather): the window's rows and columns.
 WINDOW_Y = tl.constexpr(2)
@@ -101,8 +103,7 @@ def _window(y, x, H, W, q_mask, LOW: tl.constexpr):
     every query's 2 x 2 taps lie in it, its first row and column, and the blend weights [BLOCK_Q,
     window] in two 16-bit parts: each query's bilinear weights at its 4 cells (zero elsewhere)
     rounded, and what the rounding lost. Computed once per block, before the loop over channels."""
-    py = tl.minimum(tl.maximum(((y + 1.0) * H - 1.0) * 0.5, -2.0), H + 1.0)
-    px = tl.minimum(tl.maximum(((x + 1.0) * W - 1.0) * 0.5, -2.0), W + 1.0)
+    py, px = map_position(y, x, H, W)
     fy = tl.floor(py)
     fx = tl.floor(px)
     y0 = fy.to(tl.int32)
@@ -180,6 +181,7 @@ def _stream_pair(
     acc_x = tl.zeros((BLOCK_Q, NB_PAD), dtype=tl.float32)
     nb = tl.arange(0, NB_PAD)
     ka_idx = tl.arange(0, KA_PAD)
+    # (unused, and compiled away, in fp32 and with tangents: those read taps)
     fits1, top1, left1, kept1, rest1 = _window(y, x, m1_h, m1_w, q_mask, LOW)
     fits2, top2, left2, kept2, rest2 = _window(y, x, m2_h, m2_w, q_mask, LOW)
     for k0 in range(0, n_wide, BLOCK_K):
