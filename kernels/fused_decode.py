@@ -84,16 +84,26 @@ def _act_runtime(x, code):
 
 
 @triton.jit
+def _low(a, LOW: tl.constexpr):
+    """``a`` in the dots' operand type (see :func:`_dot`)."""
+    if LOW == 1:
+        out = a.to(tl.bfloat16)
+    elif LOW == 2:
+        out = a.to(tl.float16)
+    else:
+        out = a
+    return out
+
+
+@triton.jit
 def _dot(a, b, LOW: tl.constexpr):
     """LOW = 0: fp32 IEEE; 1: bf16 operands; 2: fp16 operands (fp32 accumulation in all)."""
     # one branch per value, no early returns: the compiler also builds the statements after a taken
     # `return`, and an fp32 dot there fails to compile with 16-bit weights
-    if LOW == 1:
-        out = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), out_dtype=tl.float32)
-    elif LOW == 2:
-        out = tl.dot(a.to(tl.float16), b.to(tl.float16), out_dtype=tl.float32)
-    else:
+    if LOW == 0:
         out = tl.dot(a, b, input_precision="ieee")
+    else:
+        out = tl.dot(_low(a, LOW), _low(b, LOW), out_dtype=tl.float32)
     return out
 
 
@@ -123,12 +133,8 @@ def _window(y, x, H, W, q_mask, LOW: tl.constexpr):
     along_y = tl.where(cy == ry, 1.0 - wy1, 0.0) + tl.where(cy == ry + 1, wy1, 0.0)
     along_x = tl.where(cx == rx, 1.0 - wx1, 0.0) + tl.where(cx == rx + 1, wx1, 0.0)
     blend = along_y * along_x
-    if LOW == 1:
-        kept = blend.to(tl.bfloat16)
-        rest = (blend - kept.to(tl.float32)).to(tl.bfloat16)
-    else:
-        kept = blend.to(tl.float16)
-        rest = (blend - kept.to(tl.float32)).to(tl.float16)
+    kept = _low(blend, LOW)
+    rest = _low(blend - kept.to(tl.float32), LOW)
     return fits, top, left, kept, rest
 
 
