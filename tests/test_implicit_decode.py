@@ -247,8 +247,11 @@ def block_spans(coords: torch.Tensor, height: int, width: int, block: int) -> tu
     """Rows and columns of an ``height x width`` map that the taps of each block of ``block``
     consecutive queries cover, ``[B, blocks]`` each: the Triton decoder blends a block from one
     window of cells when they fit in it (kernels/fused_decode.py, ``_gather``)."""
-    cy = torch.floor((((coords[..., 0] + 1) * height - 1) / 2).clamp(-2, height + 1))
-    cx = torch.floor((((coords[..., 1] + 1) * width - 1) / 2).clamp(-2, width + 1))
+    from infinidepth.ops.coords import normalized_to_pixel
+
+    py, px = normalized_to_pixel(coords, height, width)
+    cy = torch.floor(py.clamp(-2, height + 1))
+    cx = torch.floor(px.clamp(-2, width + 1))
     B, N = cy.shape
     pad = (-N) % block  # the last block's missing queries take its last query's cell
 
