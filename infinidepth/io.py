@@ -22,7 +22,12 @@ class InputError(ValueError):
 
 # -- reading ----------------------------------------------------------------------------------
 def read_image(path: str | os.PathLike) -> np.ndarray:
-    """RGB ``uint8 [H, W, 3]``; EXIF orientation applied, alpha dropped, greyscale expanded."""
+    """RGB ``uint8 [H, W, 3]``; EXIF orientation applied, alpha dropped, greyscale expanded.
+
+    Greyscale of more than 8 bits is scaled, not clipped: 16-bit (and 32-bit integer files holding
+    16-bit values) by 255/65535, floating point from [0, 1]. Pillow's own conversion would clip
+    them to 255, a white picture. Anything outside those ranges is refused with its range.
+    """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
@@ -30,9 +35,29 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise InputError(f"image not found: {path}")
     try:
         with Image.open(path) as im:
-            return np.asarray(ImageOps.exif_transpose(im).convert("RGB")).copy()
+            im = ImageOps.exif_transpose(im)
+            if im.mode.startswith("I") or im.mode == "F":
+                return _grey_to_rgb8(np.asarray(im), path)
+            return np.asarray(im.convert("RGB")).copy()
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"cannot read image {path}: {e}") from e
+
+
+def _grey_to_rgb8(grey: np.ndarray, path: Path) -> np.ndarray:
+    """A greyscale image of 16-bit or 32-bit integers or floats as RGB ``uint8``."""
+    lo, hi = (float(grey.min()), float(grey.max())) if grey.size else (0.0, 0.0)
+    if grey.dtype.kind == "f":
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo and hi <= 1):
+            raise InputError(f"image {path} is floating-point greyscale with values in [{lo:.4g}, {hi:.4g}]; "
+                             "expected [0, 1] (or save it as an 8- or 16-bit image)")
+        scale = 255.0
+    else:
+        if not (0 <= lo and hi <= 65535):
+            raise InputError(f"image {path} is integer greyscale with values in [{lo:.0f}, {hi:.0f}]; "
+                             "expected 16-bit values (0..65535)")
+        scale = 255.0 / 65535.0
+    grey8 = np.rint(grey.astype(np.float64) * scale).astype(np.uint8)
+    return np.repeat(grey8[..., None], 3, axis=2)
 
 
 def read_depth(path: str | os.PathLike) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from infinidepth.io import (
     colorize_depth,
@@ -86,6 +87,28 @@ def test_read_image_errors(tmp_path):
     (tmp_path / "fake.png").write_text("not an image")
     with pytest.raises(InputError, match="cannot read image"):
         read_image(tmp_path / "fake.png")
+
+
+def test_read_image_scales_high_bit_depth_greyscale(tmp_path):
+    # Pillow's convert("RGB") clips 16-bit, 32-bit and float greyscale to 255: a white picture.
+    rng = np.random.default_rng(0)
+    g16 = rng.integers(0, 65536, (9, 13)).astype(np.uint16)
+    g32 = rng.integers(0, 65536, (9, 13)).astype(np.int32)
+    f01 = rng.random((9, 13)).astype(np.float32)
+    for name, array, scale in (("g16.png", g16, 255 / 65535), ("g32.tif", g32, 255 / 65535), ("f.tif", f01, 255)):
+        Image.fromarray(array).save(tmp_path / name)
+        assert Image.open(tmp_path / name).mode in ("I;16", "I", "F"), name
+        rgb = read_image(tmp_path / name)
+        assert rgb.shape == (9, 13, 3) and rgb.dtype == np.uint8
+        expected = np.rint(array.astype(np.float64) * scale)
+        assert np.abs(rgb.astype(np.float64) - expected[..., None]).max() <= 0.5, name
+        assert rgb.min() < 20 and rgb.max() > 235, name                              # the full range, not clipped
+    Image.fromarray(f01 * 3).save(tmp_path / "f3.tif")
+    with pytest.raises(InputError, match=r"floating-point greyscale with values in \[.*\]; expected \[0, 1\]"):
+        read_image(tmp_path / "f3.tif")
+    Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "big.tif")
+    with pytest.raises(InputError, match="expected 16-bit values"):
+        read_image(tmp_path / "big.tif")
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path):
