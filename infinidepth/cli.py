@@ -178,6 +178,25 @@ def parse_region(text: str, out_size: tuple[int, int]) -> tuple[int, int, int, i
         raise InputError(f"--region: {e}") from None
 
 
+def pick_device(text: str | None) -> torch.device:
+    """``--device``: cpu, cuda or cuda:N (default: cuda when available); what this machine lacks is an InputError."""
+    if text is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise InputError(f"--device: unknown device {text!r}; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            raise InputError(f"--device {text}: no CUDA GPU is visible to torch here; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise InputError(f"--device {text}: there are {count} CUDA GPU(s), numbered 0..{count - 1}")
+    elif device.type != "cpu":
+        raise InputError(f"--device {text}: infinidepth runs on cpu or cuda")
+    return device
+
+
 def available_memory() -> int:
     """Bytes of memory available to this process now (Linux: MemAvailable), or a generous guess."""
     try:
@@ -278,7 +297,7 @@ def predict(args) -> list[dict]:
         if not 0 < args.points <= 2**30:
             raise InputError(f"--points must be in [1, 2**30], got {args.points}")
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     set_precision(model, args.precision)
     set_backend(model, args.backend)
@@ -396,7 +415,7 @@ def data_render(args) -> dict:
         raise InputError(f"--scenes and --views must be positive, got {args.scenes} and {args.views}")
     if not (np.isfinite(args.baseline) and args.baseline >= 0):
         raise InputError(f"--baseline must be a non-negative number of metres, got {args.baseline}")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     t0 = time.perf_counter()
     try:
         result = render_set(args.out, args.scenes, (h, w), views=args.views, seed=args.seed, baseline=args.baseline,
@@ -426,8 +445,8 @@ def run_eval(args) -> list[dict]:
         raise InputError("--hf-points and --limit must be positive")
     if args.input_size:
         network_input_size(args.input_size)
+    device = pick_device(args.device)
     datasets = [BENCHMARKS[name](root) for name, root in zip(args.dataset, args.root)]  # all checked before any work
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     input_size = network_input_size(args.input_size, patch=model.patch_size) if args.input_size else None
     results = []
@@ -477,7 +496,7 @@ def run_bench(args) -> dict:
         sizes = bench.parse_sizes(args.sizes)
     except ValueError as e:
         raise InputError(f"--sizes: {e}") from None
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     known = bench.paths(device)
     chosen = args.paths.split(",") if args.paths else None
     for p in chosen or []:
@@ -543,7 +562,7 @@ def run_gs(args) -> dict:
     else:
         s = min(1.0, 512 / max(H0, W0))
         rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     if model.arch == "InfiniDepth_DepthSensor":
         raise InputError("infinidepth gs takes a monocular checkpoint (no sparse depth)")
@@ -644,7 +663,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fy", type=float, help="default: fx")
     p.add_argument("--cx", type=float, help="principal point x in pixels (default: W/2)")
     p.add_argument("--cy", type=float, help="principal point y in pixels (default: H/2)")
-    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt subsampling and robust alignment")
     p.add_argument("--quiet", action="store_true")
 
@@ -657,7 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--views", type=int, default=1, help="cameras per scene: the source view and moved copies (default 1)")
     r.add_argument("--baseline", type=float, default=0.3, help="largest sideways move of the extra views, metres")
     r.add_argument("--seed", type=int, default=0, help="scene k has seed SEED + k")
-    r.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("--quiet", action="store_true")
 
     e = sub.add_parser("eval", help="score a model on benchmarks: full image and high-frequency regions")
@@ -675,7 +694,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
     e.add_argument("--json", help="write every score (summary and per image) here")
     e.add_argument("--seed", type=int, default=0, help="seed of the RANSAC fit and the high-frequency masks")
-    e.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    e.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     e.add_argument("--quiet", action="store_true")
 
     b = sub.add_parser("bench", help="end-to-end timings at large output sizes, every decoder path, ratios to the released-style path")
@@ -688,7 +707,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--repeats", type=int, default=1, help="runs per size and path; the median times are reported")
     b.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: the model's training input "
                                         "when the checkpoint records one, else 768x1024)")
-    b.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    b.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     b.add_argument("--quiet", action="store_true")
 
     t = sub.add_parser("train", help="train a model (YAML config or preset; torchrun -m infinidepth.train for several processes)")
@@ -709,7 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, long side <= 1024)")
     gs.add_argument("--fx", type=float, help="focal length in pixels of the image (default: max(H, W))")
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
-    gs.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    gs.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     gs.add_argument("--seed", type=int, default=0)
     gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs, or 'demo' (the one bundled with the demo "
                                       "model); default: plain splats sized by point spacing")

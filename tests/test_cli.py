@@ -189,3 +189,20 @@ def test_several_images_and_folders_with_one_model_load(tmp_path, image, capsys)
         code, _, err = run(["predict", *argv, "--out", str(bad), "--quiet"], capsys)
         assert code == 2 and message in err, (argv, err)
         assert not bad.exists(), argv
+
+
+def test_every_command_refuses_a_device_it_cannot_use(tmp_path, image, capsys):
+    import torch
+
+    missing = "cuda:99" if torch.cuda.is_available() else "cuda"
+    expected = "numbered" if torch.cuda.is_available() else "no CUDA GPU"
+    out = tmp_path / "never"
+    commands = [["predict", str(image), "--out", str(out)], ["gs", str(image), "--out", str(out)],
+                ["bench", "--preset", "tiny", "--sizes", "32x48", "--json", str(out / "b.json")],
+                ["eval", "--dataset", "procedural", "--root", str(tmp_path), "--json", str(out / "e.json")],
+                ["data", "render", "--scenes", "1", "--size", "32x24", "--out", str(out)], ["demo", "--out", str(out)]]
+    for argv in commands:
+        for device, match in (("foo", "unknown device 'foo'"), ("mps", "runs on cpu or cuda"), (missing, expected)):
+            code, _, err = run(argv + ["--device", device], capsys)
+            assert code == 2 and err.startswith("infinidepth: error: --device") and match in err, (argv, device, err)
+            assert not out.exists(), argv
