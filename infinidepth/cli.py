@@ -12,8 +12,9 @@
                      [--output-resolution native|input] [--json OUT]
 
 Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
-zero focal length, an input size that is not a multiple of the model's ViT patch) gets one line on
-stderr, exit code 2, and no output files.
+zero focal length, an input size that is not a multiple of the model's ViT patch, a --device or
+--out this machine cannot use) gets one line on stderr, exit code 2, and no output files. Ctrl-C and
+SIGTERM exit with 130 and 143 after removing the temporary files being written.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import threading
 import time
 from importlib import resources
 from pathlib import Path
@@ -197,6 +199,26 @@ def pick_device(text: str | None) -> torch.device:
     return device
 
 
+def free_disk_space(path: Path) -> int:
+    """Bytes free on the disk that holds ``path`` (its nearest existing ancestor)."""
+    import shutil
+
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def check_output_folder(out: Path, flag: str = "--out") -> None:
+    """Before any work: ``out`` is a folder, or can be made one, that this process may write into."""
+    p = out.absolute()
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    if not p.is_dir():
+        raise InputError(f"{flag} {out}: {p} is a file, not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InputError(f"{flag} {out}: no permission to write in {p}")
+
+
 def available_memory() -> int:
     """Bytes of memory available to this process now (Linux: MemAvailable), or a generous guess."""
     try:
@@ -297,6 +319,7 @@ def predict(args) -> list[dict]:
         if not 0 < args.points <= 2**30:
             raise InputError(f"--points must be in [1, 2**30], got {args.points}")
 
+    check_output_folder(Path(args.out))
     device = pick_device(args.device)
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     set_precision(model, args.precision)
@@ -354,6 +377,10 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     stem = path.stem
     t0 = time.perf_counter()
     if huge:  # streamed tile by tile into the file; renamed into place only when complete
+        needed, free = 4 * map_size[0] * map_size[1] + 4096, free_disk_space(out)
+        if needed > free:  # a memory-mapped write into a full disk is a SIGBUS, not an exception
+            raise InputError(f"the {map_size[0]}x{map_size[1]} map needs {needed / 1e9:.2f} GB in {out}, "
+                             f"and that disk has {free / 1e9:.2f} GB free; use --region for a part of it")
         with atomic_path(out / f"{stem}_depth.npy") as tmp:
             depth = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=map_size)
             model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=progress,
@@ -562,6 +589,7 @@ def run_gs(args) -> dict:
     else:
         s = min(1.0, 512 / max(H0, W0))
         rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
+    check_output_folder(Path(args.out))
     device = pick_device(args.device)
     model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
     if model.arch == "InfiniDepth_DepthSensor":
@@ -759,8 +787,24 @@ COMMANDS = {"predict": predict, "data": data_render, "eval": run_eval, "bench": 
             "gs": run_gs, "train-gs": run_train_gs}
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that temporary files are removed on the way out."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    if in_main_thread:
+        # A kill (a batch system's time limit, say) unwinds like Ctrl-C does: every atomic write
+        # in progress deletes its temporary file, which for a streamed 16K map is gigabytes.
+        # (train installs its own handler while it runs: it checkpoints first.)
+        previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         if args.command == "demo":
             with resources.as_file(resources.files("infinidepth") / "assets" / "demo.png") as image:
@@ -771,9 +815,18 @@ def main(argv: list[str] | None = None) -> int:
                 predict(args)
         else:
             COMMANDS[args.command](args)
-    except (InputError, CheckpointError, DataError, FileNotFoundError) as e:
+    except (InputError, CheckpointError, DataError, OSError) as e:  # OSError: a full disk, a folder we may not write
         print(f"infinidepth: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("infinidepth: interrupted; files not yet complete were removed", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("infinidepth: terminated; files not yet complete were removed", file=sys.stderr)
+        return 143
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -102,6 +102,59 @@ def test_cli_streams_a_map_larger_than_memory_into_a_memory_mapped_npy(picture, 
     assert "does not fit in memory" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_streamed_map_the_disk_cannot_hold(picture, tmp_path, monkeypatch, capsys):
+    # A memory-mapped write into a full disk is a SIGBUS (the process dies, its temporary stays),
+    # so the room is checked before anything is computed.
+    monkeypatch.setattr(cli, "available_memory", lambda: 1000)
+    monkeypatch.setattr(cli, "free_disk_space", lambda path: 70 * 90 * 4)          # the array, but not its header
+    out = tmp_path / "full"
+    assert main(["predict", str(picture), "--output-size", "70x90", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "the 70x90 map needs 0.00 GB" in err and "--region" in err
+    assert not out.exists() or not any(out.iterdir())
+    monkeypatch.setattr(cli, "free_disk_space", lambda path: 70 * 90 * 4 + 4096)
+    assert main(["predict", str(picture), "--output-size", "70x90", "--out", str(out), "--quiet"]) == 0
+    assert np.load(out / "pic_depth.npy").shape == (70, 90)
+
+
+def test_cli_refuses_an_output_folder_it_cannot_write_before_any_work(picture, tmp_path, capsys):
+    (tmp_path / "a_file").write_text("")
+    for command in (["predict", str(picture)], ["gs", str(picture)]):
+        assert main(command + ["--out", str(tmp_path / "a_file" / "sub")]) == 2
+        err = capsys.readouterr()
+        assert "a_file is a file, not a folder" in err.err and "decoding" not in err.err + err.out, command
+
+
+def test_sigterm_removes_the_streamed_temporary(picture, tmp_path):
+    # A real kill, in a separate process: the streamed map's temporary file is deleted on the way out.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "killed"
+    script = ("import sys, infinidepth.cli as c; c.available_memory = lambda: 1000; "
+              f"sys.exit(c.main(['predict', {str(picture)!r}, '--output-size', '6000x8000', '--out', {str(out)!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (out.exists() and any(out.iterdir())) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()
+        assert [p.name.startswith(".pic_depth.") for p in out.iterdir()] == [True]   # the temporary, being written
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "terminated; files not yet complete were removed" in err
+    assert list(out.iterdir()) == []
+    assert os.path.isdir(out)
+
+
 def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert main(["bench", "--preset", "tiny", "--sizes", "32x48,17x23", "--paths", "released-style,torch,cpp",
