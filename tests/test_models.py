@@ -84,8 +84,23 @@ def test_official_clamps_coordinates_like_the_release(models):
     model = models["official-tiny"]
     feats = model.encode(torch.rand(1, 3, 32, 32))
     edge = torch.tensor([[[1.0, -1.0], [0.3, 1.0], [-1.0, 0.0]]])
-    beyond = torch.tensor([[[7.0, -3.0], [0.3, 1.5], [-40.0, 0.0]]])
+    beyond = torch.tensor([[[2.0, -1.7], [0.3, 1.5], [-1.3, 0.0]]])
     torch.testing.assert_close(model.decode(feats, beyond, backend="torch"), model.decode(feats, edge, backend="torch"))
+
+
+@pytest.mark.parametrize("name", ["tiny", "official-tiny"])
+def test_decode_refuses_coordinates_far_outside_the_image(models, name):
+    """Pixel coordinates passed by mistake get a clear error, not a map of the border's value."""
+    model = models[name]
+    image = torch.rand(1, 3, 32, 32)
+    feats = model.encode(image)
+    pixels = torch.tensor([[[0.5, 0.5], [20.5, 3.5]]])
+    for call in (lambda c: model.decode(feats, c), lambda c: model.decode_depth(feats, c), lambda c: model(image, c)):
+        with pytest.raises(ValueError, match="magnitude 20.5, more than 2 .pixel coordinates"):
+            call(pixels)
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            call(torch.tensor([[[0.0, float("inf")]]]))
+        call(torch.tensor([[[-2.0, 2.0]]]))                                     # the limit itself is a query
 
 
 def test_sensor_output_scales_with_the_metric_prompt(models):

@@ -11,6 +11,11 @@ from infinidepth.ops import PRECISIONS, pixel_centers
 from infinidepth.ops.gather import check_coords
 from infinidepth.ops.implicit_decode import check_cpu_precision, resolve_decoder_backend
 
+# The image spans [-1, 1]. A query further out than +-2 lies more than a whole image outside it
+# (where the released decoder clamps to the edge and the paper's reads zero-padded maps): in
+# practice that is pixel coordinates passed by mistake, refused rather than answered with garbage.
+MAX_QUERY_COORD = 2.0
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: queries in flight at once on the plain-PyTorch reference path of predict (its memory bound);
@@ -127,7 +132,7 @@ class ImplicitDepthModel(nn.Module):
         """Training forward: raw output ``[B, N]`` at ``coords``, differentiable end to end (the
         decoder runs as the plain-PyTorch reference: the fused kernels have no backward)."""
         feats = self.features(image, sparse_depth)
-        check_coords(coords, feats.batch)
+        check_coords(coords, feats.batch, MAX_QUERY_COORD)
         return self.decode_raw(feats, coords.to(self.device), "torch", None)
 
     @property
@@ -149,7 +154,7 @@ class ImplicitDepthModel(nn.Module):
         ``with_grad`` also its exact derivative ``[B, N, 2]`` with respect to (y, x)."""
         if not isinstance(feats, Features):
             raise TypeError("decode expects the Features returned by model.encode(image)")
-        check_coords(coords, feats.batch)
+        check_coords(coords, feats.batch, MAX_QUERY_COORD)
         return self.decode_raw(feats, coords.to(self.device), self.resolved_backend(backend), chunk, with_grad)
 
     @torch.no_grad()

@@ -6,6 +6,7 @@ built from csrc/), ``triton`` (kernels/). ``auto`` picks the compiled kernel of 
 
 from __future__ import annotations
 
+import math
 import os
 
 import torch
@@ -71,8 +72,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def check_coords(coords: torch.Tensor, batch: int | None = None) -> None:
-    """Clear errors for query coordinates instead of garbage from a kernel."""
+def check_coords(coords: torch.Tensor, batch: int | None = None, limit: float | None = None) -> None:
+    """Clear errors for query coordinates instead of garbage from a kernel; with ``limit``, also
+    for coordinates beyond +-limit (one device sync either way)."""
     if not isinstance(coords, torch.Tensor):
         raise TypeError(f"coords must be a tensor, got {type(coords).__name__}")
     if coords.dim() != 3 or coords.shape[-1] != 2:
@@ -81,8 +83,17 @@ def check_coords(coords: torch.Tensor, batch: int | None = None) -> None:
         raise ValueError(f"coords batch {coords.shape[0]} does not match the features' batch {batch}")
     if not coords.is_floating_point():
         raise TypeError(f"coords must be floating point, got {coords.dtype}")
-    if not torch.isfinite(coords).all():
+    if limit is None:
+        if not torch.isfinite(coords).all():
+            raise ValueError("coords contain NaN or infinite values")
+        return
+    largest = coords.abs().amax().item() if coords.numel() else 0.0  # NaN and inf propagate
+    if not math.isfinite(largest):
         raise ValueError("coords contain NaN or infinite values")
+    if largest > limit:
+        raise ValueError(f"coords must be normalised (y, x), the image spanning [-1, 1] edge to edge; got a value of "
+                         f"magnitude {largest:.4g}, more than {limit:g} (pixel coordinates? "
+                         "infinidepth.ops.coords.pixel_to_normalized converts them)")
 
 
 def bilinear_gather_reference(feat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
