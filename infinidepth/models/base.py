@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass, field
 
 import torch
@@ -203,7 +204,10 @@ class ImplicitDepthModel(nn.Module):
     def decode_grid(self, feats: Features, output_size: tuple[int, int], backend: str | None = None,
                     tile: int | None = None, progress: bool = False, region=None, out=None):
         """The decoding half of :meth:`predict`, for features already encoded."""
-        H, W = (int(v) for v in output_size)
+        try:
+            H, W = (operator.index(v) for v in output_size)
+        except (TypeError, ValueError):
+            raise ValueError(f"output_size must be two integers (height, width), got {output_size!r}") from None
         if H <= 0 or W <= 0:
             raise ValueError(f"output size must be positive, got {H}x{W}")
         y0, x0, y1, x1 = check_region(region, (H, W))
@@ -295,7 +299,7 @@ def check_region(region, size: tuple[int, int]) -> tuple[int, int, int, int]:
     if region is None:
         return 0, 0, H, W
     try:
-        y0, x0, y1, x1 = (int(v) for v in region)
+        y0, x0, y1, x1 = (operator.index(v) for v in region)
     except (TypeError, ValueError):
         raise ValueError(f"region must be (y0, x0, y1, x1) in output pixels, got {region!r}") from None
     if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
