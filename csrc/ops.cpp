@@ -12,6 +12,11 @@ namespace infinidepth {
 void fused_decode_cpu(const FusedProgram& prog, const std::vector<at::Tensor>& packed, const std::vector<bool>& bf16_layer,
                       const float* coords, float* out, int64_t B, int64_t N, bool with_grad);
 
+template <typename T>
+void gs_composite_cpu(const T* mean2d, const T* conic, const T* opacity, const T* color, const T* depth, int64_t N,
+                      const int64_t* first, const int64_t* count, const int64_t* order, int64_t H, int64_t W,
+                      int64_t tile, const T* background, T* out_rgb, T* out_depth, T* out_alpha);
+
 // Shared checks; Python validates user input first, these guard direct callers of torch.ops.
 void check_gather_args(const at::Tensor& feat, const at::Tensor& coords) {
   TORCH_CHECK(feat.dim() == 4, "bilinear_gather: feat must be [B, C, H, W], got ", feat.sizes());
@@ -161,6 +166,54 @@ at::Tensor bilinear_gather_cpu_impl(const at::Tensor& feat, const at::Tensor& co
   return out;
 }
 
+// Python (infinidepth/gs/render.py) projects and bins; these checks guard direct callers.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gs_composite_cpu_impl(
+    const at::Tensor& mean2d, const at::Tensor& conic, const at::Tensor& opacity, const at::Tensor& color,
+    const at::Tensor& depth, const at::Tensor& tile_first, const at::Tensor& tile_count, const at::Tensor& order,
+    int64_t height, int64_t width, int64_t tile, const at::Tensor& background) {
+  const auto dt = mean2d.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kDouble, "gs_composite: float32 or float64 expected, got ", dt);
+  const int64_t N = mean2d.size(0);
+  TORCH_CHECK(mean2d.dim() == 2 && mean2d.size(1) == 2, "gs_composite: mean2d must be [N, 2], got ", mean2d.sizes());
+  TORCH_CHECK(conic.dim() == 3 && conic.size(0) == N && conic.size(1) == 2 && conic.size(2) == 2,
+              "gs_composite: conic must be [N, 2, 2], got ", conic.sizes());
+  TORCH_CHECK(opacity.dim() == 1 && opacity.size(0) == N && depth.dim() == 1 && depth.size(0) == N,
+              "gs_composite: opacity and depth must be [N]");
+  TORCH_CHECK(color.dim() == 2 && color.size(0) == N && color.size(1) == 3, "gs_composite: color must be [N, 3]");
+  TORCH_CHECK(background.dim() == 1 && background.size(0) == 3, "gs_composite: background must be [3]");
+  for (const at::Tensor* x : {&conic, &opacity, &color, &depth, &background})
+    TORCH_CHECK(x->scalar_type() == dt, "gs_composite: every float input must have mean2d's dtype");
+  TORCH_CHECK(height > 0 && width > 0 && tile > 0, "gs_composite: height, width and tile must be positive");
+  const int64_t tiles = ((height + tile - 1) / tile) * ((width + tile - 1) / tile);
+  TORCH_CHECK(tile_first.dim() == 1 && tile_count.dim() == 1 && tile_first.size(0) == tiles && tile_count.size(0) == tiles,
+              "gs_composite: tile_first and tile_count must hold one entry per tile (", tiles, ")");
+  for (const at::Tensor* x : {&tile_first, &tile_count, &order})
+    TORCH_CHECK(x->scalar_type() == at::kLong, "gs_composite: tile lists must be int64");
+  const at::Tensor first = tile_first.contiguous(), count = tile_count.contiguous(), ord = order.contiguous();
+  // Every list must lie inside `order` and name existing Gaussians: a bad list would read out of bounds.
+  TORCH_CHECK((count.ge(0).logical_and(first.ge(0)).logical_and(first.add(count).le(ord.numel()))).all().item<bool>(),
+              "gs_composite: a tile's list runs outside the order array");
+  TORCH_CHECK(ord.numel() == 0 || (ord.min().item<int64_t>() >= 0 && ord.max().item<int64_t>() < N),
+              "gs_composite: order names a Gaussian that does not exist");
+  const at::Tensor m = mean2d.contiguous(), q = conic.contiguous(), o = opacity.contiguous(), c = color.contiguous(),
+                   z = depth.contiguous(), bg = background.contiguous();
+  at::Tensor rgb = at::empty({height, width, 3}, m.options());
+  at::Tensor out_depth = at::empty({height, width}, m.options());
+  at::Tensor alpha = at::empty({height, width}, m.options());
+  if (dt == at::kFloat) {
+    gs_composite_cpu<float>(m.data_ptr<float>(), q.data_ptr<float>(), o.data_ptr<float>(), c.data_ptr<float>(),
+                            z.data_ptr<float>(), N, first.data_ptr<int64_t>(), count.data_ptr<int64_t>(),
+                            ord.data_ptr<int64_t>(), height, width, tile, bg.data_ptr<float>(), rgb.data_ptr<float>(),
+                            out_depth.data_ptr<float>(), alpha.data_ptr<float>());
+  } else {
+    gs_composite_cpu<double>(m.data_ptr<double>(), q.data_ptr<double>(), o.data_ptr<double>(), c.data_ptr<double>(),
+                             z.data_ptr<double>(), N, first.data_ptr<int64_t>(), count.data_ptr<int64_t>(),
+                             ord.data_ptr<int64_t>(), height, width, tile, bg.data_ptr<double>(),
+                             rgb.data_ptr<double>(), out_depth.data_ptr<double>(), alpha.data_ptr<double>());
+  }
+  return {rgb, out_depth, alpha};
+}
+
 bool cpu_supports_bf16_op() { return cpu_supports_bf16(); }
 
 }  // namespace
@@ -174,6 +227,8 @@ TORCH_LIBRARY(infinidepth, m) {
   // Stratified inverse-CDF samples of integer cell weights: (coords [B, n, 2] float32, cells [B, n] int64).
   m.def("inverse_cdf_sample(Tensor weights, int height, int width, int n, int seed, bool jitter) -> (Tensor, Tensor)");
   m.def("fused_decode_with_grad(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
+  // Front-to-back compositing of projected, tile-binned Gaussians: (rgb [H, W, 3], depth [H, W], alpha [H, W]).
+  m.def("gs_composite(Tensor mean2d, Tensor conic, Tensor opacity, Tensor color, Tensor depth, Tensor tile_first, Tensor tile_count, Tensor order, int height, int width, int tile, Tensor background) -> (Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(infinidepth, CPU, m) {
@@ -181,6 +236,7 @@ TORCH_LIBRARY_IMPL(infinidepth, CPU, m) {
   m.impl("fused_decode", &fused_decode_cpu_impl);
   m.impl("fused_decode_with_grad", &fused_decode_with_grad_cpu_impl);
   m.impl("inverse_cdf_sample", &inverse_cdf_sample_cpu_impl);
+  m.impl("gs_composite", &gs_composite_cpu_impl);
 }
 
 }  // namespace infinidepth

@@ -138,6 +138,80 @@ def test_tiled_rasteriser_equals_the_dense_oracle_on_random_scenes():
         torch.testing.assert_close(got, dense_oracle(scene, size), atol=2e-5, rtol=1e-4)
 
 
+def random_scene(n, generator, dtype, degree=1):
+    """In front of, beside and behind the camera; tiny to large; opacities up to the 0.999 cap, so
+    that pixels saturate (the C++ walk's early stop) as well as stay see-through."""
+    g = generator
+    means = torch.randn(n, 3, generator=g, dtype=dtype) * torch.tensor([1.5, 1.2, 2.0], dtype=dtype)
+    means[:, 2] += 3.0
+    q = torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=dtype), dim=-1)
+    scales = torch.exp(torch.rand(n, 3, generator=g, dtype=dtype) * 4 - 5)          # 0.007 .. 0.37
+    opac = torch.where(torch.rand(n, generator=g, dtype=dtype) < 0.5, torch.ones(n, dtype=dtype),
+                       torch.rand(n, generator=g, dtype=dtype))
+    return Gaussians(means, scales, q, opac, torch.randn(n, 3, (degree + 1) ** 2, generator=g, dtype=dtype) * 0.5)
+
+
+def random_camera(generator, dtype):
+    axis = torch.nn.functional.normalize(torch.randn(3, generator=generator, dtype=dtype), dim=0) * 0.3
+    R = torch.linalg.matrix_exp(torch.tensor([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]],
+                                             dtype=dtype))
+    T = torch.eye(4, dtype=dtype)
+    T[:3, :3], T[:3, 3] = R, torch.randn(3, generator=generator, dtype=dtype) * 0.3
+    return T
+
+
+@pytest.mark.skipif("cpp" not in __import__("infinidepth.ops", fromlist=["x"]).available_backends(torch.device("cpu")),
+                    reason="the compiled extension is not built")
+@pytest.mark.parametrize("dtype,atol", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_cpp_rasteriser_matches_the_reference_on_random_scenes(dtype, atol):
+    """The C++ walk stops at the first Gaussian that would take a pixel's transmittance below 1e-4;
+    the reference evaluates every pair and zeroes the rest: the same image, to rounding (float64:
+    1e-10; float32: 1e-4, sums of hundreds of weights in another order)."""
+    from infinidepth.gs.render import render_cpp
+
+    g = torch.Generator().manual_seed(5)
+    cases = [(1, (5, 3), 16), (40, (37, 53), 16), (600, (48, 64), 8), (600, (61, 47), 16), (3000, (40, 56), 16)]
+    alphas = []
+    for n, size, tile in cases:
+        scene, cam = random_scene(n, g, dtype), random_camera(g, dtype)
+        Kd = K.to(dtype)
+        bg = tuple(torch.rand(3, generator=g).tolist())
+        want = render_torch(scene, cam, Kd, size, background=bg, tile=tile)
+        got = render_cpp(scene, cam, Kd, size, background=bg, tile=tile)
+        for key in ("rgb", "depth", "alpha"):
+            assert got[key].dtype == dtype and got[key].shape == want[key].shape, key
+            torch.testing.assert_close(got[key], want[key], atol=atol, rtol=0, msg=f"{key}, {n} Gaussians, {size}")
+        alphas.append(want["alpha"].reshape(-1))
+    alphas = torch.cat(alphas)
+    assert (alphas > 0.999).sum() > 100 and (alphas < 0.5).sum() > 100      # pixels stopped early, and see-through ones
+
+
+@pytest.mark.skipif("cpp" not in __import__("infinidepth.ops", fromlist=["x"]).available_backends(torch.device("cpu")),
+                    reason="the compiled extension is not built")
+def test_render_picks_cpp_on_the_cpu_unless_gradients_are_wanted():
+    from infinidepth.gs.render import render, render_cpp
+
+    scene = random_scene(200, torch.Generator().manual_seed(1), torch.float32)
+    torch.testing.assert_close(render(scene, torch.eye(4), K, (30, 40))["rgb"],
+                               render_cpp(scene, torch.eye(4), K, (30, 40))["rgb"], atol=0, rtol=0)
+    scene.opacities.requires_grad_(True)
+    out = render(scene, torch.eye(4), K, (30, 40))                    # training: the differentiable reference
+    out["rgb"].sum().backward()
+    assert scene.opacities.grad is not None and scene.opacities.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="no gradients"):
+        render(scene, torch.eye(4), K, (30, 40), backend="cpp")
+    with torch.no_grad():
+        assert render(scene, torch.eye(4), K, (30, 40))["rgb"].grad_fn is None
+    # direct callers of the op get a check, not an out-of-bounds read
+    args = [torch.zeros(2, 2), torch.eye(2).repeat(2, 1, 1), torch.ones(2), torch.ones(2, 3), torch.ones(2)]
+    with pytest.raises(RuntimeError, match="names a Gaussian that does not exist"):
+        torch.ops.infinidepth.gs_composite(*args, torch.zeros(1, dtype=torch.long), torch.ones(1, dtype=torch.long),
+                                           torch.tensor([7]), 4, 4, 16, torch.zeros(3))
+    with pytest.raises(RuntimeError, match="runs outside the order array"):
+        torch.ops.infinidepth.gs_composite(*args, torch.zeros(1, dtype=torch.long), torch.full((1,), 3),
+                                           torch.tensor([0]), 4, 4, 16, torch.zeros(3))
+
+
 def test_splats_from_points_size_to_the_spacing_and_cover_a_plane():
     from infinidepth.gs.splats import splats_from_points
 

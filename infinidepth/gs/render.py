@@ -94,17 +94,14 @@ def project(g: Gaussians, world_to_camera, K, size):
     return mean2d, torch.linalg.inv(cov2d), z, colors, visible
 
 
-def render_torch(g: Gaussians, world_to_camera, K, size: tuple[int, int], background=(0.0, 0.0, 0.0),
-                 tile: int = 16, budget: int = 1 << 24) -> dict:
-    """The plain-PyTorch rasteriser (any device).
+def bin_tiles(mean2d: torch.Tensor, conic: torch.Tensor, z: torch.Tensor, visible: torch.Tensor, size, tile: int):
+    """Each ``tile x tile`` block's Gaussians, front to back: ``(order, per_tile, first)`` with tile ``t``'s
+    list ``order[first[t]:first[t] + per_tile[t]]`` (tiles in row-major order).
 
-    Tiles of ``tile x tile`` pixels each composite only the Gaussians whose footprint can reach them
-    (a Mahalanobis radius of sqrt(2 ln 255), beyond which alpha < 1/255 for any opacity: the culling
-    changes nothing), batched so that about ``budget`` pixel-Gaussian pairs are in flight."""
-    H, W = (int(v) for v in size)
-    mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
-    dev, dt = g.means.device, g.means.dtype
-    bg = torch.as_tensor(background, device=dev, dtype=dt)
+    A Gaussian joins every tile its footprint can reach: a Mahalanobis radius of sqrt(2 ln 255),
+    beyond which alpha < 1/255 for any opacity, so the culling changes nothing."""
+    H, W = size
+    dev = mean2d.device
     cov = torch.linalg.inv(conic)
     half_tr, det = 0.5 * (cov[:, 0, 0] + cov[:, 1, 1]), cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
     lam = half_tr + (half_tr**2 - det).clamp_min(0).sqrt()
@@ -123,11 +120,43 @@ def render_torch(g: Gaussians, world_to_camera, K, size: tuple[int, int], backgr
     k = torch.arange(int(count.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
     nxr = torch.repeat_interleave(nx, count)
     tiles = (y0[g_of] + k // nxr) * TX + (x0[g_of] + k % nxr)
-    order = torch.argsort(z[g_of], stable=True)
-    order = order[torch.argsort(tiles[order], stable=True)]
+    # one sort of unique keys (tile, then depth rank; equal depths by index, as a stable sort has them)
+    rank = torch.empty_like(z, dtype=torch.long)
+    rank[torch.argsort(z, stable=True)] = torch.arange(len(z), device=dev)
+    order = torch.argsort(tiles * len(z) + rank[g_of])
     tiles, g_of = tiles[order], g_of[order]
     per_tile = torch.bincount(tiles, minlength=TY * TX)
     first = torch.cumsum(per_tile, 0) - per_tile
+    return g_of, per_tile, first
+
+
+def render_cpp(g: Gaussians, world_to_camera, K, size: tuple[int, int], background=(0.0, 0.0, 0.0),
+               tile: int = 16) -> dict:
+    """The C++ CPU rasteriser (``csrc/gs_composite_cpu.cpp``): the same projection and tiles as
+    :func:`render_torch`, then each pixel walks its tile's list front to back and stops where the
+    reference's weights become zero for good (transmittance below 1e-4). Forward only: no gradients."""
+    H, W = (int(v) for v in size)
+    mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
+    order, per_tile, first = bin_tiles(mean2d, conic, z, visible, (H, W), tile)
+    bg = torch.as_tensor(background, dtype=mean2d.dtype)
+    rgb, depth, alpha = torch.ops.infinidepth.gs_composite(mean2d, conic, g.opacities, colors, z, first, per_tile, order,
+                                                           H, W, tile, bg)
+    return {"rgb": rgb, "depth": depth, "alpha": alpha}
+
+
+def render_torch(g: Gaussians, world_to_camera, K, size: tuple[int, int], background=(0.0, 0.0, 0.0),
+                 tile: int = 16, budget: int = 1 << 24) -> dict:
+    """The plain-PyTorch rasteriser (any device, differentiable): the reference.
+
+    Tiles of ``tile x tile`` pixels each composite only the Gaussians whose footprint can reach them
+    (:func:`bin_tiles`), every (pixel, Gaussian) pair of the tile evaluated, batched so that about
+    ``budget`` pairs are in flight."""
+    H, W = (int(v) for v in size)
+    mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
+    dev, dt = g.means.device, g.means.dtype
+    bg = torch.as_tensor(background, device=dev, dtype=dt)
+    g_of, per_tile, first = bin_tiles(mean2d, conic, z, visible, (H, W), tile)
+    TY, TX = math.ceil(H / tile), math.ceil(W / tile)
 
     rgb = bg.expand(TY * TX, tile * tile, 3).clone()
     depth = torch.zeros(TY * TX, tile * tile, device=dev, dtype=dt)
@@ -188,7 +217,8 @@ def render_gsplat(g: Gaussians, world_to_camera, K, size: tuple[int, int], backg
 
 
 def render(g: Gaussians, world_to_camera, K, size, background=(0.0, 0.0, 0.0), backend: str = "auto") -> dict:
-    """``backend``: ``"gsplat"`` (GPU), ``"torch"``, or ``"auto"`` (gsplat for GPU tensors when installed)."""
+    """``backend``: ``"gsplat"`` (GPU), ``"cpp"`` (CPU, no gradients), ``"torch"`` (the reference), or
+    ``"auto"``: gsplat for GPU tensors when installed, on the CPU ``cpp`` unless gradients are wanted."""
     if len(g) == 0:
         raise ValueError("no Gaussians to render")
     if backend == "auto":
@@ -200,8 +230,27 @@ def render(g: Gaussians, world_to_camera, K, size, background=(0.0, 0.0, 0.0), b
                 backend = "gsplat"
             except ImportError:
                 pass
+        elif g.means.device.type == "cpu" and cpp_available() and not wants_grad(g):
+            backend = "cpp"
     if backend == "gsplat":
         return render_gsplat(g, world_to_camera, K, size, background)
+    if backend == "cpp":
+        if g.means.device.type != "cpu" or not cpp_available():
+            raise ValueError("backend 'cpp' needs CPU tensors and the compiled extension infinidepth._C")
+        if wants_grad(g):
+            raise ValueError("backend 'cpp' has no gradients; render with backend='torch' to train through it")
+        return render_cpp(g, world_to_camera, K, size, background)
     if backend == "torch":
         return render_torch(g, world_to_camera, K, size, background)
-    raise ValueError(f"backend must be 'auto', 'gsplat' or 'torch', got {backend!r}")
+    raise ValueError(f"backend must be 'auto', 'gsplat', 'cpp' or 'torch', got {backend!r}")
+
+
+def cpp_available() -> bool:
+    from infinidepth.ops import available_backends
+
+    return "cpp" in available_backends(torch.device("cpu"))
+
+
+def wants_grad(g: Gaussians) -> bool:
+    return torch.is_grad_enabled() and any(
+        t.requires_grad for t in (g.means, g.scales, g.rotations, g.opacities, g.sh))
