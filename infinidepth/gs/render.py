@@ -1,6 +1,8 @@
-"""Rendering Gaussians: gsplat's rasteriser on a GPU, a plain-PyTorch one everywhere else.
+"""Rendering Gaussians: gsplat's rasteriser on a GPU, a C++ one on the CPU (``csrc/gs_composite_cpu.cpp``,
+forward only), and the plain-PyTorch reference anywhere (differentiable: GS-head training renders
+through it).
 
-Both follow the same model (the 3DGS / gsplat "classic" rasteriser): each Gaussian is projected with
+All follow the same model (the 3DGS / gsplat "classic" rasteriser): each Gaussian is projected with
 the local affine approximation of the pinhole (EWA splatting), its 2-D covariance dilated by 0.3 px²
 (anti-aliasing low-pass), composited front to back by camera depth with
 ``alpha = min(0.999, opacity * exp(-d^T S^-1 d / 2))``, contributions below 1/255 skipped and a pixel
