@@ -61,6 +61,7 @@ def test_default_backend_is_visible_and_agrees_with_torch(models, name):
         (torch.rand(1, 3, 30, 32), "multiples of 16"),
         (torch.rand(1, 1, 32, 32), r"\[B, 3, H, W\]"),
         (torch.rand(3, 32, 32), r"\[B, 3, H, W\]"),
+        (torch.rand(0, 3, 32, 32), "batch is empty"),
         (torch.full((1, 3, 32, 32), float("nan")), "NaN"),
         (torch.rand(1, 3, 32, 32) * 255, r"\[0, 1\]"),
         (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), "float"),

@@ -55,6 +55,8 @@ def check_image(image: torch.Tensor, multiple: int) -> None:
         raise TypeError(f"image must be a torch.Tensor [B, 3, H, W], got {type(image).__name__}")
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"image must have shape [B, 3, H, W], got {tuple(image.shape)}")
+    if image.shape[0] == 0:
+        raise ValueError(f"image batch is empty: shape {tuple(image.shape)}")
     if not image.is_floating_point():
         raise TypeError(f"image must be a float tensor with values in [0, 1], got {image.dtype}")
     H, W = image.shape[-2:]
