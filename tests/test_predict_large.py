@@ -27,10 +27,16 @@ def image():
 
 @pytest.mark.parametrize("backend", [b for b in available_backends(torch.device("cpu"))])
 def test_tiled_equals_untiled_on_odd_sizes(model, image, backend):
+    # The fused kernels decode each query on its own: tiling cannot change a bit. The plain-PyTorch
+    # reference runs its layers as GEMMs, and MKL's blocking (so its rounding) depends on the number
+    # of rows: there a tile may differ from the whole in the last bit or two (seen on an AVX512 CPU,
+    # not on others). A tile that decoded the wrong rows would differ by far more than that.
     size = (37, 53) if backend != "triton" else (13, 11)     # (the interpreter is slow)
     whole = model.predict(image, output_size=size, backend=backend, tile=10**9)
+    rtol = 4 * torch.finfo(torch.float32).eps if backend == "torch" else 0.0
     for tile in (1, 7, 53 * 3 + 1):                          # one row; rows with remainders
-        assert torch.equal(model.predict(image, output_size=size, backend=backend, tile=tile), whole)
+        torch.testing.assert_close(model.predict(image, output_size=size, backend=backend, tile=tile), whole,
+                                   rtol=rtol, atol=0.0)
 
 
 @pytest.mark.parametrize("region", [(0, 0, 37, 53), (5, 7, 6, 8), (11, 0, 30, 53), (36, 40, 37, 53)])
