@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import threading
 import time
@@ -199,20 +200,24 @@ def pick_device(text: str | None) -> torch.device:
     return device
 
 
-def free_disk_space(path: Path) -> int:
-    """Bytes free on the disk that holds ``path`` (its nearest existing ancestor)."""
-    import shutil
-
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing ancestor (where a new folder would go)."""
+    path = path.absolute()
     while not path.exists() and path != path.parent:
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
+
+
+def free_disk_space(path: Path) -> int:
+    """Bytes free on the disk that holds ``path``, or would hold it once created."""
+    import shutil
+
+    return shutil.disk_usage(nearest_existing(path)).free
 
 
 def check_output_folder(out: Path, flag: str = "--out") -> None:
     """Before any work: ``out`` is a folder, or can be made one, that this process may write into."""
-    p = out.absolute()
-    while not p.exists() and p != p.parent:
-        p = p.parent
+    p = nearest_existing(out)
     if not p.is_dir():
         raise InputError(f"{flag} {out}: {p} is a file, not a folder")
     if not os.access(p, os.W_OK | os.X_OK):
@@ -796,8 +801,6 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import signal
-
     args = build_parser().parse_args(argv)
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:

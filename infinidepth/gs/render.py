@@ -97,8 +97,8 @@ def project(g: Gaussians, world_to_camera, K, size):
 
 
 def bin_tiles(mean2d: torch.Tensor, conic: torch.Tensor, z: torch.Tensor, visible: torch.Tensor, size, tile: int):
-    """Each ``tile x tile`` block's Gaussians, front to back: ``(order, per_tile, first)`` with tile ``t``'s
-    list ``order[first[t]:first[t] + per_tile[t]]`` (tiles in row-major order).
+    """Each ``tile x tile`` block's Gaussians, front to back: ``(g_of, per_tile, first)`` with tile ``t``'s
+    list ``g_of[first[t]:first[t] + per_tile[t]]`` (tiles in row-major order).
 
     A Gaussian joins every tile its footprint can reach: a Mahalanobis radius of sqrt(2 ln 255),
     beyond which alpha < 1/255 for any opacity, so the culling changes nothing."""
@@ -139,9 +139,9 @@ def render_cpp(g: Gaussians, world_to_camera, K, size: tuple[int, int], backgrou
     reference's weights become zero for good (transmittance below 1e-4). Forward only: no gradients."""
     H, W = (int(v) for v in size)
     mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
-    order, per_tile, first = bin_tiles(mean2d, conic, z, visible, (H, W), tile)
+    g_of, per_tile, first = bin_tiles(mean2d, conic, z, visible, (H, W), tile)
     bg = torch.as_tensor(background, dtype=mean2d.dtype)
-    rgb, depth, alpha = torch.ops.infinidepth.gs_composite(mean2d, conic, g.opacities, colors, z, first, per_tile, order,
+    rgb, depth, alpha = torch.ops.infinidepth.gs_composite(mean2d, conic, g.opacities, colors, z, first, per_tile, g_of,
                                                            H, W, tile, bg)
     return {"rgb": rgb, "depth": depth, "alpha": alpha}
 
