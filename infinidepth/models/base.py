@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from infinidepth.ops import PRECISIONS, pixel_centers
-from infinidepth.ops.gather import check_coords
+from infinidepth.ops.gather import check_coords, require
 from infinidepth.ops.implicit_decode import check_cpu_precision, resolve_decoder_backend
 
 # The image spans [-1, 1]. A query further out than +-2 lies more than a whole image outside it
@@ -62,11 +62,13 @@ def check_image(image: torch.Tensor, multiple: int) -> None:
     H, W = image.shape[-2:]
     if H % multiple or W % multiple or H == 0 or W == 0:
         raise ValueError(f"image height and width must be positive multiples of {multiple}, got {H}x{W}")
-    if not torch.isfinite(image).all():
-        raise ValueError("image contains NaN or infinite values")
-    lo, hi = float(image.min()), float(image.max())
-    if lo < -1e-3 or hi > 1 + 1e-3:
-        raise ValueError(f"image values must be in [0, 1], got range [{lo:.3g}, {hi:.3g}]")
+    require(torch.isfinite(image).all(), "image contains NaN or infinite values")
+    lo, hi = image.min(), image.max()
+
+    def out_of_range(eager):
+        return "image values must be in [0, 1]" + (f", got range [{float(lo):.3g}, {float(hi):.3g}]" if eager else "")
+
+    require((lo >= -1e-3) & (hi <= 1 + 1e-3), out_of_range)
 
 
 class ImplicitDepthModel(nn.Module):

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from infinidepth.ops import ConcatDecoder, implicit_decode
+from infinidepth.ops.gather import require
 
 from .base import Features, ImplicitDepthModel, check_image
 from .cnn import BasicEncoder
@@ -140,8 +141,7 @@ class InfiniDepthDepthSensor(InfiniDepth):
         medians = []
         for b in range(disp.shape[0]):
             valid = disp[b] > 0
-            if not valid.any():
-                raise ValueError(f"sparse_depth of image {b} has no valid (positive) value")
+            require(valid.any(), f"sparse_depth of image {b} has no valid (positive) value")
             medians.append(torch.quantile(disp[b][valid], 0.5))
         median = torch.stack(medians)
         prompt = disp / median.clamp(min=1e-2).view(-1, 1, 1, 1)  # the released "warp"
@@ -161,10 +161,7 @@ def check_sparse_depth(sparse_depth: torch.Tensor, image: torch.Tensor) -> torch
     B, _, H, W = image.shape
     if tuple(sparse_depth.shape) != (B, 1, H, W):
         raise ValueError(f"sparse_depth must have shape {(B, 1, H, W)} (the image's), got {tuple(sparse_depth.shape)}")
-    if torch.isnan(sparse_depth).any():
-        raise ValueError("sparse_depth contains NaN; mark missing samples with 0")
-    if (sparse_depth < 0).any():
-        raise ValueError("sparse_depth contains negative depth; mark missing samples with 0")
-    if torch.isinf(sparse_depth).any():
-        raise ValueError("sparse_depth contains infinite depth; mark missing samples with 0")
+    require(~torch.isnan(sparse_depth).any(), "sparse_depth contains NaN; mark missing samples with 0")
+    require(~(sparse_depth < 0).any(), "sparse_depth contains negative depth; mark missing samples with 0")
+    require(~torch.isinf(sparse_depth).any(), "sparse_depth contains infinite depth; mark missing samples with 0")
     return sparse_depth

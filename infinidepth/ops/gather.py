@@ -6,7 +6,6 @@ built from csrc/), ``triton`` (kernels/). ``auto`` picks the compiled kernel of 
 
 from __future__ import annotations
 
-import math
 import os
 
 import torch
@@ -72,6 +71,18 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
+def require(ok: torch.Tensor, message) -> None:
+    """``ValueError(message)`` unless the boolean tensor ``ok`` holds; ``message`` may be a callable
+    (formatted only on failure, so it can read values). Under ``torch.compile`` and ``torch.export``
+    a value is unknown while tracing, so the check goes into the graph instead
+    (``torch._assert_async``: the compiled or exported program raises a RuntimeError with the
+    message when it runs on such an input)."""
+    if torch.compiler.is_compiling():
+        torch._assert_async(ok, message if isinstance(message, str) else message(None))
+    elif not bool(ok):
+        raise ValueError(message if isinstance(message, str) else message(True))
+
+
 def check_coords(coords: torch.Tensor, batch: int | None = None, limit: float | None = None) -> None:
     """Clear errors for query coordinates instead of garbage from a kernel; with ``limit``, also
     for coordinates beyond +-limit (one device sync either way)."""
@@ -83,17 +94,18 @@ def check_coords(coords: torch.Tensor, batch: int | None = None, limit: float | 
         raise ValueError(f"coords batch {coords.shape[0]} does not match the features' batch {batch}")
     if not coords.is_floating_point():
         raise TypeError(f"coords must be floating point, got {coords.dtype}")
-    if limit is None:
-        if not torch.isfinite(coords).all():
-            raise ValueError("coords contain NaN or infinite values")
+    if limit is None or coords.numel() == 0:
+        require(torch.isfinite(coords).all(), "coords contain NaN or infinite values")
         return
-    largest = coords.abs().amax().item() if coords.numel() else 0.0  # NaN and inf propagate
-    if not math.isfinite(largest):
-        raise ValueError("coords contain NaN or infinite values")
-    if largest > limit:
-        raise ValueError(f"coords must be normalised (y, x), the image spanning [-1, 1] edge to edge; got a value of "
-                         f"magnitude {largest:.4g}, more than {limit:g} (pixel coordinates? "
-                         "infinidepth.ops.coords.pixel_to_normalized converts them)")
+    largest = coords.abs().amax()  # NaN and inf propagate
+    require(torch.isfinite(largest), "coords contain NaN or infinite values")
+
+    def too_far(eager):
+        value = f" of magnitude {float(largest):.4g}," if eager else ""
+        return (f"coords must be normalised (y, x), the image spanning [-1, 1] edge to edge; got a value{value} "
+                f"more than {limit:g} (pixel coordinates? infinidepth.ops.coords.pixel_to_normalized converts them)")
+
+    require(largest <= limit, too_far)
 
 
 def bilinear_gather_reference(feat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
