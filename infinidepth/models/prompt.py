@@ -90,7 +90,9 @@ class SparseDepthPrompt(nn.Module):
         out = []
         for b in range(tokens.shape[0]):
             valid = prompt[b, 0] > 0
-            if not valid.any():
+            # (The depth-sensor model refuses a prompt with no valid value before it gets here, so a
+            # traced graph, which cannot branch on a value, leaves the branch out.)
+            if not torch.compiler.is_compiling() and not valid.any():
                 out.append(tokens[b : b + 1])
                 continue
             ij = valid.nonzero().float()  # row-major order of the valid pixels

@@ -154,15 +154,15 @@ def implicit_decode(
             return out[..., 0].to(maps[0].dtype), out[..., 1:].to(maps[0].dtype)
         return out.to(maps[0].dtype)
     coords = coords.to(maps[0].dtype)
-    n = coords.shape[1]
-    step = n if not chunk else max(1, int(chunk))
+    # One pass when tracing for torch.compile / torch.export: a loop over chunks would fix the
+    # number of queries in the graph (chunks bound memory; they never change the result).
+    pieces = [coords] if not chunk or torch.compiler.is_compiling() else coords.split(max(1, int(chunk)), dim=1)
     outs, grads = [], []
     # 16-bit values under autocast; derivatives stay in fp32 (autograd through 16-bit layers loses
     # ~5% of their spread: too much for normals)
     low = None if with_grad else PRECISIONS[precision]
     with torch.autocast(maps[0].device.type, dtype=low) if low else contextlib.nullcontext():
-        for start in range(0, max(n, 1), max(step, 1)):
-            c = coords[:, start : start + step]
+        for c in pieces:
             if with_grad:
                 value, grad = _decode_with_grad(maps, c, decoder)
                 outs.append(value.to(maps[0].dtype))
