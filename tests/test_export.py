@@ -1,0 +1,129 @@
+"""Whole models under torch.export and torch.compile: the graph holds the fused decoder op, the
+result equals eager mode, and the input checks survive tracing (they raise when the exported or
+compiled program runs on bad input, instead of being traced away or breaking the trace)."""
+
+import pytest
+import torch
+from torch.export import Dim
+
+from infinidepth.models import from_preset
+
+from test_models import sparse_for
+
+SIZE = (25, 35)  # output grid: odd, and not the input's
+
+
+class Predict(torch.nn.Module):
+    def __init__(self, model, backend):
+        super().__init__()
+        self.model, self.backend = model, backend
+
+    def forward(self, image, sparse_depth=None):
+        return self.model.predict(image, output_size=SIZE, sparse_depth=sparse_depth, backend=self.backend, tile=300)
+
+
+class Decode(torch.nn.Module):
+    def __init__(self, model, backend):
+        super().__init__()
+        self.model, self.backend = model, backend
+
+    def forward(self, image, coords):
+        return self.model.decode(self.model.encode(image), coords, backend=self.backend)
+
+
+def export(module, args, **kw):
+    """Inference programs are exported without autograd, as the README says: then the graph holds
+    no grad-mode switches, which torch does not restore when a check raises mid-program."""
+    with torch.no_grad():
+        return torch.export.export(module, args, **kw)
+
+
+@pytest.fixture(autouse=True)
+def grad_mode_is_left_as_found():
+    before = torch.is_grad_enabled()
+    yield
+    after = torch.is_grad_enabled()
+    torch.set_grad_enabled(before)
+    assert after == before, "the test changed torch's global grad mode"
+
+
+def op_names(ep):
+    return {str(n.target) for g in ep.graph_module.modules() if isinstance(g, torch.fx.GraphModule)
+            for n in g.graph.nodes if n.op == "call_function"}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: from_preset(name).eval() for name in ("tiny", "official-tiny", "sensor-tiny")}
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+@pytest.mark.parametrize("name", ["tiny", "official-tiny"])
+def test_exported_predict_equals_eager_and_holds_the_fused_op(models, name, backend):
+    model = models[name]
+    image = torch.rand(1, 3, 32, 48)
+    ep = export(Predict(model, backend), (image,))
+    fused = "infinidepth.fused_decode.default" in op_names(ep)
+    assert fused == (backend == "cpp")
+    other = torch.rand(1, 3, 32, 48)  # a new input, not the one traced
+    torch.testing.assert_close(ep.module()(other), model.predict(other, output_size=SIZE, backend=backend),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_exported_sensor_model_takes_a_prompt_with_any_number_of_samples(models):
+    model = models["sensor-tiny"]
+    image = torch.rand(1, 3, 32, 32)
+    ep = export(Predict(model, "cpp"), (image, sparse_for(image, density=0.05)))
+    for density, seed in ((0.02, 1), (0.3, 2)):  # other counts of valid samples than traced
+        sparse = sparse_for(image, density=density, seed=seed)
+        torch.testing.assert_close(ep.module()(image, sparse), model.predict(image, SIZE, sparse_depth=sparse),
+                                   rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="negative depth"):
+        ep.module()(image, -sparse)
+    with pytest.raises(RuntimeError, match="no valid"):
+        ep.module()(image, torch.zeros_like(sparse))
+
+
+@pytest.mark.parametrize(
+    "make,match",
+    [(lambda x: x.index_put((torch.tensor([0]),) * 4, torch.tensor(float("nan"))), "NaN"),
+     (lambda x: x * 255, r"must be in \[0, 1\]")],
+    ids=["nan", "0-255"],
+)
+def test_exported_predict_still_refuses_bad_images(models, make, match):
+    model = models["official-tiny"]
+    image = torch.rand(1, 3, 32, 32)
+    ep = export(Predict(model, "cpp"), (image,))
+    with pytest.raises(ValueError, match=match):  # eager
+        model.predict(make(image))
+    with pytest.raises(RuntimeError, match=match):  # exported
+        ep.module()(make(image))
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_exported_decode_takes_any_number_of_queries_and_refuses_far_ones(models, backend):
+    model = models["tiny"]
+    image = torch.rand(1, 3, 32, 32)
+    shapes = {"image": None, "coords": {1: Dim("n", min=1)}}
+    ep = export(Decode(model, backend), (image, torch.rand(1, 100, 2) * 2 - 1), dynamic_shapes=shapes)
+    feats = model.encode(image)
+    for n in (1, 7, 3000):
+        coords = torch.rand(1, n, 2) * 2 - 1
+        torch.testing.assert_close(ep.module()(image, coords), model.decode(feats, coords, backend=backend),
+                                   rtol=1e-5, atol=1e-6)
+    far = torch.tensor([[[0.0, 0.0], [0.5, 40.0]]])  # pixel coordinates passed by mistake
+    with pytest.raises(RuntimeError, match="more than 2"):
+        ep.module()(image, far)
+    with pytest.raises(RuntimeError, match="NaN"):
+        ep.module()(image, torch.full((1, 3, 2), float("nan")))
+
+
+def test_compiled_decode_equals_eager_and_refuses_far_coords(models):
+    model = models["official-tiny"]
+    feats = model.encode(torch.rand(1, 3, 32, 32))
+    torch._dynamo.reset()
+    decode = torch.compile(lambda c: model.decode(feats, c, backend="cpp"), fullgraph=True, backend="aot_eager")
+    coords = torch.rand(1, 500, 2) * 2 - 1
+    torch.testing.assert_close(decode(coords), model.decode(feats, coords, backend="cpp"), rtol=1e-5, atol=1e-6)
+    with pytest.raises(RuntimeError, match="more than 2"):
+        decode(coords * 3)
