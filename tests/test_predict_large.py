@@ -65,6 +65,14 @@ def test_bad_regions_and_outputs_are_refused(model, image):
         model.predict(image.expand(2, -1, -1, -1), output_size=(8, 8), out=np.empty((8, 8), np.float32))
 
 
+def test_an_output_too_large_for_memory_is_refused_by_name(model, image):
+    # 16M x 16M float32 is 1 PiB: more than a 64-bit process can map, whatever the overcommit policy
+    with pytest.raises(MemoryError, match=r"\[1, 1, 16777216, 16777216\].*1048576\.0 GiB.*out=.*region="):
+        model.predict(image, output_size=(2**24, 2**24))
+    part = model.predict(image, output_size=(2**24, 2**24), region=(2**23, 2**23, 2**23 + 3, 2**23 + 5), backend="cpp")
+    assert part.shape == (1, 1, 3, 5) and torch.isfinite(part).all()   # the way out the message names
+
+
 def test_memory_mapped_output_round_trips(model, image, tmp_path):
     path = tmp_path / "depth.npy"
     mm = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(29, 41))

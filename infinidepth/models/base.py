@@ -239,7 +239,14 @@ class ImplicitDepthModel(nn.Module):
 
     def _output(self, out, B: int, h: int, w: int):
         if out is None:
-            return torch.empty((B, 1, h, w), device=self.device, dtype=torch.float32)
+            try:
+                return torch.empty((B, 1, h, w), device=self.device, dtype=torch.float32)
+            except RuntimeError as e:  # torch.OutOfMemoryError (CUDA) is one too
+                raise MemoryError(
+                    f"the output [{B}, 1, {h}, {w}] float32 ({B * h * w * 4 / 2**30:.1f} GiB) does not fit on "
+                    f"{self.device}; pass out= (a tensor elsewhere, or for one image a memory-mapped .npy from "
+                    "numpy.lib.format.open_memmap, as the CLI's --out does) or a region="
+                ) from e
         if isinstance(out, torch.Tensor):
             if tuple(out.shape) != (B, 1, h, w) or out.dtype != torch.float32:
                 raise ValueError(f"out must be a float32 tensor [{B}, 1, {h}, {w}], got {out.dtype} {tuple(out.shape)}")
