@@ -118,11 +118,12 @@ def test_exported_decode_takes_any_number_of_queries_and_refuses_far_ones(models
         ep.module()(image, torch.full((1, 3, 2), float("nan")))
 
 
-def test_compiled_decode_equals_eager_and_refuses_far_coords(models):
+@pytest.mark.parametrize("compiler", ["aot_eager", "inductor"])  # inductor: torch.compile's default, what users get
+def test_compiled_decode_equals_eager_and_refuses_far_coords(models, compiler):
     model = models["official-tiny"]
     feats = model.encode(torch.rand(1, 3, 32, 32))
     torch._dynamo.reset()
-    decode = torch.compile(lambda c: model.decode(feats, c, backend="cpp"), fullgraph=True, backend="aot_eager")
+    decode = torch.compile(lambda c: model.decode(feats, c, backend="cpp"), fullgraph=True, backend=compiler)
     coords = torch.rand(1, 500, 2) * 2 - 1
     torch.testing.assert_close(decode(coords), model.decode(feats, coords, backend="cpp"), rtol=1e-5, atol=1e-6)
     with pytest.raises(RuntimeError, match="more than 2"):
