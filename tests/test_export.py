@@ -7,6 +7,7 @@ import torch
 from torch.export import Dim
 
 from infinidepth.models import from_preset
+from infinidepth.ops import available_backends
 
 from test_models import sparse_for
 
@@ -68,6 +69,24 @@ def test_exported_predict_equals_eager_and_holds_the_fused_op(models, name, back
     other = torch.rand(1, 3, 32, 48)  # a new input, not the one traced
     torch.testing.assert_close(ep.module()(other), model.predict(other, output_size=SIZE, backend=backend),
                                rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or "cuda" not in available_backends("cuda"),
+                    reason="no GPU with the cuda backend built")
+def test_exported_predict_on_a_gpu_holds_the_cuda_kernel():
+    model = from_preset("official-tiny").eval().cuda()
+    image = torch.rand(1, 3, 32, 48, device="cuda")
+    ep = export(Predict(model, "cuda"), (image,))
+    assert "infinidepth.fused_decode.default" in op_names(ep)
+    other = torch.rand(1, 3, 32, 48, device="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(ep.module()(other), model.predict(other, output_size=SIZE, backend="cuda"),
+                                   rtol=1e-5, atol=1e-6)
+        with pytest.raises(RuntimeError, match="NaN"):
+            ep.module()(other * float("nan"))
+        torch.cuda.synchronize()  # the check raised on the host: no device-side assert poisoned the GPU
+        torch.testing.assert_close(ep.module()(image), model.predict(image, output_size=SIZE, backend="cuda"),
+                                   rtol=1e-5, atol=1e-6)
 
 
 def test_exported_sensor_model_takes_a_prompt_with_any_number_of_samples(models):

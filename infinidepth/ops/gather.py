@@ -76,9 +76,10 @@ def require(ok: torch.Tensor, message) -> None:
     (formatted only on failure, so it can read values). Under ``torch.compile`` and ``torch.export``
     a value is unknown while tracing, so the check goes into the graph instead
     (``torch._assert_async``: the compiled or exported program raises a RuntimeError with the
-    message when it runs on such an input)."""
+    message when it runs on such an input). The flag is copied to the CPU first, as eager mode reads
+    it there too: on a GPU the assert would be a device-side one, which kills the CUDA context."""
     if torch.compiler.is_compiling():
-        torch._assert_async(ok, message if isinstance(message, str) else message(None))
+        torch._assert_async(ok.cpu(), message if isinstance(message, str) else message(None))
     elif not bool(ok):
         raise ValueError(message if isinstance(message, str) else message(True))
 
