@@ -71,6 +71,20 @@ def test_exported_predict_equals_eager_and_holds_the_fused_op(models, name, back
                                rtol=1e-5, atol=1e-6)
 
 
+def test_saved_program_loads_and_runs_the_same(models, tmp_path):
+    model = models["official-tiny"]
+    image = torch.rand(1, 3, 32, 32)
+    saved = export(Predict(model, "cpp"), (image,))
+    torch.export.save(saved, tmp_path / "depth.pt2")
+    ep = torch.export.load(tmp_path / "depth.pt2")  # resolves infinidepth.fused_decode: imported above
+    assert "infinidepth.fused_decode.default" in op_names(ep)
+    other = torch.rand(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(ep.module()(other), saved.module()(other))
+        with pytest.raises(RuntimeError, match="must be in"):
+            ep.module()(image * 255)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available() or "cuda" not in available_backends("cuda"),
                     reason="no GPU with the cuda backend built")
 def test_exported_predict_on_a_gpu_holds_the_cuda_kernel():
