@@ -86,7 +86,7 @@ def require(ok: torch.Tensor, message) -> None:
 
 def check_coords(coords: torch.Tensor, batch: int | None = None, limit: float | None = None) -> None:
     """Clear errors for query coordinates instead of garbage from a kernel; with ``limit``, also
-    for coordinates beyond +-limit (one device sync either way)."""
+    for coordinates beyond +-limit (one device sync, two with ``limit``; in a traced graph, asserts)."""
     if not isinstance(coords, torch.Tensor):
         raise TypeError(f"coords must be a tensor, got {type(coords).__name__}")
     if coords.dim() != 3 or coords.shape[-1] != 2:
