@@ -10,15 +10,28 @@
 // With kGrad the block's 16 rows hold 5 queries' values, then their d/dy tangents, then their d/dx
 // tangents (row 15 stays zero): the weights act on all rows alike, the gathers give tangent rows the
 // differentiated bilinear weights, and the activation scales tangents by act'(value) (forward mode).
+#ifdef INFINIDEPTH_CUDA_EMULATION  // compiled as C++ for CI's tests (csrc/tests/cuda_emulation.h)
+#include "tests/cuda_emulation.h"
+#define LAUNCH(kernel, grid, block, shared_bytes, stream) cuda_emulation::Launch(kernel, grid, block, shared_bytes, stream)
+#else
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <mma.h>
+#define LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
+#endif
 
 #include "bilinear_gather.h"
 #include "fused_decode.h"
 
 namespace infinidepth {
 namespace {
+
+#ifndef INFINIDEPTH_CUDA_EMULATION
+__device__ __forceinline__ unsigned char* dynamic_shared_memory() {
+  extern __shared__ __align__(16) unsigned char raw[];
+  return raw;
+}
+#endif
 
 constexpr int kTQ = 16;       // rows per block (one WMMA row tile)
 constexpr int kNarrow = 512;  // widest layer kept whole in shared memory
@@ -157,7 +170,7 @@ __device__ void finish_layer(const FusedProgram& P, int l, const float* coords, 
 template <bool kTensorCores, bool kGrad>
 __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
                                                                float* __restrict__ out, int64_t N, int64_t total) {
-  extern __shared__ __align__(16) unsigned char raw[];
+  unsigned char* raw = dynamic_shared_memory();
   Smem s;
   s.x = reinterpret_cast<float*>(raw);
   s.y = s.x + kTQ * kNarrow;
@@ -229,9 +242,9 @@ void launch(const FusedProgram& program, const float* coords, float* out, int64_
   constexpr int Q = kQueries<kGrad>;
   const size_t smem = sizeof(float) * (2 * kTQ * kNarrow + kTQ * kKC) + sizeof(__nv_bfloat16) * (kTQ * kNarrow + kTQ * kKC);
   const unsigned blocks = static_cast<unsigned>((total + Q - 1) / Q);
-  cudaFuncSetAttribute(fused_decode_kernel<kTensorCores, kGrad>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                       static_cast<int>(smem));
-  fused_decode_kernel<kTensorCores, kGrad><<<blocks, kThreads, smem, s>>>(program, coords, out, N, total);
+  const auto kernel = fused_decode_kernel<kTensorCores, kGrad>;
+  cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  LAUNCH(kernel, blocks, kThreads, smem, s)(program, coords, out, N, total);
 }
 
 }  // namespace

@@ -1,0 +1,188 @@
+// A host emulation of the part of CUDA that csrc/*.cu kernels use, so that CI (no GPU) runs the
+// kernels' own code, index arithmetic and synchronisation included, against the reference.
+//
+// Compile a .cu as C++20 with -DINFINIDEPTH_CUDA_EMULATION (tests/test_cuda_emulated.py does).
+// Every CUDA thread of a block is a std::thread; __syncthreads is a barrier over them, so a
+// missing barrier shows up as a race and a barrier not reached by every thread as a hang (both
+// undefined on a GPU too). Shared memory is refilled with NaN bytes before each block, so a read of
+// memory no thread wrote comes out as NaN. Blocks run one after another.
+//
+// WMMA (nvcuda::wmma, the 16x16x16 shapes) keeps each fragment whole in every lane: loads and
+// mma_sync are computed by every lane alike, store_matrix_sync is written once per warp between
+// two warp barriers, as the warp-wide "_sync" operations behave. Products of bf16 operands are
+// exact in fp32 and summed in fp32, as on the tensor cores (the order of the sums may differ).
+//
+// Not emulated: timing, memory-model subtleties beyond barriers, occupancy, shared-memory limits
+// (launchers still check them against the device's when run on a GPU).
+#pragma once
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <math.h>
+#include <memory>
+#include <thread>
+#include <type_traits>
+#include <vector>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+
+struct dim3 {
+  unsigned x, y, z;
+  dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+
+using cudaStream_t = void*;
+enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
+template <class F>
+inline int cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return 0; }
+
+namespace cuda_emulation {
+
+struct Block {
+  std::unique_ptr<std::barrier<>> all;
+  std::vector<std::unique_ptr<std::barrier<>>> warps;
+  std::vector<unsigned char> shared;
+};
+
+inline thread_local Block* current = nullptr;
+
+}  // namespace cuda_emulation
+
+inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+inline void __syncthreads() { cuda_emulation::current->all->arrive_and_wait(); }
+inline void __syncwarp() { cuda_emulation::current->warps[threadIdx.x / 32]->arrive_and_wait(); }
+inline unsigned char* dynamic_shared_memory() { return cuda_emulation::current->shared.data(); }
+
+template <class T>
+inline T __ldg(const T* p) { return *p; }
+
+struct __nv_bfloat16 {
+  uint16_t bits;
+};
+
+inline __nv_bfloat16 __float2bfloat16(float f) {  // round to nearest even, NaN kept NaN
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  if (std::isnan(f)) return {static_cast<uint16_t>((u >> 16) | 0x40)};
+  u += 0x7FFF + ((u >> 16) & 1);
+  return {static_cast<uint16_t>(u >> 16)};
+}
+
+inline float __bfloat162float(__nv_bfloat16 h) {
+  const uint32_t u = static_cast<uint32_t>(h.bits) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+namespace nvcuda {
+namespace wmma {
+
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+struct row_major {};
+struct col_major {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <class Use, int M, int N, int K, class T, class Layout = void>
+struct fragment {
+  static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
+  static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
+  float v[rows * cols];  // row-major, the whole tile
+};
+
+inline float to_float(float x) { return x; }
+inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <class Use, int M, int N, int K, class T, class Layout>
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ld) {
+  using F = fragment<Use, M, N, K, T, Layout>;
+  for (int r = 0; r < F::rows; ++r)
+    for (int c = 0; c < F::cols; ++c)
+      f.v[r * F::cols + c] = to_float(std::is_same_v<Layout, col_major> ? p[c * ld + r] : p[r * ld + c]);
+}
+
+template <int M, int N, int K>
+inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ld, layout_t layout) {
+  for (int r = 0; r < M; ++r)
+    for (int c = 0; c < N; ++c) f.v[r * N + c] = layout == mem_col_major ? p[c * ld + r] : p[r * ld + c];
+}
+
+template <int M, int N, int K>
+inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ld, layout_t layout) {
+  __syncwarp();  // every lane has finished reading what is about to be overwritten
+  if (threadIdx.x % 32 == 0)
+    for (int r = 0; r < M; ++r)
+      for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ld + r] : p[r * ld + c]) = f.v[r * N + c];
+  __syncwarp();  // and every lane sees the result
+}
+
+template <class Use, int M, int N, int K, class T, class Layout>
+inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float value) {
+  for (float& x : f.v) x = value;
+}
+
+template <int M, int N, int K, class T, class LA, class LB>
+inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
+                     const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
+  float out[M * N];
+  for (int i = 0; i < M; ++i)
+    for (int j = 0; j < N; ++j) {
+      float acc = c.v[i * N + j];
+      for (int k = 0; k < K; ++k) acc += a.v[i * K + k] * b.v[k * N + j];
+      out[i * N + j] = acc;
+    }
+  std::memcpy(d.v, out, sizeof(out));
+}
+
+}  // namespace wmma
+}  // namespace nvcuda
+
+namespace cuda_emulation {
+
+// kernel<<<grid, block, shared_bytes, stream>>>(args...) becomes Launch(kernel, grid, block,
+// shared_bytes, stream)(args...): the grid's blocks in order, each with block.x threads.
+template <class Kernel>
+struct Launch {
+  Kernel kernel;
+  dim3 grid, block;
+  size_t shared_bytes;
+  Launch(Kernel k, dim3 g, dim3 b, size_t s, cudaStream_t) : kernel(k), grid(g), block(b), shared_bytes(s) {}
+
+  template <class... Args>
+  void operator()(Args... args) const {
+    const unsigned threads = block.x;
+    Block state;
+    state.all = std::make_unique<std::barrier<>>(threads);
+    for (unsigned w = 0; w < (threads + 31) / 32; ++w)
+      state.warps.push_back(std::make_unique<std::barrier<>>(threads - 32 * w < 32 ? threads - 32 * w : 32));
+    state.shared.resize(shared_bytes + 16);
+    std::vector<std::thread> pool;
+    for (unsigned t = 0; t < threads; ++t) {
+      pool.emplace_back([&, t] {
+        current = &state;
+        threadIdx = dim3(t);
+        blockDim = block;
+        gridDim = grid;
+        for (unsigned b = 0; b < grid.x; ++b) {
+          if (t == 0) std::memset(state.shared.data(), 0xFF, state.shared.size());  // NaN floats
+          state.all->arrive_and_wait();
+          blockIdx = dim3(b);
+          kernel(args...);
+          state.all->arrive_and_wait();
+        }
+      });
+    }
+    for (std::thread& th : pool) th.join();
+  }
+};
+
+}  // namespace cuda_emulation

@@ -1,0 +1,309 @@
+"""The CUDA fused decoder (csrc/fused_decode_cuda.cu) run on the CPU under a host emulation of CUDA
+(csrc/tests/cuda_emulation.h), against the reference: CI has no GPU, but it runs the kernel's own
+code, its tiling, streamed pairs, WMMA tiles, tangent rows and barriers this way. Uninitialised
+shared memory reads as NaN, and each CUDA thread is a real thread.
+
+Under ThreadSanitizer the same run is a race check (test_no_data_races_between_barriers): what
+compute-sanitizer's racecheck finds on a GPU, two threads touching one word with no barrier between
+them. What it cannot see: speed, shared-memory limits, the GPU's memory model beyond barriers.
+tests/test_gpu.py runs the same kernel compiled by nvcc on a GPU."""
+
+import ctypes
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from infinidepth.ops import ConcatDecoder, implicit_decode
+from infinidepth.ops.fold import ACT_CODES, fold_decoder, run_folded_reference
+
+from conftest import rel_err
+from test_decode_grad import fuzz_coords
+from test_implicit_decode import cast, hierarchical, lin, random_concat, random_hierarchical, random_maps
+
+ROOT = Path(__file__).resolve().parents[1]
+CXX = shutil.which("g++") or shutil.which("c++")
+pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
+
+
+def build(kernel: Path, out: Path, sanitize: bool = False) -> Path:
+    """Compile the CUDA source ``kernel`` as C++ under the emulation, with its C entry points."""
+    flags = ["-O1", "-g", "-fsanitize=thread"] if sanitize else ["-O2"]
+    cmd = [CXX, "-std=c++20", *flags, "-pthread", "-shared", "-fPIC", "-DINFINIDEPTH_CUDA_EMULATION",
+           f"-I{ROOT / 'csrc'}", "-x", "c++", str(kernel), "-x", "none",
+           str(ROOT / "csrc/tests/emulated_fused_decode.cpp"), "-o", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return out
+
+
+def load(path) -> ctypes.CDLL:
+    so = ctypes.CDLL(str(path))
+    so.emulated_narrow_limit.restype = ctypes.c_int64
+    return so
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    return load(build(ROOT / "csrc/fused_decode_cuda.cu", tmp_path_factory.mktemp("cuda_emulation") / "decode.so"))
+
+
+def _ptrs(arrays):
+    return (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
+
+
+def run_emulated(lib, folded, coords, tensor_cores=False, with_grad=False):
+    """What ops_cuda.cpp does on a GPU, with numpy: transposed weights (bf16 copies for tensor cores),
+    then the kernel under emulation -> [B, N] or [B, N, 3]."""
+    keep = []
+
+    def arr(t, dtype=np.float32):
+        a = np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
+        keep.append(a)
+        return a
+
+    layers = folded.layers
+    widths = np.array([l.width for l in layers], dtype=np.int64)
+    acts = np.array([ACT_CODES[l.act] for l in layers], dtype=np.int32)
+    biases = [arr(l.bias) for l in layers]
+    wt = [None if l.weight is None else arr(l.weight.t()) for l in layers]
+    wt16 = [None if l.weight is None else arr(l.weight.t().contiguous().bfloat16().view(torch.int16), np.int16) for l in layers]
+    maps, hw, map_layer = [], [], []
+    for i, l in enumerate(layers):
+        for m in l.maps:
+            maps.append(arr(m))
+            hw += [m.shape[1], m.shape[2]]
+            map_layer.append(i)
+    q = arr(coords)
+    B, N = coords.shape[:2]
+    out = np.full((B, N, 3) if with_grad else (B, N), np.nan, dtype=np.float32)
+    lib.emulated_fused_decode(
+        ctypes.c_int(len(layers)), widths.ctypes.data_as(ctypes.c_void_p), acts.ctypes.data_as(ctypes.c_void_p),
+        _ptrs(biases), _ptrs(wt), _ptrs(wt16), ctypes.c_int(len(maps)), _ptrs(maps),
+        np.array(hw, dtype=np.int64).ctypes.data_as(ctypes.c_void_p) if hw else None,
+        np.array(map_layer, dtype=np.int32).ctypes.data_as(ctypes.c_void_p) if map_layer else None,
+        q.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(B), ctypes.c_int64(N), ctypes.c_int(int(tensor_cores)),
+        ctypes.c_int(int(with_grad)), out.ctypes.data_as(ctypes.c_void_p))
+    return torch.from_numpy(out)
+
+
+def wide_concat(rng, narrow):
+    """A first layer wider than the kernel keeps whole: streamed into the next, in chunks with a
+    partial last one."""
+    chans = [rng.randint(1, 9), rng.randint(1, 9)]
+    dims = [sum(chans), narrow + rng.randint(1, 80), rng.randint(2, 40), 1]
+    return chans, ConcatDecoder([lin(a, b) for a, b in zip(dims[:-1], dims[1:])])
+
+
+def tensor_core_concat(rng, narrow):
+    """Every width but the last a multiple of 16 (the WMMA tiles), the first one streamed."""
+    chans = [rng.randint(1, 9), rng.randint(1, 9)]
+    dims = [sum(chans), narrow + 16 * rng.randint(1, 6), 16 * rng.randint(1, 4), 16 * rng.randint(1, 3), 1]
+    return chans, ConcatDecoder([lin(a, b) for a, b in zip(dims[:-1], dims[1:])])
+
+
+def tensor_core_hierarchical(rng, narrow):
+    chans = [16 * rng.randint(1, 2), 16 * rng.randint(1, 2), 16 * rng.randint(1, 2)]
+    return chans, hierarchical(chans, [chans[-1], 32, 16, 1], last_gain=4.0)
+
+
+def wide_hierarchical(rng, narrow):
+    """The paper decoder's shape: the last stage's FFN (4 c wide) streamed, and it has a weight (on
+    the previous stage's output); widths multiples of 16 for the tensor cores."""
+    chans = [16, 16 * rng.randint(1, 2), 16 * (narrow // 64 + rng.randint(1, 2))]
+    return chans, hierarchical(chans, [chans[-1], 32, 1], last_gain=4.0)
+
+
+def rms(got, want):
+    """RMS error relative to the reference's spread (tests/test_gpu.py's bf16 measure)."""
+    want = want.double()
+    return ((got.double() - want).norm() / (want - want.mean()).norm()).item()
+
+
+def gather_with_tangents(fmap, coords):
+    """Bilinear samples of a channels-last map and their derivatives d/dy, d/dx, in float64."""
+    from infinidepth.ops.gather import bilinear_gather_reference
+
+    feat = fmap.permute(0, 3, 1, 2).double()
+    c = coords.double().requires_grad_(True)
+    with torch.enable_grad():
+        value = bilinear_gather_reference(feat, c)  # [B, N, C]
+        channels = value.shape[-1]
+        one_hot = torch.eye(channels, dtype=value.dtype)[:, None, None, :].expand(channels, *value.shape)
+        (jac,) = torch.autograd.grad(value, c, grad_outputs=one_hot, is_grads_batched=True)  # [C, B, N, 2]
+    return value.detach(), jac[..., 0].permute(1, 2, 0), jac[..., 1].permute(1, 2, 0)
+
+
+def forward_mode_reference(folded, coords, bf16):
+    """The folded program in float64 with forward-mode tangents: the CUDA kernel's arithmetic, with
+    ``bf16`` its tensor-core roundings (every GEMM operand but the last layer's, tangent rows
+    included) -> [B, N, 3]."""
+    act_grad = {"none": lambda v: torch.ones_like(v), "relu": lambda v: (v > 0).double(),
+                "gelu": lambda v: torch.func.grad(lambda u: torch.nn.functional.gelu(u).sum())(v),
+                "elu": lambda v: torch.where(v > 0, 1.0, torch.exp(v))}
+    from infinidepth.ops.fold import _activate
+
+    rows = None  # value, d/dy, d/dx
+    for index, layer in enumerate(folded.layers):
+        pre = [layer.bias.double().expand(*coords.shape[:2], -1), 0.0, 0.0]
+        if layer.weight is not None:
+            w = layer.weight.double()
+            last = index == len(folded.layers) - 1
+            if bf16 and not last:
+                rows, w = [r.bfloat16().double() for r in rows], w.bfloat16().double()
+            pre = [p + r @ w.T for p, r in zip(pre, rows)]
+        for m in layer.maps:
+            pre = [p + g for p, g in zip(pre, gather_with_tangents(m, coords))]
+        d = act_grad[layer.act](pre[0])
+        rows = [_activate(pre[0], layer.act), pre[1] * d, pre[2] * d]
+    return torch.stack([r[..., 0] for r in rows], dim=-1)
+
+
+def problem(rng, family, narrow, batch=None, n=None):
+    chans, decoder = family(rng) if family in (random_concat, random_hierarchical) else family(rng, narrow)
+    batch = batch or rng.randint(1, 2)
+    maps = random_maps(rng, chans, batch=batch)
+    n = n or rng.choice([1, 15, 16, 17, 40])
+    coords = torch.rand(batch, n, 2, dtype=torch.float64) * 2.6 - 1.3  # borders and outside
+    coords[0, : min(n, 2)] = torch.tensor([[-1.0, 1.0], [1.0, -1.0]], dtype=torch.float64)[: min(n, 2)]
+    return maps, coords, decoder
+
+
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical, wide_concat, wide_hierarchical])
+def test_emulated_cuda_decoder_fp32(lib, family):
+    """fp32 on CUDA cores: partial tiles of 16 queries, batches, wide layers streamed."""
+    rng = random.Random(31)
+    narrow = lib.emulated_narrow_limit()
+    for _ in range(3):
+        maps, coords, decoder = problem(rng, family, narrow)
+        want = implicit_decode(maps, coords, decoder, backend="torch")
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        got = run_emulated(lib, folded, coords.float())
+        assert torch.isfinite(got).all()
+        assert rel_err(got, want) < 1e-5
+
+
+@pytest.mark.parametrize("family", [tensor_core_concat, tensor_core_hierarchical, wide_hierarchical])
+def test_emulated_cuda_decoder_tensor_cores(lib, family):
+    """bf16 WMMA tiles: against the folded program with bf16-rounded operands (the same arithmetic,
+    sums in another order), and against the exact reference within the GPU tests' bf16 bound."""
+    rng = random.Random(37)
+    narrow = lib.emulated_narrow_limit()
+    for _ in range(2):
+        maps, coords, decoder = problem(rng, family, narrow, n=rng.choice([16, 33]))
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        got = run_emulated(lib, folded, coords.float(), tensor_cores=True)
+        emulated = run_folded_reference(folded, coords.float(), "bf16").double()
+        exact = implicit_decode(maps, coords, decoder, backend="torch")
+        assert torch.isfinite(got).all()
+        diff = got.double() - emulated
+        # an fp32 sum in another order can flip an intermediate's bf16 rounding (0.4%) now and then
+        # (seen: up to 8e-4 of the norm)
+        assert (diff.norm() / emulated.norm()).item() < 2e-3
+        assert rms(got, exact) < 2e-2
+        assert rms(got, exact) > 1e-5  # and it did round (fp32 lands near 1e-7)
+        # tangent rows go through the same bf16 tiles: against forward mode with the same roundings
+        got = run_emulated(lib, folded, coords.float(), tensor_cores=True, with_grad=True)
+        assert torch.equal(got[..., 0], run_emulated(lib, folded, coords.float(), tensor_cores=True))
+        want = forward_mode_reference(folded, coords.float(), bf16=True)
+        exact = forward_mode_reference(folded, coords.float(), bf16=False)
+        for k in (1, 2):
+            diff = got[..., k].double() - want[..., k]
+            # bf16 tangents are far less exact than bf16 values (against `exact`: 0.3% to 14% of their
+            # spread on these programs), and the emulated arithmetic is off by as much
+            assert (diff.norm() / want[..., k].norm()).item() < 2e-3, k
+
+
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical, wide_concat, wide_hierarchical])
+def test_emulated_cuda_decoder_tangents(lib, family):
+    """with_grad: 5 queries per tile, value rows then d/dy rows then d/dx rows."""
+    rng = random.Random(41)
+    narrow = lib.emulated_narrow_limit()
+    for _ in range(2):
+        maps, coords, decoder = problem(rng, family, narrow)
+        coords = fuzz_coords(coords.shape[0], rng.choice([5, 6, 11, 16]), rng.randint(0, 999))
+        want_v, want_g = implicit_decode(maps, coords, decoder, backend="torch", with_grad=True)
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        got = run_emulated(lib, folded, coords.float(), with_grad=True)
+        assert rel_err(got[..., 0], want_v) < 1e-5
+        assert rel_err(got[..., 1:], want_g) < 2e-5
+
+
+MUTATIONS = {
+    # a tile's queries shifted by one from the second block on
+    "rows": ("const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Q;",
+             "const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Q + (blockIdx.x > 0);"),
+    # a chunk of a streamed layer never starts from its bias: uninitialised shared memory
+    "uninitialised": ("      fill_bias<kGrad>(s.chunk, kKC, L.bias, c0, count);\n", ""),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_emulation_sees_a_broken_kernel(lib, tmp_path, mutation):
+    """The harness can fail: the kernel with one mistake put in gives wrong answers here."""
+    old, new = MUTATIONS[mutation]
+    src = (ROOT / "csrc/fused_decode_cuda.cu").read_text()
+    assert src.count(old) == 1
+    path = tmp_path / "broken.cu"
+    path.write_text(src.replace(old, new))
+    broken = load(build(path, tmp_path / "broken.so"))
+    rng = random.Random(43)
+    maps, coords, decoder = problem(rng, wide_concat, lib.emulated_narrow_limit(), batch=1, n=40)
+    folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+    want = implicit_decode(maps, coords, decoder, backend="torch")
+    assert rel_err(run_emulated(lib, folded, coords.float()), want) < 1e-5
+    got = run_emulated(broken, folded, coords.float())
+    assert not (torch.isfinite(got).all() and rel_err(got, want) < 1e-5)
+
+
+TSAN = Path(subprocess.run([CXX, "-print-file-name=libtsan.so"], capture_output=True, text=True).stdout.strip()) if CXX else Path()
+
+
+def race_check(so: Path) -> str:
+    """Runs this file's __main__ (every mode of the kernel on programs of every family) on ``so``
+    built with ThreadSanitizer, in a process that preloads its runtime; returns the output."""
+    import os
+    import sys
+
+    env = dict(os.environ, LD_PRELOAD=str(TSAN.resolve()), TSAN_OPTIONS="halt_on_error=0 report_signal_unsafe=0")
+    proc = subprocess.run([sys.executable, __file__, str(so)], capture_output=True, text=True, env=env, timeout=600)
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(not TSAN.is_absolute() or not TSAN.exists(), reason="no ThreadSanitizer runtime")
+@pytest.mark.parametrize("broken", [False, True])
+def test_no_data_races_between_barriers(tmp_path, broken):
+    """compute-sanitizer's racecheck, on the CPU: each CUDA thread is a thread and each barrier a
+    std::barrier, so ThreadSanitizer reports any two threads touching one shared-memory word with no
+    __syncthreads between them. The kernel has none; with one barrier taken out (between a
+    streamed chunk's gathers and its activation) it reports one."""
+    src = (ROOT / "csrc/fused_decode_cuda.cu").read_text()
+    if broken:
+        old = "        if (P.maps[m].layer == l) gather_add<kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);\n      __syncthreads();\n"
+        assert src.count(old) == 1
+        src = src.replace(old, old.replace("      __syncthreads();\n", ""))
+    (tmp_path / "kernel.cu").write_text(src)
+    out = race_check(build(tmp_path / "kernel.cu", tmp_path / "kernel.so", sanitize=True))
+    if "FATAL: ThreadSanitizer" in out:  # e.g. a kernel whose address-space layout it cannot run under
+        pytest.skip("ThreadSanitizer cannot run here: " + out.strip().splitlines()[0])
+    assert "emulated decoder ran" in out, out[-4000:]
+    assert ("WARNING: ThreadSanitizer: data race" in out) == broken, out[-4000:]
+
+
+if __name__ == "__main__":  # the workload of the race check
+    import sys
+
+    so = load(sys.argv[1])
+    rng = random.Random(47)
+    narrow = so.emulated_narrow_limit()
+    for family in (wide_concat, random_hierarchical, tensor_core_concat, tensor_core_hierarchical, wide_hierarchical):
+        maps, coords, decoder = problem(rng, family, narrow, batch=1, n=20)
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        for tensor_cores in (False, True):
+            for with_grad in (False, True):
+                assert torch.isfinite(run_emulated(so, folded, coords.float(), tensor_cores, with_grad)).all()
+    print("emulated decoder ran")
