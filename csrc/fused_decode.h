@@ -44,5 +44,8 @@ struct FusedProgram {
 void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,
                        bool tensor_cores, bool with_grad, void* stream);
 int64_t fused_decode_cuda_narrow_limit();
+// Queries' rows per thread block the launcher picks for this program on the current device: 16 for
+// fp32 and tangents, for bf16 the most of 64, 32, 16 whose shared memory the device has.
+int fused_decode_cuda_rows(const FusedProgram& program, bool tensor_cores, bool with_grad);
 
 }  // namespace infinidepth

@@ -1,6 +1,8 @@
-// CUDA fused decoder: one thread block decodes a tile of kTQ queries through the whole folded
+// CUDA fused decoder: one thread block decodes a tile of kRows queries through the whole folded
 // program (fused_decode.h), keeping the tile's activations in shared memory; only one float per
-// query is written to global memory.
+// query is written to global memory. fp32 and tangents use 16 rows; bf16 (tensor cores) as many as
+// the device's shared memory takes, up to 64 (the official ViT-L decoder fits 64 on an H100, the
+// paper's 32): each block streams every weight once, so more rows means less weight traffic per query.
 //
 // Wide layers (wider than kNarrow) are never stored whole: they are produced kKC channels at a time
 // and contracted at once into the next layer's accumulator ("streamed pairs", as in
@@ -33,22 +35,29 @@ __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
 }
 #endif
 
-constexpr int kTQ = 16;       // rows per block (one WMMA row tile)
 constexpr int kNarrow = 512;  // widest layer kept whole in shared memory
 constexpr int kKC = 64;       // channels of a wide layer produced per step
 constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+constexpr int kMaxRowTiles = 4;  // up to 64 rows per block
 
+// Shared memory of a block of kRows rows: the rows of x, y and x16 are ld wide (the program's widest
+// narrow layer, rounded up to 16), those of a chunk kKC.
 struct Smem {
-  float* x;              // [kTQ, kNarrow] previous layer's output
-  float* y;              // [kTQ, kNarrow] accumulator of the layer being built
-  float* chunk;          // [kTQ, kKC] a slice of a wide layer
+  float* x;              // [kRows, ld] previous layer's output
+  float* y;              // [kRows, ld] accumulator of the layer being built
+  float* chunk;          // [kRows, kKC] a slice of a wide layer
   __nv_bfloat16* x16;    // bf16 copy of x (tensor-core operand)
   __nv_bfloat16* chunk16;
 };
 
-// Queries per block: one per row, or with tangents one per three rows.
-template <bool kGrad>
-constexpr int kQueries = kGrad ? kTQ / 3 : kTQ;
+__host__ __device__ constexpr size_t smem_bytes(int rows, int ld) {
+  return static_cast<size_t>(rows) * (sizeof(float) * (2 * ld + kKC) + sizeof(__nv_bfloat16) * (ld + kKC));
+}
+
+// Queries per block: one per row, or with tangents one per three rows (16 rows: 5 queries, row 15 unused).
+template <int kRows, bool kGrad>
+constexpr int kQueries = kGrad ? kRows / 3 : kRows;
 
 __device__ __forceinline__ float activate_derivative(float v, int act) {
   switch (act) {
@@ -70,11 +79,11 @@ __device__ __forceinline__ float activate(float v, int act) {
 
 // dst[r, c] += bilerp(map, row r's query) over channels [c0, c0 + count) into rows of width ld; tangent
 // rows (kGrad) get the blend with the weights' derivatives.
-template <bool kGrad>
+template <int kRows, bool kGrad>
 __device__ void gather_add(const FusedMap& m, const float* coords, int64_t q0, int64_t N, int64_t total, int64_t c0,
                            int count, float* dst, int ld) {
-  constexpr int Q = kQueries<kGrad>;
-  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) {
+  constexpr int Q = kQueries<kRows, kGrad>;
+  for (int i = threadIdx.x; i < kRows * count; i += blockDim.x) {
     const int r = i / count, c = i % count;
     const int t = r % Q, role = r / Q;
     const int64_t q = q0 + t;
@@ -87,31 +96,53 @@ __device__ void gather_add(const FusedMap& m, const float* coords, int64_t q0, i
   }
 }
 
-// C[t, n] += sum_k A[t, k] * Bt[k, n] for n in [0, N): A in shared memory (fp32, and bf16 copy when
-// tensor cores are used), Bt = W^T slice in global memory with row stride ldb.
-template <bool kTensorCores>
+// C[t, n] += sum_k A[t, k] * Bt[k, n] for the block's kRows rows and n in [0, N): A in shared memory
+// (fp32, and its bf16 copy when tensor cores are used), Bt = W^T slice in global memory with row
+// stride ldb.
+//
+// On tensor cores each warp takes 16-column strips of C and, for a strip, G of the block's 16-row
+// tiles: each 16x16 tile of Bt is loaded once and multiplied into G accumulators, so a block of kRows
+// rows reads the weights once for all its rows (their traffic per query falls as 1 / kRows). G is
+// as large as keeps every warp busy: all row tiles when there are at least as many strips as warps.
+template <int kRows, bool kTensorCores>
 __device__ void gemm_acc(const float* A, const __nv_bfloat16* A16, int lda, int K, const float* Bt,
                          const __nv_bfloat16* Bt16, int64_t ldb, int N, float* C, int ldc) {
   if constexpr (kTensorCores) {
     if (K % 16 == 0 && N % 16 == 0 && ldb % 8 == 0 && lda % 8 == 0) {
       using namespace nvcuda;
-      const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
-      for (int n0 = warp * 16; n0 < N; n0 += warps * 16) {
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
-        wmma::load_matrix_sync(acc, C + n0, ldc, wmma::mem_row_major);
+      constexpr int kTiles = kRows / 16;
+      static_assert(kRows % 16 == 0 && kTiles <= kMaxRowTiles, "rows per block: 16 to 64, in tiles of 16");
+      const int strips = N / 16;
+      int groups = 1;  // row-tile groups per strip
+      while (strips * groups < kWarps && groups < kTiles) groups *= 2;
+      const int G = kTiles / groups;
+      const int warp = threadIdx.x / 32;
+      for (int item = warp; item < strips * groups; item += kWarps) {
+        const int n0 = (item % strips) * 16, r0 = (item / strips) * G * 16;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTiles];
+#pragma unroll
+        for (int g = 0; g < kTiles; ++g)
+          if (g < G) wmma::load_matrix_sync(acc[g], C + (r0 + 16 * g) * ldc + n0, ldc, wmma::mem_row_major);
         for (int k0 = 0; k0 < K; k0 += 16) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
           wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
-          wmma::load_matrix_sync(a, A16 + k0, lda);
           wmma::load_matrix_sync(b, Bt16 + k0 * ldb + n0, static_cast<unsigned>(ldb));
-          wmma::mma_sync(acc, a, b, acc);
+#pragma unroll
+          for (int g = 0; g < kTiles; ++g) {
+            if (g < G) {
+              wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+              wmma::load_matrix_sync(a, A16 + (r0 + 16 * g) * lda + k0, lda);
+              wmma::mma_sync(acc[g], a, b, acc[g]);
+            }
+          }
         }
-        wmma::store_matrix_sync(C + n0, acc, ldc, wmma::mem_row_major);
+#pragma unroll
+        for (int g = 0; g < kTiles; ++g)
+          if (g < G) wmma::store_matrix_sync(C + (r0 + 16 * g) * ldc + n0, acc[g], ldc, wmma::mem_row_major);
       }
       return;
     }
   }
-  for (int i = threadIdx.x; i < kTQ * N; i += blockDim.x) {
+  for (int i = threadIdx.x; i < kRows * N; i += blockDim.x) {
     const int t = i / N, n = i % N;
     float acc = 0.f;
     for (int k = 0; k < K; ++k) acc += A[t * lda + k] * __ldg(Bt + k * ldb + n);
@@ -127,19 +158,19 @@ __device__ void to_bf16(const float* src, __nv_bfloat16* dst, int n) {
   for (int i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __float2bfloat16(src[i]);
 }
 
-// Value rows start from the bias; tangent rows and the unused row from zero.
-template <bool kGrad>
+// Value rows start from the bias; tangent rows and unused rows from zero.
+template <int kRows, bool kGrad>
 __device__ void fill_bias(float* dst, int ld, const float* bias, int64_t offset, int count) {
-  constexpr int Q = kQueries<kGrad>;
-  for (int i = threadIdx.x; i < kTQ * count; i += blockDim.x) {
+  constexpr int Q = kQueries<kRows, kGrad>;
+  for (int i = threadIdx.x; i < kRows * count; i += blockDim.x) {
     const int r = i / count, c = i % count;
     dst[r * ld + c] = r < Q ? bias[offset + c] : 0.f;
   }
 }
 
-template <bool kGrad>
+template <int kRows, bool kGrad>
 __device__ void activate_rows(float* dst, int ld, int count, int act) {
-  constexpr int Q = kQueries<kGrad>;
+  constexpr int Q = kQueries<kRows, kGrad>;
   for (int i = threadIdx.x; i < Q * count; i += blockDim.x) {
     const int t = i / count, c = i % count;
     const float v = dst[t * ld + c];
@@ -153,31 +184,33 @@ __device__ void activate_rows(float* dst, int ld, int count, int act) {
 }
 
 // Layer l's accumulator in s.y gets its maps' samples and its activation, then becomes s.x.
-template <bool kGrad>
+template <int kRows, bool kGrad>
 __device__ void finish_layer(const FusedProgram& P, int l, const float* coords, int64_t q0, int64_t N, int64_t total,
-                             Smem& s) {
+                             Smem& s, int ld) {
   const FusedLayer& L = P.layers[l];
   for (int m = 0; m < P.num_maps; ++m)
-    if (P.maps[m].layer == l) gather_add<kGrad>(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, kNarrow);
+    if (P.maps[m].layer == l) gather_add<kRows, kGrad>(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, ld);
   __syncthreads();
-  activate_rows<kGrad>(s.y, kNarrow, static_cast<int>(L.out), L.act);
+  activate_rows<kRows, kGrad>(s.y, ld, static_cast<int>(L.out), L.act);
   __syncthreads();
   float* tmp = s.x;
   s.x = s.y;
   s.y = tmp;
 }
 
-template <bool kTensorCores, bool kGrad>
+template <int kRows, bool kTensorCores, bool kGrad>
 __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
-                                                               float* __restrict__ out, int64_t N, int64_t total) {
+                                                               float* __restrict__ out, int64_t N, int64_t total,
+                                                               int ld) {
+  static_assert(!kGrad || kRows == 16, "tangents: 5 queries x 3 rows in one 16-row tile");
   unsigned char* raw = dynamic_shared_memory();
   Smem s;
   s.x = reinterpret_cast<float*>(raw);
-  s.y = s.x + kTQ * kNarrow;
-  s.chunk = s.y + kTQ * kNarrow;
-  s.x16 = reinterpret_cast<__nv_bfloat16*>(s.chunk + kTQ * kKC);
-  s.chunk16 = s.x16 + kTQ * kNarrow;
-  constexpr int Q = kQueries<kGrad>;
+  s.y = s.x + kRows * ld;
+  s.chunk = s.y + kRows * ld;
+  s.x16 = reinterpret_cast<__nv_bfloat16*>(s.chunk + kRows * kKC);
+  s.chunk16 = s.x16 + kRows * ld;
+  constexpr int Q = kQueries<kRows, kGrad>;
   const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Q;
   int width = 0;  // of the layer held in s.x
 
@@ -185,81 +218,108 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
     const FusedLayer& L = P.layers[l];
     const bool streamed = L.out > kNarrow;
     if (!streamed) {  // the whole layer in s.y, then it becomes s.x
-      fill_bias<kGrad>(s.y, kNarrow, L.bias, 0, static_cast<int>(L.out));
+      fill_bias<kRows, kGrad>(s.y, ld, L.bias, 0, static_cast<int>(L.out));
       __syncthreads();
       if (L.weight) {
-        if (kTensorCores) to_bf16(s.x, s.x16, kTQ * kNarrow), __syncthreads();
-        gemm_acc<kTensorCores>(s.x, s.x16, kNarrow, width, L.weight_t, w16(L), L.out, static_cast<int>(L.out), s.y,
-                               kNarrow);
+        if (kTensorCores) to_bf16(s.x, s.x16, kRows * ld), __syncthreads();
+        gemm_acc<kRows, kTensorCores>(s.x, s.x16, ld, width, L.weight_t, w16(L), L.out, static_cast<int>(L.out), s.y, ld);
         __syncthreads();
       }
-      finish_layer<kGrad>(P, l, coords, q0, N, total, s);
+      finish_layer<kRows, kGrad>(P, l, coords, q0, N, total, s, ld);
       width = static_cast<int>(L.out);
       l += 1;
       continue;
     }
     // Streamed pair: layer l (wide) produced kKC channels at a time into layer l + 1's accumulator.
     const FusedLayer& Nx = P.layers[l + 1];
-    fill_bias<kGrad>(s.y, kNarrow, Nx.bias, 0, static_cast<int>(Nx.out));
-    if (kTensorCores && L.weight) to_bf16(s.x, s.x16, kTQ * kNarrow);
+    fill_bias<kRows, kGrad>(s.y, ld, Nx.bias, 0, static_cast<int>(Nx.out));
+    if (kTensorCores && L.weight) to_bf16(s.x, s.x16, kRows * ld);
     __syncthreads();
     for (int64_t c0 = 0; c0 < L.out; c0 += kKC) {
       const int count = static_cast<int>(L.out - c0 < kKC ? L.out - c0 : kKC);
-      fill_bias<kGrad>(s.chunk, kKC, L.bias, c0, count);
+      fill_bias<kRows, kGrad>(s.chunk, kKC, L.bias, c0, count);
       __syncthreads();
       if (L.weight) {
-        gemm_acc<kTensorCores>(s.x, s.x16, kNarrow, width, L.weight_t + c0, w16(L) ? w16(L) + c0 : nullptr, L.out,
-                               count, s.chunk, kKC);
+        gemm_acc<kRows, kTensorCores>(s.x, s.x16, ld, width, L.weight_t + c0, w16(L) ? w16(L) + c0 : nullptr, L.out,
+                                      count, s.chunk, kKC);
         __syncthreads();
       }
       for (int m = 0; m < P.num_maps; ++m)
-        if (P.maps[m].layer == l) gather_add<kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);
+        if (P.maps[m].layer == l) gather_add<kRows, kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);
       __syncthreads();
-      activate_rows<kGrad>(s.chunk, kKC, count, L.act);
+      activate_rows<kRows, kGrad>(s.chunk, kKC, count, L.act);
       __syncthreads();
-      if (kTensorCores) to_bf16(s.chunk, s.chunk16, kTQ * kKC), __syncthreads();
-      gemm_acc<kTensorCores>(s.chunk, s.chunk16, kKC, count, Nx.weight_t + c0 * Nx.out,
-                             w16(Nx) ? w16(Nx) + c0 * Nx.out : nullptr, Nx.out, static_cast<int>(Nx.out), s.y, kNarrow);
+      if (kTensorCores) to_bf16(s.chunk, s.chunk16, kRows * kKC), __syncthreads();
+      gemm_acc<kRows, kTensorCores>(s.chunk, s.chunk16, kKC, count, Nx.weight_t + c0 * Nx.out,
+                                    w16(Nx) ? w16(Nx) + c0 * Nx.out : nullptr, Nx.out, static_cast<int>(Nx.out), s.y, ld);
       __syncthreads();
     }
-    finish_layer<kGrad>(P, l + 1, coords, q0, N, total, s);
+    finish_layer<kRows, kGrad>(P, l + 1, coords, q0, N, total, s, ld);
     width = static_cast<int>(Nx.out);
     l += 2;
   }
-  for (int r = threadIdx.x; r < kTQ; r += blockDim.x) {
+  for (int r = threadIdx.x; r < kRows; r += blockDim.x) {
     const int t = r % Q, role = r / Q;
     if (role > 2 || q0 + t >= total) continue;
     if (kGrad) {
-      out[3 * (q0 + t) + role] = s.x[r * kNarrow];
+      out[3 * (q0 + t) + role] = s.x[r * ld];
     } else {
-      out[q0 + t] = s.x[r * kNarrow];
+      out[q0 + t] = s.x[r * ld];
     }
   }
 }
 
-template <bool kTensorCores, bool kGrad>
-void launch(const FusedProgram& program, const float* coords, float* out, int64_t N, int64_t total, cudaStream_t s) {
-  constexpr int Q = kQueries<kGrad>;
-  const size_t smem = sizeof(float) * (2 * kTQ * kNarrow + kTQ * kKC) + sizeof(__nv_bfloat16) * (kTQ * kNarrow + kTQ * kKC);
+template <int kRows, bool kTensorCores, bool kGrad>
+void launch(const FusedProgram& program, const float* coords, float* out, int64_t N, int64_t total, int ld,
+            cudaStream_t s) {
+  constexpr int Q = kQueries<kRows, kGrad>;
+  const size_t smem = smem_bytes(kRows, ld);
   const unsigned blocks = static_cast<unsigned>((total + Q - 1) / Q);
-  const auto kernel = fused_decode_kernel<kTensorCores, kGrad>;
+  const auto kernel = fused_decode_kernel<kRows, kTensorCores, kGrad>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  LAUNCH(kernel, blocks, kThreads, smem, s)(program, coords, out, N, total);
+  LAUNCH(kernel, blocks, kThreads, smem, s)(program, coords, out, N, total, ld);
+}
+
+// Row stride of x and y: the widest layer kept whole, rounded up to the WMMA tile.
+int row_stride(const FusedProgram& p) {
+  int64_t ld = 16;
+  for (int l = 0; l < p.num_layers; ++l)
+    if (p.layers[l].out <= kNarrow && p.layers[l].out > ld) ld = p.layers[l].out;
+  return static_cast<int>((ld + 15) / 16 * 16);
 }
 
 }  // namespace
 
 int64_t fused_decode_cuda_narrow_limit() { return kNarrow; }
 
+int fused_decode_cuda_rows(const FusedProgram& program, bool tensor_cores, bool with_grad) {
+  if (with_grad || !tensor_cores) return 16;
+  int device = 0, limit = 0;
+  cudaGetDevice(&device);
+  cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  const int ld = row_stride(program);
+  for (int rows : {64, 32})
+    if (smem_bytes(rows, ld) <= static_cast<size_t>(limit)) return rows;
+  return 16;
+}
+
 void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,
                        bool tensor_cores, bool with_grad, void* stream) {
   const int64_t total = B * N;
   if (total == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  if (tensor_cores) {
-    with_grad ? launch<true, true>(program, coords, out, N, total, s) : launch<true, false>(program, coords, out, N, total, s);
-  } else {
-    with_grad ? launch<false, true>(program, coords, out, N, total, s) : launch<false, false>(program, coords, out, N, total, s);
+  const int ld = row_stride(program);
+  if (with_grad) {
+    tensor_cores ? launch<16, true, true>(program, coords, out, N, total, ld, s)
+                 : launch<16, false, true>(program, coords, out, N, total, ld, s);
+    return;
+  }
+  switch (fused_decode_cuda_rows(program, tensor_cores, with_grad)) {
+    case 64: return launch<64, true, false>(program, coords, out, N, total, ld, s);
+    case 32: return launch<32, true, false>(program, coords, out, N, total, ld, s);
+    default:
+      tensor_cores ? launch<16, true, false>(program, coords, out, N, total, ld, s)
+                   : launch<16, false, false>(program, coords, out, N, total, ld, s);
   }
 }
 

@@ -44,6 +44,7 @@ def build(kernel: Path, out: Path, sanitize: bool = False) -> Path:
 def load(path) -> ctypes.CDLL:
     so = ctypes.CDLL(str(path))
     so.emulated_narrow_limit.restype = ctypes.c_int64
+    so.emulated_fused_decode.restype = ctypes.c_int
     return so
 
 
@@ -56,9 +57,18 @@ def _ptrs(arrays):
     return (ctypes.c_void_p * len(arrays))(*[None if a is None else a.ctypes.data for a in arrays])
 
 
-def run_emulated(lib, folded, coords, tensor_cores=False, with_grad=False):
+H100_SHARED = 232448  # bytes of shared memory a block may opt into on an H100 (A100: 166912)
+
+
+def run_emulated(lib, folded, coords, tensor_cores=False, with_grad=False, shared=H100_SHARED):
+    """The kernel under emulation on a device with ``shared`` bytes of shared memory per block -> [B, N]
+    or [B, N, 3]."""
+    return launch_emulated(lib, folded, coords, tensor_cores, with_grad, shared)[0]
+
+
+def launch_emulated(lib, folded, coords, tensor_cores, with_grad, shared):
     """What ops_cuda.cpp does on a GPU, with numpy: transposed weights (bf16 copies for tensor cores),
-    then the kernel under emulation -> [B, N] or [B, N, 3]."""
+    then the launch -> (output, rows per block the launcher picked)."""
     keep = []
 
     def arr(t, dtype=np.float32):
@@ -81,14 +91,17 @@ def run_emulated(lib, folded, coords, tensor_cores=False, with_grad=False):
     q = arr(coords)
     B, N = coords.shape[:2]
     out = np.full((B, N, 3) if with_grad else (B, N), np.nan, dtype=np.float32)
-    lib.emulated_fused_decode(
+    rows = ctypes.c_int(0)
+    lib.emulated_set_shared_memory_limit(ctypes.c_int(shared))
+    error = lib.emulated_fused_decode(
         ctypes.c_int(len(layers)), widths.ctypes.data_as(ctypes.c_void_p), acts.ctypes.data_as(ctypes.c_void_p),
         _ptrs(biases), _ptrs(wt), _ptrs(wt16), ctypes.c_int(len(maps)), _ptrs(maps),
         np.array(hw, dtype=np.int64).ctypes.data_as(ctypes.c_void_p) if hw else None,
         np.array(map_layer, dtype=np.int32).ctypes.data_as(ctypes.c_void_p) if map_layer else None,
         q.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(B), ctypes.c_int64(N), ctypes.c_int(int(tensor_cores)),
-        ctypes.c_int(int(with_grad)), out.ctypes.data_as(ctypes.c_void_p))
-    return torch.from_numpy(out)
+        ctypes.c_int(int(with_grad)), out.ctypes.data_as(ctypes.c_void_p), ctypes.byref(rows))
+    assert error == 0, f"the launch asked for more than {shared} bytes of shared memory"
+    return torch.from_numpy(out), rows.value
 
 
 def wide_concat(rng, narrow):
@@ -100,9 +113,10 @@ def wide_concat(rng, narrow):
 
 
 def tensor_core_concat(rng, narrow):
-    """Every width but the last a multiple of 16 (the WMMA tiles), the first one streamed."""
+    """Every width but the last a multiple of 16 (the WMMA tiles), the first one streamed; the next
+    one 3 to 16 tiles wide (a warp takes 1, 2 or 4 of a block's row tiles per strip)."""
     chans = [rng.randint(1, 9), rng.randint(1, 9)]
-    dims = [sum(chans), narrow + 16 * rng.randint(1, 6), 16 * rng.randint(1, 4), 16 * rng.randint(1, 3), 1]
+    dims = [sum(chans), narrow + 16 * rng.randint(1, 6), rng.choice([48, 64, 128, 256]), 16 * rng.randint(1, 3), 1]
     return chans, ConcatDecoder([lin(a, b) for a, b in zip(dims[:-1], dims[1:])])
 
 
@@ -187,16 +201,29 @@ def test_emulated_cuda_decoder_fp32(lib, family):
         assert rel_err(got, want) < 1e-5
 
 
+def shared_bytes(folded, rows, narrow):
+    """Shared memory of a block of ``rows`` rows (csrc/fused_decode_cuda.cu's layout): x, y (fp32) and
+    x16 (bf16) rows as wide as the widest layer kept whole, rounded up to 16; a 64-channel chunk in
+    fp32 and bf16."""
+    ld = max([16] + [l.width for l in folded.layers if l.width <= narrow])
+    ld = (ld + 15) // 16 * 16
+    return rows * (4 * (2 * ld + 64) + 2 * (ld + 64))
+
+
+@pytest.mark.parametrize("rows", [64, 32, 16])
 @pytest.mark.parametrize("family", [tensor_core_concat, tensor_core_hierarchical, wide_hierarchical])
-def test_emulated_cuda_decoder_tensor_cores(lib, family):
-    """bf16 WMMA tiles: against the folded program with bf16-rounded operands (the same arithmetic,
-    sums in another order), and against the exact reference within the GPU tests' bf16 bound."""
+def test_emulated_cuda_decoder_tensor_cores(lib, family, rows):
+    """bf16 WMMA tiles of 16 to 64 rows per block (as many as the device's shared memory takes):
+    against the folded program with bf16-rounded operands (the same arithmetic, sums in another
+    order), and against the exact reference within the GPU tests' bf16 bound."""
     rng = random.Random(37)
     narrow = lib.emulated_narrow_limit()
     for _ in range(2):
-        maps, coords, decoder = problem(rng, family, narrow, n=rng.choice([16, 33]))
+        maps, coords, decoder = problem(rng, family, narrow, n=rng.choice([16, 33, 100, 129]))
         folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
-        got = run_emulated(lib, folded, coords.float(), tensor_cores=True)
+        # a device with just enough shared memory for this many rows
+        got, picked = launch_emulated(lib, folded, coords.float(), True, False, shared_bytes(folded, rows, narrow))
+        assert picked == rows
         emulated = run_folded_reference(folded, coords.float(), "bf16").double()
         exact = implicit_decode(maps, coords, decoder, backend="torch")
         assert torch.isfinite(got).all()
@@ -238,13 +265,27 @@ MUTATIONS = {
     "rows": ("const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Q;",
              "const int64_t q0 = static_cast<int64_t>(blockIdx.x) * Q + (blockIdx.x > 0);"),
     # a chunk of a streamed layer never starts from its bias: uninitialised shared memory
-    "uninitialised": ("      fill_bias<kGrad>(s.chunk, kKC, L.bias, c0, count);\n", ""),
+    "uninitialised": ("      fill_bias<kRows, kGrad>(s.chunk, kKC, L.bias, c0, count);\n", ""),
+    # each warp multiplies one row tile per strip: the others of a 64-row block are left out
+    "row tiles": ("const int G = kTiles / groups;", "const int G = 1;"),
 }
+
+
+def correct(so, folded, coords, tensor_cores, exact) -> bool:
+    """The bounds of the tests above: bf16 against its emulated arithmetic, fp32 against ``exact``."""
+    got = run_emulated(so, folded, coords.float(), tensor_cores=tensor_cores)
+    if not torch.isfinite(got).all():
+        return False
+    if tensor_cores:
+        want = run_folded_reference(folded, coords.float(), "bf16").double()
+        return ((got.double() - want).norm() / want.norm()).item() < 2e-3
+    return rel_err(got, exact) < 1e-5
 
 
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_emulation_sees_a_broken_kernel(lib, tmp_path, mutation):
-    """The harness can fail: the kernel with one mistake put in gives wrong answers here."""
+    """The harness can fail: the kernel with one mistake put in gives wrong answers here, in fp32
+    or on the tensor cores."""
     old, new = MUTATIONS[mutation]
     src = (ROOT / "csrc/fused_decode_cuda.cu").read_text()
     assert src.count(old) == 1
@@ -252,12 +293,15 @@ def test_emulation_sees_a_broken_kernel(lib, tmp_path, mutation):
     path.write_text(src.replace(old, new))
     broken = load(build(path, tmp_path / "broken.so"))
     rng = random.Random(43)
-    maps, coords, decoder = problem(rng, wide_concat, lib.emulated_narrow_limit(), batch=1, n=40)
-    folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
-    want = implicit_decode(maps, coords, decoder, backend="torch")
-    assert rel_err(run_emulated(lib, folded, coords.float()), want) < 1e-5
-    got = run_emulated(broken, folded, coords.float())
-    assert not (torch.isfinite(got).all() and rel_err(got, want) < 1e-5)
+    narrow = lib.emulated_narrow_limit()
+    cases = []
+    for family, tensor_cores in ((wide_concat, False), (tensor_core_concat, True)):
+        maps, coords, decoder = problem(rng, family, narrow, batch=1, n=100)
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        exact = implicit_decode(maps, coords, decoder, backend="torch")
+        assert correct(lib, folded, coords, tensor_cores, exact)
+        cases.append(correct(broken, folded, coords, tensor_cores, exact))
+    assert not all(cases)
 
 
 TSAN = Path(subprocess.run([CXX, "-print-file-name=libtsan.so"], capture_output=True, text=True).stdout.strip()) if CXX else Path()
@@ -283,7 +327,7 @@ def test_no_data_races_between_barriers(tmp_path, broken):
     streamed chunk's gathers and its activation) it reports one."""
     src = (ROOT / "csrc/fused_decode_cuda.cu").read_text()
     if broken:
-        old = "        if (P.maps[m].layer == l) gather_add<kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);\n      __syncthreads();\n"
+        old = "        if (P.maps[m].layer == l) gather_add<kRows, kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);\n      __syncthreads();\n"
         assert src.count(old) == 1
         src = src.replace(old, old.replace("      __syncthreads();\n", ""))
     (tmp_path / "kernel.cu").write_text(src)

@@ -39,10 +39,14 @@ struct dim3 {
 
 using cudaStream_t = void*;
 enum cudaFuncAttribute { cudaFuncAttributeMaxDynamicSharedMemorySize };
-template <class F>
-inline int cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return 0; }
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin };
 
 namespace cuda_emulation {
+
+// The emulated device's opt-in shared memory per block (an H100's unless a test sets another), and
+// the error of the last launch (0, or 1 when it asked for more shared memory than that).
+inline int max_shared_per_block = 232448;
+inline int last_error = 0;
 
 struct Block {
   std::unique_ptr<std::barrier<>> all;
@@ -55,6 +59,14 @@ inline thread_local Block* current = nullptr;
 }  // namespace cuda_emulation
 
 inline thread_local dim3 threadIdx, blockIdx, blockDim, gridDim;
+
+template <class F>
+inline int cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return 0; }
+inline int cudaGetDevice(int* device) { *device = 0; return 0; }
+inline int cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
+  *value = cuda_emulation::max_shared_per_block;
+  return 0;
+}
 
 inline void __syncthreads() { cuda_emulation::current->all->arrive_and_wait(); }
 inline void __syncwarp() { cuda_emulation::current->warps[threadIdx.x / 32]->arrive_and_wait(); }
@@ -159,6 +171,8 @@ struct Launch {
 
   template <class... Args>
   void operator()(Args... args) const {
+    last_error = shared_bytes > static_cast<size_t>(max_shared_per_block) ? 1 : 0;  // a GPU refuses the launch
+    if (last_error) return;
     const unsigned threads = block.x;
     Block state;
     state.all = std::make_unique<std::barrier<>>(threads);

@@ -4,18 +4,20 @@
 #include <cstdint>
 
 #include "../fused_decode.h"
+#include "cuda_emulation.h"
 
 extern "C" {
 
 int64_t emulated_narrow_limit() { return infinidepth::fused_decode_cuda_narrow_limit(); }
 
-// Layer l: bias[l] (widths[l] floats), weight_t[l] ([widths[l-1], widths[l]] or null for l = 0),
-// weight_t16[l] (its bf16 bits, read with tensor_cores), acts[l]. Map m: maps[m] channels-last
-// [B, map_hw[2m], map_hw[2m+1], widths[map_layer[m]]].
-void emulated_fused_decode(int num_layers, const int64_t* widths, const int* acts, const float* const* bias,
-                           const float* const* weight_t, const void* const* weight_t16, int num_maps,
-                           const float* const* maps, const int64_t* map_hw, const int* map_layer,
-                           const float* coords, int64_t B, int64_t N, int tensor_cores, int with_grad, float* out) {
+// The emulated device's shared memory per block (bytes): which tile sizes the launcher may pick.
+void emulated_set_shared_memory_limit(int bytes) { cuda_emulation::max_shared_per_block = bytes; }
+
+namespace {
+
+infinidepth::FusedProgram program(int num_layers, const int64_t* widths, const int* acts, const float* const* bias,
+                                  const float* const* weight_t, const void* const* weight_t16, int num_maps,
+                                  const float* const* maps, const int64_t* map_hw, const int* map_layer) {
   infinidepth::FusedProgram p{};
   p.num_layers = num_layers;
   p.num_maps = num_maps;
@@ -32,7 +34,27 @@ void emulated_fused_decode(int num_layers, const int64_t* widths, const int* act
   }
   for (int m = 0; m < num_maps; ++m)
     p.maps[m] = infinidepth::FusedMap{maps[m], map_hw[2 * m], map_hw[2 * m + 1], widths[map_layer[m]], map_layer[m]};
+  return p;
+}
+
+}  // namespace
+
+// Layer l: bias[l] (widths[l] floats), weight_t[l] ([widths[l-1], widths[l]] or null for l = 0),
+// weight_t16[l] (its bf16 bits, read with tensor_cores), acts[l]. Map m: maps[m] channels-last
+// [B, map_hw[2m], map_hw[2m+1], widths[map_layer[m]]].
+// Sets *rows to the rows per block the launcher picked. Returns 0, or 1 when the launch asked for
+// more shared memory than the emulated device has.
+int emulated_fused_decode(int num_layers, const int64_t* widths, const int* acts, const float* const* bias,
+                          const float* const* weight_t, const void* const* weight_t16, int num_maps,
+                          const float* const* maps, const int64_t* map_hw, const int* map_layer,
+                          const float* coords, int64_t B, int64_t N, int tensor_cores, int with_grad, float* out,
+                          int* rows) {
+  const infinidepth::FusedProgram p =
+      program(num_layers, widths, acts, bias, weight_t, weight_t16, num_maps, maps, map_hw, map_layer);
+  *rows = infinidepth::fused_decode_cuda_rows(p, tensor_cores != 0, with_grad != 0);
+  cuda_emulation::last_error = 0;
   infinidepth::fused_decode_cuda(p, coords, out, B, N, tensor_cores != 0, with_grad != 0, nullptr);
+  return cuda_emulation::last_error;
 }
 
 }  // extern "C"
