@@ -41,9 +41,18 @@ constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
 constexpr int kMaxRowTiles = 4;  // up to 64 rows per block
 
-// Shared memory of a block of kRows rows: the rows of x, y and x16 are ld wide (the program's widest
-// narrow layer, rounded up to 16), those of a chunk kKC.
+// A row's four taps in one map: element offsets (image and cell; the reader adds the channel) and
+// bilinear weights, or for tangent rows their derivatives. Rows without a query get weight 0.
+struct RowTaps {
+  int64_t offset[4];
+  float weight[4];
+};
+
+// Shared memory of a block of kRows rows: the taps of the maps of one layer (at most tap_maps), then
+// the rows of x, y and x16, ld wide (the program's widest narrow layer, rounded up to 16), and a
+// chunk's, kKC wide.
 struct Smem {
+  RowTaps* taps;         // [tap_maps, kRows] the current layer's maps
   float* x;              // [kRows, ld] previous layer's output
   float* y;              // [kRows, ld] accumulator of the layer being built
   float* chunk;          // [kRows, kKC] a slice of a wide layer
@@ -51,8 +60,9 @@ struct Smem {
   __nv_bfloat16* chunk16;
 };
 
-__host__ __device__ constexpr size_t smem_bytes(int rows, int ld) {
-  return static_cast<size_t>(rows) * (sizeof(float) * (2 * ld + kKC) + sizeof(__nv_bfloat16) * (ld + kKC));
+__host__ __device__ constexpr size_t smem_bytes(int rows, int ld, int tap_maps) {
+  return static_cast<size_t>(rows) *
+         (sizeof(RowTaps) * tap_maps + sizeof(float) * (2 * ld + kKC) + sizeof(__nv_bfloat16) * (ld + kKC));
 }
 
 // Queries per block: one per row, or with tangents one per three rows (16 rows: 5 queries, row 15 unused).
@@ -77,23 +87,52 @@ __device__ __forceinline__ float activate(float v, int act) {
   }
 }
 
-// dst[r, c] += bilerp(map, row r's query) over channels [c0, c0 + count) into rows of width ld; tangent
-// rows (kGrad) get the blend with the weights' derivatives.
+// The taps of every row in each map feeding layer l, once per layer (the gathers then read them for
+// every channel): taps[j * kRows + r] for the j-th such map. Tangent rows (kGrad) get the
+// derivatives of the bilinear weights.
 template <int kRows, bool kGrad>
-__device__ void gather_add(const FusedMap& m, const float* coords, int64_t q0, int64_t N, int64_t total, int64_t c0,
-                           int count, float* dst, int ld) {
+__device__ void compute_taps(const FusedProgram& P, int l, const float* coords, int64_t q0, int64_t N, int64_t total,
+                             RowTaps* taps) {
   constexpr int Q = kQueries<kRows, kGrad>;
+  for (int m = 0, j = 0; m < P.num_maps; ++m) {
+    const FusedMap& M = P.maps[m];
+    if (M.layer != l) continue;
+    for (int r = threadIdx.x; r < kRows; r += blockDim.x) {
+      RowTaps& T = taps[j * kRows + r];
+      const int t = r % Q, role = r / Q;
+      const int64_t q = q0 + t;
+      if (role > 2 || q >= total) {
+        for (int i = 0; i < 4; ++i) T.offset[i] = 0, T.weight[i] = 0.f;
+        continue;
+      }
+      const BilinearTapsGrad g = bilinear_taps_grad(coords[2 * q], coords[2 * q + 1], M.H, M.W);
+      const float* w = (!kGrad || role == 0) ? g.weight : (role == 1 ? g.dy : g.dx);
+      const int64_t image = (q / N) * M.H * M.W * M.C;
+      for (int i = 0; i < 4; ++i) T.offset[i] = image + g.index[i] * M.C, T.weight[i] = w[i];
+    }
+    ++j;
+  }
+}
+
+// dst[r, c] += bilerp(map, row r's query) over channels [c0, c0 + count) into rows of width ld, with
+// the row's taps in this map.
+template <int kRows>
+__device__ void gather_add(const FusedMap& m, const RowTaps* taps, int64_t c0, int count, float* dst, int ld) {
   for (int i = threadIdx.x; i < kRows * count; i += blockDim.x) {
     const int r = i / count, c = i % count;
-    const int t = r % Q, role = r / Q;
-    const int64_t q = q0 + t;
-    if (role > 2 || q >= total) continue;
-    const BilinearTapsGrad taps = bilinear_taps_grad(coords[2 * q], coords[2 * q + 1], m.H, m.W);
-    const float* w = (!kGrad || role == 0) ? taps.weight : (role == 1 ? taps.dy : taps.dx);
-    const float* base = m.data + (q / N) * m.H * m.W * m.C + c0 + c;
-    dst[r * ld + c] += w[0] * __ldg(base + taps.index[0] * m.C) + w[1] * __ldg(base + taps.index[1] * m.C) +
-                       w[2] * __ldg(base + taps.index[2] * m.C) + w[3] * __ldg(base + taps.index[3] * m.C);
+    const RowTaps& T = taps[r];
+    const float* base = m.data + c0 + c;
+    dst[r * ld + c] += T.weight[0] * __ldg(base + T.offset[0]) + T.weight[1] * __ldg(base + T.offset[1]) +
+                       T.weight[2] * __ldg(base + T.offset[2]) + T.weight[3] * __ldg(base + T.offset[3]);
   }
+}
+
+// Every map of layer l into rows of dst (channels [c0, c0 + count)), from the taps in s.taps.
+template <int kRows>
+__device__ void gather_layer(const FusedProgram& P, int l, const RowTaps* taps, int64_t c0, int count, float* dst,
+                             int ld) {
+  for (int m = 0, j = 0; m < P.num_maps; ++m)
+    if (P.maps[m].layer == l) gather_add<kRows>(P.maps[m], taps + (j++) * kRows, c0, count, dst, ld);
 }
 
 // C[t, n] += sum_k A[t, k] * Bt[k, n] for the block's kRows rows and n in [0, N): A in shared memory
@@ -188,8 +227,9 @@ template <int kRows, bool kGrad>
 __device__ void finish_layer(const FusedProgram& P, int l, const float* coords, int64_t q0, int64_t N, int64_t total,
                              Smem& s, int ld) {
   const FusedLayer& L = P.layers[l];
-  for (int m = 0; m < P.num_maps; ++m)
-    if (P.maps[m].layer == l) gather_add<kRows, kGrad>(P.maps[m], coords, q0, N, total, 0, static_cast<int>(L.out), s.y, ld);
+  compute_taps<kRows, kGrad>(P, l, coords, q0, N, total, s.taps);
+  __syncthreads();
+  gather_layer<kRows>(P, l, s.taps, 0, static_cast<int>(L.out), s.y, ld);
   __syncthreads();
   activate_rows<kRows, kGrad>(s.y, ld, static_cast<int>(L.out), L.act);
   __syncthreads();
@@ -201,11 +241,12 @@ __device__ void finish_layer(const FusedProgram& P, int l, const float* coords, 
 template <int kRows, bool kTensorCores, bool kGrad>
 __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
                                                                float* __restrict__ out, int64_t N, int64_t total,
-                                                               int ld) {
+                                                               int ld, int tap_maps) {
   static_assert(!kGrad || kRows == 16, "tangents: 5 queries x 3 rows in one 16-row tile");
   unsigned char* raw = dynamic_shared_memory();
   Smem s;
-  s.x = reinterpret_cast<float*>(raw);
+  s.taps = reinterpret_cast<RowTaps*>(raw);
+  s.x = reinterpret_cast<float*>(s.taps + tap_maps * kRows);
   s.y = s.x + kRows * ld;
   s.chunk = s.y + kRows * ld;
   s.x16 = reinterpret_cast<__nv_bfloat16*>(s.chunk + kRows * kKC);
@@ -234,6 +275,7 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
     const FusedLayer& Nx = P.layers[l + 1];
     fill_bias<kRows, kGrad>(s.y, ld, Nx.bias, 0, static_cast<int>(Nx.out));
     if (kTensorCores && L.weight) to_bf16(s.x, s.x16, kRows * ld);
+    compute_taps<kRows, kGrad>(P, l, coords, q0, N, total, s.taps);
     __syncthreads();
     for (int64_t c0 = 0; c0 < L.out; c0 += kKC) {
       const int count = static_cast<int>(L.out - c0 < kKC ? L.out - c0 : kKC);
@@ -244,8 +286,7 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
                                       count, s.chunk, kKC);
         __syncthreads();
       }
-      for (int m = 0; m < P.num_maps; ++m)
-        if (P.maps[m].layer == l) gather_add<kRows, kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);
+      gather_layer<kRows>(P, l, s.taps, c0, count, s.chunk, kKC);
       __syncthreads();
       activate_rows<kRows, kGrad>(s.chunk, kKC, count, L.act);
       __syncthreads();
@@ -271,13 +312,13 @@ __global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, 
 
 template <int kRows, bool kTensorCores, bool kGrad>
 void launch(const FusedProgram& program, const float* coords, float* out, int64_t N, int64_t total, int ld,
-            cudaStream_t s) {
+            int tap_maps, cudaStream_t s) {
   constexpr int Q = kQueries<kRows, kGrad>;
-  const size_t smem = smem_bytes(kRows, ld);
+  const size_t smem = smem_bytes(kRows, ld, tap_maps);
   const unsigned blocks = static_cast<unsigned>((total + Q - 1) / Q);
   const auto kernel = fused_decode_kernel<kRows, kTensorCores, kGrad>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  LAUNCH(kernel, blocks, kThreads, smem, s)(program, coords, out, N, total, ld);
+  LAUNCH(kernel, blocks, kThreads, smem, s)(program, coords, out, N, total, ld, tap_maps);
 }
 
 // Row stride of x and y: the widest layer kept whole, rounded up to the WMMA tile.
@@ -286,6 +327,17 @@ int row_stride(const FusedProgram& p) {
   for (int l = 0; l < p.num_layers; ++l)
     if (p.layers[l].out <= kNarrow && p.layers[l].out > ld) ld = p.layers[l].out;
   return static_cast<int>((ld + 15) / 16 * 16);
+}
+
+// The most maps feeding one layer (their taps are kept for the layer).
+int tap_maps(const FusedProgram& p) {
+  int most = 0;
+  for (int l = 0; l < p.num_layers; ++l) {
+    int count = 0;
+    for (int m = 0; m < p.num_maps; ++m) count += p.maps[m].layer == l;
+    most = count > most ? count : most;
+  }
+  return most;
 }
 
 }  // namespace
@@ -297,9 +349,9 @@ int fused_decode_cuda_rows(const FusedProgram& program, bool tensor_cores, bool 
   int device = 0, limit = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  const int ld = row_stride(program);
+  const int ld = row_stride(program), maps = tap_maps(program);
   for (int rows : {64, 32})
-    if (smem_bytes(rows, ld) <= static_cast<size_t>(limit)) return rows;
+    if (smem_bytes(rows, ld, maps) <= static_cast<size_t>(limit)) return rows;
   return 16;
 }
 
@@ -308,18 +360,18 @@ void fused_decode_cuda(const FusedProgram& program, const float* coords, float* 
   const int64_t total = B * N;
   if (total == 0) return;
   auto s = static_cast<cudaStream_t>(stream);
-  const int ld = row_stride(program);
+  const int ld = row_stride(program), maps = tap_maps(program);
   if (with_grad) {
-    tensor_cores ? launch<16, true, true>(program, coords, out, N, total, ld, s)
-                 : launch<16, false, true>(program, coords, out, N, total, ld, s);
+    tensor_cores ? launch<16, true, true>(program, coords, out, N, total, ld, maps, s)
+                 : launch<16, false, true>(program, coords, out, N, total, ld, maps, s);
     return;
   }
   switch (fused_decode_cuda_rows(program, tensor_cores, with_grad)) {
-    case 64: return launch<64, true, false>(program, coords, out, N, total, ld, s);
-    case 32: return launch<32, true, false>(program, coords, out, N, total, ld, s);
+    case 64: return launch<64, true, false>(program, coords, out, N, total, ld, maps, s);
+    case 32: return launch<32, true, false>(program, coords, out, N, total, ld, maps, s);
     default:
-      tensor_cores ? launch<16, true, false>(program, coords, out, N, total, ld, s)
-                   : launch<16, false, false>(program, coords, out, N, total, ld, s);
+      tensor_cores ? launch<16, true, false>(program, coords, out, N, total, ld, maps, s)
+                   : launch<16, false, false>(program, coords, out, N, total, ld, maps, s);
   }
 }
 

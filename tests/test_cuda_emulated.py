@@ -202,12 +202,14 @@ def test_emulated_cuda_decoder_fp32(lib, family):
 
 
 def shared_bytes(folded, rows, narrow):
-    """Shared memory of a block of ``rows`` rows (csrc/fused_decode_cuda.cu's layout): x, y (fp32) and
-    x16 (bf16) rows as wide as the widest layer kept whole, rounded up to 16; a 64-channel chunk in
-    fp32 and bf16."""
+    """Shared memory of a block of ``rows`` rows (csrc/fused_decode_cuda.cu's layout): per row, the
+    taps (4 offsets, 4 weights: 48 bytes) in each map of the layer with the most maps; x, y (fp32)
+    and x16 (bf16) rows as wide as the widest layer kept whole, rounded up to 16; a 64-channel chunk
+    in fp32 and bf16."""
     ld = max([16] + [l.width for l in folded.layers if l.width <= narrow])
     ld = (ld + 15) // 16 * 16
-    return rows * (4 * (2 * ld + 64) + 2 * (ld + 64))
+    tap_maps = max(len(l.maps) for l in folded.layers)
+    return rows * (48 * tap_maps + 4 * (2 * ld + 64) + 2 * (ld + 64))
 
 
 @pytest.mark.parametrize("rows", [64, 32, 16])
@@ -327,7 +329,7 @@ def test_no_data_races_between_barriers(tmp_path, broken):
     streamed chunk's gathers and its activation) it reports one."""
     src = (ROOT / "csrc/fused_decode_cuda.cu").read_text()
     if broken:
-        old = "        if (P.maps[m].layer == l) gather_add<kRows, kGrad>(P.maps[m], coords, q0, N, total, c0, count, s.chunk, kKC);\n      __syncthreads();\n"
+        old = "      gather_layer<kRows>(P, l, s.taps, c0, count, s.chunk, kKC);\n      __syncthreads();\n"
         assert src.count(old) == 1
         src = src.replace(old, old.replace("      __syncthreads();\n", ""))
     (tmp_path / "kernel.cu").write_text(src)
