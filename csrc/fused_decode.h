@@ -38,7 +38,9 @@ struct FusedProgram {
 
 // CUDA launcher; stream is a cudaStream_t passed as void*. With tensor_cores the GEMMs take bf16
 // operands (weight_t16) with fp32 accumulation; otherwise everything is fp32 on CUDA cores. With
-// with_grad, out is [B, N, 3]: the value and its derivatives d/dy, d/dx (forward mode).
+// with_grad, out is [B, N, 3]: the value and its derivatives d/dy, d/dx (forward mode), always in
+// fp32 as in the CPU kernel: through bf16 tiles the tangents came out with RMS errors of 0.3% to
+// 21% of their spread (0.4% to 1.1% for the values) on random programs.
 // Layers wider than fused_decode_cuda_narrow_limit() are streamed into the next layer, which must
 // exist and be narrower.
 void fused_decode_cuda(const FusedProgram& program, const float* coords, float* out, int64_t B, int64_t N,

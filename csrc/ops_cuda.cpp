@@ -55,7 +55,7 @@ at::Tensor fused_decode_cuda_run(const at::Tensor& coords, at::TensorList maps, 
                                   at::IntArrayRef acts, c10::string_view precision, bool with_grad) {
   TORCH_CHECK(precision == "fp32" || precision == "bf16", "fused_decode: precision must be fp32 or bf16, got '",
               precision, "'");
-  const bool tensor_cores = precision == "bf16";
+  const bool tensor_cores = precision == "bf16" && !with_grad;  // tangents stay fp32 (fused_decode.h)
   const c10::cuda::CUDAGuard guard(coords.device());
   std::vector<at::Tensor> keep;
   std::vector<std::optional<at::Tensor>> w(weights.begin(), weights.end());
