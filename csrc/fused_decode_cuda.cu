@@ -37,8 +37,10 @@ __device__ __forceinline__ unsigned char* dynamic_shared_memory() {
 
 constexpr int kNarrow = 512;  // widest layer kept whole in shared memory
 constexpr int kKC = 64;       // channels of a wide layer produced per step
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
+// Threads per block: 8 warps for 16 rows, 16 for 32 or 64. A block of 32 or 64 rows fills most of an
+// SM's shared memory, so it runs alone there: its warps are all the SM has to hide latency with.
+template <int kRows>
+constexpr int kThreads = kRows >= 32 ? 512 : 256;
 constexpr int kMaxRowTiles = 4;  // up to 64 rows per block
 
 // A row's four taps in one map: element offsets (image and cell; the reader adds the channel) and
@@ -153,10 +155,11 @@ __device__ void gemm_acc(const float* A, const __nv_bfloat16* A16, int lda, int 
       static_assert(kRows % 16 == 0 && kTiles <= kMaxRowTiles, "rows per block: 16 to 64, in tiles of 16");
       const int strips = N / 16;
       int groups = 1;  // row-tile groups per strip
-      while (strips * groups < kWarps && groups < kTiles) groups *= 2;
+      const int warps = blockDim.x / 32;
+      while (strips * groups < warps && groups < kTiles) groups *= 2;
       const int G = kTiles / groups;
       const int warp = threadIdx.x / 32;
-      for (int item = warp; item < strips * groups; item += kWarps) {
+      for (int item = warp; item < strips * groups; item += warps) {
         const int n0 = (item % strips) * 16, r0 = (item / strips) * G * 16;
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTiles];
 #pragma unroll
@@ -239,7 +242,7 @@ __device__ void finish_layer(const FusedProgram& P, int l, const float* coords, 
 }
 
 template <int kRows, bool kTensorCores, bool kGrad>
-__global__ void __launch_bounds__(kThreads) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
+__global__ void __launch_bounds__(kThreads<kRows>) fused_decode_kernel(FusedProgram P, const float* __restrict__ coords,
                                                                float* __restrict__ out, int64_t N, int64_t total,
                                                                int ld, int tap_maps) {
   static_assert(!kGrad || kRows == 16, "tangents: 5 queries x 3 rows in one 16-row tile");
@@ -318,7 +321,7 @@ void launch(const FusedProgram& program, const float* coords, float* out, int64_
   const unsigned blocks = static_cast<unsigned>((total + Q - 1) / Q);
   const auto kernel = fused_decode_kernel<kRows, kTensorCores, kGrad>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  LAUNCH(kernel, blocks, kThreads, smem, s)(program, coords, out, N, total, ld, tap_maps);
+  LAUNCH(kernel, blocks, kThreads<kRows>, smem, s)(program, coords, out, N, total, ld, tap_maps);
 }
 
 // Row stride of x and y: the widest layer kept whole, rounded up to the WMMA tile.
