@@ -178,7 +178,7 @@ struct Launch {
     state.all = std::make_unique<std::barrier<>>(threads);
     for (unsigned w = 0; w < (threads + 31) / 32; ++w)
       state.warps.push_back(std::make_unique<std::barrier<>>(threads - 32 * w < 32 ? threads - 32 * w : 32));
-    state.shared.resize(shared_bytes + 16);
+    state.shared.resize(shared_bytes);
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < threads; ++t) {
       pool.emplace_back([&, t] {
