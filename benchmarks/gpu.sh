@@ -7,6 +7,8 @@
 # build:    compile the extension for the GPU here (sm_90 unless TORCH_CUDA_ARCH_LIST says otherwise)
 #           and install the package (editable, no dependency resolution: the machine's torch stays)
 # gsplat:   JIT-compile gsplat's CUDA sources (pure-Python wheel) so that its rasteriser can run
+# cuda:     the CUDA kernels alone, quickly (no Triton compile): their GPU tests, then the decoder's
+#           8K dense grid (official) and 4M queries (paper), cuda against torch, fp32 and bf16
 # test:     tests/test_gpu.py with compiled Triton (not the interpreter)
 # cpu:      the CPU suite against this machine's torch
 # sanitize: the CUDA kernels' GPU tests under compute-sanitizer memcheck, racecheck and initcheck
@@ -61,6 +63,17 @@ stage_test() {
     # compiles and autotunes Triton for every shape: minutes for the ViT-L rows (benchmarks/GPU.md);
     # the outer timeout keeps the later stages alive, since pytest-timeout cannot stop a compile.
     TRITON_INTERPRET=0 run timeout 420 $PY -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider -k "not gsplat"
+}
+
+stage_cuda() {
+    step "CUDA kernels: tests, then decoder timings against torch" | tee -a "$LOG"
+    run timeout 240 $PY -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider -k "cuda and not triton and not gsplat"
+    cd benchmarks
+    run $PY decoder.py --device cuda --decoder official --queries 33177600 --backends torch,cuda \
+        --json "$RESULTS/decoder_official_8k_cuda_$TAG.json"
+    run $PY decoder.py --device cuda --decoder paper --queries 4194304 --backends torch,cuda \
+        --json "$RESULTS/decoder_paper_cuda_$TAG.json"
+    cd ..
 }
 
 stage_cpu() {
