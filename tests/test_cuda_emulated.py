@@ -38,7 +38,8 @@ def build(kernel: Path, out: Path, sanitize: str | None = None) -> Path:
     """Compile the CUDA source ``kernel`` as C++ under the emulation, with its C entry points;
     ``sanitize``: "thread" or "address" (GCC's sanitizers)."""
     flags = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}"] if sanitize else ["-O2"]
-    cmd = [CXX, "-std=c++20", *flags, "-pthread", "-shared", "-fPIC", "-DINFINIDEPTH_CUDA_EMULATION",
+    # -fno-strict-aliasing: the kernel reads floats as float4, as CUDA code does
+    cmd = [CXX, "-std=c++20", *flags, "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC", "-DINFINIDEPTH_CUDA_EMULATION",
            f"-I{ROOT / 'csrc'}", "-x", "c++", str(kernel), "-x", "none",
            str(ROOT / "csrc/tests/emulated_fused_decode.cpp"), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -321,7 +322,8 @@ def test_no_out_of_bounds_access(tmp_path, broken):
     mutations = {
         "shared": ("(sizeof(RowTaps) * tap_maps + sizeof(float) * (2 * ld + kKC)",
                    "(sizeof(RowTaps) * tap_maps + sizeof(float) * (2 * ld + kKC - 1)"),
-        "map": ("T.weight[3] * __ldg(base + T.offset[3])", "T.weight[3] * __ldg(base + T.offset[3] + m.C)"),
+        "map": ("v[k] = __ldg(reinterpret_cast<const float4*>(base + T.offset[k]));",
+                "v[k] = __ldg(reinterpret_cast<const float4*>(base + T.offset[k] + m.C));"),
     }
     src = kernel_source(tmp_path, *mutations.get(broken, ()))
     # libstdc++ preloaded after the runtime, or ASan cannot intercept C++ throws of modules loaded later

@@ -72,6 +72,10 @@ inline void __syncthreads() { cuda_emulation::current->all->arrive_and_wait(); }
 inline void __syncwarp() { cuda_emulation::current->warps[threadIdx.x / 32]->arrive_and_wait(); }
 inline unsigned char* dynamic_shared_memory() { return cuda_emulation::current->shared.data(); }
 
+struct alignas(16) float4 {
+  float x, y, z, w;
+};
+
 template <class T>
 inline T __ldg(const T* p) { return *p; }
 
