@@ -71,6 +71,10 @@ stage_cuda() {
     cd benchmarks
     run $PY decoder.py --device cuda --decoder official --queries 33177600 --backends torch,cuda \
         --json "$RESULTS/decoder_official_8k_cuda_$TAG.json"
+    for rows in 32 16; do  # smaller bf16 blocks than the launcher's pick (64 here): which is fastest?
+        INFINIDEPTH_CUDA_MAX_ROWS=$rows run $PY decoder.py --device cuda --decoder official --queries 33177600 \
+            --backends cuda --json "$RESULTS/decoder_official_8k_cuda_rows${rows}_$TAG.json"
+    done
     run $PY decoder.py --device cuda --decoder paper --queries 4194304 --backends torch,cuda \
         --json "$RESULTS/decoder_paper_cuda_$TAG.json"
     cd ..

@@ -22,6 +22,8 @@
 #define LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
 #endif
 
+#include <cstdlib>
+
 #include "bilinear_gather.h"
 #include "fused_decode.h"
 
@@ -372,9 +374,14 @@ int fused_decode_cuda_rows(const FusedProgram& program, bool tensor_cores, bool 
   int device = 0, limit = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
+  // A benchmarking knob, not an interface: INFINIDEPTH_CUDA_MAX_ROWS=16|32 caps the rows, so that one
+  // GPU session can time every tile size (benchmarks/gpu.sh, stage cuda). Big blocks leave less
+  // of the SM's 256 KB to the L1 cache the gathers and weights go through.
+  const char* cap = std::getenv("INFINIDEPTH_CUDA_MAX_ROWS");
+  const int most = cap ? std::atoi(cap) : 64;
   const int ld = row_stride(program), maps = tap_maps(program);
   for (int rows : {64, 32})
-    if (smem_bytes(rows, ld, maps) <= static_cast<size_t>(limit)) return rows;
+    if (rows <= most && smem_bytes(rows, ld, maps) <= static_cast<size_t>(limit)) return rows;
   return 16;
 }
 

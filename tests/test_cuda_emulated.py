@@ -181,7 +181,7 @@ def shared_bytes(folded, rows, narrow):
 
 @pytest.mark.parametrize("rows", [64, 32, 16])
 @pytest.mark.parametrize("family", [tensor_core_concat, tensor_core_hierarchical, wide_hierarchical])
-def test_emulated_cuda_decoder_tensor_cores(lib, family, rows):
+def test_emulated_cuda_decoder_tensor_cores(lib, family, rows, monkeypatch):
     """bf16 WMMA tiles of 16 to 64 rows per block (as many as the device's shared memory takes):
     against the folded program with bf16-rounded operands (the same arithmetic, sums in another
     order), and against the exact reference within the GPU tests' bf16 bound."""
@@ -193,6 +193,11 @@ def test_emulated_cuda_decoder_tensor_cores(lib, family, rows):
         # a device with just enough shared memory for this many rows
         got, picked = launch_emulated(lib, folded, coords.float(), True, False, shared_bytes(folded, rows, narrow))
         assert picked == rows
+        if rows > 16:  # the benchmarking cap (read per launch) picks smaller blocks on the same device
+            monkeypatch.setenv("INFINIDEPTH_CUDA_MAX_ROWS", str(rows // 2))
+            capped, picked = launch_emulated(lib, folded, coords.float(), True, False, shared_bytes(folded, rows, narrow))
+            monkeypatch.delenv("INFINIDEPTH_CUDA_MAX_ROWS")
+            assert picked == rows // 2 and torch.equal(capped, got)
         emulated = run_folded_reference(folded, coords.float(), "bf16").double()
         exact = implicit_decode(maps, coords, decoder, backend="torch")
         assert torch.isfinite(got).all()
