@@ -78,9 +78,14 @@ def launch_emulated(lib, folded, coords, tensor_cores, with_grad, shared):
     keep = []
 
     def arr(t, dtype=np.float32):
-        a = np.ascontiguousarray(t.detach().cpu().numpy().astype(dtype))
-        keep.append(a)
-        return a
+        """A copy at a 256-byte aligned address, as CUDA's allocator gives (WMMA needs 32 bytes)."""
+        a = t.detach().cpu().numpy().astype(dtype)
+        raw = np.empty(a.nbytes + 256, dtype=np.uint8)
+        start = -raw.ctypes.data % 256
+        out = raw[start : start + a.nbytes].view(dtype).reshape(a.shape)
+        out[...] = a
+        keep.append(raw)
+        return out
 
     layers = folded.layers
     widths = np.array([l.width for l in layers], dtype=np.int64)
@@ -106,7 +111,9 @@ def launch_emulated(lib, folded, coords, tensor_cores, with_grad, shared):
         np.array(map_layer, dtype=np.int32).ctypes.data_as(ctypes.c_void_p) if map_layer else None,
         q.ctypes.data_as(ctypes.c_void_p), ctypes.c_int64(B), ctypes.c_int64(N), ctypes.c_int(int(tensor_cores)),
         ctypes.c_int(int(with_grad)), out.ctypes.data_as(ctypes.c_void_p), ctypes.byref(rows))
-    assert error == 0, f"the launch asked for more than {shared} bytes of shared memory"
+    assert error != 1, f"the launch asked for more than {shared} bytes of shared memory"
+    assert error != 2, "a WMMA load or store was misaligned (pointer not 32-byte aligned, or ld not 16 bytes)"
+    assert error == 0
     return torch.from_numpy(out), rows.value
 
 
@@ -269,6 +276,26 @@ def test_emulation_sees_a_broken_kernel(lib, tmp_path, mutation):
         assert correct(lib, folded, coords, tensor_cores, exact)
         cases.append(correct(broken, folded, coords, tensor_cores, exact))
     assert not all(cases)
+
+
+def test_emulation_checks_wmma_alignment(lib, tmp_path):
+    """WMMA wants 32-byte aligned tiles; the emulation refuses a launch that breaks that (on a GPU it
+    is undefined behaviour, often silently wrong). Put in: the layout shifted by 16 bytes."""
+    src = (ROOT / "csrc/fused_decode_cuda.cu").read_text()
+    shifts = [("s.x = reinterpret_cast<float*>(s.taps + tap_maps * kRows);",
+               "s.x = reinterpret_cast<float*>(s.taps + tap_maps * kRows) + 4;"),
+              ("return static_cast<size_t>(rows) *", "return 16 + static_cast<size_t>(rows) *")]
+    for old, new in shifts:
+        assert src.count(old) == 1
+        src = src.replace(old, new)
+    (tmp_path / "shifted.cu").write_text(src)
+    shifted = load(build(tmp_path / "shifted.cu", tmp_path / "shifted.so"))
+    maps, coords, decoder = problem(random.Random(53), tensor_core_concat, lib.emulated_narrow_limit(), batch=1, n=20)
+    folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+    run_emulated(lib, folded, coords.float(), tensor_cores=True)
+    run_emulated(shifted, folded, coords.float())  # fp32 never touches WMMA
+    with pytest.raises(AssertionError, match="misaligned"):
+        run_emulated(shifted, folded, coords.float(), tensor_cores=True)
 
 
 def runtime(name: str) -> Path:

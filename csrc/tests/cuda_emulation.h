@@ -16,12 +16,14 @@
 // (launchers still check them against the device's when run on a GPU).
 #pragma once
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <math.h>
 #include <memory>
+#include <new>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -44,14 +46,22 @@ enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin };
 namespace cuda_emulation {
 
 // The emulated device's opt-in shared memory per block (an H100's unless a test sets another), and
-// the error of the last launch (0, or 1 when it asked for more shared memory than that).
+// the error of the last launch: 0; 1 when it asked for more shared memory than that; 2 when a WMMA
+// load or store broke the API's rules (a 256-bit aligned pointer, a leading dimension that is a
+// multiple of 16 bytes), which on a GPU is undefined behaviour.
 inline int max_shared_per_block = 232448;
-inline int last_error = 0;
+inline std::atomic<int> last_error = 0;
 
 struct Block {
   std::unique_ptr<std::barrier<>> all;
   std::vector<std::unique_ptr<std::barrier<>>> warps;
-  std::vector<unsigned char> shared;
+  // Exactly the bytes the launch asks for (an overflow reaches AddressSanitizer's red zone), at a
+  // 256-byte aligned address as on a GPU (WMMA needs 32).
+  struct Free {
+    void operator()(unsigned char* p) const { ::operator delete(p, std::align_val_t(256)); }
+  };
+  std::unique_ptr<unsigned char, Free> shared;
+  size_t shared_bytes = 0;
 };
 
 inline thread_local Block* current = nullptr;
@@ -70,7 +80,7 @@ inline int cudaDeviceGetAttribute(int* value, cudaDeviceAttr, int) {
 
 inline void __syncthreads() { cuda_emulation::current->all->arrive_and_wait(); }
 inline void __syncwarp() { cuda_emulation::current->warps[threadIdx.x / 32]->arrive_and_wait(); }
-inline unsigned char* dynamic_shared_memory() { return cuda_emulation::current->shared.data(); }
+inline unsigned char* dynamic_shared_memory() { return cuda_emulation::current->shared.get(); }
 
 struct alignas(16) float4 {
   float x, y, z, w;
@@ -115,11 +125,17 @@ struct fragment {
   float v[rows * cols];  // row-major, the whole tile
 };
 
+template <class T>
+inline void check(const T* p, unsigned ld) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0 || (ld * sizeof(T)) % 16 != 0) cuda_emulation::last_error = 2;
+}
+
 inline float to_float(float x) { return x; }
 inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
 template <class Use, int M, int N, int K, class T, class Layout>
 inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ld) {
+  check(p, ld);
   using F = fragment<Use, M, N, K, T, Layout>;
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c)
@@ -128,12 +144,14 @@ inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, u
 
 template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ld, layout_t layout) {
+  check(p, ld);
   for (int r = 0; r < M; ++r)
     for (int c = 0; c < N; ++c) f.v[r * N + c] = layout == mem_col_major ? p[c * ld + r] : p[r * ld + c];
 }
 
 template <int M, int N, int K>
 inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, float>& f, unsigned ld, layout_t layout) {
+  check(p, ld);
   __syncwarp();  // every lane has finished reading what is about to be overwritten
   if (threadIdx.x % 32 == 0)
     for (int r = 0; r < M; ++r)
@@ -175,14 +193,17 @@ struct Launch {
 
   template <class... Args>
   void operator()(Args... args) const {
-    last_error = shared_bytes > static_cast<size_t>(max_shared_per_block) ? 1 : 0;  // a GPU refuses the launch
-    if (last_error) return;
+    if (shared_bytes > static_cast<size_t>(max_shared_per_block)) {  // a GPU refuses the launch
+      last_error = 1;
+      return;
+    }
     const unsigned threads = block.x;
     Block state;
     state.all = std::make_unique<std::barrier<>>(threads);
     for (unsigned w = 0; w < (threads + 31) / 32; ++w)
       state.warps.push_back(std::make_unique<std::barrier<>>(threads - 32 * w < 32 ? threads - 32 * w : 32));
-    state.shared.resize(shared_bytes);
+    state.shared.reset(static_cast<unsigned char*>(::operator new(shared_bytes ? shared_bytes : 1, std::align_val_t(256))));
+    state.shared_bytes = shared_bytes;
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < threads; ++t) {
       pool.emplace_back([&, t] {
@@ -191,7 +212,7 @@ struct Launch {
         blockDim = block;
         gridDim = grid;
         for (unsigned b = 0; b < grid.x; ++b) {
-          if (t == 0) std::memset(state.shared.data(), 0xFF, state.shared.size());  // NaN floats
+          if (t == 0) std::memset(state.shared.get(), 0xFF, state.shared_bytes);  // NaN floats
           state.all->arrive_and_wait();
           blockIdx = dim3(b);
           kernel(args...);

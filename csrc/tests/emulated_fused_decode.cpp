@@ -42,8 +42,8 @@ infinidepth::FusedProgram program(int num_layers, const int64_t* widths, const i
 // Layer l: bias[l] (widths[l] floats), weight_t[l] ([widths[l-1], widths[l]] or null for l = 0),
 // weight_t16[l] (its bf16 bits, read with tensor_cores), acts[l]. Map m: maps[m] channels-last
 // [B, map_hw[2m], map_hw[2m+1], widths[map_layer[m]]].
-// Sets *rows to the rows per block the launcher picked. Returns 0, or 1 when the launch asked for
-// more shared memory than the emulated device has.
+// Sets *rows to the rows per block the launcher picked. Returns cuda_emulation::last_error (0: no
+// error; 1: more shared memory asked for than the emulated device has; 2: a misaligned WMMA access).
 int emulated_fused_decode(int num_layers, const int64_t* widths, const int* acts, const float* const* bias,
                           const float* const* weight_t, const void* const* weight_t16, int num_maps,
                           const float* const* maps, const int64_t* map_hw, const int* map_layer,
