@@ -37,7 +37,8 @@ struct FusedProgram {
 };
 
 // CUDA launcher; stream is a cudaStream_t passed as void*. With tensor_cores the GEMMs take bf16
-// operands (weight_t16) with fp32 accumulation; otherwise everything is fp32 on CUDA cores. With
+// operands (weight_t16) with fp32 accumulation; otherwise they are fp32 (3xTF32 on the tensor
+// cores where WMMA's shapes fit, within fp32's tolerance; CUDA cores elsewhere). With
 // with_grad, out is [B, N, 3]: the value and its derivatives d/dy, d/dx (forward mode), always in
 // fp32 as in the CPU kernel: through bf16 tiles the tangents came out with RMS errors of 0.3% to
 // 21% of their spread (0.4% to 1.1% for the values) on random programs.
@@ -47,7 +48,7 @@ void fused_decode_cuda(const FusedProgram& program, const float* coords, float* 
                        bool tensor_cores, bool with_grad, void* stream);
 int64_t fused_decode_cuda_narrow_limit();
 // Queries' rows per thread block the launcher picks for this program on the current device: 16 for
-// fp32 and tangents, for bf16 the most of 64, 32, 16 whose shared memory the device has.
+// tangents, otherwise the most of 64, 32, 16 whose shared memory the device has.
 int fused_decode_cuda_rows(const FusedProgram& program, bool tensor_cores, bool with_grad);
 
 }  // namespace infinidepth

@@ -1,13 +1,14 @@
 // CUDA fused decoder: one thread block decodes a tile of kRows queries through the whole folded
 // program (fused_decode.h), keeping the tile's activations in shared memory; only one float per
-// query is written to global memory. fp32 and tangents use 16 rows; bf16 (tensor cores) as many as
-// the device's shared memory takes, up to 64 (the official ViT-L decoder fits 64 on an H100, the
+// query is written to global memory. Tangents use 16 rows; otherwise a block takes as many rows as
+// the device's shared memory holds, up to 64 (the official ViT-L decoder fits 64 on an H100, the
 // paper's 32): each block streams every weight once, so more rows means less weight traffic per query.
 //
 // Wide layers (wider than kNarrow) are never stored whole: they are produced kKC channels at a time
 // and contracted at once into the next layer's accumulator ("streamed pairs", as in
-// kernels/fused_decode.py). GEMMs run either on tensor cores (WMMA, bf16 operands, fp32
-// accumulation) or, for the fp32 path and shapes that are not multiples of 16, on CUDA cores.
+// kernels/fused_decode.py). GEMMs run on tensor cores (WMMA) with bf16 operands, or for fp32 as
+// 3xTF32 (fp32-close, see split_tf32), and on CUDA cores for shapes WMMA does not fit (the last
+// layer, width 1). Sums are fp32 throughout.
 //
 // With kGrad the block's 16 rows hold 5 queries' values, then their d/dy tangents, then their d/dx
 // tangents (row 15 stays zero): the weights act on all rows alike, the gathers give tangent rows the
@@ -64,9 +65,10 @@ struct Smem {
   __nv_bfloat16* chunk16;
 };
 
-__host__ __device__ constexpr size_t smem_bytes(int rows, int ld, int tap_maps) {
+// (the bf16 copies only with tensor cores in bf16)
+__host__ __device__ constexpr size_t smem_bytes(int rows, int ld, int tap_maps, bool bf16) {
   return static_cast<size_t>(rows) *
-         (sizeof(RowTaps) * tap_maps + sizeof(float) * (2 * ld + kKC) + sizeof(__nv_bfloat16) * (ld + kKC));
+         (sizeof(RowTaps) * tap_maps + sizeof(float) * (2 * ld + kKC) + (bf16 ? sizeof(__nv_bfloat16) * (ld + kKC) : 0));
 }
 
 // Queries per block: one per row, or with tangents one per three rows (16 rows: 5 queries, row 15 unused).
@@ -159,30 +161,53 @@ __device__ void gather_layer(const FusedProgram& P, int l, const RowTaps* taps, 
     if (P.maps[m].layer == l) gather_add<kRows>(P.maps[m], taps + (j++) * kRows, c0, count, dst, ld);
 }
 
+// How the warps share C's 16x16 tiles: each takes 16-column strips and, for a strip, G of the
+// block's 16-row tiles, so that a tile of Bt is loaded once and multiplied into G accumulators (a
+// block of kRows rows reads the weights once for all of them: traffic per query falls as 1 / kRows).
+// G is as large as keeps every warp busy: all row tiles when there are at least as many strips as
+// warps. Work item i of a warp: columns from n0, rows from r0.
+template <int kRows>
+struct TileSplit {
+  static constexpr int kTiles = kRows / 16;
+  static_assert(kRows % 16 == 0 && kTiles <= kMaxRowTiles, "rows per block: 16 to 64, in tiles of 16");
+  int strips, groups, G;
+  __device__ explicit TileSplit(int N) : strips(N / 16), groups(1) {
+    while (strips * groups < static_cast<int>(blockDim.x / 32) && groups < kTiles) groups *= 2;
+    G = kTiles / groups;
+  }
+  __device__ int items() const { return strips * groups; }
+  __device__ int n0(int item) const { return (item % strips) * 16; }
+  __device__ int r0(int item) const { return (item / strips) * G * 16; }
+};
+
+// fp32 to tensor cores, 3xTF32: each operand is split into a tf32 head and the tf32 of what the head
+// left (hi + lo carries 21 bits of mantissa), and a*b is hi*hi + hi*lo + lo*hi (lo*lo, about
+// 2^-22 of the product, is dropped), the small terms first; sums in fp32. Close to fp32 (tested
+// within the fp32 tolerance), at three tf32 products per fp32 one.
+template <class Frag>
+__device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
+  for (int i = 0; i < hi.num_elements; ++i) {
+    const float v = hi.x[i];
+    hi.x[i] = nvcuda::wmma::__float_to_tf32(v);
+    lo.x[i] = nvcuda::wmma::__float_to_tf32(v - hi.x[i]);
+  }
+}
+
 // C[t, n] += sum_k A[t, k] * Bt[k, n] for the block's kRows rows and n in [0, N): A in shared memory
 // (fp32, and its bf16 copy when tensor cores are used), Bt = W^T slice in global memory with row
-// stride ldb.
-//
-// On tensor cores each warp takes 16-column strips of C and, for a strip, G of the block's 16-row
-// tiles: each 16x16 tile of Bt is loaded once and multiplied into G accumulators, so a block of kRows
-// rows reads the weights once for all its rows (their traffic per query falls as 1 / kRows). G is
-// as large as keeps every warp busy: all row tiles when there are at least as many strips as warps.
+// stride ldb. kTensorCores: bf16 operands (A16, Bt16). Otherwise fp32 (A, Bt): 3xTF32 on the tensor
+// cores where the shapes fit WMMA, CUDA cores elsewhere (e.g. the last layer, width 1).
 template <int kRows, bool kTensorCores>
 __device__ void gemm_acc(const float* A, const __nv_bfloat16* A16, int lda, int K, const float* Bt,
                          const __nv_bfloat16* Bt16, int64_t ldb, int N, float* C, int ldc) {
+  using namespace nvcuda;
+  constexpr int kTiles = TileSplit<kRows>::kTiles;
+  const int warp = threadIdx.x / 32;
   if constexpr (kTensorCores) {
     if (K % 16 == 0 && N % 16 == 0 && ldb % 8 == 0 && lda % 8 == 0) {
-      using namespace nvcuda;
-      constexpr int kTiles = kRows / 16;
-      static_assert(kRows % 16 == 0 && kTiles <= kMaxRowTiles, "rows per block: 16 to 64, in tiles of 16");
-      const int strips = N / 16;
-      int groups = 1;  // row-tile groups per strip
-      const int warps = blockDim.x / 32;
-      while (strips * groups < warps && groups < kTiles) groups *= 2;
-      const int G = kTiles / groups;
-      const int warp = threadIdx.x / 32;
-      for (int item = warp; item < strips * groups; item += warps) {
-        const int n0 = (item % strips) * 16, r0 = (item / strips) * G * 16;
+      const TileSplit<kRows> split(N);
+      for (int item = warp; item < split.items(); item += blockDim.x / 32) {
+        const int n0 = split.n0(item), r0 = split.r0(item), G = split.G;
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTiles];
 #pragma unroll
         for (int g = 0; g < kTiles; ++g)
@@ -196,6 +221,38 @@ __device__ void gemm_acc(const float* A, const __nv_bfloat16* A16, int lda, int 
               wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
               wmma::load_matrix_sync(a, A16 + (r0 + 16 * g) * lda + k0, lda);
               wmma::mma_sync(acc[g], a, b, acc[g]);
+            }
+          }
+        }
+#pragma unroll
+        for (int g = 0; g < kTiles; ++g)
+          if (g < G) wmma::store_matrix_sync(C + (r0 + 16 * g) * ldc + n0, acc[g], ldc, wmma::mem_row_major);
+      }
+      return;
+    }
+  } else {
+    if (K % 8 == 0 && N % 16 == 0 && ldb % 4 == 0 && lda % 4 == 0) {
+      using Tf32 = wmma::precision::tf32;
+      const TileSplit<kRows> split(N);
+      for (int item = warp; item < split.items(); item += blockDim.x / 32) {
+        const int n0 = split.n0(item), r0 = split.r0(item), G = split.G;
+        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[kTiles];
+#pragma unroll
+        for (int g = 0; g < kTiles; ++g)
+          if (g < G) wmma::load_matrix_sync(acc[g], C + (r0 + 16 * g) * ldc + n0, ldc, wmma::mem_row_major);
+        for (int k0 = 0; k0 < K; k0 += 8) {
+          wmma::fragment<wmma::matrix_b, 16, 16, 8, Tf32, wmma::row_major> b_hi, b_lo;
+          wmma::load_matrix_sync(b_hi, Bt + k0 * ldb + n0, static_cast<unsigned>(ldb));
+          split_tf32(b_hi, b_lo);
+#pragma unroll
+          for (int g = 0; g < kTiles; ++g) {
+            if (g < G) {
+              wmma::fragment<wmma::matrix_a, 16, 16, 8, Tf32, wmma::row_major> a_hi, a_lo;
+              wmma::load_matrix_sync(a_hi, A + (r0 + 16 * g) * lda + k0, lda);
+              split_tf32(a_hi, a_lo);
+              wmma::mma_sync(acc[g], a_lo, b_hi, acc[g]);
+              wmma::mma_sync(acc[g], a_hi, b_lo, acc[g]);
+              wmma::mma_sync(acc[g], a_hi, b_hi, acc[g]);
             }
           }
         }
@@ -339,7 +396,7 @@ template <int kRows, bool kTensorCores, bool kGrad>
 void launch(const FusedProgram& program, const float* coords, float* out, int64_t N, int64_t total, int ld,
             int tap_maps, cudaStream_t s) {
   constexpr int Q = kQueries<kRows, kGrad>;
-  const size_t smem = smem_bytes(kRows, ld, tap_maps);
+  const size_t smem = smem_bytes(kRows, ld, tap_maps, kTensorCores);
   const unsigned blocks = static_cast<unsigned>((total + Q - 1) / Q);
   const auto kernel = fused_decode_kernel<kRows, kTensorCores, kGrad>;
   cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
@@ -370,7 +427,7 @@ int tap_maps(const FusedProgram& p) {
 int64_t fused_decode_cuda_narrow_limit() { return kNarrow; }
 
 int fused_decode_cuda_rows(const FusedProgram& program, bool tensor_cores, bool with_grad) {
-  if (with_grad || !tensor_cores) return 16;
+  if (with_grad) return 16;
   int device = 0, limit = 0;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
@@ -381,7 +438,7 @@ int fused_decode_cuda_rows(const FusedProgram& program, bool tensor_cores, bool 
   const int most = cap ? std::atoi(cap) : 64;
   const int ld = row_stride(program), maps = tap_maps(program);
   for (int rows : {64, 32})
-    if (rows <= most && smem_bytes(rows, ld, maps) <= static_cast<size_t>(limit)) return rows;
+    if (rows <= most && smem_bytes(rows, ld, maps, tensor_cores) <= static_cast<size_t>(limit)) return rows;
   return 16;
 }
 
@@ -396,11 +453,15 @@ void fused_decode_cuda(const FusedProgram& program, const float* coords, float* 
     return;
   }
   switch (fused_decode_cuda_rows(program, tensor_cores, with_grad)) {
-    case 64: return launch<64, true, false>(program, coords, out, N, total, ld, maps, s);
-    case 32: return launch<32, true, false>(program, coords, out, N, total, ld, maps, s);
+    case 64:
+      return tensor_cores ? launch<64, true, false>(program, coords, out, N, total, ld, maps, s)
+                          : launch<64, false, false>(program, coords, out, N, total, ld, maps, s);
+    case 32:
+      return tensor_cores ? launch<32, true, false>(program, coords, out, N, total, ld, maps, s)
+                          : launch<32, false, false>(program, coords, out, N, total, ld, maps, s);
     default:
-      tensor_cores ? launch<16, true, false>(program, coords, out, N, total, ld, maps, s)
-                   : launch<16, false, false>(program, coords, out, N, total, ld, maps, s);
+      return tensor_cores ? launch<16, true, false>(program, coords, out, N, total, ld, maps, s)
+                          : launch<16, false, false>(program, coords, out, N, total, ld, maps, s);
   }
 }
 

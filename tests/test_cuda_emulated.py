@@ -161,9 +161,11 @@ def problem(rng, family, narrow, batch=None, n=None):
     return maps, coords, decoder
 
 
-@pytest.mark.parametrize("family", [random_concat, random_hierarchical, wide_concat, wide_hierarchical])
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical, wide_concat, wide_hierarchical,
+                                    tensor_core_concat])
 def test_emulated_cuda_decoder_fp32(lib, family):
-    """fp32 on CUDA cores: partial tiles of 16 queries, batches, wide layers streamed."""
+    """fp32: 3xTF32 on the tensor cores where widths fit WMMA (the 16-aligned families), CUDA cores
+    elsewhere; partial tiles, batches, wide layers streamed."""
     rng = random.Random(31)
     narrow = lib.emulated_narrow_limit()
     for _ in range(3):
@@ -175,15 +177,15 @@ def test_emulated_cuda_decoder_fp32(lib, family):
         assert rel_err(got, want) < 1e-5
 
 
-def shared_bytes(folded, rows, narrow):
+def shared_bytes(folded, rows, narrow, bf16=True):
     """Shared memory of a block of ``rows`` rows (csrc/fused_decode_cuda.cu's layout): per row, the
     taps (4 offsets, 4 weights: 48 bytes) in each map of the layer with the most maps; x, y (fp32)
-    and x16 (bf16) rows as wide as the widest layer kept whole, rounded up to 16; a 64-channel chunk
-    in fp32 and bf16."""
+    and, in bf16, x16 rows as wide as the widest layer kept whole, rounded up to 16; a 64-channel
+    chunk in fp32 and, in bf16, its copy."""
     ld = max([16] + [l.width for l in folded.layers if l.width <= narrow])
     ld = (ld + 15) // 16 * 16
     tap_maps = max(len(l.maps) for l in folded.layers)
-    return rows * (48 * tap_maps + 4 * (2 * ld + 64) + 2 * (ld + 64))
+    return rows * (48 * tap_maps + 4 * (2 * ld + 64) + (2 * (ld + 64) if bf16 else 0))
 
 
 @pytest.mark.parametrize("rows", [64, 32, 16])
@@ -219,6 +221,25 @@ def test_emulated_cuda_decoder_tensor_cores(lib, family, rows, monkeypatch):
         assert torch.equal(run_emulated(lib, folded, coords.float(), tensor_cores=True, with_grad=True), fp32)
 
 
+@pytest.mark.parametrize("rows", [64, 32, 16])
+@pytest.mark.parametrize("family", [random_hierarchical, tensor_core_concat, wide_hierarchical])
+def test_emulated_cuda_decoder_fp32_block_sizes(lib, family, rows):
+    """fp32 in blocks of 16 to 64 rows (3xTF32 tiles, and the CUDA-core loop for other widths),
+    their shared memory without the bf16 copies: within fp32's tolerance of the exact reference,
+    and the same for every block size."""
+    rng = random.Random(59)
+    narrow = lib.emulated_narrow_limit()
+    for _ in range(2):
+        maps, coords, decoder = problem(rng, family, narrow, n=rng.choice([33, 100, 129]))
+        folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+        got, picked = launch_emulated(lib, folded, coords.float(), False, False,
+                                      shared_bytes(folded, rows, narrow, bf16=False))
+        assert picked == rows
+        assert rel_err(got, implicit_decode(maps, coords, decoder, backend="torch")) < 1e-5
+        got16, _ = launch_emulated(lib, folded, coords.float(), False, False, shared_bytes(folded, 16, narrow, bf16=False))
+        assert torch.equal(got, got16)
+
+
 @pytest.mark.parametrize("family", [random_concat, random_hierarchical, wide_concat, wide_hierarchical])
 def test_emulated_cuda_decoder_tangents(lib, family):
     """with_grad: 5 queries per tile, value rows then d/dy rows then d/dx rows."""
@@ -241,7 +262,10 @@ MUTATIONS = {
     # a chunk of a streamed layer never starts from its bias: uninitialised shared memory
     "uninitialised": ("      fill_bias<kRows, kGrad>(s.chunk, kKC, L.bias, c0, count);\n", ""),
     # each warp multiplies one row tile per strip: the others of a 64-row block are left out
-    "row tiles": ("const int G = kTiles / groups;", "const int G = 1;"),
+    "row tiles": ("    G = kTiles / groups;", "    G = 1;"),
+    # fp32 on the tensor cores as plain tf32: the low parts' products left out
+    "tf32 only": ("              wmma::mma_sync(acc[g], a_lo, b_hi, acc[g]);\n"
+                  "              wmma::mma_sync(acc[g], a_hi, b_lo, acc[g]);\n", ""),
 }
 
 
@@ -259,7 +283,7 @@ def correct(so, folded, coords, tensor_cores, exact) -> bool:
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
 def test_emulation_sees_a_broken_kernel(lib, tmp_path, mutation):
     """The harness can fail: the kernel with one mistake put in gives wrong answers here, in fp32
-    or on the tensor cores."""
+    (CUDA cores or 3xTF32) or in bf16."""
     old, new = MUTATIONS[mutation]
     src = (ROOT / "csrc/fused_decode_cuda.cu").read_text()
     assert src.count(old) == 1
@@ -269,7 +293,7 @@ def test_emulation_sees_a_broken_kernel(lib, tmp_path, mutation):
     rng = random.Random(43)
     narrow = lib.emulated_narrow_limit()
     cases = []
-    for family, tensor_cores in ((wide_concat, False), (tensor_core_concat, True)):
+    for family, tensor_cores in ((wide_concat, False), (tensor_core_concat, False), (tensor_core_concat, True)):
         maps, coords, decoder = problem(rng, family, narrow, batch=1, n=100)
         folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
         exact = implicit_decode(maps, coords, decoder, backend="torch")
@@ -292,10 +316,10 @@ def test_emulation_checks_wmma_alignment(lib, tmp_path):
     shifted = load(build(tmp_path / "shifted.cu", tmp_path / "shifted.so"))
     maps, coords, decoder = problem(random.Random(53), tensor_core_concat, lib.emulated_narrow_limit(), batch=1, n=20)
     folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
-    run_emulated(lib, folded, coords.float(), tensor_cores=True)
-    run_emulated(shifted, folded, coords.float())  # fp32 never touches WMMA
-    with pytest.raises(AssertionError, match="misaligned"):
-        run_emulated(shifted, folded, coords.float(), tensor_cores=True)
+    for tensor_cores in (False, True):  # bf16 WMMA, and 3xTF32 WMMA for fp32
+        run_emulated(lib, folded, coords.float(), tensor_cores=tensor_cores)
+        with pytest.raises(AssertionError, match="misaligned"):
+            run_emulated(shifted, folded, coords.float(), tensor_cores=tensor_cores)
 
 
 def runtime(name: str) -> Path:

@@ -108,8 +108,20 @@ inline float __bfloat162float(__nv_bfloat16 h) {
   return f;
 }
 
+// tf32 of an fp32 value, rounded to nearest with ties away from zero (cvt.rna.tf32.f32).
+inline float wmma_float_to_tf32(float v) {
+  if (!std::isfinite(v)) return v;
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u = (u + 0x1000u) & 0xFFFFE000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+
 namespace nvcuda {
 namespace wmma {
+
+inline float __float_to_tf32(float v) { return wmma_float_to_tf32(v); }
 
 struct matrix_a {};
 struct matrix_b {};
@@ -118,11 +130,18 @@ struct row_major {};
 struct col_major {};
 enum layout_t { mem_row_major, mem_col_major };
 
+namespace precision {
+struct tf32 {};  // fp32 in memory and registers; the tensor cores read 10 bits of mantissa
+}  // namespace precision
+
+// Every lane holds the whole tile, row-major, in x[0, num_elements): element-wise code over a
+// fragment (as CUDA code may write: for i < num_elements, f.x[i] = ...) means the same here.
 template <class Use, int M, int N, int K, class T, class Layout = void>
 struct fragment {
   static constexpr int rows = std::is_same_v<Use, matrix_b> ? K : M;
   static constexpr int cols = std::is_same_v<Use, matrix_a> ? K : N;
-  float v[rows * cols];  // row-major, the whole tile
+  static constexpr int num_elements = rows * cols;
+  float x[rows * cols];
 };
 
 template <class T>
@@ -133,20 +152,24 @@ inline void check(const T* p, unsigned ld) {
 inline float to_float(float x) { return x; }
 inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 
+// Memory holds T, or float for tf32 fragments.
+template <class T>
+using stored_t = std::conditional_t<std::is_same_v<T, precision::tf32>, float, T>;
+
 template <class Use, int M, int N, int K, class T, class Layout>
-inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const T* p, unsigned ld) {
+inline void load_matrix_sync(fragment<Use, M, N, K, T, Layout>& f, const stored_t<T>* p, unsigned ld) {
   check(p, ld);
   using F = fragment<Use, M, N, K, T, Layout>;
   for (int r = 0; r < F::rows; ++r)
     for (int c = 0; c < F::cols; ++c)
-      f.v[r * F::cols + c] = to_float(std::is_same_v<Layout, col_major> ? p[c * ld + r] : p[r * ld + c]);
+      f.x[r * F::cols + c] = to_float(std::is_same_v<Layout, col_major> ? p[c * ld + r] : p[r * ld + c]);
 }
 
 template <int M, int N, int K>
 inline void load_matrix_sync(fragment<accumulator, M, N, K, float>& f, const float* p, unsigned ld, layout_t layout) {
   check(p, ld);
   for (int r = 0; r < M; ++r)
-    for (int c = 0; c < N; ++c) f.v[r * N + c] = layout == mem_col_major ? p[c * ld + r] : p[r * ld + c];
+    for (int c = 0; c < N; ++c) f.x[r * N + c] = layout == mem_col_major ? p[c * ld + r] : p[r * ld + c];
 }
 
 template <int M, int N, int K>
@@ -155,14 +178,26 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, flo
   __syncwarp();  // every lane has finished reading what is about to be overwritten
   if (threadIdx.x % 32 == 0)
     for (int r = 0; r < M; ++r)
-      for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ld + r] : p[r * ld + c]) = f.v[r * N + c];
+      for (int c = 0; c < N; ++c) (layout == mem_col_major ? p[c * ld + r] : p[r * ld + c]) = f.x[r * N + c];
   __syncwarp();  // and every lane sees the result
 }
 
 template <class Use, int M, int N, int K, class T, class Layout>
 inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float value) {
-  for (float& x : f.v) x = value;
+  for (float& e : f.x) e = value;
 }
+
+// What the tensor cores read of an fp32 value in a tf32 operand: its top 19 bits.
+inline float tf32_operand(float v) {
+  uint32_t u;
+  std::memcpy(&u, &v, 4);
+  u &= 0xFFFFE000u;
+  std::memcpy(&v, &u, 4);
+  return v;
+}
+inline float operand(float v, precision::tf32) { return tf32_operand(v); }
+template <class T>
+inline float operand(float v, T) { return v; }
 
 template <int M, int N, int K, class T, class LA, class LB>
 inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a, M, N, K, T, LA>& a,
@@ -170,11 +205,11 @@ inline void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<ma
   float out[M * N];
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
-      float acc = c.v[i * N + j];
-      for (int k = 0; k < K; ++k) acc += a.v[i * K + k] * b.v[k * N + j];
+      float acc = c.x[i * N + j];
+      for (int k = 0; k < K; ++k) acc += operand(a.x[i * K + k], T{}) * operand(b.x[k * N + j], T{});
       out[i * N + j] = acc;
     }
-  std::memcpy(d.v, out, sizeof(out));
+  std::memcpy(d.x, out, sizeof(out));
 }
 
 }  // namespace wmma
