@@ -1,6 +1,5 @@
-#include <cuda_runtime.h>
-
 #include "bilinear_gather.h"
+#include "cuda_launch.h"
 
 namespace infinidepth {
 namespace {
@@ -28,7 +27,7 @@ void bilinear_gather_cuda(const float* feat, const float* coords, float* out, in
   if (total == 0) return;
   const int threads = 256;
   const int64_t blocks = (total + threads - 1) / threads;
-  bilinear_gather_kernel<<<static_cast<unsigned int>(blocks), threads, 0, static_cast<cudaStream_t>(stream)>>>(
+  LAUNCH(bilinear_gather_kernel, static_cast<unsigned int>(blocks), threads, 0, static_cast<cudaStream_t>(stream))(
       feat, coords, out, H, W, C, N, total);
 }
 

@@ -13,30 +13,14 @@
 // With kGrad the block's 16 rows hold 5 queries' values, then their d/dy tangents, then their d/dx
 // tangents (row 15 stays zero): the weights act on all rows alike, the gathers give tangent rows the
 // differentiated bilinear weights, and the activation scales tangents by act'(value) (forward mode).
-#ifdef INFINIDEPTH_CUDA_EMULATION  // compiled as C++ for CI's tests (csrc/tests/cuda_emulation.h)
-#include "tests/cuda_emulation.h"
-#define LAUNCH(kernel, grid, block, shared_bytes, stream) cuda_emulation::Launch(kernel, grid, block, shared_bytes, stream)
-#else
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <mma.h>
-#define LAUNCH(kernel, grid, block, shared_bytes, stream) kernel<<<grid, block, shared_bytes, stream>>>
-#endif
-
 #include <cstdlib>
 
 #include "bilinear_gather.h"
+#include "cuda_launch.h"
 #include "fused_decode.h"
 
 namespace infinidepth {
 namespace {
-
-#ifndef INFINIDEPTH_CUDA_EMULATION
-__device__ __forceinline__ unsigned char* dynamic_shared_memory() {
-  extern __shared__ __align__(16) unsigned char raw[];
-  return raw;
-}
-#endif
 
 constexpr int kNarrow = 512;  // widest layer kept whole in shared memory
 constexpr int kKC = 64;       // channels of a wide layer produced per step

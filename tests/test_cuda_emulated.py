@@ -1,4 +1,4 @@
-"""The CUDA fused decoder (csrc/fused_decode_cuda.cu) run on the CPU under a host emulation of CUDA
+"""The CUDA fused decoder (csrc/fused_decode_cuda.cu) and gather (csrc/bilinear_gather_cuda.cu) run on the CPU under a host emulation of CUDA
 (csrc/tests/cuda_emulation.h), against the reference: CI has no GPU, but it runs the kernel's own
 code, its tiling, streamed pairs, WMMA tiles, tangent rows and barriers this way. Uninitialised
 shared memory reads as NaN, and each CUDA thread is a real thread.
@@ -35,13 +35,13 @@ pytestmark = pytest.mark.skipif(CXX is None, reason="no C++ compiler")
 
 
 def build(kernel: Path, out: Path, sanitize: str | None = None) -> Path:
-    """Compile the CUDA source ``kernel`` as C++ under the emulation, with its C entry points;
-    ``sanitize``: "thread" or "address" (GCC's sanitizers)."""
+    """Compile the fused decoder's CUDA source ``kernel`` (and the gather's) as C++ under the
+    emulation, with their C entry points; ``sanitize``: "thread" or "address" (GCC's sanitizers)."""
     flags = ["-O1", "-g", "-fno-omit-frame-pointer", f"-fsanitize={sanitize}"] if sanitize else ["-O2"]
     # -fno-strict-aliasing: the kernel reads floats as float4, as CUDA code does
     cmd = [CXX, "-std=c++20", *flags, "-fno-strict-aliasing", "-pthread", "-shared", "-fPIC", "-DINFINIDEPTH_CUDA_EMULATION",
-           f"-I{ROOT / 'csrc'}", "-x", "c++", str(kernel), "-x", "none",
-           str(ROOT / "csrc/tests/emulated_fused_decode.cpp"), "-o", str(out)]
+           f"-I{ROOT / 'csrc'}", "-x", "c++", str(kernel), str(ROOT / "csrc/bilinear_gather_cuda.cu"), "-x", "none",
+           str(ROOT / "csrc/tests/emulated_kernels.cpp"), "-o", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-4000:]
     return out
@@ -115,6 +115,26 @@ def launch_emulated(lib, folded, coords, tensor_cores, with_grad, shared):
     assert error != 2, "a WMMA load or store was misaligned (pointer not 32-byte aligned, or ld not 16 bytes)"
     assert error == 0
     return torch.from_numpy(out), rows.value
+
+
+def test_emulated_cuda_gather(lib):
+    """csrc/bilinear_gather_cuda.cu against the reference: random shapes (channels across a block of
+    256 threads), queries inside, on the borders and outside."""
+    from infinidepth.ops.gather import bilinear_gather_reference
+
+    rng = random.Random(67)
+    for _ in range(6):
+        B, C, H, W, N = rng.randint(1, 2), rng.choice([1, 3, 64, 257]), rng.randint(1, 9), rng.randint(1, 9), rng.randint(1, 60)
+        feat = torch.randn(B, C, H, W)
+        coords = torch.rand(B, N, 2) * 2.8 - 1.4
+        coords[0, : min(N, 2)] = torch.tensor([[-1.0, 1.0], [1.0, -1.0]])[: min(N, 2)]
+        f = np.ascontiguousarray(feat.permute(0, 2, 3, 1).numpy())
+        q = np.ascontiguousarray(coords.numpy())
+        out = np.full((B, N, C), np.nan, dtype=np.float32)
+        lib.emulated_bilinear_gather(*(a.ctypes.data_as(ctypes.c_void_p) for a in (f, q, out)),
+                                     *(ctypes.c_int64(v) for v in (B, H, W, C, N)))
+        want = bilinear_gather_reference(feat.double(), coords.double())
+        assert rel_err(torch.from_numpy(out), want) < 1e-5, (B, C, H, W, N)
 
 
 def wide_concat(rng, narrow):

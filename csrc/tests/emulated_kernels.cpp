@@ -1,12 +1,19 @@
-// C entry points of the CUDA fused decoder compiled under the host emulation
+// C entry points of the CUDA kernels (fused decoder, gather) compiled under the host emulation
 // (csrc/tests/cuda_emulation.h), for tests/test_cuda_emulated.py (ctypes). The caller prepares what
 // ops_cuda.cpp prepares on a GPU: transposed weights (and their bf16 copies), channels-last maps.
 #include <cstdint>
 
+#include "../bilinear_gather.h"
 #include "../fused_decode.h"
 #include "cuda_emulation.h"
 
 extern "C" {
+
+// csrc/bilinear_gather_cuda.cu: feat channels-last [B, H, W, C], coords [B, N, 2] -> out [B, N, C].
+void emulated_bilinear_gather(const float* feat, const float* coords, float* out, int64_t B, int64_t H, int64_t W,
+                              int64_t C, int64_t N) {
+  infinidepth::bilinear_gather_cuda(feat, coords, out, B, H, W, C, N, nullptr);
+}
 
 int64_t emulated_narrow_limit() { return infinidepth::fused_decode_cuda_narrow_limit(); }
 
