@@ -123,9 +123,10 @@ def implicit_decode(
 
     Returns ``[B, N]`` in the decoder's output space. ``chunk`` bounds the number of queries in
     flight (peak memory of the reference path), without changing the result. ``precision`` of the
-    matrix products: ``fp32``, or ``bf16`` / ``fp16`` operands with fp32 accumulation (tensor cores;
-    ``cuda`` and ``triton``, and ``torch`` under autocast except with ``with_grad``; ``cpp``
-    computes fp32 and, on CPUs with AVX512_BF16, bf16 except with ``with_grad``).
+    matrix products: ``fp32``, or ``bf16`` / ``fp16`` operands with fp32 accumulation (tensor cores
+    on ``cuda`` and ``triton``, autocast on ``torch``; ``cpp`` computes bf16 on CPUs with
+    AVX512_BF16), except with ``with_grad``: derivatives are computed in fp32 on every backend
+    (``run_fused`` says why).
 
     ``with_grad=True`` returns ``(value [B, N], grad [B, N, 2])`` with ``grad`` the exact derivative
     of the value with respect to the query's normalised ``(y, x)``: forward mode through the bilinear
