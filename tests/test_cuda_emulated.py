@@ -260,6 +260,39 @@ def test_emulated_cuda_decoder_fp32_block_sizes(lib, family, rows):
         assert torch.equal(got, got16)
 
 
+A100_SHARED = 166912
+
+
+@pytest.mark.parametrize("device,shared", [("H100", H100_SHARED), ("A100", A100_SHARED)])
+def test_emulated_cuda_decoder_released_sizes(lib, device, shared):
+    """The ViT-L decoders' real widths (official: 1024-wide maps streamed into 256; paper: 2048 and
+    4096 streamed, a 512-wide layer kept whole) on small images: the block sizes the launcher picks on
+    an H100 and an A100 from their shared memory, and the answers, bf16 against its emulated
+    arithmetic and fp32 against float64 within tests/test_gpu.py's bound for these widths."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from decoder import make_problem
+
+    # rows per block (bf16, fp32): 195 KB / 154 KB for 64 rows of the official program, 179 KB / 142 KB
+    # for 32 of the paper's
+    expected = {("H100", "official"): (64, 64), ("H100", "paper"): (32, 32),
+                ("A100", "official"): (32, 64), ("A100", "paper"): (16, 32)}
+    for name, n in (("official", 80), ("paper", 40)):
+        maps, dec = make_problem(name, torch.device("cpu"))
+        maps = [m[:, :, :6, :8].contiguous() for m in maps]  # the real channels, small images
+        coords = torch.rand(1, n, 2, generator=torch.Generator().manual_seed(5)) * 2.2 - 1.1
+        folded = fold_decoder(maps, dec)
+        exact = implicit_decode([m.double() for m in maps], coords.double(), cast(dec, torch.float64), backend="torch")
+        bf16, rows16 = launch_emulated(lib, folded, coords, True, False, shared)
+        fp32, rows32 = launch_emulated(lib, folded, coords, False, False, shared)
+        assert (rows16, rows32) == expected[device, name]
+        emulated = run_folded_reference(folded, coords, "bf16").double()
+        assert ((bf16.double() - emulated).norm() / emulated.norm()).item() < 2e-3
+        assert rms(bf16, exact) < 2e-2
+        assert rel_err(fp32, exact) < 1e-4
+
+
 @pytest.mark.parametrize("family", [random_concat, random_hierarchical, wide_concat, wide_hierarchical])
 def test_emulated_cuda_decoder_tangents(lib, family):
     """with_grad: 5 queries per tile, value rows then d/dy rows then d/dx rows."""
