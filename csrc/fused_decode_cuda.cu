@@ -14,6 +14,7 @@
 // tangents (row 15 stays zero): the weights act on all rows alike, the gathers give tangent rows the
 // differentiated bilinear weights, and the activation scales tangents by act'(value) (forward mode).
 #include <cstdlib>
+#include <type_traits>
 
 #include "bilinear_gather.h"
 #include "cuda_launch.h"
@@ -177,6 +178,46 @@ __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
   }
 }
 
+// C[t, n] += sum_k A[t, k] * Bt[k, n] on the tensor cores, the warps sharing C's tiles as TileSplit
+// says: bf16 operands (T = __nv_bfloat16, k-steps of 16), or fp32 ones as 3xTF32 (T = float, kTf32,
+// k-steps of 8, each operand split by split_tf32 and lo*hi + hi*lo + hi*hi summed, small terms first).
+template <int kRows, bool kTf32, class T>
+__device__ void wmma_gemm(const T* A, int lda, int K, const T* Bt, int64_t ldb, int N, float* C, int ldc) {
+  using namespace nvcuda;
+  constexpr int kTiles = TileSplit<kRows>::kTiles;
+  constexpr int kK = kTf32 ? 8 : 16;
+  using Operand = std::conditional_t<kTf32, wmma::precision::tf32, T>;
+  const TileSplit<kRows> split(N);
+  for (int item = threadIdx.x / 32; item < split.items(); item += blockDim.x / 32) {
+    const int n0 = split.n0(item), r0 = split.r0(item), G = split.G;
+    wmma::fragment<wmma::accumulator, 16, 16, kK, float> acc[kTiles];
+#pragma unroll
+    for (int g = 0; g < kTiles; ++g)
+      if (g < G) wmma::load_matrix_sync(acc[g], C + (r0 + 16 * g) * ldc + n0, ldc, wmma::mem_row_major);
+    for (int k0 = 0; k0 < K; k0 += kK) {
+      wmma::fragment<wmma::matrix_b, 16, 16, kK, Operand, wmma::row_major> b, b_lo;
+      wmma::load_matrix_sync(b, Bt + k0 * ldb + n0, static_cast<unsigned>(ldb));
+      if constexpr (kTf32) split_tf32(b, b_lo);
+#pragma unroll
+      for (int g = 0; g < kTiles; ++g) {
+        if (g < G) {
+          wmma::fragment<wmma::matrix_a, 16, 16, kK, Operand, wmma::row_major> a, a_lo;
+          wmma::load_matrix_sync(a, A + (r0 + 16 * g) * lda + k0, lda);
+          if constexpr (kTf32) {
+            split_tf32(a, a_lo);
+            wmma::mma_sync(acc[g], a_lo, b, acc[g]);
+            wmma::mma_sync(acc[g], a, b_lo, acc[g]);
+          }
+          wmma::mma_sync(acc[g], a, b, acc[g]);
+        }
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kTiles; ++g)
+      if (g < G) wmma::store_matrix_sync(C + (r0 + 16 * g) * ldc + n0, acc[g], ldc, wmma::mem_row_major);
+  }
+}
+
 // C[t, n] += sum_k A[t, k] * Bt[k, n] for the block's kRows rows and n in [0, N): A in shared memory
 // (fp32, and its bf16 copy when tensor cores are used), Bt = W^T slice in global memory with row
 // stride ldb. kTensorCores: bf16 operands (A16, Bt16). Otherwise fp32 (A, Bt): 3xTF32 on the tensor
@@ -184,68 +225,12 @@ __device__ __forceinline__ void split_tf32(Frag& hi, Frag& lo) {
 template <int kRows, bool kTensorCores>
 __device__ void gemm_acc(const float* A, const __nv_bfloat16* A16, int lda, int K, const float* Bt,
                          const __nv_bfloat16* Bt16, int64_t ldb, int N, float* C, int ldc) {
-  using namespace nvcuda;
-  constexpr int kTiles = TileSplit<kRows>::kTiles;
-  const int warp = threadIdx.x / 32;
   if constexpr (kTensorCores) {
-    if (K % 16 == 0 && N % 16 == 0 && ldb % 8 == 0 && lda % 8 == 0) {
-      const TileSplit<kRows> split(N);
-      for (int item = warp; item < split.items(); item += blockDim.x / 32) {
-        const int n0 = split.n0(item), r0 = split.r0(item), G = split.G;
-        wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[kTiles];
-#pragma unroll
-        for (int g = 0; g < kTiles; ++g)
-          if (g < G) wmma::load_matrix_sync(acc[g], C + (r0 + 16 * g) * ldc + n0, ldc, wmma::mem_row_major);
-        for (int k0 = 0; k0 < K; k0 += 16) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> b;
-          wmma::load_matrix_sync(b, Bt16 + k0 * ldb + n0, static_cast<unsigned>(ldb));
-#pragma unroll
-          for (int g = 0; g < kTiles; ++g) {
-            if (g < G) {
-              wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-              wmma::load_matrix_sync(a, A16 + (r0 + 16 * g) * lda + k0, lda);
-              wmma::mma_sync(acc[g], a, b, acc[g]);
-            }
-          }
-        }
-#pragma unroll
-        for (int g = 0; g < kTiles; ++g)
-          if (g < G) wmma::store_matrix_sync(C + (r0 + 16 * g) * ldc + n0, acc[g], ldc, wmma::mem_row_major);
-      }
-      return;
-    }
+    if (K % 16 == 0 && N % 16 == 0 && ldb % 8 == 0 && lda % 8 == 0)
+      return wmma_gemm<kRows, false>(A16, lda, K, Bt16, ldb, N, C, ldc);
   } else {
-    if (K % 8 == 0 && N % 16 == 0 && ldb % 4 == 0 && lda % 4 == 0) {
-      using Tf32 = wmma::precision::tf32;
-      const TileSplit<kRows> split(N);
-      for (int item = warp; item < split.items(); item += blockDim.x / 32) {
-        const int n0 = split.n0(item), r0 = split.r0(item), G = split.G;
-        wmma::fragment<wmma::accumulator, 16, 16, 8, float> acc[kTiles];
-#pragma unroll
-        for (int g = 0; g < kTiles; ++g)
-          if (g < G) wmma::load_matrix_sync(acc[g], C + (r0 + 16 * g) * ldc + n0, ldc, wmma::mem_row_major);
-        for (int k0 = 0; k0 < K; k0 += 8) {
-          wmma::fragment<wmma::matrix_b, 16, 16, 8, Tf32, wmma::row_major> b_hi, b_lo;
-          wmma::load_matrix_sync(b_hi, Bt + k0 * ldb + n0, static_cast<unsigned>(ldb));
-          split_tf32(b_hi, b_lo);
-#pragma unroll
-          for (int g = 0; g < kTiles; ++g) {
-            if (g < G) {
-              wmma::fragment<wmma::matrix_a, 16, 16, 8, Tf32, wmma::row_major> a_hi, a_lo;
-              wmma::load_matrix_sync(a_hi, A + (r0 + 16 * g) * lda + k0, lda);
-              split_tf32(a_hi, a_lo);
-              wmma::mma_sync(acc[g], a_lo, b_hi, acc[g]);
-              wmma::mma_sync(acc[g], a_hi, b_lo, acc[g]);
-              wmma::mma_sync(acc[g], a_hi, b_hi, acc[g]);
-            }
-          }
-        }
-#pragma unroll
-        for (int g = 0; g < kTiles; ++g)
-          if (g < G) wmma::store_matrix_sync(C + (r0 + 16 * g) * ldc + n0, acc[g], ldc, wmma::mem_row_major);
-      }
-      return;
-    }
+    if (K % 8 == 0 && N % 16 == 0 && ldb % 4 == 0 && lda % 4 == 0)
+      return wmma_gemm<kRows, true>(A, lda, K, Bt, ldb, N, C, ldc);
   }
   for (int i = threadIdx.x; i < kRows * N; i += blockDim.x) {
     const int t = i / N, n = i % N;

@@ -317,8 +317,8 @@ MUTATIONS = {
     # each warp multiplies one row tile per strip: the others of a 64-row block are left out
     "row tiles": ("    G = kTiles / groups;", "    G = 1;"),
     # fp32 on the tensor cores as plain tf32: the low parts' products left out
-    "tf32 only": ("              wmma::mma_sync(acc[g], a_lo, b_hi, acc[g]);\n"
-                  "              wmma::mma_sync(acc[g], a_hi, b_lo, acc[g]);\n", ""),
+    "tf32 only": ("            wmma::mma_sync(acc[g], a_lo, b, acc[g]);\n"
+                  "            wmma::mma_sync(acc[g], a, b_lo, acc[g]);\n", ""),
 }
 
 
