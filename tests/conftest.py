@@ -18,3 +18,9 @@ def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     """Max abs difference relative to the reference's spread (the tolerance unit of the issues)."""
     scale = b.float().std().item() if b.numel() > 1 else 1.0
     return ((a.float() - b.float()).abs().max().item()) / max(scale, 1e-12)
+
+
+def rms_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    """RMS difference relative to the reference's spread (the bf16 tolerance unit)."""
+    b = b.double()
+    return ((a.double() - b).norm() / (b - b.mean()).norm().clamp_min(1e-12)).item()

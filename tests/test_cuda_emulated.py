@@ -25,7 +25,7 @@ import torch
 from infinidepth.ops import ConcatDecoder, implicit_decode
 from infinidepth.ops.fold import ACT_CODES, fold_decoder, run_folded_reference
 
-from conftest import rel_err
+from conftest import rel_err, rms_err
 from test_decode_grad import fuzz_coords
 from test_implicit_decode import cast, hierarchical, lin, random_concat, random_hierarchical, random_maps
 
@@ -165,12 +165,6 @@ def wide_hierarchical(rng, narrow):
     return chans, hierarchical(chans, [chans[-1], 32, 1], last_gain=4.0)
 
 
-def rms(got, want):
-    """RMS error relative to the reference's spread (tests/test_gpu.py's bf16 measure)."""
-    want = want.double()
-    return ((got.double() - want).norm() / (want - want.mean()).norm()).item()
-
-
 def problem(rng, family, narrow, batch=None, n=None):
     chans, decoder = family(rng) if family in (random_concat, random_hierarchical) else family(rng, narrow)
     batch = batch or rng.randint(1, 2)
@@ -234,8 +228,8 @@ def test_emulated_cuda_decoder_tensor_cores(lib, family, rows, monkeypatch):
         # an fp32 sum in another order can flip an intermediate's bf16 rounding (0.4%) now and then
         # (seen: up to 8e-4 of the norm)
         assert (diff.norm() / emulated.norm()).item() < 2e-3
-        assert rms(got, exact) < 2e-2
-        assert rms(got, exact) > 1e-5  # and it did round (fp32 lands near 1e-7)
+        assert rms_err(got, exact) < 2e-2
+        assert rms_err(got, exact) > 1e-5  # and it did round (fp32 lands near 1e-7)
         # tangents are computed in fp32 whatever the precision, value included (as in cpp)
         fp32 = run_emulated(lib, folded, coords.float(), with_grad=True)
         assert torch.equal(run_emulated(lib, folded, coords.float(), tensor_cores=True, with_grad=True), fp32)
@@ -289,7 +283,7 @@ def test_emulated_cuda_decoder_released_sizes(lib, device, shared):
         assert (rows16, rows32) == expected[device, name]
         emulated = run_folded_reference(folded, coords, "bf16").double()
         assert ((bf16.double() - emulated).norm() / emulated.norm()).item() < 2e-3
-        assert rms(bf16, exact) < 2e-2
+        assert rms_err(bf16, exact) < 2e-2
         assert rel_err(fp32, exact) < 1e-4
 
 

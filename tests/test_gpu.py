@@ -10,7 +10,7 @@ import torch
 
 from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference, implicit_decode
 
-from conftest import rel_err
+from conftest import rel_err, rms_err
 from test_implicit_decode import cast, random_concat, random_hierarchical, random_maps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no GPU")
@@ -25,11 +25,6 @@ GPU_BACKENDS = [b for b in available_backends("cuda") if b != "torch"] if torch.
 #   every layer; the error is spread over all queries with a heavy tail (a few queries at 3-9% of
 #   the std in max norm), so the bound is on the RMS, as is usual for 16-bit inference.
 FP32_TOL, FP32_WIDE_TOL, BF16_RMS_TOL = 5e-5, 1e-4, 2e-2
-
-
-def rms_err(a: torch.Tensor, b: torch.Tensor) -> float:
-    b = b.double()
-    return ((a.double() - b).norm() / (b - b.mean()).norm().clamp_min(1e-12)).item()
 
 
 def within(got, want, precision, fp32_tol=FP32_TOL):

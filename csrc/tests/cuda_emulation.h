@@ -61,7 +61,6 @@ struct Block {
     void operator()(unsigned char* p) const { ::operator delete(p, std::align_val_t(256)); }
   };
   std::unique_ptr<unsigned char, Free> shared;
-  size_t shared_bytes = 0;
 };
 
 inline thread_local Block* current = nullptr;
@@ -182,11 +181,6 @@ inline void store_matrix_sync(float* p, const fragment<accumulator, M, N, K, flo
   __syncwarp();  // and every lane sees the result
 }
 
-template <class Use, int M, int N, int K, class T, class Layout>
-inline void fill_fragment(fragment<Use, M, N, K, T, Layout>& f, float value) {
-  for (float& e : f.x) e = value;
-}
-
 // What the tensor cores read of an fp32 value in a tf32 operand: its top 19 bits.
 inline float tf32_operand(float v) {
   uint32_t u;
@@ -238,7 +232,6 @@ struct Launch {
     for (unsigned w = 0; w < (threads + 31) / 32; ++w)
       state.warps.push_back(std::make_unique<std::barrier<>>(threads - 32 * w < 32 ? threads - 32 * w : 32));
     state.shared.reset(static_cast<unsigned char*>(::operator new(shared_bytes ? shared_bytes : 1, std::align_val_t(256))));
-    state.shared_bytes = shared_bytes;
     std::vector<std::thread> pool;
     for (unsigned t = 0; t < threads; ++t) {
       pool.emplace_back([&, t] {
@@ -247,7 +240,7 @@ struct Launch {
         blockDim = block;
         gridDim = grid;
         for (unsigned b = 0; b < grid.x; ++b) {
-          if (t == 0) std::memset(state.shared.get(), 0xFF, state.shared_bytes);  // NaN floats
+          if (t == 0) std::memset(state.shared.get(), 0xFF, shared_bytes);  // NaN floats
           state.all->arrive_and_wait();
           blockIdx = dim3(b);
           kernel(args...);
