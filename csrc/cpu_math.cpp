@@ -155,13 +155,13 @@ INFINIDEPTH_CLONES
 void activate_inplace(float* x, int64_t n, int act) {
   switch (act) {
     case kRelu:
-      for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : 0.f;
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] < 0.f ? 0.f : x[i];
       break;
     case kGelu:
       for (int64_t i = 0; i < n; ++i) x[i] = gelu(x[i]);
       break;
     case kElu:
-      for (int64_t i = 0; i < n; ++i) x[i] = x[i] > 0.f ? x[i] : exp_nonpositive(x[i]) - 1.f;
+      for (int64_t i = 0; i < n; ++i) x[i] = x[i] < 0.f ? exp_nonpositive(x[i]) - 1.f : x[i];
       break;
     default:
       break;
@@ -180,14 +180,14 @@ void activate_with_tangents(float* x, int64_t rows, int64_t width, int act) {
       float d, out;
       if (act == kRelu) {
         d = pre > 0.f ? 1.f : 0.f;
-        out = pre > 0.f ? pre : 0.f;
+        out = pre < 0.f ? 0.f : pre;
       } else if (act == kGelu) {
         d = gelu_derivative(pre);
         out = gelu(pre);
       } else {  // kElu: exp(min(pre, 0)) is the derivative for pre <= 0 and 1 above, the value minus 1
         const float e = exp_nonpositive(pre < 0.f ? pre : 0.f);
         d = pre > 0.f ? 1.f : e;
-        out = pre > 0.f ? pre : e - 1.f;
+        out = pre < 0.f ? e - 1.f : pre;
       }
       ty[c] *= d;
       tx[c] *= d;

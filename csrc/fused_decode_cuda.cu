@@ -71,9 +71,9 @@ __device__ __forceinline__ float activate_derivative(float v, int act) {
 
 __device__ __forceinline__ float activate(float v, int act) {
   switch (act) {
-    case kRelu: return v > 0.f ? v : 0.f;
+    case kRelu: return v < 0.f ? 0.f : v;
     case kGelu: return 0.5f * v * (1.f + erff(v * 0.70710678118654752f));
-    case kElu: return v > 0.f ? v : expm1f(v);
+    case kElu: return v < 0.f ? expm1f(v) : v;
     default: return v;
   }
 }

@@ -44,11 +44,11 @@ WINDOW_X = tl.constexpr(8)
 @triton.jit
 def _act(x, code: tl.constexpr):
     if code == 1:
-        x = tl.maximum(x, 0.0)
+        x = tl.where(x < 0, 0.0, x)
     elif code == 2:
         x = 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476))
     elif code == 3:
-        x = tl.where(x > 0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0)
+        x = tl.where(x < 0, tl.exp(tl.minimum(x, 0.0)) - 1.0, x)
     return x
 
 
@@ -77,9 +77,9 @@ def _act_grad_runtime(x, code):
 
 @triton.jit
 def _act_runtime(x, code):
-    x = tl.where(code == 1, tl.maximum(x, 0.0), x)
+    x = tl.where(code == 1, tl.where(x < 0, 0.0, x), x)
     x = tl.where(code == 2, 0.5 * x * (1.0 + tl.math.erf(x * 0.7071067811865476)), x)
-    x = tl.where(code == 3, tl.where(x > 0, x, tl.exp(tl.minimum(x, 0.0)) - 1.0), x)
+    x = tl.where(code == 3, tl.where(x < 0, tl.exp(tl.minimum(x, 0.0)) - 1.0, x), x)
     return x
 
 

@@ -420,3 +420,77 @@ def test_auto_decoder_backend_follows_the_gpu_benchmark():
     assert resolve_decoder_backend("auto", "cuda") == "torch"
     assert resolve_decoder_backend("auto", "cpu") == resolve_backend("auto", "cpu")
     assert resolve_decoder_backend("torch", "cpu") == "torch"
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the Triton interpreter's numpy, about the NaNs
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical])
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_non_finite_values_propagate_like_the_reference(family, backend):
+    """A NaN or infinite feature cell, or a NaN weight, gives a non-finite answer on every backend,
+    exactly where the reference's is (a ReLU written max(x, 0) would turn NaN into 0)."""
+    rng = random.Random(17)
+    chans, decoder = family(rng)
+    decoder = cast(decoder, torch.float32)
+    maps = [torch.randn(2, c, 5, 6) for c in chans]
+    maps[0][0, :, 2, 3] = float("nan")
+    maps[-1][1, 0, 1, 1] = float("inf")
+    coords = torch.rand(2, 300, 2) * 2.4 - 1.2
+    want = implicit_decode(maps, coords, decoder, backend="torch")
+    bad = ~torch.isfinite(want)
+    assert bad[0].any() and bad[1].any() and not bad.all()
+    for with_grad in (False, True):
+        got = implicit_decode(maps, coords, decoder, backend=backend, with_grad=with_grad)
+        got = got[0] if with_grad else got
+        assert torch.equal(~torch.isfinite(got), bad), with_grad
+        assert rel_err(got[~bad], want[~bad]) < 1e-4
+    # a NaN bias in the last hidden layer reaches every query
+    layers = decoder.layers if family is random_concat else decoder.head
+    layers[-2][1][0] = float("nan")
+    assert torch.isnan(implicit_decode(maps, coords, decoder, backend="torch")).all()
+    assert torch.isnan(implicit_decode(maps, coords, decoder, backend=backend)).all()
+
+
+@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
+def test_malformed_maps_and_decoders_are_refused_before_any_kernel(backend):
+    rng = random.Random(19)
+    chans, decoder = random_hierarchical(rng)
+    decoder = cast(decoder, torch.float32)
+    maps = [torch.randn(1, c, 4, 5) for c in chans]
+    coords = torch.rand(1, 10, 2) * 2 - 1
+    empty = [maps[0], maps[1][:, :, :0], maps[2]]
+    with pytest.raises(ValueError, match="feature map 1 has no cells"):
+        implicit_decode(empty, coords, decoder, backend=backend)
+    with pytest.raises(TypeError, match="feature map 0 must be a float tensor"):
+        implicit_decode([maps[0].long()] + maps[1:], coords, decoder, backend=backend)
+    with pytest.raises(TypeError, match="feature map 2 is torch.float64"):
+        implicit_decode(maps[:2] + [maps[2].double()], coords, decoder, backend=backend)
+    short_bias = cast(decoder, torch.float32)
+    w, b = short_bias.head[0]
+    short_bias.head[0] = (w, b[:-1])
+    with pytest.raises(ValueError, match="head layer 0: bias must be"):
+        implicit_decode(maps, coords, short_bias, backend=backend)
+    wide = cast(decoder, torch.float32)
+    w, b = wide.head[-1]
+    wide.head[-1] = (torch.cat([w, w]), torch.cat([b, b]))
+    with pytest.raises(ValueError, match="last layer must have 1 output"):
+        implicit_decode(maps, coords, wide, backend=backend)
+    from infinidepth.ops import bilinear_gather
+
+    with pytest.raises(ValueError, match="no cells"):
+        bilinear_gather(torch.rand(2, 5, 0, 7), torch.rand(2, 10, 2) * 2 - 1, backend=backend)
+    with pytest.raises(TypeError, match="float tensor"):
+        bilinear_gather(torch.arange(8).reshape(2, 1, 2, 2), torch.zeros(2, 1, 2), backend=backend)
+
+
+def test_reference_computes_in_the_maps_dtype():
+    """float64 maps with a float32 decoder: the reference computes in float64 (not an error deep
+    in F.linear), the kernels in float32; both agree."""
+    rng = random.Random(23)
+    chans, decoder = random_concat(rng)
+    maps = random_maps(rng, chans, batch=2)
+    coords = torch.rand(2, 50, 2, dtype=torch.float64) * 2 - 1
+    want = implicit_decode(maps, coords, decoder, backend="torch")
+    got = implicit_decode(maps, coords, cast(decoder, torch.float32), backend="torch")
+    assert got.dtype == torch.float64 and rel_err(got, want) < 1e-6
+    for backend in KERNEL_BACKENDS:
+        assert rel_err(implicit_decode(maps, coords, decoder, backend=backend), want) < 1e-5

@@ -121,6 +121,17 @@ def test_quantisation_keeps_every_positive_weight_and_fits_float64():
     torch.testing.assert_close(ratio, torch.tensor([1 / 3, 0.5 / 3, 1.0], dtype=torch.float64), rtol=1e-9, atol=0)
 
 
+def test_cells_do_not_depend_on_the_weights_scale():
+    """The same proportions at any float64 scale give the same cells (2**k / max(w) would
+    overflow for weights below ~1e-297 and send every sample to a cell of weight 0)."""
+    w = torch.zeros(1, 4, 5, dtype=torch.float64)
+    w[0, 1, 2], w[0, 3, 3], w[0, 0, 4] = 1.0, 0.5, 0.25
+    want = inverse_cdf_sample(w, 50, seed=1)[1]
+    assert set(want.unique().tolist()) == {4, 7, 18}
+    for scale in (1e-300, 1e-250, 1e250, 1e300):
+        assert torch.equal(inverse_cdf_sample(w * scale, 50, seed=1)[1], want), scale
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_kernels_pick_exactly_the_reference_cells(backend):
     rng = random.Random(31)

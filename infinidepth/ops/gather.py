@@ -109,16 +109,28 @@ def check_coords(coords: torch.Tensor, batch: int | None = None, limit: float | 
     require(largest <= limit, too_far)
 
 
+def check_feature_map(feat: torch.Tensor, name: str = "feat") -> None:
+    """A float map ``[B, C, H, W]`` with at least one cell (the kernels index cell 0)."""
+    if not isinstance(feat, torch.Tensor) or feat.dim() != 4:
+        raise ValueError(f"{name} must be a tensor [B, C, H, W], got {tuple(getattr(feat, 'shape', ())) or type(feat).__name__}")
+    if not feat.is_floating_point():
+        raise TypeError(f"{name} must be a float tensor, got {feat.dtype}")
+    if feat.shape[-2] == 0 or feat.shape[-1] == 0:
+        raise ValueError(f"{name} has no cells: shape {tuple(feat.shape)}")
+
+
 def bilinear_gather_reference(feat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
     """The oracle: grid_sample with our convention, returned as ``[B, N, C]``."""
-    grid = coords.flip(-1).unsqueeze(1).to(feat.dtype)  # [B, 1, N, 2] in (x, y)
+    # Beyond +-3 every tap lies outside any map (zero padding); clamped there the answer is the
+    # same, and grid_sample's arithmetic cannot overflow on coordinates near the float maximum.
+    grid = coords.clamp(-3.0, 3.0).flip(-1).unsqueeze(1).to(feat.dtype)  # [B, 1, N, 2] in (x, y)
     return F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0].transpose(1, 2)
 
 
 def bilinear_gather(feat: torch.Tensor, coords: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Bilinear samples of ``feat`` ``[B, C, H, W]`` at ``coords`` ``[B, N, 2]`` (y, x) -> ``[B, N, C]``."""
-    if feat.dim() != 4:
-        raise ValueError(f"feat must have shape [B, C, H, W], got {tuple(feat.shape)}")
+    """Bilinear samples of ``feat`` ``[B, C, H, W]`` at ``coords`` ``[B, N, 2]`` (y, x) -> ``[B, N, C]``.
+    The kernel backends compute in float32 (and return ``feat``'s dtype); ``torch`` in ``feat``'s."""
+    check_feature_map(feat)
     check_coords(coords, feat.shape[0])
     backend = resolve_backend(backend, feat.device)
     if backend == "torch":

@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .gather import bilinear_gather_reference, check_coords, resolve_backend
+from .gather import bilinear_gather_reference, check_coords, check_feature_map, resolve_backend
 
 Linear = tuple[torch.Tensor, torch.Tensor]  # (weight [out, in], bias [out])
 
@@ -56,26 +56,82 @@ def _mlp(x: torch.Tensor, layers: Sequence[Linear]) -> torch.Tensor:
         return F.elu(F.linear(x.to(w.dtype), w, b))
 
 
+def _in_dtype(decoder, dtype: torch.dtype):
+    """``decoder`` with its tensors in ``dtype`` (the reference computes in the maps' dtype)."""
+    def cast(v):
+        if isinstance(v, torch.Tensor):
+            return v.to(dtype)
+        return type(v)(cast(x) for x in v) if isinstance(v, (list, tuple)) else v
+    return type(decoder)(**{k: cast(v) for k, v in vars(decoder).items()})
+
+
+def _weights_key(decoder) -> tuple:
+    """Which tensors, in which state, ``decoder`` holds: each one's identity and in-place version."""
+    def flat(v):
+        if isinstance(v, torch.Tensor):
+            yield id(v), v._version
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                yield from flat(x)
+    return tuple(flat(list(vars(decoder).values())))
+
+
 def _check_maps(maps: Sequence[torch.Tensor]) -> None:
     if len(maps) == 0:
         raise ValueError("implicit_decode needs at least one feature map")
     for i, m in enumerate(maps):
-        if m.dim() != 4:
-            raise ValueError(f"feature map {i} must have shape [B, C, H, W], got {tuple(m.shape)}")
+        check_feature_map(m, f"feature map {i}")
+        if m.device != maps[0].device:
+            raise ValueError(f"feature map {i} is on {m.device}, map 0 on {maps[0].device}")
         if m.shape[0] != maps[0].shape[0]:
             raise ValueError(f"feature map {i} has batch {m.shape[0]}, map 0 has {maps[0].shape[0]}")
+        if m.dtype != maps[0].dtype:
+            raise TypeError(f"feature map {i} is {m.dtype}, map 0 is {maps[0].dtype}")
+
+
+def _check_linear(name: str, layer: Linear, fan_in: int) -> int:
+    w, b = layer
+    if w.dim() != 2 or w.shape[1] != fan_in:
+        raise ValueError(f"decoder {name}: weight must be [out, {fan_in}], got {tuple(w.shape)}")
+    if tuple(b.shape) != (w.shape[0],):
+        raise ValueError(f"decoder {name}: bias must be [{w.shape[0]}] like its weight's rows, got {tuple(b.shape)}")
+    return w.shape[0]
+
+
+def _check_mlp(layers: Sequence[Linear], width: int, name: str) -> None:
+    for i, layer in enumerate(layers):
+        width = _check_linear(f"{name} {i}", layer, width)
+    if width != 1:
+        raise ValueError(f"decoder's last layer must have 1 output (the field's value), got {width}")
+
+
+def check_decoder(decoder, chans: Sequence[int]) -> None:
+    """Every weight of ``decoder`` fits the maps' channels ``chans`` and its neighbours, so that no
+    backend meets a shape it would misread."""
+    if isinstance(decoder, ConcatDecoder):
+        expected = decoder.layers[0][0].shape[-1]
+        if sum(chans) != expected:
+            raise ValueError(f"maps have {sum(chans)} channels in all, the decoder's first layer takes {expected}")
+        _check_mlp(decoder.layers, sum(chans), "layer")
+    elif isinstance(decoder, HierarchicalDecoder):
+        if len(chans) != len(decoder.laterals) + 1:
+            raise ValueError(f"hierarchical decoder expects {len(decoder.laterals) + 1} maps, got {len(chans)}")
+        for k, (gate, lateral, (ffn_in, ffn_out)) in enumerate(zip(decoder.gates, decoder.laterals, decoder.ffns)):
+            c = chans[k + 1]
+            if _check_linear(f"lateral {k}", lateral, chans[k]) != c or tuple(gate.shape) != (c,):
+                raise ValueError(f"decoder stage {k}: lateral and gate must have map {k + 1}'s {c} channels, got "
+                                 f"{tuple(lateral[0].shape)} and {tuple(gate.shape)}")
+            if _check_linear(f"stage {k} ffn_out", ffn_out, _check_linear(f"stage {k} ffn_in", ffn_in, c)) != c:
+                raise ValueError(f"decoder stage {k}: ffn_out must give map {k + 1}'s {c} channels, got {ffn_out[0].shape[0]}")
+        _check_mlp(decoder.head, chans[-1], "head layer")
+    else:
+        raise TypeError(f"unknown decoder type {type(decoder).__name__}")
 
 
 def _decode(gathered: list[torch.Tensor], decoder) -> torch.Tensor:
     if isinstance(decoder, ConcatDecoder):
-        feats = torch.cat(gathered, dim=-1)
-        expected = decoder.layers[0][0].shape[1]
-        if feats.shape[-1] != expected:
-            raise ValueError(f"maps have {feats.shape[-1]} channels in all, the decoder's first layer takes {expected}")
-        return _mlp(feats, decoder.layers)[..., 0]
+        return _mlp(torch.cat(gathered, dim=-1), decoder.layers)[..., 0]
     if isinstance(decoder, HierarchicalDecoder):
-        if len(gathered) != len(decoder.laterals) + 1:
-            raise ValueError(f"hierarchical decoder expects {len(decoder.laterals) + 1} maps, got {len(gathered)}")
         h = gathered[0]
         for f, gate, (lw, lb), ((w1, b1), (w2, b2)) in zip(gathered[1:], decoder.gates, decoder.laterals, decoder.ffns):
             x = f + torch.sigmoid(gate) * F.linear(h, lw, lb)
@@ -137,6 +193,7 @@ def implicit_decode(
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     _check_maps(maps)
+    check_decoder(decoder, [m.shape[1] for m in maps])
     check_coords(coords, maps[0].shape[0])
     backend = resolve_decoder_backend(backend, maps[0].device)
     if backend == "cpp":
@@ -144,17 +201,24 @@ def implicit_decode(
     if backend != "torch":
         from .fold import fold_decoder, run_fused
 
-        key = ("folded", backend)
-        folded = cache.get(key) if cache is not None else None
+        # The fold depends on the weights: a decoder changed in place since (an optimiser step,
+        # load_state_dict) or another model's decoder on these features folds afresh. A traced
+        # program folds in its graph (versions are not known while tracing).
+        if torch.compiler.is_compiling():
+            cache = None
+        key, weights = ("folded", backend), (_weights_key(decoder) if cache is not None else ())
+        held = cache.get(key) if cache is not None else None
+        folded = held[1] if held is not None and held[0] == weights else None
         if folded is None:
-            folded = fold_decoder([m.float() for m in maps], decoder)
+            folded = fold_decoder([m.float() for m in maps], _in_dtype(decoder, torch.float32))
             if cache is not None:
-                cache[key] = folded
+                cache[key] = (weights, folded)
         out = run_fused(folded, coords.float(), backend, precision, with_grad)
         if with_grad:
             return out[..., 0].to(maps[0].dtype), out[..., 1:].to(maps[0].dtype)
         return out.to(maps[0].dtype)
     coords = coords.to(maps[0].dtype)
+    decoder = _in_dtype(decoder, maps[0].dtype)
     # One pass when tracing for torch.compile / torch.export: a loop over chunks would fix the
     # number of queries in the graph (chunks bound memory; they never change the result).
     pieces = [coords] if not chunk or torch.compiler.is_compiling() else coords.split(max(1, int(chunk)), dim=1)

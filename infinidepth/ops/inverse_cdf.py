@@ -40,7 +40,8 @@ def quantize_weights(weights: torch.Tensor) -> torch.Tensor:
     cells = w.shape[1]
     k = min(40, 53 - max(1, math.ceil(math.log2(cells))) - 1)
     top = w.amax(dim=1, keepdim=True)
-    return torch.ceil(w * (2.0**k / top)).to(torch.int64)
+    # w / top first: 2**k / top overflows for tiny weights (below ~1e-297), w / top is in [0, 1] at any scale
+    return torch.ceil((w / top) * 2.0**k).to(torch.int64)
 
 
 def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
