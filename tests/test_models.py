@@ -126,12 +126,28 @@ def test_sensor_output_scales_with_the_metric_prompt(models):
         (lambda s: torch.where(s > 0, torch.full_like(s, float("nan")), s), "NaN"),
         (lambda s: -s, "negative"),
         (lambda s: torch.zeros_like(s), "no valid"),
+        # judged as float32, what the model computes in: out of its range, not silently missing
+        (lambda s: (s > 0).double() * 1e300, "infinite depth"),
+        (lambda s: torch.where(s > 0, 1e-40, 0.0), "below 1e-30"),
+        (lambda s: (s * 1000).to(torch.uint16), "divide by 1000"),
+        (lambda s: s > 0, "must be a float tensor"),
     ],
 )
 def test_sensor_bad_sparse_depth(models, mutate, match):
     image = torch.rand(1, 3, 32, 32)
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         models["sensor-tiny"].encode(image, sparse_depth=mutate(sparse_for(image)))
+
+
+def test_weights_other_than_float32_and_too_small_images_are_named(models):
+    image = torch.rand(1, 3, 32, 32)
+    for convert in (lambda m: m.double(), lambda m: m.half()):
+        with pytest.raises(TypeError, match="model.precision"):
+            convert(copy.deepcopy(models["tiny"])).encode(image)
+    for name in ("official-tiny", "sensor-tiny"):
+        with pytest.raises(ValueError, match="two 16-pixel cells"):
+            models[name].encode(torch.rand(1, 3, 16, 16))
+    assert models["official-tiny"].encode(torch.rand(1, 3, 16, 32)).maps[0].shape[0] == 1
 
 
 def test_models_without_prompts_refuse_sparse_depth(models):
@@ -207,3 +223,19 @@ def test_every_backend_decodes_like_the_reference(models, name):
         got = model.decode(feats, coords, backend=backend)
         assert rel_err(got, want) < 1e-5, backend
     assert ("folded", "cpp") in feats.extras  # folded once per image, kept with the features
+
+
+def test_folded_decoder_follows_the_weights(models):
+    """The fold kept with the features is of the weights it was made from: after an in-place change
+    (an optimiser step, load_state_dict) or with another model's decoder, decode folds afresh."""
+    model = copy.deepcopy(models["tiny"])
+    other = infinidepth.models.from_preset("tiny", seed=1)
+    feats = encode(model, torch.rand(1, 3, 32, 48))
+    coords = torch.rand(1, 200, 2) * 2 - 1
+    model.decode(feats, coords, backend="cpp")
+    with torch.no_grad():
+        for p in model.decoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    assert rel_err(model.decode(feats, coords, backend="cpp"), model.decode(feats, coords, backend="torch")) < 1e-4
+    assert rel_err(other.decode(feats, coords, backend="cpp"), other.decode(feats, coords, backend="torch")) < 1e-4  # stale: 0.7
+    assert len(feats.extras) == 1  # one fold per backend, the stale one replaced

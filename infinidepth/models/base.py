@@ -115,6 +115,10 @@ class ImplicitDepthModel(nn.Module):
     def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
         """One encoder pass per image: the features every later query reads (float32 maps, also
         when :attr:`precision` runs the encoder in 16 bits)."""
+        weights = self._mean.dtype
+        if weights != torch.float32:
+            raise TypeError(f"the model's weights are {weights}; encode runs on float32 weights (model.float()), "
+                            "with model.precision = 'bf16' for 16-bit arithmetic")
         dtype = self.low_precision_dtype()
         if dtype is None:
             return self.features(image, sparse_depth)

@@ -91,6 +91,9 @@ class InfiniDepth(ImplicitDepthModel):
 
     def features(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
         check_image(image, self.pretrained.patch_size)
+        h16, w16 = -(-image.shape[-2] // 16), -(-image.shape[-1] // 16)
+        if h16 * w16 < 2:  # the CNN branch's instance norms need two cells at its stride 16
+            raise ValueError(f"image must span at least two 16-pixel cells (16x32 or 32x16), got {tuple(image.shape[-2:])}")
         image = image.to(self.device, torch.float32)
         B, _, H, W = image.shape
         h, w = H // self.pretrained.patch_size, W // self.pretrained.patch_size
@@ -161,7 +164,14 @@ def check_sparse_depth(sparse_depth: torch.Tensor, image: torch.Tensor) -> torch
     B, _, H, W = image.shape
     if tuple(sparse_depth.shape) != (B, 1, H, W):
         raise ValueError(f"sparse_depth must have shape {(B, 1, H, W)} (the image's), got {tuple(sparse_depth.shape)}")
+    if not sparse_depth.is_floating_point():
+        hint = " (a 16-bit depth PNG holds millimetres: divide by 1000)" if sparse_depth.dtype == torch.uint16 else ""
+        raise TypeError(f"sparse_depth must be a float tensor of metric depth in metres, got {sparse_depth.dtype}{hint}")
+    # checked as the model will see it: in float32, where 1e300 is infinite and 1e-40 has no reciprocal
+    sparse_depth = sparse_depth.float()
     require(~torch.isnan(sparse_depth).any(), "sparse_depth contains NaN; mark missing samples with 0")
     require(~(sparse_depth < 0).any(), "sparse_depth contains negative depth; mark missing samples with 0")
-    require(~torch.isinf(sparse_depth).any(), "sparse_depth contains infinite depth; mark missing samples with 0")
+    require(~torch.isinf(sparse_depth).any(), "sparse_depth contains infinite depth (in float32); mark missing samples with 0")
+    require(~((sparse_depth > 0) & (sparse_depth < 1e-30)).any(),
+            "sparse_depth contains positive depths below 1e-30 (not metres); mark missing samples with 0")
     return sparse_depth
