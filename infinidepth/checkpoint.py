@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import re
 import tempfile
+import types
 from pathlib import Path
 
 import torch
@@ -50,6 +52,39 @@ def read_torch_weights(path, nests: tuple[str, ...] = ("state_dict",)) -> dict[s
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
 
 
+class _Inert:
+    """What a checkpoint's non-tensor objects become: built from any arguments, holding nothing."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):
+        pass
+
+
+def _tensor_global(module: str, name: str) -> bool:
+    """The globals a pickled state dict needs to rebuild its tensors (and nothing that runs code)."""
+    if module == "torch._utils":
+        return name.startswith("_rebuild_")
+    if module == "torch":
+        return isinstance(getattr(torch, name, None), torch.dtype) or name == "Size"
+    return (module, name) in {("collections", "OrderedDict"), ("torch.nn.parameter", "Parameter"),
+                              ("torch.storage", "UntypedStorage"), ("torch.storage", "TypedStorage")}
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if _tensor_global(module, name):
+            return super().find_class(module, name)
+        return type(name, (_Inert,), {})
+
+
+_inert_pickle = types.ModuleType("infinidepth_inert_pickle")
+_inert_pickle.Unpickler = _InertUnpickler
+_inert_pickle.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
+_inert_pickle.__version__ = pickle.format_version
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """State dict and (for our own format) the model description."""
     if path.suffix == ".safetensors":
@@ -62,16 +97,23 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             sd = load_file(str(path))
         except Exception as e:  # safetensors raises several types for a damaged file
             raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-        info = json.loads(meta["infinidepth"]) if "infinidepth" in meta else None
+        try:
+            info = json.loads(meta["infinidepth"]) if "infinidepth" in meta else None
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{path}: its infinidepth metadata is not valid JSON ({e})") from e
+        if info is not None and not isinstance(info, dict):
+            raise CheckpointError(f"{path}: its infinidepth metadata is not a JSON object")
         return sd, info
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         if "Weights only load failed" not in str(e):
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e).__name__}: {e})") from e
-        # Lightning files may pickle hyper-parameter objects; the user chose to open this file.
+        # Lightning files may pickle hyper-parameter objects (argparse.Namespace, config classes)
+        # that torch's weights-only loader refuses. Read them with every such class replaced by an
+        # inert stand-in: the tensors come out, and no code named by the file runs.
         try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=False)
+            obj = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
         except Exception as e2:
             raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({type(e2).__name__}: {e2})") from e2
     if not isinstance(obj, dict):
@@ -175,20 +217,43 @@ def load_model(path_or_preset: str | os.PathLike, device: str | torch.device = "
     if not path.exists():
         if name in PRESETS:
             return from_preset(name).to(device)
-        raise FileNotFoundError(f"no checkpoint file {name!r} (and no preset of that name; presets: {sorted(PRESETS)})")
+        raise FileNotFoundError(f"no checkpoint file {name!r} (and no preset or bundled model of that name; "
+                                f"presets: {sorted(PRESETS)}; bundled: {sorted(BUNDLED)})")
     if path.is_dir():
         hint = (f" (the bundled model of that name is shadowed by it: pass ./{name}/<file> for a file in it, or "
                 f"run from another folder for the bundled one)") if name in BUNDLED else ""
         raise CheckpointError(f"{path} is a directory, not a checkpoint file{hint}")
+    try:
+        return _load_file(path, device)
+    except CheckpointError as e:
+        if name in PRESETS or name in BUNDLED:
+            raise CheckpointError(f"{e} (the file {name!r} here shadows the preset of that name: run from another "
+                                  "folder for the preset)") from e
+        raise
+
+
+def _load_file(path: Path, device) -> ImplicitDepthModel:
     sd, info = _read(path)
-    if info is not None:
-        if info.get("arch") not in ARCHS:
-            raise CheckpointError(f"{path}: unknown architecture {info.get('arch')!r}")
-        model = build_model(info["arch"], info["config"])
-        model.input_size = tuple(info["input_size"]) if info.get("input_size") else None
-    else:
-        arch, config = infer_architecture(sd)
-        model = build_model(arch, config)
+    bad = [k for k, v in sd.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} tensors hold NaN or infinite values: {', '.join(bad[:5])}"
+                              + (", ..." if len(bad) > 5 else ""))
+    try:
+        if info is not None:
+            if info.get("arch") not in ARCHS:
+                raise CheckpointError(f"unknown architecture {info.get('arch')!r}")
+            model = build_model(info["arch"], info["config"])
+            size = info.get("input_size")
+            if size is not None and not (isinstance(size, list) and len(size) == 2
+                                         and all(isinstance(v, int) and v > 0 for v in size)):
+                raise CheckpointError(f"input_size must be [H, W], got {size!r}")
+            model.input_size = tuple(size) if size else None
+        else:
+            model = build_model(*infer_architecture(sd))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # a description or layout that does not fit
+        raise CheckpointError(f"{path}: its model description does not fit ({type(e).__name__}: {e})") from e
     load_state_dict_strict(model, sd, source=str(path))
     return model.to(device).eval()
 

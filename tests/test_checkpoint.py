@@ -1,5 +1,8 @@
 """Checkpoints: the released layouts (key lists in tests/data), round trips, and clear mismatch errors."""
 
+import argparse
+import json
+import os
 from pathlib import Path
 
 import pytest
@@ -134,3 +137,76 @@ def test_a_folder_named_like_the_bundled_model_is_a_clear_error(tmp_path, monkey
     (tmp_path / "demo").mkdir()   # e.g. the output folder of an earlier run
     with pytest.raises(CheckpointError, match="is a directory.*bundled model of that name is shadowed"):
         load_model("demo")
+
+
+class _RunsCode:
+    """Unpickled by a plain torch.load, this makes a directory: code named by the file runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return os.mkdir, (self.marker,)
+
+
+def test_lightning_objects_load_inert_and_run_no_code(tmp_path):
+    """Hyper-parameter objects that torch's weights-only loader refuses (argparse.Namespace, and
+    here one whose unpickling would call os.mkdir) are read as inert stand-ins: the weights load,
+    the code does not run."""
+    model = from_preset("official-tiny", seed=2)
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "m.ckpt"
+    torch.save({"state_dict": {f"pipeline.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": argparse.Namespace(lr=1e-4, trap=_RunsCode(marker))}, path)
+    with pytest.raises(Exception):
+        torch.load(path, weights_only=True)  # what forces the fallback
+    loaded = infinidepth.load_model(path)
+    assert not marker.exists()
+    assert torch.equal(outputs(model), outputs(loaded))
+
+
+def _ours_with(tmp_path, edit):
+    """Our format with its metadata or tensors changed by ``edit(meta_dict, tensors)``."""
+    from safetensors.torch import load_file, save_file
+    from safetensors import safe_open
+
+    path = infinidepth.save_model(from_preset("tiny"), tmp_path / "m.safetensors")
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    sd = load_file(str(path))
+    meta = edit(meta, sd)
+    save_file(sd, str(path), metadata=meta)
+    return path
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda m, sd: {"infinidepth": "{not json"}, "not valid JSON"),
+    (lambda m, sd: {"infinidepth": json.dumps({k: v for k, v in json.loads(m["infinidepth"]).items() if k != "config"})},
+     "does not fit .KeyError"),
+    (lambda m, sd: {"infinidepth": json.dumps({**json.loads(m["infinidepth"]), "config": "paper"})}, "does not fit"),
+    (lambda m, sd: {"infinidepth": json.dumps({**json.loads(m["infinidepth"]), "config": {"bogus": 1}})}, "does not fit"),
+    (lambda m, sd: {"infinidepth": json.dumps({**json.loads(m["infinidepth"]), "input_size": "abc"})}, "input_size"),
+    (lambda m, sd: (sd["decoder.mlp.0.bias"].fill_(float("nan")), m)[1], "NaN or infinite values: decoder.mlp.0.bias"),
+])
+def test_damaged_files_are_checkpoint_errors_naming_the_file(tmp_path, edit, match):
+    path = _ours_with(tmp_path, edit)
+    with pytest.raises(CheckpointError, match=match) as err:
+        infinidepth.load_model(path)
+    assert str(path) in str(err.value)
+
+
+def test_foreign_layout_missing_a_structural_key(tmp_path):
+    sd = from_preset("tiny").state_dict()
+    sd.pop("reassemble.1.project.weight")
+    torch.save(sd, tmp_path / "m.pt")
+    with pytest.raises(CheckpointError, match="m.pt"):
+        infinidepth.load_model(tmp_path / "m.pt")
+
+
+def test_a_file_named_like_a_preset_says_it_shadows_it(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tiny").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match="shadows the preset"):
+        infinidepth.load_model("tiny")
+    with pytest.raises(FileNotFoundError, match="bundled: .'demo'"):
+        infinidepth.load_model("no-such-model")
