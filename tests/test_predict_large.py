@@ -52,10 +52,10 @@ def test_bad_regions_and_outputs_are_refused(model, image):
     for region in [(0, 0, 0, 5), (0, 0, 38, 53), (-1, 0, 5, 5), (3, 3, 2, 5), (1, 2, 3), (0, 0, 5.5, 5)]:
         with pytest.raises(ValueError, match="region"):
             model.predict(image, output_size=(37, 53), region=region)
-    for size in [(10.5, 5), (8, "8"), (8,)]:                 # not truncated to 10x5, not an obscure TypeError
+    for size in [(10.5, 5), (8, "8"), (8,), (True, 3)]:      # not truncated to 10x5, not an obscure TypeError
         with pytest.raises(ValueError, match="output_size must be two integers"):
             model.predict(image, output_size=size)
-    sizes = [(np.int64(9), 7), torch.Size([9, 7]), (torch.tensor(9), 7)]  # integer types are fine
+    sizes = [(np.int64(9), 7), torch.Size([9, 7]), (torch.tensor(9), 7), torch.tensor([9, 7])]  # integers are fine
     assert all(model.predict(image, output_size=s, backend="cpp").shape == (1, 1, 9, 7) for s in sizes)
     with pytest.raises(ValueError, match="float32 tensor"):
         model.predict(image, output_size=(8, 8), out=torch.empty(1, 1, 8, 9))
@@ -63,6 +63,17 @@ def test_bad_regions_and_outputs_are_refused(model, image):
         model.predict(image, output_size=(8, 8), out=np.empty((8, 8), np.float64))
     with pytest.raises(ValueError, match="batch of 2"):
         model.predict(image.expand(2, -1, -1, -1), output_size=(8, 8), out=np.empty((8, 8), np.float32))
+    # outputs that could not hold the answer are refused before any decoding
+    read_only = np.zeros((8, 8), np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        model.predict(image, output_size=(8, 8), out=read_only)
+    with pytest.raises(ValueError, match="meta device"):
+        model.predict(image, output_size=(8, 8), out=torch.empty(1, 1, 8, 8, device="meta"))
+    with pytest.raises(ValueError, match="overlapping"):
+        model.predict(image, output_size=(8, 8), out=torch.empty(1, 1, 1, 8).expand(1, 1, 8, 8))
+    with pytest.raises(TypeError, match="tile must be an integer"):
+        model.predict(image, output_size=(8, 8), tile=2.5)
 
 
 def test_an_output_too_large_for_memory_is_refused_by_name(model, image):

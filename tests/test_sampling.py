@@ -306,6 +306,13 @@ def test_model_sample_points():
         model.sample_points(image, 10, torch.zeros(3, 3))
     with pytest.raises(ValueError, match="strategy"):
         model.sample_points(image, 10, K, strategy="poisson")
+    with pytest.raises(ValueError, match=r"within \[1e-3, 1e9\] pixels"):  # fx * fy would underflow
+        model.sample_points(image, 10, K_of(1e-30, 32, 48).float())
+    with pytest.raises(ValueError, match="camera_to_world must be finite"):
+        model.sample_points(image, 10, K, camera_to_world=torch.eye(3))
+    # NumPy integers count as integers
+    assert torch.equal(model.sample_points(image, np.int64(700), K, seed=np.uint32(5)).coords,
+                       model.sample_points(image, 700, K, seed=5).coords)
 
 
 def test_model_depth_gradient_is_the_chain_rule():

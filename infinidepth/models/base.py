@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import operator
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from infinidepth.ops import PRECISIONS, pixel_centers
-from infinidepth.ops.gather import check_coords, require
+from infinidepth.ops.gather import as_int, check_coords, require
 from infinidepth.ops.implicit_decode import check_cpu_precision, resolve_decoder_backend
 
 # The image spans [-1, 1]. A query further out than +-2 lies more than a whole image outside it
@@ -206,24 +205,22 @@ class ImplicitDepthModel(nn.Module):
         ``(h, w)`` is the region's size. Returns the output.
         """
         feats = self.encode(image, sparse_depth=sparse_depth)
-        return self.decode_grid(feats, output_size or image.shape[-2:], backend, tile, progress, region, out)
+        size = tuple(image.shape[-2:]) if output_size is None else output_size
+        return self.decode_grid(feats, size, backend, tile, progress, region, out)
 
     @torch.no_grad()
     def decode_grid(self, feats: Features, output_size: tuple[int, int], backend: str | None = None,
                     tile: int | None = None, progress: bool = False, region=None, out=None):
         """The decoding half of :meth:`predict`, for features already encoded."""
-        try:
-            H, W = (operator.index(v) for v in output_size)
-        except (TypeError, ValueError):
-            raise ValueError(f"output_size must be two integers (height, width), got {output_size!r}") from None
+        H, W = int_tuple(output_size, 2, f"output_size must be two integers (height, width), got {output_size!r}")
         if H <= 0 or W <= 0:
             raise ValueError(f"output size must be positive, got {H}x{W}")
         y0, x0, y1, x1 = check_region(region, (H, W))
         B, h, w = feats.batch, y1 - y0, x1 - x0
-        out = self._output(out, B, h, w)
-        tile = tile or (2**22 if self.device.type == "cuda" else 2**18)
+        tile = as_int(tile, "tile") if tile is not None else (2**22 if self.device.type == "cuda" else 2**18)
         if tile <= 0:
             raise ValueError(f"tile must be positive, got {tile}")
+        out = self._output(out, B, h, w)
         rows_per_tile = max(1, tile // w)
         steps = range(y0, y1, rows_per_tile)
         if progress:
@@ -254,12 +251,18 @@ class ImplicitDepthModel(nn.Module):
         if isinstance(out, torch.Tensor):
             if tuple(out.shape) != (B, 1, h, w) or out.dtype != torch.float32:
                 raise ValueError(f"out must be a float32 tensor [{B}, 1, {h}, {w}], got {out.dtype} {tuple(out.shape)}")
+            if out.device.type == "meta":
+                raise ValueError("out is on the meta device, which holds no values")
+            if any(st == 0 and n > 1 for st, n in zip(out.stride(), out.shape)):
+                raise ValueError("out has overlapping elements (an expanded tensor); pass one with its own memory")
             return out
         import numpy as np
 
         if B != 1 or not isinstance(out, np.ndarray) or out.shape != (h, w) or out.dtype != np.float32:
             raise ValueError(f"a NumPy out must be float32 [{h}, {w}] for a batch of 1, got "
                              f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')} for a batch of {B}")
+        if not out.flags.writeable:
+            raise ValueError("the NumPy out is read-only (a memory map opened with mode 'r'?); open it with 'r+' or 'w+'")
         return out
 
     @torch.no_grad()
@@ -284,14 +287,16 @@ class ImplicitDepthModel(nn.Module):
         """
         from infinidepth.ops import grid_coords
         from infinidepth.ops.gather import bilinear_gather_reference
-        from infinidepth.sampling import (backproject, check_intrinsics, surface_area_sample, surface_normals,
-                                          to_world, triangle_area_sample)
+        from infinidepth.sampling import (backproject, check_camera_to_world, check_intrinsics, surface_area_sample,
+                                          surface_normals, to_world, triangle_area_sample)
 
         if strategy not in ("surface_area", "triangle"):
             raise ValueError(f"strategy must be 'surface_area' or 'triangle', got {strategy!r}")
         check_image(image, self.patch_size)
         B, _, H, W = image.shape
         K = check_intrinsics(intrinsics, B, self.device)
+        if camera_to_world is not None:
+            camera_to_world = check_camera_to_world(camera_to_world, B, self.device)
         feats = self.encode(image, sparse_depth=sparse_depth)
         dense = grid_coords(H, W, B, self.device)
         if strategy == "surface_area":
@@ -308,15 +313,24 @@ class ImplicitDepthModel(nn.Module):
         return SampledPoints(coords, depth, points, to_world(points, camera_to_world), colors)
 
 
+def int_tuple(values, n: int, message: str) -> tuple[int, ...]:
+    """``n`` integers from a sequence (a tuple, a list, a 1-d tensor or array); ``ValueError(message)``
+    for anything else, bools and floats included."""
+    try:
+        ints = tuple(as_int(v, "") for v in values)
+    except TypeError:
+        raise ValueError(message) from None
+    if len(ints) != n:
+        raise ValueError(message)
+    return ints
+
+
 def check_region(region, size: tuple[int, int]) -> tuple[int, int, int, int]:
     """``(y0, x0, y1, x1)`` inside an ``(H, W)`` grid, non-empty; None means the whole grid."""
     H, W = size
     if region is None:
         return 0, 0, H, W
-    try:
-        y0, x0, y1, x1 = (operator.index(v) for v in region)
-    except (TypeError, ValueError):
-        raise ValueError(f"region must be (y0, x0, y1, x1) in output pixels, got {region!r}") from None
+    y0, x0, y1, x1 = int_tuple(region, 4, f"region must be (y0, x0, y1, x1) in output pixels, got {region!r}")
     if not (0 <= y0 < y1 <= H and 0 <= x0 < x1 <= W):
         raise ValueError(f"region (y0={y0}, x0={x0}, y1={y1}, x1={x1}) must satisfy 0 <= y0 < y1 <= {H} and "
                          f"0 <= x0 < x1 <= {W} (the output is {H}x{W})")

@@ -6,6 +6,7 @@ built from csrc/), ``triton`` (kernels/). ``auto`` picks the compiled kernel of 
 
 from __future__ import annotations
 
+import operator
 import os
 
 import torch
@@ -69,6 +70,16 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
             f"(available: {available_backends(device)})"
         )
     return backend
+
+
+def as_int(value, what: str) -> int:
+    """``value`` as a Python int (NumPy and 0-d tensor integers too); a bool or a float is an error."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{what} must be an integer, got {value!r}") from None
 
 
 def require(ok: torch.Tensor, message) -> None:

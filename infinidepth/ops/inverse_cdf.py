@@ -27,7 +27,7 @@ import math
 
 import torch
 
-from .gather import HAS_EXTENSION, resolve_backend
+from .gather import HAS_EXTENSION, as_int, resolve_backend
 
 #: most samples per image: coordinates alone are 8 bytes each (8 GiB at this limit)
 MAX_SAMPLES = 2**30
@@ -98,8 +98,7 @@ def inverse_cdf_reference(quantized: torch.Tensor, height: int, width: int, n: i
 
 
 def check_sample_count(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, int):
-        raise TypeError(f"the number of samples must be an int, got {type(n).__name__}")
+    n = as_int(n, "the number of samples")
     if n <= 0:
         raise ValueError(f"the number of samples must be positive, got {n}")
     if n > MAX_SAMPLES:
@@ -111,7 +110,8 @@ def resolve_seed(seed: int | None) -> int:
     """``None`` draws one from torch's global generator (so ``torch.manual_seed`` fixes it)."""
     if seed is None:
         return int(torch.randint(0, 2**31, (1,)).item())
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+    seed = as_int(seed, "seed")
+    if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be an int in [0, 2**32), got {seed!r}")
     return seed
 

@@ -25,6 +25,9 @@ def check_intrinsics(intrinsics, batch: int, device=None, dtype=torch.float32) -
     fx, fy = K[:, 0, 0], K[:, 1, 1]
     if (fx <= 0).any() or (fy <= 0).any():
         raise ValueError(f"focal lengths must be positive, got fx={fx.tolist()}, fy={fy.tolist()}")
+    # beyond these, fx * fy under- or overflows in float32 (the sampler's area weights divide by it)
+    if (torch.minimum(fx, fy) < 1e-3).any() or (torch.maximum(fx, fy) > 1e9).any():
+        raise ValueError(f"focal lengths must be within [1e-3, 1e9] pixels, got fx={fx.tolist()}, fy={fy.tolist()}")
     zero = torch.stack([K[:, 0, 1], K[:, 1, 0], K[:, 2, 0], K[:, 2, 1]])
     if zero.abs().max() > 0 or (K[:, 2, 2] != 1).any():
         raise ValueError("intrinsics must have the form [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] (no skew)")
@@ -54,13 +57,19 @@ def backproject(depth: torch.Tensor, coords: torch.Tensor, K: torch.Tensor, size
     return rays(coords, K, size) * depth[..., None]
 
 
+def check_camera_to_world(camera_to_world, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """``[4, 4]`` or ``[B, 4, 4]`` finite transforms -> ``[B, 4, 4]``, or a clear error."""
+    T = torch.as_tensor(camera_to_world, dtype=dtype, device=device)
+    if T.shape == (4, 4):
+        T = T.expand(batch, 4, 4)
+    if T.shape != (batch, 4, 4) or not torch.isfinite(T).all():
+        raise ValueError(f"camera_to_world must be finite [{batch}, 4, 4] or [4, 4], got {tuple(T.shape)}")
+    return T
+
+
 def to_world(points: torch.Tensor, camera_to_world: torch.Tensor | None) -> torch.Tensor:
     """Apply ``[B, 4, 4]`` (or ``[4, 4]``) camera-to-world transforms to ``[B, N, 3]`` points."""
     if camera_to_world is None:
         return points
-    T = torch.as_tensor(camera_to_world, dtype=points.dtype, device=points.device)
-    if T.dim() == 2:
-        T = T.expand(points.shape[0], 4, 4)
-    if T.shape != (points.shape[0], 4, 4) or not torch.isfinite(T).all():
-        raise ValueError(f"camera_to_world must be finite [B, 4, 4] or [4, 4], got {tuple(T.shape)}")
+    T = check_camera_to_world(camera_to_world, points.shape[0], points.device, points.dtype)
     return points @ T[:, :3, :3].transpose(1, 2) + T[:, None, :3, 3]
