@@ -204,15 +204,20 @@ def load_state_dict_strict(model: torch.nn.Module, sd: dict[str, torch.Tensor], 
 BUNDLED = {"demo": "demo_model.safetensors"}
 
 
+def load_bundled(name: str, device: str | torch.device = "cpu") -> ImplicitDepthModel:
+    """A model shipped inside the package (:data:`BUNDLED`), whatever the current folder holds."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("infinidepth") / "assets" / BUNDLED[name]) as bundled:
+        return load_model(bundled, device)
+
+
 def load_model(path_or_preset: str | os.PathLike, device: str | torch.device = "cpu") -> ImplicitDepthModel:
     """A ready-to-use model (eval mode, on ``device``) from a checkpoint file, a bundled model
     (``"demo"``) or a preset name (random weights)."""
     name = str(path_or_preset)
     if name in BUNDLED and not Path(name).exists():
-        from importlib import resources
-
-        with resources.as_file(resources.files("infinidepth") / "assets" / BUNDLED[name]) as bundled:
-            return load_model(bundled, device)
+        return load_bundled(name, device)
     path = Path(name)
     if not path.exists():
         if name in PRESETS:

@@ -23,6 +23,7 @@ import argparse
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
 from importlib import resources
@@ -31,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from infinidepth.checkpoint import CheckpointError, load_model
+from infinidepth.checkpoint import CheckpointError, load_bundled, load_model
 from infinidepth.data.datasets import DataError
 from infinidepth.eval.benchmarks import BENCHMARKS
 from infinidepth.ops import PRECISIONS, grid_coords
@@ -40,6 +41,8 @@ from infinidepth.io import (
     DEPTH_SUFFIXES,
     InputError,
     atomic_path,
+    atomic_paths,
+    bomb_message,
     check_depth_values,
     colorize_depth,
     depth_to_png16,
@@ -54,14 +57,64 @@ DEFAULT_CHECKPOINT = "demo"  # the bundled demonstration model: infinidepth/asse
 MAX_INPUT_SIDE = 1024
 
 
-def parse_size(text: str, what: str) -> tuple[int, int]:
+def open_model(name: str | None, device):
+    """``--checkpoint``'s model; without one the bundled demo model (not a file or folder of that
+    name in the current directory)."""
+    return load_bundled(DEFAULT_CHECKPOINT, device) if name is None else load_model(name, device=device)
+
+
+#: the longest side of any grid: pixel centres of a longer one are not distinct in float32
+MAX_SIDE = 2**24
+
+
+def parse_size(text: str, what: str, form: str = "HxW (e.g. 768x1024)") -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        a, b = (int(v) for v in text.lower().split("x"))
     except ValueError:
-        raise InputError(f"{what} must look like HxW (e.g. 768x1024), got {text!r}") from None
-    if h <= 0 or w <= 0:
+        raise InputError(f"{what} must look like {form}, got {text!r}") from None
+    if a <= 0 or b <= 0:
         raise InputError(f"{what} must be positive, got {text!r}")
-    return h, w
+    if max(a, b) > MAX_SIDE:
+        raise InputError(f"{what}: sides of at most {MAX_SIDE} (2**24) pixels, got {text!r}")
+    return a, b
+
+
+def parse_output_size(text: str) -> tuple[int, int]:
+    """``--output-size``: HxW, or a name of ``infinidepth bench`` (1k, 2k, 4k, 8k, 16k)."""
+    from infinidepth.bench import SIZES
+
+    return SIZES.get(text.strip().lower()) or parse_size(text, "--output-size", f"HxW (e.g. 768x1024) or one of "
+                                                         f"{', '.join(SIZES)}")
+
+
+def check_seed(seed: int, flag: str = "--seed") -> None:
+    if not 0 <= seed < 2**32:
+        raise InputError(f"{flag} must be in [0, 2**32), got {seed}")
+
+
+def check_json_target(path: str | None, flag: str = "--json") -> None:
+    """Before any work: ``path`` names a file that can be written (not a folder, in a writable one)."""
+    if path is None:
+        return
+    if Path(path).is_dir():
+        raise InputError(f"{flag} {path} is a folder; name a file")
+    parent = Path(path).absolute().parent
+    check_output_folder(parent, flag)
+    if parent.is_dir():  # permissions are not the whole story (a read-only mount, /proc): try it
+        try:
+            fd, tmp = tempfile.mkstemp(dir=parent, prefix=".infinidepth-check.")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            raise InputError(f"{flag} {path}: cannot create a file in {parent} ({e.strerror})") from None
+
+
+def check_memory_for_points(n: int, flag: str = "--points") -> None:
+    """The sampler and the point cloud hold ~80 bytes per point at their peak (coordinates, depths,
+    points, colours, the sampler's cells); refuse a budget the machine cannot hold, up front."""
+    need, free = 80 * n, available_memory()
+    if need > free:
+        raise InputError(f"{flag} {n} needs about {need / 1e9:.1f} GB of memory, and {free / 1e9:.1f} GB is available")
 
 
 def default_input_size(h: int, w: int, trained: tuple[int, int] | None = None, patch: int = 16) -> tuple[int, int]:
@@ -166,6 +219,14 @@ def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
     return camera_points(depth, coords, K, (H0, W0)), colors.numpy()
 
 
+def check_finite_output(values: np.ndarray, what: str) -> None:
+    """A model whose answer holds NaN or infinities (weights out of range, say) writes nothing."""
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    if bad:
+        raise InputError(f"{what}: the model returned {bad} NaN or infinite depths of {values.size}; "
+                         "nothing was written (is the checkpoint sound?)")
+
+
 def parse_region(text: str, out_size: tuple[int, int]) -> tuple[int, int, int, int]:
     from infinidepth.models.base import check_region
 
@@ -236,6 +297,8 @@ def available_memory() -> int:
     return 1 << 40
 
 
+#: the pictures infinidepth writes (predict, gs); not taken as inputs when a folder is expanded
+OUR_PICTURES = ("_depth.png", "_depth_color.png", "_novel_view.png")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -249,6 +312,11 @@ def image_paths(items: list[str]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            ours = [q for q in found if q.name.endswith(OUR_PICTURES)]  # a previous run's outputs in this folder
+            if ours:
+                print(f"note: skipping {len(ours)} file(s) in {p} named like infinidepth's outputs "
+                      f"({', '.join('*' + e for e in OUR_PICTURES)})", file=sys.stderr)
+                found = [q for q in found if q not in ours]
             if not found:
                 raise InputError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
             paths += found
@@ -265,6 +333,8 @@ def image_paths(items: list[str]) -> list[Path]:
         try:
             with Image.open(p):
                 pass
+        except Image.DecompressionBombError as e:
+            raise InputError(bomb_message(p, e)) from None
         except (UnidentifiedImageError, OSError) as e:
             raise InputError(f"cannot read image {p}: {e}") from e
     return list(by_stem.values())
@@ -289,6 +359,25 @@ def depth_input_for(value: str | None, image: Path, several: bool, flag: str) ->
     return str(found[0])
 
 
+#: what predict writes per image, by the image's stem
+OUTPUT_SUFFIXES = ("_depth.npy", "_depth.png", "_depth_color.png")
+
+
+def output_files(out: Path, stem: str, ply: bool) -> list[Path]:
+    return [out / f"{stem}{s}" for s in OUTPUT_SUFFIXES] + ([out / f"{stem}.ply"] if ply else [])
+
+
+def check_outputs_spare_inputs(out: Path, images: list[Path], depth_files, ply: bool) -> None:
+    """No output of this run may replace one of its inputs (an image, or a depth file)."""
+    inputs = {p.resolve(): p for p in images}
+    inputs.update({Path(f).resolve(): Path(f) for pair in depth_files for f in pair if f})
+    for image in images:
+        for target in output_files(out, image.stem, ply):
+            if target.resolve() in inputs:
+                raise InputError(f"{target} is an output for {image} and also an input of this run "
+                                 f"({inputs[target.resolve()]}); choose another --out")
+
+
 def predict(args) -> list[dict]:
     """Depth (and point clouds) for every image named, one model loaded once.
 
@@ -304,12 +393,19 @@ def predict(args) -> list[dict]:
                     depth_input_for(args.reference_depth, im, several, "--reference-depth")) for im in images]
     if args.input_size:  # checked now; the default depends on the model
         network_input_size(args.input_size)
-    if args.output_size and args.scale:
+    if args.output_size is not None and args.scale is not None:
         raise InputError("give either --output-size or --scale, not both")
-    if args.output_size:
-        parse_size(args.output_size, "--output-size")
-    if args.scale is not None and not args.scale > 0:
-        raise InputError(f"--scale must be positive, got {args.scale}")
+    if args.output_size is not None:
+        size = parse_output_size(args.output_size)
+        if args.region is not None:
+            parse_region(args.region, size)
+    if args.scale is not None and not (np.isfinite(args.scale) and args.scale > 0):
+        raise InputError(f"--scale must be positive and finite, got {args.scale}")
+    if args.region is not None and not args.region.strip():
+        raise InputError("--region is empty; give y0,x0,y1,x1 in output pixels")
+    check_seed(args.seed)
+    if args.max_prompt_points < 1:
+        raise InputError(f"--max-prompt-points must be at least 1, got {args.max_prompt_points}")
     for name in ("fx", "fy"):
         v = getattr(args, name)
         if v is not None and (not np.isfinite(v) or v <= 0):
@@ -323,16 +419,20 @@ def predict(args) -> list[dict]:
             raise InputError("--points sets the size of the point cloud: give it with --ply")
         if not 0 < args.points <= 2**30:
             raise InputError(f"--points must be in [1, 2**30], got {args.points}")
+        check_memory_for_points(args.points)
 
     check_output_folder(Path(args.out))
+    check_outputs_spare_inputs(Path(args.out), images, depth_files, args.ply)
     device = pick_device(args.device)
-    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
+    model = open_model(args.checkpoint, device)
     set_precision(model, args.precision)
     set_backend(model, args.backend)
     if model.arch == "InfiniDepth_DepthSensor" and not args.sparse_depth:
         raise InputError("this InfiniDepth_DepthSensor checkpoint needs --sparse-depth FILE")
     if args.sparse_depth and model.arch != "InfiniDepth_DepthSensor":
         raise InputError(f"--sparse-depth needs an InfiniDepth_DepthSensor checkpoint; this one is {model.arch}")
+    if args.points is not None and model.arch == "GridBaseline":
+        raise InputError("--points needs the depth field's derivative, which the grid baseline lacks; use --ply alone")
     results = []
     bar = tqdm(list(zip(images, depth_files)), desc="images", unit="image", disable=args.quiet or not several)
     for image, (sparse_file, reference_file) in bar:
@@ -346,10 +446,12 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     # Everything about this image is read and checked before anything is computed or written.
     rgb = read_image(path)
     H0, W0 = rgb.shape[:2]
-    if args.output_size:
-        out_size = parse_size(args.output_size, "--output-size")
-    elif args.scale:
+    if args.output_size is not None:
+        out_size = parse_output_size(args.output_size)
+    elif args.scale is not None:
         out_size = (max(1, round(H0 * args.scale)), max(1, round(W0 * args.scale)))
+        if max(out_size) > MAX_SIDE:
+            raise InputError(f"--scale {args.scale} makes {path} {out_size[0]}x{out_size[1]}: sides of at most {MAX_SIDE}")
     else:
         out_size = (H0, W0)
     fx = args.fx if args.fx is not None else float(max(H0, W0))
@@ -357,7 +459,10 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     cx = args.cx if args.cx is not None else W0 / 2
     cy = args.cy if args.cy is not None else H0 / 2
 
-    region = parse_region(args.region, out_size) if args.region else (0, 0, *out_size)
+    try:
+        region = parse_region(args.region, out_size) if args.region is not None else (0, 0, *out_size)
+    except InputError as e:
+        raise InputError(f"{path}: {e}") from None
     y0, x0, y1, x1 = region
     map_size = (y1 - y0, x1 - x0)
     huge = 4 * map_size[0] * map_size[1] > available_memory() // 2
@@ -390,6 +495,8 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
             depth = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=map_size)
             model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=progress,
                           region=region, out=depth)
+            for r in range(0, map_size[0], 1024):  # a band at a time: the map is larger than memory
+                check_finite_output(depth[r : r + 1024], str(path))
             depth.flush()
             del depth
         if not args.quiet:
@@ -399,6 +506,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     depth = model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=progress,
                           region=region)
     depth = depth[0, 0].cpu().numpy()
+    check_finite_output(depth, str(path))
     seconds = time.perf_counter() - t0
     metric = model.alignment is None
     note = ""
@@ -408,6 +516,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
             print("note: the model predicts metric depth; --reference-depth is used for nothing", file=sys.stderr)
         else:
             depth, a, b = align_to_reference(depth, reference, model.alignment, args.seed)
+            check_finite_output(depth, f"{path}, aligned to {reference_file}")
             alignment = (model.alignment, a, b)
             metric = True
             note = f", aligned to the reference in {model.alignment} space (a={a:.4g}, b={b:.4g})"
@@ -416,19 +525,20 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, K, alignment, args.seed,
                                              None if sparse_t is None else sparse_t.to(device))
 
-    png16, encoding = depth_to_png16(depth, metric)
-    written = [out / f"{stem}_depth.npy", out / f"{stem}_depth.png", out / f"{stem}_depth_color.png"]
-    write_npy(written[0], depth.astype(np.float32))
-    write_png(written[1], png16)
-    write_png(written[2], colorize_depth(depth))
-    if args.ply and args.points is not None:
-        written.append(out / f"{stem}.ply")
-        write_ply(written[-1], points, colors)
-    elif args.ply:
+    if args.ply and args.points is None:
         points = camera_points(depth, grid_coords(*out_size).reshape(*out_size, 2)[y0:y1, x0:x1].reshape(1, -1, 2), K, (H0, W0))
         colors = resize_rgb(rgb, out_size)[y0:y1, x0:x1].reshape(-1, 3)
-        written.append(out / f"{stem}.ply")
-        write_ply(written[-1], points, colors)
+    if args.ply:
+        check_finite_output(points, f"{path}, point cloud")
+
+    png16, encoding = depth_to_png16(depth, metric)
+    written = output_files(out, stem, args.ply)
+    with atomic_paths(written) as tmps:  # the set is replaced together, or not at all
+        write_npy(tmps[0], depth.astype(np.float32))
+        write_png(tmps[1], png16)
+        write_png(tmps[2], colorize_depth(depth))
+        if args.ply:
+            write_ply(tmps[3], points, colors)
     if not args.quiet:
         part = f" (region rows {y0}:{y1}, columns {x0}:{x1})" if map_size != out_size else ""
         say(f"{path.name}: {model.arch} on {device}, input {input_size[0]}x{input_size[1]}, "
@@ -442,9 +552,10 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
 def data_render(args) -> dict:
     from infinidepth.data.procedural import render_set
 
-    w, h = parse_size(args.size, "--size")  # WIDTHxHEIGHT here, as in the help
-    if args.scenes <= 0 or args.views <= 0:
-        raise InputError(f"--scenes and --views must be positive, got {args.scenes} and {args.views}")
+    w, h = parse_size(args.size, "--size", "WIDTHxHEIGHT (e.g. 1024x768)")  # WIDTHxHEIGHT here, as in the help
+    if not (0 < args.scenes <= 10**6 and 0 < args.views <= 1000):
+        raise InputError(f"--scenes must be in [1, 10**6] and --views in [1, 1000], got {args.scenes} and {args.views}")
+    check_seed(args.seed)
     if not (np.isfinite(args.baseline) and args.baseline >= 0):
         raise InputError(f"--baseline must be a non-negative number of metres, got {args.baseline}")
     device = pick_device(args.device)
@@ -477,9 +588,13 @@ def run_eval(args) -> list[dict]:
         raise InputError("--hf-points and --limit must be positive")
     if args.input_size:
         network_input_size(args.input_size)
+    check_seed(args.seed)
+    check_json_target(args.json)
     device = pick_device(args.device)
     datasets = [BENCHMARKS[name](root) for name, root in zip(args.dataset, args.root)]  # all checked before any work
-    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
+    model = open_model(args.checkpoint, device)
+    if model.arch == "InfiniDepth_DepthSensor":
+        raise InputError("infinidepth eval takes a monocular checkpoint; this InfiniDepth_DepthSensor one needs sparse depth")
     input_size = network_input_size(args.input_size, patch=model.patch_size) if args.input_size else None
     results = []
     for ds in datasets:
@@ -538,7 +653,15 @@ def run_bench(args) -> dict:
         raise InputError(f"--repeats must be at least 1, got {args.repeats}")
     if args.input_size:
         network_input_size(args.input_size)
-    model = load_model(args.checkpoint or args.preset or DEFAULT_CHECKPOINT, device=device)
+    check_json_target(args.json)
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
+    for name, (h, w) in sizes:  # bench holds each map in memory
+        if 4 * h * w > free // 2:
+            raise InputError(f"--sizes {name}: its {h}x{w} float32 map takes {4 * h * w / 1e9:.1f} GB, more than half "
+                             f"of the {free / 1e9:.1f} GB free on {device}")
+    model = open_model(args.checkpoint or args.preset, device)
+    if model.arch == "InfiniDepth_DepthSensor":
+        raise InputError("infinidepth bench times monocular models; this InfiniDepth_DepthSensor one needs sparse depth")
     input_size = network_input_size(args.input_size, patch=model.patch_size) if args.input_size else None
     set_precision(model, args.precision)
     if args.precision != "fp32":
@@ -565,7 +688,7 @@ def run_train(args) -> dict:
         raise InputError(str(e)) from None
     try:
         result = train(cfg, resume=args.resume, progress=not args.quiet)
-    except FileExistsError as e:
+    except (FileExistsError, ValueError) as e:  # a run folder in the way, a config the data or checkpoint refuses
         raise InputError(str(e)) from None
     if not args.quiet and os.environ.get("RANK", "0") == "0":
         state = "stopped (continue with --resume)" if result["interrupted"] else "finished"
@@ -584,8 +707,10 @@ def run_gs(args) -> dict:
         network_input_size(args.input_size)
     if not 4 <= args.points <= 2**26:
         raise InputError(f"--points must be in [4, 2**26], got {args.points}")
-    if args.frames <= 0 or args.fps <= 0 or not args.move > 0:
-        raise InputError("--frames, --fps and --move must be positive")
+    if args.frames <= 0 or args.fps <= 0 or not (np.isfinite(args.move) and 0 < args.move <= 100):
+        raise InputError("--frames and --fps must be positive, --move in (0, 100] (a fraction of the median depth)")
+    check_seed(args.seed)
+    check_memory_for_points(args.points)
     fx = args.fx if args.fx is not None else float(max(H0, W0))
     if not (np.isfinite(fx) and fx > 0):
         raise InputError(f"focal length must be positive and finite, got {fx}")
@@ -596,9 +721,10 @@ def run_gs(args) -> dict:
         rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
     check_output_folder(Path(args.out))
     device = pick_device(args.device)
-    model = load_model(args.checkpoint or DEFAULT_CHECKPOINT, device=device)
-    if model.arch == "InfiniDepth_DepthSensor":
-        raise InputError("infinidepth gs takes a monocular checkpoint (no sparse depth)")
+    model = open_model(args.checkpoint, device)
+    if model.arch in ("InfiniDepth_DepthSensor", "GridBaseline"):
+        raise InputError(f"infinidepth gs takes a monocular implicit model (its sampler needs the field's derivative "
+                         f"and no sparse depth); this checkpoint is {model.arch}")
     input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
@@ -671,7 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("image", nargs="+", help="input images (PNG, JPEG, ...) or folders of them; outputs are named by "
                                             "each image's name stem")
     p.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
-    p.add_argument("--output-size", help="output HxW, any size (default: the image's)")
+    p.add_argument("--output-size", help="output HxW, any size, or 1k, 2k, 4k, 8k, 16k (default: the image's)")
     p.add_argument("--scale", type=float, help="output size as a multiple of the image's")
     p.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, the pixel count the "
                                         "model was trained at when it says, else long side <= 1024)")

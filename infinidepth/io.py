@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -39,8 +39,17 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
             if im.mode.startswith("I") or im.mode == "F":
                 return _grey_to_rgb8(np.asarray(im), path)
             return np.asarray(im.convert("RGB")).copy()
+    except Image.DecompressionBombError as e:
+        raise InputError(bomb_message(path, e)) from None
     except (UnidentifiedImageError, OSError) as e:
         raise InputError(f"cannot read image {path}: {e}") from e
+
+
+def bomb_message(path, error) -> str:
+    """Pillow refuses images of more than 2 * Image.MAX_IMAGE_PIXELS pixels (a guard against files
+    that declare a huge size); say so, and how to lift it for a real one."""
+    return (f"cannot read image {path}: {error} To read a genuine image that large, raise "
+            "PIL.Image.MAX_IMAGE_PIXELS in Python, or downscale it first (the network input is small anyway).")
 
 
 def _grey_to_rgb8(grey: np.ndarray, path: Path) -> np.ndarray:
@@ -164,6 +173,15 @@ def atomic_path(path: str | os.PathLike):
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_paths(paths):
+    """:func:`atomic_path` for a set of files: temporaries for all, renamed onto ``paths`` together
+    once the block succeeds. A run stopped midway leaves the previous set whole, not half old and
+    half new."""
+    with ExitStack() as stack:
+        yield [stack.enter_context(atomic_path(p)) for p in paths]
 
 
 def _umask() -> int:

@@ -104,6 +104,15 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--reference-depth", str(tmp_path / "small.npy")], "reference depth"),
         (["predict", img, "--points", "100"], "with --ply"),
         (["predict", img, "--ply", "--points", "0"], "--points must be"),
+        (["predict", img, "--ply", "--points", str(2**30)], "GB of memory"),
+        (["predict", img, "--ply", "--points", "100", "--checkpoint", "grid-tiny"], "grid baseline lacks"),
+        (["predict", img, "--scale", "inf"], "--scale must be positive and finite"),
+        (["predict", img, "--output-size", "99999999999999999999x1"], "sides of at most"),
+        (["predict", img, "--output-size", "8x8", "--region", "0,0,9,9"], "--region"),
+        (["predict", img, "--region", ""], "--region is empty"),
+        (["predict", img, "--seed=-1"], "--seed must be in"),
+        (["gs", img, "--checkpoint", "grid-tiny"], "this checkpoint is GridBaseline"),
+        (["gs", img, "--move", "inf"], "--move in"),
     ]
 
 
@@ -206,3 +215,82 @@ def test_every_command_refuses_a_device_it_cannot_use(tmp_path, image, capsys):
             code, _, err = run(argv + ["--device", device], capsys)
             assert code == 2 and err.startswith("infinidepth: error: --device") and match in err, (argv, device, err)
             assert not out.exists(), argv
+
+
+def test_the_default_model_ignores_a_folder_named_demo(tmp_path, image, capsys, monkeypatch):
+    """A second `infinidepth demo --out demo` in the same folder used to load ./demo as the model."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    code, _, err = run(["predict", str(image), "--out", "o", "--quiet"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "o" / "scene_depth.npy").exists()
+
+
+def test_a_model_answering_nan_writes_nothing_and_keeps_the_old_outputs(tmp_path, image, capsys):
+    import torch
+
+    from infinidepth import save_model
+    from infinidepth.models import from_preset
+
+    model = from_preset("tiny")
+    with torch.no_grad():
+        model.decoder.mlp[0].weight.mul_(1e38)  # finite weights, overflowing activations
+    save_model(model, tmp_path / "overflow.safetensors")
+    out = tmp_path / "o"
+    assert run(["predict", str(image), "--out", str(out), "--quiet", "--ply"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, _, err = run(["predict", str(image), "--out", str(out), "--ply", "--checkpoint",
+                        str(tmp_path / "overflow.safetensors")], capsys)
+    assert code == 2 and "NaN or infinite depths" in err and "nothing was written" in err, err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_outputs_never_replace_inputs(tmp_path, image, capsys):
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    Image.open(image).save(folder / "a.png")
+    Image.open(image).save(folder / "a_depth.png")  # an input image that a.png's outputs would replace
+    code, _, err = run(["predict", str(folder / "a.png"), str(folder / "a_depth.png"), "--out", str(folder)], capsys)
+    assert code == 2 and "also an input of this run" in err, err
+    ref = folder / "x_depth.npy"
+    np.save(ref, np.ones((40, 56), np.float32))
+    Image.open(image).save(folder / "x.png")
+    code, _, err = run(["predict", str(folder / "x.png"), "--reference-depth", str(ref), "--out", str(folder)], capsys)
+    assert code == 2 and "also an input" in err
+    assert np.load(ref).sum() == 40 * 56
+    # a folder's earlier outputs are not taken as new images
+    (folder / "a_depth.png").unlink()
+    out = tmp_path / "o"
+    assert run(["predict", str(folder), "--out", str(folder), "--quiet"], capsys)[0] == 0
+    code, _, err = run(["predict", str(folder), "--out", str(out), "--quiet"], capsys)
+    assert code == 0 and "skipping 4 file(s)" in err, err
+    assert sorted(p.name for p in out.glob("*_depth.npy")) == ["a_depth.npy", "x_depth.npy"]
+
+
+def test_json_reports_are_checked_before_any_work(tmp_path, image, capsys):
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "afile").write_text("")
+    for target, match in ((tmp_path / "folder", "is a folder"), (tmp_path / "afile" / "r.json", "is a file")):
+        for argv in (["bench", "--preset", "tiny", "--sizes", "64x64"],
+                     ["eval", "--dataset", "procedural", "--root", str(tmp_path)]):
+            code, stdout, err = run(argv + ["--json", str(target)], capsys)
+            assert code == 2 and match in err and stdout == "", (argv, err)
+    code, _, err = run(["bench", "--preset", "tiny", "--sizes", "100000x100000"], capsys)
+    assert code == 2 and "more than half" in err
+
+
+def test_atomic_paths_replace_a_set_together_or_not_at_all(tmp_path):
+    from infinidepth.io import atomic_paths
+
+    files = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for f in files:
+        f.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_paths(files) as tmps:
+            tmps[0].write_text("new")
+            raise RuntimeError("stopped between the files")
+    assert [f.read_text() for f in files] == ["old", "old"] and len(list(tmp_path.iterdir())) == 2
+    with atomic_paths(files) as tmps:
+        for t in tmps:
+            t.write_text("new")
+    assert [f.read_text() for f in files] == ["new", "new"] and len(list(tmp_path.iterdir())) == 2
