@@ -556,6 +556,10 @@ def data_render(args) -> dict:
     if not (0 < args.scenes <= 10**6 and 0 < args.views <= 1000):
         raise InputError(f"--scenes must be in [1, 10**6] and --views in [1, 1000], got {args.scenes} and {args.views}")
     check_seed(args.seed)
+    need, free = 600 * w * h, available_memory()  # the ray caster's peak: ~570 bytes per pixel at 1024x768
+    if need > free:
+        raise InputError(f"--size {args.size}: rendering a view takes about {need / 1e9:.1f} GB, and {free / 1e9:.1f} GB "
+                         "is available")
     if not (np.isfinite(args.baseline) and args.baseline >= 0):
         raise InputError(f"--baseline must be a non-negative number of metres, got {args.baseline}")
     device = pick_device(args.device)

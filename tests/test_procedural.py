@@ -184,6 +184,14 @@ def test_render_set_layout_resume_and_refusal(tmp_path):
     assert (tmp_path / "other" / "mine.txt").read_text() == "keep me"
     ds = ProceduralFiles(out, size=(24, 32), n_pairs=16)
     assert len(ds) == 6 and ds[0]["depth"].shape == (1, 24, 32)
+    # a run that failed before its first view (out of memory, say) left only its index: a run with
+    # other settings may take the folder over
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    (failed / "index.json").write_text(json.dumps({**index, "size": [100000, 100000]}))
+    (failed / "README.md").write_text("layout")
+    assert render_set(failed, scenes=1, size=(24, 32), progress=False)["rendered"] == 1
+    assert json.loads((failed / "index.json").read_text())["size"] == [24, 32]
 
 
 def test_data_render_command(tmp_path, capsys):

@@ -678,7 +678,8 @@ def render_set(out, scenes: int, size: tuple[int, int], views: int = 1, seed: in
              "seed": int(seed), "baseline": float(baseline)}
     if (out / "index.json").is_file():
         old = json.loads((out / "index.json").read_text())
-        if {k: v for k, v in old.items() if k != "scenes"} != {k: v for k, v in index.items() if k != "scenes"}:
+        rendered = any(out.glob("scene_*/view_*_camera.json"))  # a run that failed before its first view left only the index
+        if rendered and {k: v for k, v in old.items() if k != "scenes"} != {k: v for k, v in index.items() if k != "scenes"}:
             raise ValueError(f"{out} already holds a different procedural set ({old}); choose another folder")
     elif out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no procedural set; choose another folder")
