@@ -190,6 +190,9 @@ def align_to_reference(depth: np.ndarray, reference: np.ndarray, space: str, see
         raise InputError("reference depth has fewer than 2 valid samples")
     forward, _ = ALIGNMENT_SPACES[space]
     a, b = fit_affine_robust(forward(depth[valid]), forward(reference[valid]), seed=seed)
+    if not a > 0:  # the aligned map would put far things near: not a reference for this image
+        raise InputError(f"the reference depth orders the scene the other way round from the prediction (the fit "
+                         f"in {space} space has scale {a:.3g} <= 0); is it depth of this image, in metres?")
     return apply_alignment(depth, space, a, b), a, b
 
 

@@ -102,8 +102,12 @@ def read_depth(path: str | os.PathLike) -> np.ndarray:
     depth = np.squeeze(np.asarray(depth))
     if depth.ndim != 2:
         raise InputError(f"depth in {path} must be a single-channel 2-D map, got shape {depth.shape}")
-    if not np.issubdtype(depth.dtype, np.number):
-        raise InputError(f"depth in {path} is not numeric (dtype {depth.dtype})")
+    if not (np.issubdtype(depth.dtype, np.integer) or np.issubdtype(depth.dtype, np.floating)):
+        raise InputError(f"depth in {path} must hold real numbers, got dtype {depth.dtype}")
+    if np.issubdtype(depth.dtype, np.floating) and depth.dtype.itemsize > 4:
+        finite = depth[np.isfinite(depth)]
+        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+            raise InputError(f"depth in {path} holds values beyond float32's range ({np.abs(finite).max():.3g})")
     return depth.astype(np.float32)
 
 

@@ -47,6 +47,11 @@ def test_scale_and_reference_alignment(tmp_path, image, capsys):
     np.save(tmp_path / "ref.npy", ref)
     assert run(["predict", str(image), "--scale", "0.5", "--out", str(out), "--quiet", "--reference-depth", str(tmp_path / "ref.npy")], capsys)[0] == 0
     np.testing.assert_allclose(np.load(out / "scene_depth.npy"), ref, rtol=1e-3)
+    # a reference ordered the other way round (far where the prediction is near) aligns to nothing
+    np.save(tmp_path / "anti.npy", np.exp(-1.7 * np.log(rel) + 0.4).astype(np.float32))
+    code, _, err = run(["predict", str(image), "--scale", "0.5", "--out", str(tmp_path / "anti"),
+                        "--reference-depth", str(tmp_path / "anti.npy")], capsys)
+    assert code == 2 and "other way round" in err and not (tmp_path / "anti").exists()
 
 
 def test_point_cloud_from_the_surface_area_sampler(tmp_path, image, capsys):

@@ -70,6 +70,12 @@ def test_depth_reader_errors(tmp_path):
     Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "eight.png")
     with pytest.raises(InputError, match="16-bit"):
         read_depth(tmp_path / "eight.png")
+    np.save(tmp_path / "complex.npy", np.ones((4, 4), np.complex64))  # not silently its real part
+    with pytest.raises(InputError, match="real numbers"):
+        read_depth(tmp_path / "complex.npy")
+    np.save(tmp_path / "huge.npy", np.full((4, 4), 1e300))  # not silently infinite
+    with pytest.raises(InputError, match="beyond float32's range"):
+        read_depth(tmp_path / "huge.npy")
 
 
 @pytest.mark.parametrize("bad,match", [(np.nan, "NaN"), (-1.0, "negative"), (np.inf, "infinite")])
