@@ -259,6 +259,8 @@ def pick_device(text: str | None) -> torch.device:
             raise InputError(f"--device {text}: no CUDA GPU is visible to torch here; use --device cpu")
         if device.index is not None and device.index >= count:
             raise InputError(f"--device {text}: there are {count} CUDA GPU(s), numbered 0..{count - 1}")
+    elif device.type == "cpu" and device.index not in (None, 0):
+        raise InputError(f"--device {text}: the CPU has no device index; use --device cpu")
     elif device.type != "cpu":
         raise InputError(f"--device {text}: infinidepth runs on cpu or cuda")
     return device

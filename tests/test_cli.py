@@ -216,7 +216,8 @@ def test_every_command_refuses_a_device_it_cannot_use(tmp_path, image, capsys):
                 ["eval", "--dataset", "procedural", "--root", str(tmp_path), "--json", str(out / "e.json")],
                 ["data", "render", "--scenes", "1", "--size", "32x24", "--out", str(out)], ["demo", "--out", str(out)]]
     for argv in commands:
-        for device, match in (("foo", "unknown device 'foo'"), ("mps", "runs on cpu or cuda"), (missing, expected)):
+        for device, match in (("foo", "unknown device 'foo'"), ("mps", "runs on cpu or cuda"), (missing, expected),
+                              ("cpu:5", "no device index")):
             code, _, err = run(argv + ["--device", device], capsys)
             assert code == 2 and err.startswith("infinidepth: error: --device") and match in err, (argv, device, err)
             assert not out.exists(), argv
