@@ -36,7 +36,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read or does not fit the architecture."""
 
 
-def _first_line(error: Exception, limit: int = 200) -> str:
+def one_line(error: Exception, limit: int = 200) -> str:
     """``Type: message`` of a reader library's error on one line, cut to ``limit`` characters
     (torch's run to pages of advice that does not apply here)."""
     text = " ".join(ln.strip() for ln in str(error).splitlines() if ln.strip())
@@ -51,7 +51,7 @@ def read_torch_weights(path, nests: tuple[str, ...] = ("state_dict",)) -> dict[s
     try:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from e
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from e
     for key in nests:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -104,7 +104,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
                 meta = f.metadata() or {}
             sd = load_file(str(path))
         except Exception as e:  # safetensors raises several types for a damaged file
-            raise CheckpointError(f"{path}: not a readable safetensors file ({_first_line(e)})") from e
+            raise CheckpointError(f"{path}: not a readable safetensors file ({one_line(e)})") from e
         try:
             info = json.loads(meta["infinidepth"]) if "infinidepth" in meta else None
         except json.JSONDecodeError as e:
@@ -116,14 +116,14 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e)})") from e
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from e
         # Lightning files may pickle hyper-parameter objects (argparse.Namespace, config classes)
         # that torch's weights-only loader refuses. Read them with every such class replaced by an
         # inert stand-in: the tensors come out, and no code named by the file runs.
         try:
             obj = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
         except Exception as e2:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_first_line(e2)})") from e2
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e2)})") from e2
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors or a Lightning checkpoint, got {type(obj).__name__}")
     info = obj.get(FORMAT) if isinstance(obj.get(FORMAT), dict) else None

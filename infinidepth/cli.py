@@ -730,6 +730,17 @@ def run_gs(args) -> dict:
         rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
     check_output_folder(Path(args.out))
     device = pick_device(args.device)
+    head = None
+    if args.gs_head:  # read and checked before the depth model runs
+        from infinidepth.gs.train import load_gs_head
+
+        try:
+            head, head_model = load_gs_head(args.gs_head)
+        except ValueError as e:
+            raise InputError(f"--gs-head: {e}") from None
+        if head_model != (args.checkpoint or DEFAULT_CHECKPOINT):
+            print(f"note: the GS head was trained with depth model {head_model!r}, not {args.checkpoint or DEFAULT_CHECKPOINT!r}",
+                  file=sys.stderr)
     model = open_model(args.checkpoint, device)
     if model.arch in ("InfiniDepth_DepthSensor", "GridBaseline"):
         raise InputError(f"infinidepth gs takes a monocular implicit model (its sampler needs the field's derivative "
@@ -739,13 +750,15 @@ def run_gs(args) -> dict:
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
     points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
     pts = torch.from_numpy(points).to(device)
-    if args.gs_head:
-        from infinidepth.gs.train import head_inputs, load_gs_head
+    if head is not None:
+        from infinidepth.gs.train import head_inputs
         from infinidepth.sampling import scale_intrinsics
 
-        head, _ = load_gs_head(args.gs_head)
         K_in = scale_intrinsics(K, (H0, W0), input_size).float()
         p_in, c_in, feats = head_inputs(model, image, K_in.to(device), args.points, args.seed)
+        if feats.shape[-1] != head.feature_dim:
+            raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feats.shape[-1]}: "
+                             "train a head for this depth model with infinidepth train-gs --depth-model")
         with torch.no_grad():
             g = head.to(device)(p_in.to(device), c_in.to(device), feats.to(device), focal=float(K_in[0, 0]))
     else:

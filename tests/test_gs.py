@@ -260,6 +260,19 @@ def test_gs_command_writes_ply_view_and_video(tmp_path, capsys):
     assert len(frames) == 4 and frames[0].shape[:2] == (32, 48)
     assert main(["gs", str(img), "--points", "2", "--out", str(out)]) == 2
     assert "--points" in capsys.readouterr().err
+    # GS head files are read (without running pickled code) and checked before the depth model runs
+    (tmp_path / "junk.pt").write_bytes(b"not a head")
+    torch.save([1, 2], tmp_path / "list.pt")
+    for head, match in ((tmp_path / "junk.pt", "not a readable GS head"), (tmp_path / "list.pt", "not a GS head written"),
+                        (tmp_path / "none.pt", "no GS head file")):
+        assert main(["gs", str(img), "--gs-head", str(head), "--out", str(tmp_path / "never")]) == 2
+        assert match in capsys.readouterr().err
+    # the bundled head reads the demo model's features; another model's is refused by name
+    assert main(["gs", str(img), "--gs-head", "demo", "--checkpoint", "official-tiny", "--points", "500",
+                 "--out", str(tmp_path / "never")]) == 2
+    err = capsys.readouterr().err
+    assert "trained with depth model 'demo'" in err and "reads 112 feature channels" in err
+    assert not (tmp_path / "never").exists()
 
 
 def test_psnr_ssim_and_holes_against_hand_values():
@@ -368,6 +381,60 @@ def test_gs_head_training_resumes_exactly_and_feeds_the_gs_command(tmp_path):
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0
     g = read_ply(tmp_path / "o" / "pic_gaussians.ply")
     assert len(g) == 500 and not torch.allclose(g.opacities, torch.full((500,), 0.95))   # the head's, not the splat rule
+
+
+GS_BAD_VALUES = [  # (GSTrainConfig fields, what the error must say)
+    (dict(points=3), r"points must be in \[4, 67108864\], got 3"),
+    (dict(points=2.5), "points must be a whole number, got 2.5"),
+    (dict(steps=True), "steps must be a whole number, got True"),
+    (dict(lpips_weight=float("nan")), "lpips_weight must be a finite number, got nan"),
+    (dict(ssim_weight=-1.0), "ssim_weight must be 0 or more, got -1"),
+    (dict(lr=0.0), "lr must be greater than 0, got 0"),
+    (dict(baseline=float("inf")), "baseline must be a finite number, got inf"),
+    (dict(views=1), r"views must be at least 2 \(a source and a moved view\), got 1"),
+    (dict(seed=-1), r"seed must be in \[0, 4294967295\], got -1"),
+    (dict(size=(30, 48)), r"size must be multiples of 16, got \[30, 48\]"),
+    (dict(size=64), r"size must be \[height, width\], two whole numbers, got 64"),
+    (dict(scenes="10"), "scenes must be a whole number, got '10'"),
+    (dict(out=5), r"out must be a folder path \(text\), got 5"),
+]
+
+
+@pytest.mark.parametrize("fields,message", GS_BAD_VALUES, ids=[str(f) for f, _ in GS_BAD_VALUES])
+def test_gs_training_config_refuses_bad_values_naming_the_field(fields, message):
+    from infinidepth.gs.train import GSTrainConfig
+
+    with pytest.raises(ValueError, match=message):
+        GSTrainConfig(**fields).validate()
+
+
+def test_gs_training_config_accepts_the_smallest_values_and_the_command_refuses_bad_ones(tmp_path, capsys):
+    from infinidepth.cli import main
+    from infinidepth.gs.train import GSTrainConfig
+
+    assert GSTrainConfig(points=4, views=2, size=[16, 16], ssim_weight=0, lpips_weight=0).validate().size == (16, 16)
+    assert main(["train-gs", "--depth-model", "tiny", "--points", "3", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "points must be in [4, 67108864], got 3" in capsys.readouterr().err
+    assert main(["train-gs", "--depth-model", "tiny", "--lpips-weight", "nan", "--out", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "lpips_weight must be a finite number, got nan" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_gs_resume_names_the_fields_that_differ(tmp_path):
+    import dataclasses
+
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    cfg = GSTrainConfig(depth_model="tiny", scenes=2, size=(32, 48), points=300, steps=4, out=str(tmp_path)).validate()
+    torch.save({"config": dataclasses.asdict(dataclasses.replace(cfg, steps=8, lr=0.01))}, tmp_path / "gs_checkpoint.pt")
+    with pytest.raises(ValueError, match="--resume: the config differs from the checkpoint's in lr, steps$"):
+        train_gs(cfg, resume=True, progress=False)
+    (tmp_path / "gs_checkpoint.pt").write_bytes(b"truncated")
+    with pytest.raises(ValueError, match="is damaged or not a train-gs checkpoint"):
+        train_gs(cfg, resume=True, progress=False)
+    (tmp_path / "gs_checkpoint.pt").unlink()
+    with pytest.raises(ValueError, match="--resume: no checkpoint at"):
+        train_gs(cfg, resume=True, progress=False)
 
 
 def test_the_bundled_gs_head_loads_by_name_and_fits_the_demo_model():

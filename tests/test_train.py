@@ -75,6 +75,94 @@ def test_configs_from_presets_and_yaml(tmp_path):
         load_config("nonexistent.yaml")
 
 
+BAD_VALUES = [  # (YAML lines over `base: demo`, what the error must say)
+    ("steps: two", "steps must be a whole number, got 'two'"),
+    ("steps: 2.5", "steps must be a whole number, got 2.5"),
+    ("steps: true", "steps must be a whole number, got True"),             # a bool is not a count
+    ('pairs: "256"', "pairs must be a whole number, got '256'"),
+    ("lr_decoder: abc", "lr_decoder must be a number, got 'abc'"),
+    ("lr_decoder: .nan", "lr_decoder must be a finite number, got nan"),
+    ("lr_encoder: -.inf", "lr_encoder must be a finite number, got -inf"),
+    ("weight_decay: -1", "weight_decay must be 0 or more, got -1"),
+    ("grad_clip: -0.5", "grad_clip must be 0 or more, got -0.5"),
+    ("warmup_steps: -1", "warmup_steps must be 0 or more, got -1"),
+    ("num_workers: -2", "num_workers must be 0 or more, got -2"),
+    ("seed: -1", r"seed must be in \[0, 4294967295\], got -1"),
+    ("input_size: 64", r"input_size must be \[height, width\], two whole numbers, got 64"),
+    ("input_size: [64]", r"input_size must be \[height, width\], two whole numbers, got \[64\]"),
+    ("input_size: [64, 80.5]", r"input_size must be \[height, width\], two whole numbers"),
+    ("augment_scale: [2.0, 0.1]", r"augment_scale must be \[min, max\] with 0 < min <= max <= 1, got \[2.0, 0.1\]"),
+    ("augment_scale: [0.1, 1.5]", r"augment_scale must be \[min, max\] with 0 < min <= max <= 1"),
+    ("augment_flip: maybe", "augment_flip must be true or false, got 'maybe'"),
+    ("augment_color: -3", r"augment_color must be in \[0, 1\], got -3"),
+    ("out: 5", r"out must be a folder path \(text\), got 5"),
+    ("target: depth", "target must be auto, log_depth or disparity, got 'depth'"),
+    ("precision: fp8", "precision must be auto, fp32, bf16 or fp16, got 'fp8'"),
+    ("model: no_such_model", "model must be a model preset .* or a model file; there is no file 'no_such_model'"),
+    ("pretrained_encoder: none.pth", "pretrained_encoder: no file 'none.pth'"),
+    ("data: hello", r"data must be a list of sources such as \[\{name: procedural, root: data/procedural\}\], got 'hello'"),
+    ("data: [hello]", r"data\[0\] must be a mapping such as \{name: procedural, root: data/procedural\}, got 'hello'"),
+    ("data: [{root: x}]", r"data\[0\] needs a name"),
+    ("data: [{name: procedural}]", r"data\[0\]: data source 'procedural' needs a root folder"),
+    ("data: [{name: nope, root: /x}]", r"unknown data source 'nope' \(data\[0\]\); choose from \[.*'procedural'.*\] or procedural-live"),
+    ("data: [{name: procedural-live, scenes: ten}]", r"data\[0\].scenes \(procedural-live: how many scenes\) must be a whole number, got 'ten'"),
+    ("data: [{name: procedural-live, scenes: 0}]", r"data\[0\].scenes .* must be positive, got 0"),
+    ("data: [{name: procedural-live, scenes: 4, render_size: 5}]", r"data\[0\].render_size must be \[height, width\], two whole numbers, got 5"),
+    ("base: [demo]", r"unknown base preset \['demo'\]"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD_VALUES, ids=[line for line, _ in BAD_VALUES])
+def test_config_refuses_bad_values_naming_the_field(tmp_path, line, message):
+    path = tmp_path / "run.yaml"
+    path.write_text(f"base: demo\n{line}\n")
+    with pytest.raises(ValueError, match=message):
+        load_config(str(path))
+
+
+def test_config_lists_every_bad_field_and_accepts_good_values(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("base: demo\nsteps: 0.5\nseed: -1\naugment_flip: 1\n")
+    with pytest.raises(ValueError) as e:
+        load_config(str(path))
+    assert [line.split(" must")[0].strip() for line in str(e.value).splitlines()[1:]] == ["steps", "seed", "augment_flip"]
+    path.write_text("base: demo\ndata: [{name: procedural-live, scenes: 4, render_size: [48, 64]}, {name: procedural, root: x}]\n"
+                    "input_size: [64, 80]\naugment_scale: [0.5, 1]\naugment_flip: false\naugment_color: 0\nlr_encoder: 0\n"
+                    "grad_clip: 0\nwarmup_steps: 0\nseed: 4294967295\nlr_decoder: 1e-4\nweight_decay: 5E-2\n")
+    cfg = load_config(str(path))
+    assert cfg.lr_decoder == 1e-4 and cfg.weight_decay == 0.05        # numbers, though PyYAML alone reads strings
+    assert cfg.data[0].render_size == (48, 64) and cfg.input_size == (64, 80) and cfg.augment_scale == (0.5, 1)
+    assert cfg.augment_flip is False and cfg.seed == 2**32 - 1
+    # built in Python, lists become tuples (so resuming compares equal to the checkpoint's config)
+    assert TrainConfig(data=[DataSource("procedural", "x")], input_size=[32, 48]).validate().input_size == (32, 48)
+
+
+def test_fp16_needs_a_gpu(tmp_path, monkeypatch):
+    """As inference: fp16 on the CPU is refused up front (with a GPU the same config passes)."""
+    path = tmp_path / "run.yaml"
+    path.write_text("base: demo\nprecision: fp16\n")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="precision fp16 needs a CUDA device, and there is none here; on the CPU use fp32"):
+        load_config(str(path))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_config(str(path)).precision == "fp16"
+
+
+def test_model_and_data_problems_stop_training_before_any_file(scenes, tmp_path):
+    """Checks that need the model (its patch) or the data are made at the start of train(), as
+    ValueErrors, before OUT is created."""
+    with pytest.raises(ValueError, match="multiples of the encoder's patch, 16: got 60x60 \\(nearest: 64x64\\)"):
+        train(small_config(scenes, tmp_path / "patch", input_size=(60, 60)), progress=False)
+    with pytest.raises(ValueError, match="is not a directory"):
+        train(small_config(scenes, tmp_path / "root", data=[DataSource("procedural", str(tmp_path / "none"))]), progress=False)
+    with pytest.raises(ValueError, match="6 frames are too few for batch_size 8"):
+        train(small_config(scenes, tmp_path / "few", batch_size=8), progress=False)
+    bad = dataclasses.replace(small_config(scenes, tmp_path / "source"), data=[DataSource("nope", "x")])
+    with pytest.raises(ValueError, match="unknown data source 'nope'"):
+        train(bad, progress=False)
+    assert not any((tmp_path / name).exists() for name in ("patch", "root", "few", "source"))
+
+
 # -- resume and checkpoints -----------------------------------------------------------------------------------------
 def test_resume_after_sigterm_continues_bit_for_bit(scenes, tmp_path):
     whole = train(small_config(scenes, tmp_path / "whole"), progress=False)
@@ -108,8 +196,82 @@ def test_training_lowers_the_loss_and_refuses_to_overwrite_a_run(scenes, tmp_pat
     with pytest.raises(FileExistsError, match="--resume"):
         train(cfg, progress=False)
     changed = small_config(scenes, tmp_path / "run", steps=40, batch_size=2, checkpoint_every=40)
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="--resume: the config differs from the checkpoint's in batch_size$"):
         train(changed, resume=True, progress=False)
+    # a longer run is another schedule: refused, saying why and how to go on from the trained weights
+    longer = small_config(scenes, tmp_path / "run", steps=80, batch_size=3, checkpoint_every=40)
+    with pytest.raises(ValueError, match="differs from the checkpoint's in steps; steps sets the learning-rate schedule.*"
+                                         "start a new run with another --out and model: .*model.safetensors"):
+        train(longer, resume=True, progress=False)
+
+
+def test_resume_refuses_missing_damaged_and_foreign_checkpoints(tmp_path):
+    cfg = TrainConfig(data=[DataSource("procedural", "x")], out=str(tmp_path)).validate()
+    path = tmp_path / "checkpoint.pt"
+    with pytest.raises(ValueError, match="--resume: no checkpoint at .*checkpoint.pt"):
+        train(cfg, resume=True, progress=False)
+    model = from_preset("tiny")
+    opt = torch.optim.AdamW(model.parameters())
+    save_checkpoint(path, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 5, cfg)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])             # truncated
+    with pytest.raises(ValueError, match="--resume: .*checkpoint.pt is damaged and cannot be read"):
+        train(cfg, resume=True, progress=False)
+    torch.save({"model": {}}, path)
+    with pytest.raises(ValueError, match="checkpoint.pt is not a checkpoint of infinidepth train \\(it lacks optimizer"):
+        train(cfg, resume=True, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]     # nothing else written
+
+
+def nan_targets_from(call: int, monkeypatch):
+    """make_targets gives NaN targets from its ``call``-th call (one call per step) on."""
+    from infinidepth.train import trainer
+
+    real, calls = trainer.make_targets, []
+
+    def targets(*a, **k):
+        calls.append(1)
+        t = real(*a, **k)
+        return t * float("nan") if len(calls) >= call else t
+
+    monkeypatch.setattr(trainer, "make_targets", targets)
+
+
+def test_a_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(scenes, tmp_path, monkeypatch):
+    from infinidepth.train import TrainingDiverged
+
+    nan_targets_from(3, monkeypatch)
+    cfg = small_config(scenes, tmp_path / "run", checkpoint_every=2)
+    with pytest.raises(TrainingDiverged, match="training stopped at step 3: the loss is nan; this step was not applied or "
+                                               "saved \\(.*checkpoint.pt holds step 2, the last good one\\)"):
+        train(cfg, progress=False)
+    assert issubclass(TrainingDiverged, ValueError)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert state["step"] == 2 and all(torch.isfinite(v).all() for v in state["model"].values())
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()] == [1, 2]
+    # before the first checkpoint there is none to keep, and the message says so
+    nan_targets_from(1, monkeypatch)
+    with pytest.raises(TrainingDiverged, match="step 1: the loss is nan; .*no checkpoint was written"):
+        train(small_config(scenes, tmp_path / "first", checkpoint_every=2), progress=False)
+    assert not (tmp_path / "first" / "checkpoint.pt").exists()
+
+
+def test_non_finite_weights_are_never_saved(scenes, tmp_path, monkeypatch):
+    from infinidepth.train import TrainingDiverged, trainer
+
+    built, real_build = [], trainer.build_model
+    monkeypatch.setattr(trainer, "build_model", lambda cfg: built.append(real_build(cfg)) or built[-1])
+
+    def poison_at_4(step, loss):         # runs before step 4's checkpoint would be written
+        if step == 4:
+            with torch.no_grad():
+                next(built[0].parameters()).fill_(float("inf"))
+
+    with pytest.raises(TrainingDiverged, match="training stopped at step 4: 1 weight tensors hold NaN or infinite values "
+                                               ".*not saved \\(.*checkpoint.pt holds step 2, the last good one\\)"):
+        train(small_config(scenes, tmp_path / "run", checkpoint_every=2), progress=False, on_step=poison_at_4)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"] == 2
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
@@ -255,6 +417,7 @@ def test_training_starts_from_a_dinov2_backbone(scenes, tmp_path):
     common = dict(model=str(tmp_path / "start.safetensors"), pretrained_encoder=str(tmp_path / "dinov2.pth"), steps=2)
     with pytest.raises(ValueError, match="multiples of the encoder's patch, 14: got 32x48 \\(nearest: 28x42\\)"):
         train(small_config(scenes, tmp_path / "bad", **common), progress=False)
+    assert not (tmp_path / "bad").exists()                                        # refused before any file
     assert train(small_config(scenes, tmp_path / "run", input_size=(28, 42), **common), progress=False)["step"] == 2
     trained = load_model(tmp_path / "run" / "model.safetensors")
     assert trained.encoder.config.position == "learned" and trained.input_size == (28, 42)
@@ -310,6 +473,12 @@ def test_train_command_errors_are_one_line(scenes, tmp_path, capsys):
     bad.write_text("base: demo\nlearning_rate: 3\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "unknown config keys: learning_rate" in capsys.readouterr().err
+    bad.write_text("base: demo\nsteps: two\ndata: hello\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "data must be a list of sources" in capsys.readouterr().err
+    bad.write_text("base: demo\nsteps: two\n")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "steps must be a whole number, got 'two'" in capsys.readouterr().err
 
 
 def test_seed_summary_of_the_demo_model_comparison(tmp_path):

@@ -53,22 +53,37 @@ class GSTrainConfig:
     lpips: str | None = None  # LPIPS network weights (see load_lpips); None: no LPIPS term
     lpips_weight: float = 0.05  # as pixelSplat and MVSplat weigh it against their photometric loss
 
+    def __post_init__(self):
+        if isinstance(self.size, list):
+            self.size = tuple(self.size)
+
     def loss_description(self) -> str:
         lpips = f" + {self.lpips_weight:g} LPIPS ({self.lpips})" if self.lpips else \
             " (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth adds it)"
         return f"loss: L1 + {self.ssim_weight:g} (1 - SSIM){lpips}"
 
     def validate(self) -> "GSTrainConfig":
-        problems = [f"{k} must be positive" for k in ("scenes", "points", "steps", "checkpoint_every", "log_every", "hidden")
-                    if getattr(self, k) <= 0]
-        if self.views < 2:
-            problems.append("views must be at least 2 (a source and a moved view)")
-        if self.size[0] % 16 or self.size[1] % 16:
-            problems.append(f"size must be multiples of 16, got {self.size}")
-        if self.lpips is not None and not Path(self.lpips).is_file():
+        """Every field's type and range (the checks of infinidepth.train.config); one ValueError naming
+        each bad field and what it must be."""
+        from infinidepth.train.config import check_int, check_number, check_size, check_text
+
+        problems = []
+        for k in ("scenes", "steps", "checkpoint_every", "log_every", "hidden"):
+            check_int(problems, k, getattr(self, k), 1)
+        check_int(problems, "points", self.points, 4, 2**26)           # as infinidepth gs --points
+        check_int(problems, "views", self.views, 2, why=" (a source and a moved view)")
+        check_int(problems, "seed_offset", self.seed_offset, 0)
+        check_int(problems, "seed", self.seed, 0, 2**32 - 1)
+        check_size(problems, "size", self.size, multiple=16)
+        check_number(problems, "baseline", self.baseline, 0, above=True)
+        check_number(problems, "lr", self.lr, 0, above=True)
+        check_number(problems, "ssim_weight", self.ssim_weight, 0)
+        check_number(problems, "lpips_weight", self.lpips_weight, 0)
+        check_text(problems, "depth_model", self.depth_model)
+        check_text(problems, "out", self.out, what="a folder path")
+        if self.lpips is not None and check_text(problems, "lpips", self.lpips, what="a weights file") \
+                and not Path(self.lpips).is_file():
             problems.append(f"lpips: no weights file {self.lpips}")
-        if self.lpips_weight < 0 or self.ssim_weight < 0:
-            problems.append("ssim_weight and lpips_weight must not be negative")
         if problems:
             raise ValueError("bad GS training config:\n  " + "\n  ".join(problems))
         return self
@@ -133,9 +148,19 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     if resume:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
-        if state["config"] != dataclasses.asdict(cfg):
-            raise ValueError("--resume: the config differs from the checkpoint's")
+        from infinidepth.checkpoint import one_line
+
+        if not ckpt.is_file():
+            raise ValueError(f"--resume: no checkpoint at {ckpt} (nothing to continue: run without --resume to start)")
+        try:
+            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            saved = state["config"]
+        except Exception as e:  # truncated or foreign files fail in many ways
+            raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint ({one_line(e)})") from None
+        now = dataclasses.asdict(cfg)
+        if saved != now:
+            changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+            raise ValueError(f"--resume: the config differs from the checkpoint's in {', '.join(changed)}")
         head.load_state_dict(state["head"])
         opt.load_state_dict(state["optimizer"])
         step = state["step"]
@@ -206,15 +231,25 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
 def load_gs_head(path) -> tuple[PointHead, str]:
     """A trained head and the depth model it was trained with; ``"demo"``: the head bundled with the
     demo depth model (infinidepth/assets/DEMO_MODEL.md)."""
-    if str(path) == "demo" and not Path("demo").exists():
+    if str(path) == "demo" and not Path("demo").is_file():  # (a folder named demo here does not hide it)
         from importlib import resources
 
         with resources.as_file(resources.files("infinidepth") / "assets" / "demo_gs_head.pt") as bundled:
             head, _ = load_gs_head(bundled)
             return head, "demo"
-    obj = torch.load(str(path), map_location="cpu", weights_only=False)
-    if not isinstance(obj, dict) or "head" not in obj:
+    from infinidepth.checkpoint import one_line
+
+    if not Path(path).is_file():
+        raise ValueError(f"no GS head file {str(path)!r} (train one with infinidepth train-gs, or pass demo)")
+    try:  # a head file holds tensors, two ints and a name: nothing that needs pickled code
+        obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable GS head ({one_line(e)})") from None
+    if not isinstance(obj, dict) or not {"head", "feature_dim", "hidden", "depth_model"} <= set(obj):
         raise ValueError(f"{path}: not a GS head written by infinidepth train-gs")
     head = PointHead(obj["feature_dim"], obj["hidden"])
-    head.load_state_dict(obj["head"])
+    try:
+        head.load_state_dict(obj["head"])
+    except RuntimeError as e:
+        raise ValueError(f"{path}: its weights do not fit a GS head ({one_line(e)})") from None
     return head.eval(), obj["depth_model"]

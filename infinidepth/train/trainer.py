@@ -9,7 +9,9 @@ Never lose work: ``OUT/checkpoint.pt`` (model, optimiser, scheduler, step, RNG s
 written atomically every ``checkpoint_every`` steps, at the end, and when the process receives
 SIGTERM or SIGINT (it finishes the current step first). ``resume=True`` continues from it; on the
 CPU the loss trajectory is the same, to the bit, as an uninterrupted run's: data order and every
-random draw depend only on (seed, epoch, index).
+random draw depend only on (seed, epoch, index). A NaN or infinite loss (or weights) stops training
+with :class:`TrainingDiverged` (a ValueError) naming the step; that step is neither applied nor saved,
+so the checkpoint on disk stays the last good one.
 
 Scale-out: under ``torchrun --nproc_per_node=K -m infinidepth.train ...`` each process takes a
 disjoint share of every epoch (DistributedSampler) and DistributedDataParallel averages gradients
@@ -31,11 +33,17 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from infinidepth.checkpoint import one_line
 from infinidepth.ops import PRECISIONS
 
 from .config import TrainConfig
 
 log = logging.getLogger("infinidepth.train")
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights stopped being finite. Training stops at once: that step is not saved,
+    so the checkpoint on disk stays the last good one and no model file with NaN weights is written."""
 
 
 # -- targets -----------------------------------------------------------------------------------------------
@@ -177,6 +185,47 @@ def save_checkpoint(path: Path, model, opt, sched, step: int, cfg: TrainConfig, 
         torch.save(state, tmp)
 
 
+RESUME_KEYS = ("model", "optimizer", "scheduler", "step", "rng", "config")
+
+
+def read_resume_checkpoint(path: Path, cfg: TrainConfig) -> dict:
+    """The state in ``path`` to continue ``cfg`` from; a ValueError naming the problem when the file is
+    missing, damaged, not a training checkpoint, or was written for another config."""
+    if not path.is_file():
+        raise ValueError(f"--resume: no checkpoint at {path} (nothing to continue: run without --resume to start)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as e:  # truncated or overwritten files fail in many ways (zip reader, unpickler, EOF)
+        raise ValueError(f"--resume: {path} is damaged and cannot be read ({one_line(e)}); "
+                         "restore a copy, or delete it to start the run over") from e
+    missing = [k for k in RESUME_KEYS if k not in state] if isinstance(state, dict) else list(RESUME_KEYS)
+    if missing:
+        raise ValueError(f"--resume: {path} is not a checkpoint of infinidepth train (it lacks {', '.join(missing)})")
+    saved, now = state["config"], cfg.to_dict()
+    if saved != now:
+        changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+        why = ""
+        if "steps" in changed:  # the cosine schedule ends at cfg.steps: a longer run is another run from step 0 on
+            why = (f"; steps sets the learning-rate schedule (warm-up, then cosine to 0 at the last step), so a run "
+                   f"cannot be extended: start a new run with another --out and model: {Path(cfg.out) / 'model.safetensors'} "
+                   f"to train its weights further")
+        raise ValueError(f"--resume: the config differs from the checkpoint's in {', '.join(changed)}{why}")
+    return state
+
+
+def _kept(ckpt_path: Path, saved_step: int | None) -> str:
+    return f"{ckpt_path} holds step {saved_step}, the last good one" if saved_step is not None else "no checkpoint was written"
+
+
+def _check_weights(model, step: int, ckpt_path: Path, saved_step: int | None) -> None:
+    """Refuse to go on (and so to save) with non-finite weights."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:
+        raise TrainingDiverged(f"training stopped at step {step}: {len(bad)} weight tensors hold NaN or infinite values "
+                               f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}); this step was not saved "
+                               f"({_kept(ckpt_path, saved_step)}). Lower the learning rates or use precision fp32")
+
+
 # -- the loop --------------------------------------------------------------------------------------------------
 def _distributed():
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -199,14 +248,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     from infinidepth.checkpoint import save_model
     from infinidepth.data import collate
 
+    # Every check before any work or any file: the config, the checkpoint to resume, the model (its
+    # patch against input_size) and the data; OUT is created only once they pass.
     cfg.validate()
     rank, world, device = _distributed()
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
-    out.mkdir(parents=True, exist_ok=True)
     if rank == 0:
         if not resume and ckpt_path.exists():
             raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another out folder")
+    state = read_resume_checkpoint(ckpt_path, cfg) if resume else None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
@@ -215,18 +266,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     kind = default_target(model) if cfg.target == "auto" else cfg.target
     opt, sched = build_optimizer(model, cfg)
     step = 0
-    if resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-        if state["config"] != cfg.to_dict():
-            changed = sorted(k for k in state["config"] if state["config"][k] != cfg.to_dict().get(k))
-            raise ValueError(f"--resume: the config differs from the checkpoint's in {', '.join(changed)}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        step = int(state["step"])
-        _set_rng_state(state["rng"])
+    if state is not None:
+        try:  # the same config can build another model: a model file named in it may have been replaced
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            sched.load_state_dict(state["scheduler"])
+            step = int(state["step"])
+            _set_rng_state(state["rng"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"--resume: {ckpt_path} does not fit the model and optimiser built from the config "
+                             f"({one_line(e)})") from e
     # Some parameters never reach the loss by design (the ViT mask token kept for the key layout).
     net = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
@@ -235,6 +284,8 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     per_epoch = sampler.batches_per_epoch()
     if per_epoch == 0:
         raise ValueError(f"{len(dataset)} frames are too few for batch_size {cfg.batch_size} on {world} process(es)")
+    out.mkdir(parents=True, exist_ok=True)
+    saved_step = step if state is not None else None          # the step of the last good checkpoint on disk
 
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     amp_dtype = PRECISIONS[precision]
@@ -271,6 +322,15 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     pred = net(image, coords)
                 loss = (pred.float() - target).abs().mean()
+                value = loss.detach()
+                if world > 1:
+                    dist.all_reduce(value)       # every rank sees the same value, so all stop together
+                    value /= world
+                value = float(value)
+                if not math.isfinite(value):
+                    raise TrainingDiverged(f"training stopped at step {step + 1}: the loss is {value}; this step was not "
+                                           f"applied or saved ({_kept(ckpt_path, saved_step)}). Lower the learning "
+                                           "rates, use precision fp32, or check the data for bad depth values")
                 opt.zero_grad(set_to_none=True)
                 if scaler is not None:
                     scaler.scale(loss).backward()
@@ -287,11 +347,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                 sched.step()
                 step += 1
                 seen += image.shape[0]
-                value = loss.detach()
-                if world > 1:
-                    dist.all_reduce(value)
-                    value /= world
-                value = float(value)
                 lr = opt.param_groups[1]["lr"]
                 losses.append((step, value, lr))
                 if rank == 0:
@@ -305,10 +360,14 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                             writer.add_scalar("lr", lr, step)
                 if on_step is not None:
                     on_step(step, value)
-                if rank == 0 and step % cfg.checkpoint_every == 0:
-                    save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
+                if step % cfg.checkpoint_every == 0:
+                    _check_weights(model, step, ckpt_path, saved_step)     # every rank: the replicas are identical
+                    if rank == 0:
+                        save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
+                        saved_step = step
                 if step >= cfg.steps or stop["signal"] is not None:
                     break
+        _check_weights(model, step, ckpt_path, saved_step)
         if rank == 0:
             save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
             if step >= cfg.steps:
