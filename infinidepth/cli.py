@@ -485,6 +485,9 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     if reference_file:
         reference = load_depth_input(reference_file, "reference depth", {**sizes, "output": out_size}, out_size)
         reference = reference[y0:y1, x0:x1]
+        if np.count_nonzero(reference > 0) < 2:  # before any decoding: the fit needs two samples
+            raise InputError(f"reference depth {reference_file} has fewer than 2 valid samples"
+                             + (" in the region" if map_size != out_size else ""))
 
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255)
     sparse_t = None if sparse is None else torch.from_numpy(sparse)[None, None]

@@ -87,6 +87,9 @@ def bad_cases(tmp_path, image):
     np.save(tmp_path / "nan.npy", np.full((40, 56), np.nan, np.float32))
     np.save(tmp_path / "neg.npy", -np.ones((40, 56), np.float32))
     np.save(tmp_path / "small.npy", np.ones((10, 10), np.float32))
+    one = np.zeros((40, 56), np.float32)
+    one[3, 4] = 2.0
+    np.save(tmp_path / "one.npy", one)
     (tmp_path / "text.png").write_text("hello")
     import torch
 
@@ -116,6 +119,7 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--output-size", "8x8", "--region", "0,0,9,9"], "--region"),
         (["predict", img, "--region", ""], "--region is empty"),
         (["predict", img, "--seed=-1"], "--seed must be in"),
+        (["predict", img, "--reference-depth", str(tmp_path / "one.npy")], "fewer than 2 valid samples"),
         (["gs", img, "--checkpoint", "grid-tiny"], "this checkpoint is GridBaseline"),
         (["gs", img, "--move", "inf"], "--move in"),
     ]

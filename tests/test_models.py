@@ -95,6 +95,8 @@ def test_decode_refuses_coordinates_far_outside_the_image(models, name):
     model = models[name]
     image = torch.rand(1, 3, 32, 32)
     feats = model.encode(image)
+    with pytest.raises(ValueError, match="chunk must be a positive"):
+        model.decode(feats, torch.zeros(1, 3, 2), chunk=-1)
     pixels = torch.tensor([[[0.5, 0.5], [20.5, 3.5]]])
     for call in (lambda c: model.decode(feats, c), lambda c: model.decode_depth(feats, c), lambda c: model(image, c)):
         with pytest.raises(ValueError, match="magnitude 20.5, more than 2 .pixel coordinates"):

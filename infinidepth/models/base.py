@@ -163,6 +163,8 @@ class ImplicitDepthModel(nn.Module):
         if not isinstance(feats, Features):
             raise TypeError("decode expects the Features returned by model.encode(image)")
         check_coords(coords, feats.batch, MAX_QUERY_COORD)
+        if chunk is not None and as_int(chunk, "chunk") <= 0:
+            raise ValueError(f"chunk must be a positive number of queries, got {chunk}")
         return self.decode_raw(feats, coords.to(self.device), self.resolved_backend(backend), chunk, with_grad)
 
     @torch.no_grad()
