@@ -17,7 +17,9 @@ namespace infinidepth {
 
 // Bilinear weights of the four taps of one query, and their derivatives with respect to the
 // normalised query (y, x): the exact tangent of the bilinear sample, one-sided at cell borders as in
-// grid_sample's backward. A tap outside the map gets weight 0, derivatives 0 and index 0.
+// grid_sample's backward. A tap outside the map gets weight 0, derivatives 0 and index -1: its
+// consumer reads 0 there, never a cell of the map (0 * a NaN or infinite cell is NaN, where zero
+// padding, like grid_sample, gives 0).
 struct BilinearTapsGrad {
   int64_t index[4];
   float weight[4];
@@ -47,7 +49,7 @@ INFINIDEPTH_HOST_DEVICE BilinearTapsGrad bilinear_taps_grad(float y, float x, in
     for (int b = 0; b < 2; ++b) {
       const bool inside = ys[a] >= 0 && ys[a] < H && xs[b] >= 0 && xs[b] < W;
       const int i = a * 2 + b;
-      t.index[i] = inside ? ys[a] * W + xs[b] : 0;
+      t.index[i] = inside ? ys[a] * W + xs[b] : -1;
       t.weight[i] = inside ? wys[a] * wxs[b] : 0.f;
       t.dy[i] = inside ? dys[a] * wxs[b] : 0.f;
       t.dx[i] = inside ? wys[a] * dxs[b] : 0.f;

@@ -15,8 +15,10 @@ __global__ void bilinear_gather_kernel(const float* __restrict__ feat, const flo
   const int64_t b = q / N;
   const BilinearTaps t = bilinear_taps(coords[2 * q], coords[2 * q + 1], H, W);
   const float* base = feat + b * H * W * C + c;
-  out[i] = t.weight[0] * __ldg(base + t.index[0] * C) + t.weight[1] * __ldg(base + t.index[1] * C) +
-           t.weight[2] * __ldg(base + t.index[2] * C) + t.weight[3] * __ldg(base + t.index[3] * C);
+  float sum = 0.f;
+#pragma unroll
+  for (int k = 0; k < 4; ++k) sum += t.weight[k] * (t.index[k] < 0 ? 0.f : __ldg(base + t.index[k] * C));
+  out[i] = sum;
 }
 
 }  // namespace

@@ -93,13 +93,13 @@ __device__ void compute_taps(const FusedProgram& P, int l, const float* coords, 
       const int t = r % Q, role = r / Q;
       const int64_t q = q0 + t;
       if (role > 2 || q >= total) {
-        for (int i = 0; i < 4; ++i) T.offset[i] = 0, T.weight[i] = 0.f;
+        for (int i = 0; i < 4; ++i) T.offset[i] = -1, T.weight[i] = 0.f;
         continue;
       }
       const BilinearTapsGrad g = bilinear_taps_grad(coords[2 * q], coords[2 * q + 1], M.H, M.W);
       const float* w = (!kGrad || role == 0) ? g.weight : (role == 1 ? g.dy : g.dx);
       const int64_t image = (q / N) * M.H * M.W * M.C;
-      for (int i = 0; i < 4; ++i) T.offset[i] = image + g.index[i] * M.C, T.weight[i] = w[i];
+      for (int i = 0; i < 4; ++i) T.offset[i] = g.index[i] < 0 ? -1 : image + g.index[i] * M.C, T.weight[i] = w[i];
     }
     ++j;
   }
@@ -120,7 +120,8 @@ __device__ void gather_add(const FusedMap& m, const RowTaps* taps, int64_t c0, i
       const float* base = m.data + c0 + c;
       float4 v[4];
 #pragma unroll
-      for (int k = 0; k < 4; ++k) v[k] = __ldg(reinterpret_cast<const float4*>(base + T.offset[k]));
+      for (int k = 0; k < 4; ++k)
+        v[k] = T.offset[k] < 0 ? make_float4(0.f, 0.f, 0.f, 0.f) : __ldg(reinterpret_cast<const float4*>(base + T.offset[k]));
       float4& d = *reinterpret_cast<float4*>(dst + r * ld + c);
       d.x += T.weight[0] * v[0].x + T.weight[1] * v[1].x + T.weight[2] * v[2].x + T.weight[3] * v[3].x;
       d.y += T.weight[0] * v[0].y + T.weight[1] * v[1].y + T.weight[2] * v[2].y + T.weight[3] * v[3].y;
@@ -133,8 +134,10 @@ __device__ void gather_add(const FusedMap& m, const RowTaps* taps, int64_t c0, i
     const int r = i / count, c = i % count;
     const RowTaps& T = taps[r];
     const float* base = m.data + c0 + c;
-    dst[r * ld + c] += T.weight[0] * __ldg(base + T.offset[0]) + T.weight[1] * __ldg(base + T.offset[1]) +
-                       T.weight[2] * __ldg(base + T.offset[2]) + T.weight[3] * __ldg(base + T.offset[3]);
+    float sum = 0.f;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) sum += T.weight[k] * (T.offset[k] < 0 ? 0.f : __ldg(base + T.offset[k]));
+    dst[r * ld + c] += sum;
   }
 }
 

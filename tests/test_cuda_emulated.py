@@ -425,8 +425,8 @@ def test_no_out_of_bounds_access(tmp_path, broken):
     mutations = {
         "shared": ("(sizeof(RowTaps) * tap_maps + sizeof(float) * (2 * ld + kKC)",
                    "(sizeof(RowTaps) * tap_maps + sizeof(float) * (2 * ld + kKC - 1)"),
-        "map": ("v[k] = __ldg(reinterpret_cast<const float4*>(base + T.offset[k]));",
-                "v[k] = __ldg(reinterpret_cast<const float4*>(base + T.offset[k] + m.C));"),
+        "map": ("__ldg(reinterpret_cast<const float4*>(base + T.offset[k]))",
+                "__ldg(reinterpret_cast<const float4*>(base + T.offset[k] + m.C))"),
     }
     src = kernel_source(tmp_path, *mutations.get(broken, ()))
     # libstdc++ preloaded after the runtime, or ASan cannot intercept C++ throws of modules loaded later
@@ -436,6 +436,26 @@ def test_no_out_of_bounds_access(tmp_path, broken):
         assert "ERROR: AddressSanitizer: heap-buffer-overflow" in out, out[-4000:]
     else:
         assert "emulated decoder ran" in out and "ERROR: AddressSanitizer" not in out, out[-4000:]
+
+
+@pytest.mark.parametrize("tensor_cores", [False, True])
+def test_emulated_cuda_decoder_propagates_nan_like_the_reference(lib, tensor_cores):
+    """A NaN or infinite feature gives a non-finite answer exactly where the reference's is (a
+    ReLU written v > 0 ? v : 0 would turn NaN into 0; bf16 and 3xTF32 splits keep it NaN)."""
+    rng = random.Random(37)
+    maps, coords, decoder = problem(rng, tensor_core_hierarchical, lib.emulated_narrow_limit(), batch=2, n=100)
+    maps[0][1, 0] = float("nan")                 # every cell of one channel of image 1
+    maps[-1][0, :, 0, 0] = float("inf")          # one corner cell of image 0
+    want = implicit_decode(maps, coords, decoder, backend="torch")
+    bad = ~torch.isfinite(want)
+    assert bad[0].any() and bad[1].any() and not bad.all()
+    folded = fold_decoder([m.float() for m in maps], cast(decoder, torch.float32))
+    got = run_emulated(lib, folded, coords.float(), tensor_cores=tensor_cores)
+    assert torch.equal(~torch.isfinite(got), bad)
+    if tensor_cores:  # bf16 operands: RMS error, as in the other bf16 checks
+        assert rms_err(got[~bad], want[~bad]) < 2e-2
+    else:
+        assert rel_err(got[~bad], want[~bad]) < 1e-5
 
 
 if __name__ == "__main__":  # the workload of the sanitizer runs: every kind of layer, every mode
@@ -448,3 +468,4 @@ if __name__ == "__main__":  # the workload of the sanitizer runs: every kind of 
         for tensor_cores, with_grad in ((False, False), (True, False), (False, True)):
             assert torch.isfinite(run_emulated(so, folded, coords.float(), tensor_cores, with_grad)).all()
     print("emulated decoder ran")
+

@@ -434,6 +434,7 @@ def test_non_finite_values_propagate_like_the_reference(family, backend):
     maps = [torch.randn(2, c, 5, 6) for c in chans]
     maps[0][0, :, 2, 3] = float("nan")
     maps[-1][1, 0, 1, 1] = float("inf")
+    maps[1][0, :, 0, 0] = float("inf")  # cell 0: what a kernel reads for taps outside the map, if it reads any
     coords = torch.rand(2, 300, 2) * 2.4 - 1.2
     want = implicit_decode(maps, coords, decoder, backend="torch")
     bad = ~torch.isfinite(want)
@@ -478,6 +479,15 @@ def test_malformed_maps_and_decoders_are_refused_before_any_kernel(backend):
 
     with pytest.raises(ValueError, match="no cells"):
         bilinear_gather(torch.rand(2, 5, 0, 7), torch.rand(2, 10, 2) * 2 - 1, backend=backend)
+    # taps outside the map read zero padding, not cell 0 times a zero weight (NaN when cell 0 is)
+    feat = torch.randn(1, 3, 4, 5)
+    feat[0, :, 0, 0] = float("inf")
+    feat[0, 1, 3, 4] = float("nan")
+    where = torch.rand(1, 500, 2) * 3 - 1.5
+    want = bilinear_gather(feat, where, backend="torch")
+    got = bilinear_gather(feat, where, backend=backend)
+    assert torch.equal(torch.isnan(got), torch.isnan(want)) and torch.equal(torch.isinf(got), torch.isinf(want))
+    assert torch.isnan(want).any() and torch.isinf(want).any()
     with pytest.raises(TypeError, match="float tensor"):
         bilinear_gather(torch.arange(8).reshape(2, 1, 2, 2), torch.zeros(2, 1, 2), backend=backend)
 

@@ -84,6 +84,7 @@ inline unsigned char* dynamic_shared_memory() { return cuda_emulation::current->
 struct alignas(16) float4 {
   float x, y, z, w;
 };
+inline float4 make_float4(float x, float y, float z, float w) { return {x, y, z, w}; }
 
 template <class T>
 inline T __ldg(const T* p) { return *p; }
