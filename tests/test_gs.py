@@ -103,6 +103,25 @@ def test_spherical_harmonics_band_zero_and_band_one():
     assert c[0, 0].item() == pytest.approx(0.5 + C0) and c[0, 1].item() > 0.5 > c[1, 1].item()
 
 
+def test_spherical_harmonics_up_to_band_three_are_orthonormal_on_the_sphere():
+    """Each of the 16 basis functions (read off eval_sh with one coefficient set) integrates to an
+    orthonormal set over the sphere, as real spherical harmonics must: a wrong polynomial anywhere
+    (x (x^2 - y^2) for the last one, say: not even harmonic) breaks it."""
+    n = 40000
+    i = torch.arange(n, dtype=torch.float64) + 0.5
+    z = 1 - 2 * i / n                                                   # a Fibonacci sphere: near-uniform directions
+    r, phi = torch.sqrt(1 - z * z), math.pi * (1 + 5**0.5) * i
+    dirs = torch.stack([r * torch.cos(phi), r * torch.sin(phi), z], -1)
+    basis = []
+    for k in range(16):
+        sh = torch.zeros(n, 3, 16, dtype=torch.float64)
+        sh[:, 0, k] = 0.1                                               # small: clear of the clamp at 0
+        basis.append((eval_sh(sh, dirs)[:, 0] - 0.5) / 0.1)
+    B = torch.stack(basis, 1)
+    gram = 4 * math.pi * B.T @ B / n
+    torch.testing.assert_close(gram, torch.eye(16, dtype=torch.float64), atol=2e-3, rtol=0)
+
+
 def dense_oracle(g, size):
     """Every pixel against every Gaussian, in depth order: what the tiled rasteriser must equal."""
     from infinidepth.gs.render import ALPHA_MAX, T_MIN, project

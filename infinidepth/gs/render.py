@@ -47,7 +47,7 @@ def eval_sh(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
                        + SH_C3[2] * y * (4 * zz - xx - yy) * sh[..., 11]
                        + SH_C3[3] * z * (2 * zz - 3 * xx - 3 * yy) * sh[..., 12]
                        + SH_C3[4] * x * (4 * zz - xx - yy) * sh[..., 13] + SH_C3[5] * z * (xx - yy) * sh[..., 14]
-                       + SH_C3[6] * x * (xx - yy) * sh[..., 15])
+                       + SH_C3[6] * x * (xx - 3 * yy) * sh[..., 15])
     return (out + 0.5).clamp_min(0)
 
 
