@@ -576,3 +576,277 @@ def test_gs_training_adds_lpips_when_given_weights_and_says_when_it_does_not(tmp
     assert "loss: L1 + 0.2 (1 - SSIM) (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth adds it)" in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "b"), "--lpips", str(path)]) == 0
     assert f"loss: L1 + 0.2 (1 - SSIM) + 0.05 LPIPS ({path})" in capsys.readouterr().out
+
+
+# -- input validation: bad input is refused naming the problem -----------------------------------------------------
+def one_gaussian(**fields):
+    """One valid Gaussian 3 m ahead, with ``fields`` replaced."""
+    f = dict(means=torch.tensor([[0.0, 0, 3]]), scales=torch.full((1, 3), 0.1), rotations=torch.tensor([[1.0, 0, 0, 0]]),
+             opacities=torch.tensor([0.9]), sh=torch.zeros(1, 3, 1))
+    f.update(fields)
+    return Gaussians(**f)
+
+
+BAD_GAUSSIANS = [  # (fields replaced, what the error must say)
+    (dict(scales=torch.tensor([[-0.2, 0.2, 0.2]])), r"Gaussians.scales must be positive .*Gaussian 0 has"),
+    (dict(scales=torch.zeros(1, 3)), "Gaussians.scales must be positive"),
+    (dict(opacities=torch.tensor([1.5])), r"Gaussians.opacities must be in \[0, 1\]"),
+    (dict(opacities=torch.tensor([-0.1])), r"Gaussians.opacities must be in \[0, 1\]"),
+    (dict(rotations=torch.zeros(1, 4)), "Gaussians.rotations must not be zero quaternions"),
+    (dict(means=torch.tensor([[0, 0, 3]])), "Gaussians.means must be float32 or float64, got int64"),
+    (dict(opacities=torch.tensor([True])), "Gaussians.opacities must be float32 or float64, got bool"),
+    (dict(means=torch.tensor([[0.0, 0, 3]]).half()), "Gaussians.means must be float32 or float64, got float16"),
+    (dict(means=torch.tensor([[0.0, 0, 3]], dtype=torch.float64)),
+     "Gaussians' fields must share one dtype, got means float64, scales float32, rotations float32"),
+    (dict(means=torch.zeros(1, 3, device="meta")), "Gaussians' fields must share one device, got means meta, scales cpu"),
+    (dict(sh=torch.zeros(1, 3, 25)), r"SH degree 4 is not supported \(at most 3\)"),
+    (dict(sh=torch.zeros(1, 3, 0)), r"K = \(degree \+ 1\)\^2 = 1, 4, 9 or 16 .*got \[1, 3, 0\]"),
+    (dict(sh=torch.zeros(1, 3, 2)), r"K = \(degree \+ 1\)\^2 = 1, 4, 9 or 16 .*got \[1, 3, 2\]"),
+    (dict(means=[[0.0, 0, 3]]), "Gaussians.means must be a tensor, got list"),
+]
+
+
+@pytest.mark.parametrize("fields,message", BAD_GAUSSIANS, ids=[m[:40] for _, m in BAD_GAUSSIANS])
+def test_gaussians_refuse_bad_fields_naming_them(fields, message):
+    with pytest.raises(ValueError, match=message):
+        one_gaussian(**fields)
+
+
+def test_gaussians_accept_the_edges_and_keep_gradients(tmp_path):
+    # opacities 0 and 1 are valid (the PLY stores the logits of 1e-7 and 1 - 1e-7); a non-unit quaternion is normalised
+    g = gaussians([[0, 0, 3.0], [0.2, 0, 3.0]], [[0.1] * 3] * 2, [[1, 1, 1]] * 2, [0.0, 1.0], [[2.0, 0, 0, 0], [1, 0, 0, 0]])
+    write_ply(tmp_path / "edges.ply", g)
+    back = read_ply(tmp_path / "edges.ply")
+    torch.testing.assert_close(back.opacities, torch.tensor([1e-7, 1 - 1e-7]), atol=1e-7, rtol=0)
+    unit = gaussians([[0, 0, 3.0]], [[0.1, 0.2, 0.3]], [[1, 1, 1]], [0.9], [[0.6, 0.8, 0, 0]])
+    double = gaussians([[0, 0, 3.0]], [[0.1, 0.2, 0.3]], [[1, 1, 1]], [0.9], [[1.2, 1.6, 0, 0]])
+    torch.testing.assert_close(render_torch(unit, torch.eye(4), K, (48, 64))["alpha"],
+                               render_torch(double, torch.eye(4), K, (48, 64))["alpha"])
+    # the checks record nothing and change nothing: gradients reach non-leaf inputs (the heads' outputs)
+    raw = torch.tensor([-1.0, 0.5], requires_grad=True)
+    log_scale = torch.full((2, 3), -2.0, requires_grad=True)
+    h = Gaussians(g.means, log_scale.exp(), g.rotations, torch.sigmoid(raw), g.sh)
+    render_torch(h, torch.eye(4), K, (48, 64))["alpha"].sum().backward()
+    assert raw.grad.abs().min() > 0 and log_scale.grad.abs().sum() > 0
+
+
+def test_write_ply_writes_zero_gaussians_and_refuses_ones_changed_to_nan(tmp_path):
+    empty = Gaussians(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 4), torch.zeros(0), torch.zeros(0, 3, 4))
+    write_ply(tmp_path / "empty.ply", empty)
+    back = read_ply(tmp_path / "empty.ply")
+    assert len(back) == 0 and back.degree == 1
+    g = gaussians([[0, 0, 3.0]], [[0.1] * 3], [[1, 1, 1]], [0.9])
+    g.means[0, 0] = float("nan")                                  # changed in place after construction
+    with pytest.raises(ValueError, match=r"nan.ply: not written: Gaussians.means has NaN or infinite values"):
+        write_ply(tmp_path / "nan.ply", g)
+    g.means[0, 0] = 0.0
+    g.scales[0, 1] = -0.1
+    with pytest.raises(ValueError, match="not written: Gaussians.scales must be positive"):
+        write_ply(tmp_path / "nan.ply", g)
+    assert not (tmp_path / "nan.ply").exists()
+
+
+def test_read_ply_names_the_file_and_what_a_non_3dgs_layout_lacks(tmp_path):
+    import re
+
+    from plyfile import PlyData, PlyElement
+
+    full = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *[f"f_rest_{i}" for i in range(9)], "opacity",
+            "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+
+    def ply(name, names, element="vertex", value=0.5):
+        v = np.empty(3, dtype=[(k, "f4") for k in names])
+        for k in names:
+            v[k] = value
+        path = tmp_path / name
+        PlyData([PlyElement.describe(v, element)]).write(str(path))
+        return path
+
+    assert read_ply(ply("ok.ply", full)).degree == 1
+    cases = [
+        (ply("xyz.ply", ["x", "y", "z"]), "not a 3DGS PLY: missing f_dc_0, f_dc_1, f_dc_2, opacity, scale_0"),
+        (ply("two.ply", [k for k in full if k not in ("opacity", "scale_2")]), "not a 3DGS PLY: missing opacity, scale_2$"),
+        (ply("gap.ply", [k for k in full if k != "f_rest_4"]), "not a 3DGS PLY: missing f_rest_4$"),
+        (ply("short.ply", [k for k in full if k != "f_rest_8"]), "not a 3DGS PLY: missing f_rest_8$"),
+        (ply("extra.ply", [*full, "f_rest_extra"]), "not a 3DGS PLY: odd properties f_rest_extra"),
+        (ply("element.ply", full, element="gaussian"), "not a 3DGS PLY: no 'vertex' element"),
+        (ply("deg4.ply", [*full[:9], *[f"f_rest_{i}" for i in range(72)], *full[-8:]]), r"SH degree 4 is not supported"),
+        (ply("q0.ply", full, value=0.0), "Gaussians.rotations must not be zero"),
+    ]
+    (tmp_path / "cut.ply").write_bytes((tmp_path / "ok.ply").read_bytes()[:-20])
+    cases.append((tmp_path / "cut.ply", "not a readable PLY"))
+    for path, message in cases:
+        with pytest.raises(ValueError, match=re.escape(str(path)) + ": " + message):
+            read_ply(path)
+
+
+BAD_RENDERS = [  # (changes to a valid render call, what the error must say)
+    (dict(T=torch.diag(torch.tensor([2.0, 1, 1, 1]))), r"world_to_camera must be rigid: .*not a rotation"),
+    (dict(T=torch.diag(torch.tensor([-1.0, 1, 1, 1]))), r"world_to_camera must be rigid: .*det -1"),
+    (dict(T=torch.tensor([[1.0, 0.5, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])), "world_to_camera must be rigid"),
+    (dict(T=torch.diag(torch.tensor([1.0, 1, 1, 5]))), r"bottom row must be \[0, 0, 0, 1\]"),
+    (dict(T=torch.full((4, 4), float("nan"))), "world_to_camera has NaN or infinite values"),
+    (dict(size=(2.7, 3.9)), r"image size must be two whole numbers \(height, width\), got \(2.7, 3.9\)"),
+    (dict(size=(24,)), r"image size must be \(height, width\)"),
+    (dict(size=(True, 4)), "image size must be two whole numbers"),
+    (dict(tile=0), "tile must be a positive whole number of pixels, got 0"),
+    (dict(tile=-4, renderer="cpp"), "tile must be a positive whole number of pixels, got -4"),
+    (dict(tile=8.0), "tile must be a positive whole number"),
+    (dict(background=(1.0, 1.0)), r"background must be three numbers \(r, g, b\)"),
+    (dict(background=(float("nan"), 0, 0)), "background has NaN or infinite values"),
+    (dict(background=(float("nan"), 0, 0), renderer="cpp"), "background has NaN or infinite values"),
+    (dict(renderer="gsplat"), r"backend gsplat needs CUDA tensors \(the Gaussians are on cpu\)"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_RENDERS, ids=[m[:40] for _, m in BAD_RENDERS])
+def test_render_refuses_bad_cameras_sizes_tiles_and_backgrounds(change, message):
+    from infinidepth.gs.render import render, render_cpp
+
+    args = dict(T=torch.eye(4), size=(24, 32), renderer="torch")
+    args.update(change)
+    T, size, renderer = args.pop("T"), args.pop("size"), args.pop("renderer")
+    g = gaussians([[0, 0, 3.0]], [[0.1] * 3], [[1, 1, 1]], [0.9])
+    with pytest.raises(ValueError, match=message):
+        if renderer == "gsplat":
+            render(g, T, K, size, backend="gsplat", **args)
+        else:
+            (render_torch if renderer == "torch" else render_cpp)(g, T, K, size, **args)
+
+
+def test_render_accepts_rigid_cameras_within_rounding():
+    from infinidepth.gs.splats import camera_path
+
+    g = gaussians([[0, 0, 3.0]], [[0.1] * 3], [[1, 1, 1]], [0.9])
+    for w2c in camera_path("orbit", 5, 3.0, 0.5):                          # float64, through an inverse
+        assert render_torch(g, torch.as_tensor(w2c).float(), K, (24, 32))["alpha"].max() > 0
+
+
+def test_huge_gaussians_cover_the_view_or_are_refused():
+    from infinidepth.gs.render import cpp_available, render_cpp
+
+    # 1e9 m across at 3 m: the whole view at the Gaussian's opacity (float32 once squared its footprint
+    # to inf - inf = NaN in the tile binning and dropped it)
+    for dtype in (torch.float32, torch.float64):
+        g = Gaussians(torch.tensor([[0.0, 0, 3]], dtype=dtype), torch.full((1, 3), 1e9, dtype=dtype),
+                      torch.tensor([[1.0, 0, 0, 0]], dtype=dtype), torch.tensor([0.9], dtype=dtype),
+                      torch.zeros(1, 3, 1, dtype=dtype))
+        renderers = (render_torch, render_cpp) if cpp_available() else (render_torch,)
+        for r in renderers:
+            torch.testing.assert_close(r(g, torch.eye(4), K, (24, 32))["alpha"], torch.full((24, 32), 0.9, dtype=dtype))
+    beyond = gaussians([[0, 0, 0.05]], [[3e16] * 3], [[1, 1, 1]], [0.9])   # its screen covariance overflows float32
+    with pytest.raises(ValueError, match=r"Gaussian 0 \(1 in all\) is too large to project in float32"):
+        render_torch(beyond, torch.eye(4), K, (24, 32))
+
+
+def test_splats_from_points_size_repeated_points_by_their_distinct_neighbours():
+    from infinidepth.gs.splats import splats_from_points
+
+    ys, xs = torch.meshgrid(torch.linspace(-1, 1, 11), torch.linspace(-1, 1, 11), indexing="ij")
+    pts = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.full((121,), 4.0)], -1)   # spacing 0.2
+    once = splats_from_points(pts, torch.full_like(pts, 0.5))
+    twice = splats_from_points(torch.cat([pts, pts[:40]]), torch.full((161, 3), 0.5))
+    torch.testing.assert_close(twice.scales[:121], once.scales)
+    torch.testing.assert_close(twice.scales[121:], once.scales[:40])
+    assert torch.allclose(once.scales[60], torch.tensor(0.75 * 0.2), rtol=1e-4)
+
+
+BAD_SPLATS = [  # (keyword changes, what the error must say)
+    (dict(neighbours=0), "neighbours must be a whole number of at least 1, got 0"),
+    (dict(neighbours=2.5), "neighbours must be a whole number"),
+    (dict(size=-1.0), r"size must be a positive finite number"),
+    (dict(size=float("nan")), r"size must be a positive finite number"),
+    (dict(opacity=0.0), r"opacity must be in \(0, 1\], got 0.0"),
+    (dict(opacity=1.5), r"opacity must be in \(0, 1\], got 1.5"),
+    (dict(colors=torch.full((10, 3), 255, dtype=torch.uint8)), "points and colors must be floating point"),
+    (dict(colors=torch.full((10, 3), 3.0)), r"colors must be finite and in \[0, 1\]"),
+    (dict(colors=torch.full((10, 3), float("nan"))), r"colors must be finite and in \[0, 1\]"),
+    (dict(points=torch.ones(10, 3, dtype=torch.long)), "points and colors must be floating point"),
+    (dict(points=torch.ones(10, 3)), r"need more than 3 distinct points to size the splats, got 1 \(of 10 points\)"),
+]
+
+
+@pytest.mark.parametrize("change,message", BAD_SPLATS, ids=[m[:40] for _, m in BAD_SPLATS])
+def test_splats_from_points_refuses_bad_arguments(change, message):
+    from infinidepth.gs.splats import splats_from_points
+
+    args = dict(points=torch.rand(10, 3, generator=torch.Generator().manual_seed(0)) + torch.tensor([0, 0, 3.0]),
+                colors=torch.full((10, 3), 0.5))
+    args.update(change)
+    with pytest.raises(ValueError, match=message):
+        splats_from_points(**args)
+
+
+def test_camera_path_refuses_bad_numbers_and_a_two_frame_swing_moves():
+    from infinidepth.gs.splats import camera_path
+
+    for args, message in [((3, float("inf"), 0.3), "target depth must be a positive finite number, got inf"),
+                          ((3, float("nan"), 0.3), "target depth must be a positive finite number, got nan"),
+                          ((3, 3.0, float("inf")), "radius must be a positive finite number, got inf"),
+                          ((2.5, 3.0, 0.3), "frames must be a positive whole number, got 2.5"),
+                          ((True, 3.0, 0.3), "frames must be a positive whole number, got True"),
+                          ((3, 1e-300, 1.0), "too far apart for a camera path")]:
+        with pytest.raises(ValueError, match=message):
+            camera_path("orbit", *args)
+    for frames in (2, 3, 5):
+        eyes = [np.linalg.inv(m)[:3, 3] for m in camera_path("swing", frames, 5.0, 0.3)]
+        assert min(np.linalg.norm(a - b) for i, a in enumerate(eyes) for b in eyes[i + 1:]) > 0.05   # no two alike
+    np.testing.assert_allclose(np.linalg.inv(camera_path("swing", 2, 5.0, 0.3)[1])[:3, 3], [0.3, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(camera_path("swing", 4, 5.0, 0.3)[1], camera_path("swing", 2, 5.0, 0.3)[1])  # the full move
+
+
+def test_metrics_refuse_integer_masks_empty_masks_and_images_off_range():
+    from infinidepth.gs.metrics import hole_fraction, psnr, ssim
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.rand(16, 16, 3, generator=g), torch.rand(16, 16, 3, generator=g)
+    rows = torch.zeros(16, 16, dtype=torch.long)
+    rows[:8] = 1                                                   # as an index: rows 0 and 1, not the top half
+    for f in (lambda m: psnr(a, b, m), lambda m: ssim(a, b, m), lambda m: hole_fraction(a[..., 0], m)):
+        with pytest.raises(ValueError, match="mask must be a bool tensor"):
+            f(rows)
+        with pytest.raises(ValueError, match="mask selects no pixels"):
+            f(torch.zeros(16, 16, dtype=torch.bool))
+        with pytest.raises(ValueError, match=r"mask must be \[H, W\] = \(16, 16\), got \(8, 8\)"):
+            f(torch.ones(8, 8, dtype=torch.bool))
+    with pytest.raises(ValueError, match=r"the first image must be in \[0, 1\], got values in \[.*, 255\]"):
+        psnr(a * 255, b)
+    with pytest.raises(ValueError, match="the second image must be floating point in"):
+        ssim(a, (b * 255).to(torch.uint8))
+    with pytest.raises(ValueError, match="the second image has NaN or infinite values"):
+        psnr(a, torch.full_like(b, float("nan")))
+    with pytest.raises(ValueError, match="SSIM needs images of at least 11x11 pixels"):
+        ssim(a[:5, :5], b[:5, :5])
+    with pytest.raises(ValueError, match="images are empty"):
+        psnr(a[:0], b[:0])
+    with pytest.raises(ValueError, match=r"alpha must be floating point, finite and in \[0, 1\]"):
+        hole_fraction(torch.full((4, 4), float("nan")))
+    with pytest.raises(ValueError, match=r"alpha must be a non-empty \[H, W\] tensor"):
+        hole_fraction(torch.rand(16, 16, 1))
+
+
+def test_pixel_aligned_head_checks_coords_points_and_channels():
+    from infinidepth.gs.heads import PixelAlignedHead
+
+    torch.manual_seed(0)
+    head = PixelAlignedHead()
+    image, depth, tokens = torch.rand(1, 3, 32, 48), torch.rand(1, 1, 32, 48) + 1, torch.randn(1, 1024, 2, 3)
+    with torch.no_grad():
+        maps = head.attribute_maps(image, depth, tokens)
+        coords, pts, cols = torch.rand(20, 2) * 2 - 1, torch.rand(20, 3) + torch.tensor([0, 0, 1.0]), torch.rand(20, 3)
+        assert len(head.at_points(maps, coords, pts, cols)) == 20
+        for args, message in [((maps, coords[None], pts, cols), r"coords must be \[N, 2\]"),
+                              ((maps, torch.rand(20, 3), pts, cols), r"coords must be \[N, 2\]"),
+                              ((maps, coords, pts[:10], cols[:10]), r"points and colors must be \[20, 3\] like coords"),
+                              ((maps, torch.full((20, 2), float("nan")), pts, cols), "coords must be finite"),
+                              ((maps, coords * 5, pts, cols), r"in \[-1, 1\]"),
+                              ((maps, coords[:0], pts[:0], cols[:0]), "no points"),
+                              ((maps[:, :30], coords, pts, cols), r"maps must be \[B, 37, H, W\]")]:
+            with pytest.raises(ValueError, match=message):
+                head.at_points(*args)
+        for args, message in [((image[:, :2], depth, tokens), r"image must be \[B, 3, H, W\]"),
+                              ((image, depth, torch.randn(1, 512, 2, 3)), r"tokens \[1, 1024, h, w\]"),
+                              ((image, depth[..., :16], tokens), r"depth must be \[1, 1, 32, 48\]"),
+                              ((image, torch.full_like(depth, float("nan")), tokens), "depth has NaN")]:
+            with pytest.raises(ValueError, match=message):
+                head.attribute_maps(*args)

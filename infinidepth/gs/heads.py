@@ -55,6 +55,8 @@ class PointHead(nn.Module):
             raise ValueError("points must be finite and in front of the camera (z > 0)")
         if not focal > 0:
             raise ValueError(f"focal length must be positive, got {focal}")
+        if not (torch.isfinite(colors).all() and torch.isfinite(features).all()):
+            raise ValueError("colors and features must be finite (they have NaN or infinite values)")
         h = self.mlp(torch.cat([colors, plucker(points), features], -1))
         footprint = (points[:, 2] / focal)[:, None]
         means = points + 2 * footprint * torch.tanh(self.offset(h))
@@ -73,7 +75,7 @@ class PixelAlignedHead(nn.Module):
         self.depth_encoder = nn.Sequential(nn.Conv2d(1, 16, 3, 1, 1), nn.GELU(), nn.Conv2d(16, 32, 3, 1, 1), nn.GELU())
         self.dino_projector = nn.Sequential(nn.Conv2d(token_dim, 256, 1), nn.GELU(), nn.Conv2d(256, 128, 1))
         self.gaussian_regressor = nn.Sequential(nn.Conv2d(224, 64, 3, 1, 1), nn.GELU(), nn.Conv2d(64, 64, 3, 1, 1))
-        c = 1 + 2 + 7 + 3 * (self.SH_DEGREE + 1) ** 2
+        c = self.channels
         self.gaussian_head = nn.Sequential(nn.Conv2d(256, c, 3, 1, 1, padding_mode="replicate"), nn.GELU(),
                                            nn.Conv2d(c, c, 3, 1, 1, padding_mode="replicate"))
         damp = torch.ones((self.SH_DEGREE + 1) ** 2)
@@ -96,20 +98,45 @@ class PixelAlignedHead(nn.Module):
         load_state_dict_strict(head, sd, source=f"GS head {path}")
         return head.eval()
 
+    @property
+    def channels(self) -> int:
+        """Raw attributes per pixel: opacity, 2 (unused) offsets, 3 scales, 4 rotation, 3 x 9 SH."""
+        return 1 + 2 + 7 + 3 * (self.SH_DEGREE + 1) ** 2
+
     def attribute_maps(self, image: torch.Tensor, depth: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Raw per-pixel attributes ``[B, 37, H, W]`` from the image ``[B, 3, H, W]``, its depth
-        ``[B, 1, H, W]`` and the ViT token map ``[B, C, H/16, W/16]``."""
+        ``[B, 1, H, W]`` and the ViT token map ``[B, C, H/16, W/16]`` (C = ``token_dim``, 1024)."""
+        if image.dim() != 4 or image.shape[1] != 3:
+            raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
         B, _, H, W = image.shape
-        if depth.shape != (B, 1, H, W) or tokens.dim() != 4 or tokens.shape[0] != B:
-            raise ValueError(f"depth must be [{B}, 1, {H}, {W}] and tokens [{B}, C, h, w], got "
+        token_dim = self.dino_projector[0].in_channels
+        if depth.shape != (B, 1, H, W) or tokens.dim() != 4 or tokens.shape[:2] != (B, token_dim):
+            raise ValueError(f"depth must be [{B}, 1, {H}, {W}] and tokens [{B}, {token_dim}, h, w], got "
                              f"{tuple(depth.shape)} and {tuple(tokens.shape)}")
+        for name, t in (("image", image), ("depth", depth), ("tokens", tokens)):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} has NaN or infinite values")
         rgb, dep = self.rgb_encoder(image), self.depth_encoder(depth)
         dino = F.interpolate(self.dino_projector(tokens), size=(H, W), mode="bilinear", align_corners=False)
         reg = self.gaussian_regressor(torch.cat([rgb, dep, dino], 1))
         return self.gaussian_head(torch.cat([reg, rgb, dino], 1))
 
     def at_points(self, maps: torch.Tensor, coords: torch.Tensor, points: torch.Tensor, colors: torch.Tensor) -> Gaussians:
-        """Gaussians at ``points [N, 3]`` (image 0), attributes sampled from ``maps`` at ``coords [N, 2]``."""
+        """Gaussians at ``points [N, 3]`` with ``colors [N, 3]``, attributes sampled from image 0 of
+        ``maps [B, 37, H, W]`` at normalised ``(y, x)`` ``coords [N, 2]`` in [-1, 1]."""
+        if maps.dim() != 4 or maps.shape[0] == 0 or maps.shape[1] != self.channels:
+            raise ValueError(f"maps must be [B, {self.channels}, H, W] (from attribute_maps), got {tuple(maps.shape)}")
+        if coords.dim() != 2 or coords.shape[1] != 2:
+            raise ValueError(f"coords must be [N, 2] (image 0's points; for a batch [B, N, 2] pass coords[0]), "
+                             f"got {tuple(coords.shape)}")
+        n = coords.shape[0]
+        if n == 0:
+            raise ValueError("no points to turn into Gaussians")
+        if points.shape != (n, 3) or colors.shape != (n, 3):
+            raise ValueError(f"points and colors must be [{n}, 3] like coords [{n}, 2], got {tuple(points.shape)} "
+                             f"and {tuple(colors.shape)}")
+        if not torch.isfinite(coords).all() or coords.abs().max() > 1:
+            raise ValueError("coords must be finite normalised (y, x) positions in [-1, 1]")
         raw = bilinear_gather_reference(maps[:1], coords[None])[0]                 # [N, 37]
         k = (self.SH_DEGREE + 1) ** 2
         opacity, scales, rot, sh = raw[:, 0], raw[:, 3:6], raw[:, 6:10], raw[:, 10:10 + 3 * k]

@@ -11,15 +11,42 @@ import torch
 import torch.nn.functional as F
 
 
-def _check(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None):
+def _check_mask(mask: torch.Tensor | None, size, empty_ok: bool = False) -> None:
+    """``mask``: None, or a bool ``[H, W]`` (an integer mask would index rows) selecting at least one
+    pixel unless ``empty_ok`` (an average over no pixels is NaN)."""
+    if mask is None:
+        return
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor [H, W], got {getattr(mask, 'dtype', type(mask).__name__)}")
+    if mask.shape != tuple(size):
+        raise ValueError(f"mask must be [H, W] = {tuple(size)}, got {tuple(mask.shape)}")
+    if not empty_ok and not mask.any():
+        raise ValueError("mask selects no pixels")
+
+
+def _check(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None, values: bool = True, empty_ok: bool = False):
+    """Images ``[H, W, 3]`` of one shape, not empty, and ``mask`` as :func:`_check_mask`; with ``values``
+    also floating point, finite and in [0, 1] (the range PSNR and SSIM assume)."""
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)):
+        raise ValueError(f"images must be tensors, got {type(a).__name__} and {type(b).__name__}")
     if a.shape != b.shape or a.dim() != 3 or a.shape[-1] != 3:
         raise ValueError(f"images must both be [H, W, 3], got {tuple(a.shape)} and {tuple(b.shape)}")
-    if mask is not None and mask.shape != a.shape[:2]:
-        raise ValueError(f"mask must be [H, W] = {tuple(a.shape[:2])}, got {tuple(mask.shape)}")
+    if a.numel() == 0:
+        raise ValueError(f"images are empty: {tuple(a.shape)}")
+    if values:
+        for name, t in (("first", a), ("second", b)):
+            if not t.is_floating_point():
+                raise ValueError(f"the {name} image must be floating point in [0, 1], got {t.dtype} (divide 8-bit images by 255)")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"the {name} image has NaN or infinite values")
+            if t.min() < 0 or t.max() > 1:
+                raise ValueError(f"the {name} image must be in [0, 1], got values in "
+                                 f"[{float(t.min()):.4g}, {float(t.max()):.4g}]")
+    _check_mask(mask, a.shape[:2], empty_ok)
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """Peak signal-to-noise ratio (dB) of images in [0, 1], over ``mask`` when given."""
+    """Peak signal-to-noise ratio (dB) of images in [0, 1], over ``mask`` (bool ``[H, W]``) when given."""
     _check(a, b, mask)
     err = (a.double() - b.double()) ** 2
     mse = err[mask].mean() if mask is not None else err.mean()
@@ -28,14 +55,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 
 def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """Structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03,
-    data range 1), averaged over channels and over ``mask`` when given."""
+    data range 1) of images in [0, 1] of at least 11x11 pixels, averaged over channels and over
+    ``mask`` (bool ``[H, W]``) when given."""
     _check(a, b, mask)
     s = ssim_map(a.double(), b.double())
     return float(s[mask].mean() if mask is not None else s.mean())
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-pixel SSIM ``[H, W]`` of ``[H, W, 3]`` images, differentiable (a training loss)."""
+    """Per-pixel SSIM ``[H, W]`` of ``[H, W, 3]`` images, at least 11x11 (the window), differentiable (a training loss)."""
+    _check(a, b, None, values=False)
+    if min(a.shape[0], a.shape[1]) < 11:
+        raise ValueError(f"SSIM needs images of at least 11x11 pixels (its window), got {a.shape[0]}x{a.shape[1]}")
     x, y = (t.permute(2, 0, 1)[:, None] for t in (a, b))                   # [3, 1, H, W]
     r = torch.arange(11, dtype=x.dtype, device=x.device) - 5
     k = torch.exp(-0.5 * (r / 1.5) ** 2)
@@ -53,7 +84,13 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def hole_fraction(alpha: torch.Tensor, mask: torch.Tensor | None = None, threshold: float = 0.5) -> float:
-    """Fraction of (masked) pixels the splats leave uncovered: accumulated opacity below ``threshold``."""
+    """Fraction of (masked) pixels the splats leave uncovered: accumulated opacity ``alpha [H, W]`` (in
+    [0, 1]) below ``threshold``; ``mask`` bool ``[H, W]``."""
+    if not isinstance(alpha, torch.Tensor) or alpha.dim() != 2 or alpha.numel() == 0:
+        raise ValueError(f"alpha must be a non-empty [H, W] tensor, got {tuple(getattr(alpha, 'shape', ()))}")
+    if not alpha.is_floating_point() or not torch.isfinite(alpha).all() or alpha.min() < 0 or alpha.max() > 1:
+        raise ValueError("alpha must be floating point, finite and in [0, 1]")
+    _check_mask(mask, alpha.shape)
     holes = alpha < threshold
     return float(holes[mask].float().mean() if mask is not None else holes.float().mean())
 
@@ -104,7 +141,7 @@ def load_lpips(path, device="cpu") -> torch.nn.Module:
 def lpips_distance(model: torch.nn.Module, a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """LPIPS between ``[H, W, 3]`` images in [0, 1] (a 0-dim tensor, differentiable in ``a``). Pixels
     outside ``mask`` are taken from ``b`` in both, so they add no difference of their own."""
-    _check(a, b, mask)
+    _check(a, b, mask, values=False, empty_ok=True)      # (a render being trained may stray outside [0, 1])
     if mask is not None:
         a = torch.where(mask[..., None], a, b)
     x, y = (t.permute(2, 0, 1)[None].float() for t in (a, b))

@@ -9,7 +9,8 @@ the local affine approximation of the pinhole (EWA splatting), its 2-D covarianc
 finished once its transmittance falls below 1e-4. Colours come from the spherical harmonics in the
 viewing direction (``max(0, 0.5 + SH)``). Pixel ``(i, j)`` is sampled at its centre ``(j + 0.5, i + 0.5)``.
 
-Cameras: ``world_to_camera [4, 4]`` (OpenCV axes: x right, y down, z forward) and ``K [3, 3]`` in pixels.
+Cameras: ``world_to_camera [4, 4]``, rigid (a rotation and a translation), OpenCV axes: x right, y down,
+z forward; ``K [3, 3]`` in pixels; ``size`` two whole numbers ``(H, W)``; ``background`` three numbers.
 Returned: ``rgb [H, W, 3]``, ``depth [H, W]`` (expected depth of the visible Gaussians, 0 where none)
 and ``alpha [H, W]`` (accumulated opacity; ``1 - alpha`` is what shows through: holes).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .gaussians import Gaussians, covariances
@@ -51,17 +53,52 @@ def eval_sh(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     return (out + 0.5).clamp_min(0)
 
 
+def check_size(size) -> tuple[int, int]:
+    """``(height, width)``: two positive whole numbers (a float such as 2.7 is refused, not truncated)."""
+    try:
+        H, W = size
+    except (TypeError, ValueError):
+        raise ValueError(f"image size must be (height, width), got {size!r}") from None
+    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (H, W)):
+        raise ValueError(f"image size must be two whole numbers (height, width), got {size!r}")
+    if H <= 0 or W <= 0:
+        raise ValueError(f"image size must be positive, got {size}")
+    return int(H), int(W)
+
+
 def check_camera(world_to_camera, K, size) -> tuple[torch.Tensor, torch.Tensor]:
+    """``world_to_camera`` a rigid ``[4, 4]`` transform (a rotation, within 1e-4, and a translation;
+    bottom row ``[0, 0, 0, 1]``), ``K`` pinhole intrinsics, ``size`` as :func:`check_size`."""
     from infinidepth.sampling import check_intrinsics
 
     Kt = check_intrinsics(K, 1, dtype=torch.float64)[0]
     T = torch.as_tensor(world_to_camera, dtype=torch.float64)
-    if T.shape != (4, 4) or not torch.isfinite(T).all():
-        raise ValueError(f"world_to_camera must be a finite [4, 4] matrix, got {tuple(T.shape)}")
-    H, W = size
-    if H <= 0 or W <= 0:
-        raise ValueError(f"image size must be positive, got {size}")
+    if T.shape != (4, 4):
+        raise ValueError(f"world_to_camera must be a [4, 4] matrix, got {tuple(T.shape)}")
+    if not torch.isfinite(T).all():
+        raise ValueError("world_to_camera has NaN or infinite values")
+    R = T[:3, :3]
+    err, det = float((R @ R.T - torch.eye(3, dtype=torch.float64)).abs().max()), float(torch.linalg.det(R))
+    if err > 1e-4 or det < 0:
+        raise ValueError(f"world_to_camera must be rigid: its top-left 3x3 is not a rotation (max |R R^T - I| = {err:.3g}, "
+                         f"det {det:.3g}; no scaling, shearing or mirroring)")
+    if (T[3] - torch.tensor([0.0, 0, 0, 1], dtype=torch.float64)).abs().max() > 1e-4:
+        raise ValueError(f"world_to_camera's bottom row must be [0, 0, 0, 1], got {T[3].tolist()}")
+    check_size(size)
     return T, Kt
+
+
+def check_background(background) -> torch.Tensor:
+    """The background colour: three finite numbers (r, g, b) -> float64 ``[3]``."""
+    try:
+        bg = torch.as_tensor(background, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"background must be three numbers (r, g, b), got {background!r}") from None
+    if bg.shape != (3,):
+        raise ValueError(f"background must be three numbers (r, g, b), got shape {tuple(bg.shape)}")
+    if not torch.isfinite(bg).all():
+        raise ValueError(f"background has NaN or infinite values: {bg.tolist()}")
+    return bg
 
 
 def project(g: Gaussians, world_to_camera, K, size):
@@ -88,12 +125,23 @@ def project(g: Gaussians, world_to_camera, K, size):
     J[:, 1, 1] = fy / zs
     J[:, 1, 2] = -fy * ty / zs**2
     cov_cam = R @ covariances(g) @ R.T
-    cov2d = J @ cov_cam @ J.transpose(1, 2) + EPS2D * torch.eye(2, device=dev, dtype=dt)
+    eye = torch.eye(2, device=dev, dtype=dt)
+    cov2d = J @ cov_cam @ J.transpose(1, 2) + EPS2D * eye
+    # Gaussians behind the near plane are never drawn: their footprint (which may not be invertible) is left out
+    conic, info = torch.linalg.inv_ex(torch.where(visible[:, None, None], cov2d, eye))
+    with torch.no_grad():
+        bad = visible & ((info != 0) | ~torch.isfinite(cov2d).all(2).all(1) | ~torch.isfinite(conic).all(2).all(1))
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            scales = ", ".join(f"{v:.3g}" for v in g.scales[i].tolist())
+            raise ValueError(f"Gaussian {i} ({int(bad.sum())} in all) is too large to project in "
+                             f"{str(dt).removeprefix('torch.')}: with scales {scales} at depth {float(z[i]):.3g} its screen footprint is beyond the "
+                             "dtype's range or precision; use float64 or smaller scales")
     mean2d = torch.stack([fx * p[:, 0] / zs + cx, fy * p[:, 1] / zs + cy], -1)
     centre = -R.T @ t
     dirs = torch.nn.functional.normalize(g.means - centre, dim=-1)
     colors = eval_sh(g.sh, dirs)
-    return mean2d, torch.linalg.inv(cov2d), z, colors, visible
+    return mean2d, conic, z, colors, visible
 
 
 def bin_tiles(mean2d: torch.Tensor, conic: torch.Tensor, z: torch.Tensor, visible: torch.Tensor, size, tile: int):
@@ -103,17 +151,23 @@ def bin_tiles(mean2d: torch.Tensor, conic: torch.Tensor, z: torch.Tensor, visibl
     A Gaussian joins every tile its footprint can reach: a Mahalanobis radius of sqrt(2 ln 255),
     beyond which alpha < 1/255 for any opacity, so the culling changes nothing."""
     H, W = size
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile <= 0:
+        raise ValueError(f"tile must be a positive whole number of pixels, got {tile!r}")
     dev = mean2d.device
-    cov = torch.linalg.inv(conic)
-    half_tr, det = 0.5 * (cov[:, 0, 0] + cov[:, 1, 1]), cov[:, 0, 0] * cov[:, 1, 1] - cov[:, 0, 1] ** 2
-    lam = half_tr + (half_tr**2 - det).clamp_min(0).sqrt()
-    radius = math.sqrt(2 * math.log(255.0)) * lam.sqrt()
+    # The footprint's largest 2-D standard deviation is 1 / sqrt(the conic's smallest eigenvalue), taken
+    # as det / largest (no cancellation), in float64 and without squaring the entries: huge Gaussians
+    # (scales of 1e9 m at 3 m) keep a finite radius instead of overflowing float32 to NaN and vanishing.
+    # A conic that is not positive definite (rounding, for extreme shapes) joins every tile.
+    a, b, c = (conic[:, i, j].detach().double() for i, j in ((0, 0), (0, 1), (1, 1)))
+    largest = 0.5 * (a + c) + torch.hypot(0.5 * (a - c), b)
+    smallest = (a * c - b * b) / largest
+    radius = torch.where(smallest > 0, torch.sqrt(2 * math.log(255.0) / smallest), torch.full_like(a, math.inf))
     TY, TX = math.ceil(H / tile), math.ceil(W / tile)
     x0 = ((mean2d[:, 0] - radius) / tile).floor().clamp(0, TX).long()
     x1 = ((mean2d[:, 0] + radius) / tile).floor().clamp(-1, TX - 1).long()
     y0 = ((mean2d[:, 1] - radius) / tile).floor().clamp(0, TY).long()
     y1 = ((mean2d[:, 1] + radius) / tile).floor().clamp(-1, TY - 1).long()
-    keep = visible & (x1 >= x0) & (y1 >= y0) & torch.isfinite(radius)
+    keep = visible & (x1 >= x0) & (y1 >= y0) & torch.isfinite(mean2d).all(1)      # (a centre beyond float range: off-screen)
     idx = keep.nonzero()[:, 0]
     nx, ny = (x1 - x0 + 1)[idx], (y1 - y0 + 1)[idx]
     count = nx * ny
@@ -137,10 +191,10 @@ def render_cpp(g: Gaussians, world_to_camera, K, size: tuple[int, int], backgrou
     """The C++ CPU rasteriser (``csrc/gs_composite_cpu.cpp``): the same projection and tiles as
     :func:`render_torch`, then each pixel walks its tile's list front to back and stops where the
     reference's weights become zero for good (transmittance below 1e-4). Forward only: no gradients."""
-    H, W = (int(v) for v in size)
+    H, W = check_size(size)
+    bg = check_background(background).to(g.means.dtype)
     mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
     g_of, per_tile, first = bin_tiles(mean2d, conic, z, visible, (H, W), tile)
-    bg = torch.as_tensor(background, dtype=mean2d.dtype)
     rgb, depth, alpha = torch.ops.infinidepth.gs_composite(mean2d, conic, g.opacities, colors, z, first, per_tile, g_of,
                                                            H, W, tile, bg)
     return {"rgb": rgb, "depth": depth, "alpha": alpha}
@@ -153,10 +207,10 @@ def render_torch(g: Gaussians, world_to_camera, K, size: tuple[int, int], backgr
     Tiles of ``tile x tile`` pixels each composite only the Gaussians whose footprint can reach them
     (:func:`bin_tiles`), every (pixel, Gaussian) pair of the tile evaluated, batched so that about
     ``budget`` pairs are in flight."""
-    H, W = (int(v) for v in size)
-    mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
+    H, W = check_size(size)
     dev, dt = g.means.device, g.means.dtype
-    bg = torch.as_tensor(background, device=dev, dtype=dt)
+    bg = check_background(background).to(dev, dt)
+    mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
     g_of, per_tile, first = bin_tiles(mean2d, conic, z, visible, (H, W), tile)
     TY, TX = math.ceil(H / tile), math.ceil(W / tile)
 
@@ -204,16 +258,19 @@ def render_torch(g: Gaussians, world_to_camera, K, size: tuple[int, int], backgr
 
 def render_gsplat(g: Gaussians, world_to_camera, K, size: tuple[int, int], background=(0.0, 0.0, 0.0)) -> dict:
     """gsplat's CUDA rasteriser (needs a GPU and the gsplat package), same outputs as :func:`render_torch`."""
+    if not g.means.is_cuda:
+        raise ValueError(f"backend gsplat needs CUDA tensors (the Gaussians are on {g.means.device})")
+    H, W = check_size(size)
+    T, Kt = check_camera(world_to_camera, K, (H, W))
+    bg = check_background(background)
     from gsplat import rasterization
 
-    H, W = (int(v) for v in size)
-    T, Kt = check_camera(world_to_camera, K, (H, W))
     dev = g.means.device
     colors, alphas, _ = rasterization(
         means=g.means.float(), quats=g.rotations.float(), scales=g.scales.float(), opacities=g.opacities.float(),
         colors=g.sh.transpose(1, 2).contiguous().float(), viewmats=T[None].to(dev, torch.float32),
         Ks=Kt[None].to(dev, torch.float32), width=W, height=H, sh_degree=g.degree, near_plane=NEAR,
-        render_mode="RGB+ED", backgrounds=torch.as_tensor(background, device=dev, dtype=torch.float32)[None],
+        render_mode="RGB+ED", backgrounds=bg.to(dev, torch.float32)[None],
         eps2d=EPS2D, packed=False)
     return {"rgb": colors[0, ..., :3], "depth": colors[0, ..., 3] * (alphas[0, ..., 0] > 0), "alpha": alphas[0, ..., 0]}
 
