@@ -305,3 +305,70 @@ def test_procedural_scenes_batch_through_a_dataloader():
     assert torch.equal(again["coords"], batch["coords"][1])                      # reproducible per index
     ds.set_epoch(1)
     assert not torch.equal(ds[1]["coords"], again["coords"])                     # new draws each epoch
+
+
+# -- broken files: one clear skipped frame, never a traceback from inside a library -----------------------------
+def vkitti_frame(root, intrinsic_text):
+    frames = root / "Scene01" / "clone" / "frames"
+    write_rgb(frames / "rgb" / "Camera_0" / "rgb_00000.jpg", 5, 7)
+    (frames / "depth" / "Camera_0").mkdir(parents=True)
+    Image.fromarray(np.full((5, 7), 1234, np.uint16)).save(frames / "depth" / "Camera_0" / "depth_00000.png")
+    (root / "Scene01" / "clone" / "intrinsic.txt").write_text(intrinsic_text)
+    return root / "Scene01" / "clone" / "intrinsic.txt"
+
+
+def test_virtual_kitti2_intrinsics_with_only_a_header_or_short_rows(tmp_path):
+    path = vkitti_frame(tmp_path / "a", "frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]\n")
+    with pytest.raises(DataError, match=f"{path} has no intrinsics for frame 0, camera 0"):
+        VirtualKITTI2(tmp_path / "a", size=(5, 7)).frame(0)
+    path = vkitti_frame(tmp_path / "b", "frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]\n0 0 700\n")
+    with pytest.raises(DataError, match=f"{path}:2: expected"):
+        VirtualKITTI2(tmp_path / "b", size=(5, 7)).frame(0)
+
+
+def test_urbansyn_zero_sensor_size_is_a_clear_error(tmp_path):
+    write_rgb(tmp_path / "rgb" / "rgb_0001.png", 8, 16)
+    write_exr(tmp_path / "depth" / "depth_0001.exr", {"Y": np.full((8, 16), 1e-4, np.float32)})
+    (tmp_path / "camera_metadata.json").write_text(json.dumps(
+        {"parameters": [{"Camera": {"focalLength_mm": 20.0, "sensorWidth_mm": 0, "sensorHeight_mm": 16.0}}]}))
+    with pytest.raises(DataError, match="camera_metadata.json: focalLength_mm, sensorWidth_mm and sensorHeight_mm"):
+        UrbanSyn(tmp_path, size=(8, 16)).frame(0)
+
+
+def test_any_exception_reading_a_frame_becomes_a_data_error_naming_it(tmp_path, caplog):
+    img = tartan_frame(tmp_path, "000000", np.ones((16, 16), np.float32))
+    tartan_frame(tmp_path, "000001", np.ones((16, 16), np.float32))
+
+    class Fragile(TartanAir):
+        def load(self, record):
+            if record[0] == img:
+                raise IndexError("index 3 is out of bounds for axis 0 with size 1")   # a library's own error
+            return super().load(record)
+
+    ds = Fragile(tmp_path, size=(16, 16), n_pairs=8)
+    with pytest.raises(DataError, match=f"{img}: IndexError: index 3"):
+        ds.frame(0)
+    with caplog.at_level(logging.WARNING, logger="infinidepth.data"):
+        assert ds[0]["name"].endswith("000001_left.png") and ds.skipped == 1
+
+
+def test_a_file_without_its_partner_is_logged_and_listed(tmp_path, caplog):
+    tartan_frame(tmp_path, "000000", np.ones((16, 16), np.float32))
+    lone = tmp_path / "env" / "Easy" / "P000" / "image_left" / "000001_left.png"
+    write_rgb(lone, 16, 16)
+    with caplog.at_level(logging.WARNING, logger="infinidepth.data"):
+        ds = TartanAir(tmp_path, size=(16, 16), n_pairs=8)
+    assert len(ds) == 1 and len(ds.unpaired) == 1 and str(lone) in ds.unpaired[0] and str(lone) in caplog.text
+
+
+def test_procedural_files_train_without_normals_and_refuse_a_corrupt_index(tmp_path):
+    from infinidepth.data import ProceduralFiles, render_set
+
+    render_set(tmp_path, scenes=1, size=(12, 16), progress=False)
+    normal = tmp_path / "scene_000000" / "view_00_normal.exr"
+    normal.write_bytes(normal.read_bytes()[:50])              # truncated: training needs no normals
+    ds = ProceduralFiles(tmp_path, size=(12, 16), n_pairs=8)
+    assert ds[0]["depth"].shape == (1, 12, 16) and ds.skipped == 0
+    (tmp_path / "index.json").write_bytes(b"\x00\xff garbage")
+    with pytest.raises(InputError, match="index.json: corrupt index"):
+        ProceduralFiles(tmp_path)

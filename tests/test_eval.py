@@ -2,6 +2,7 @@
 benchmark readers on files written in their formats, and `infinidepth eval` end to end."""
 
 import json
+import logging
 import math
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image
 from infinidepth.cli import main
 from infinidepth.data.procedural import render_set
 from infinidepth.eval.metrics import SPACES
+from infinidepth.io import InputError
 from infinidepth.eval import (
     DIODE,
     ETH3D,
@@ -21,6 +23,7 @@ from infinidepth.eval import (
     ScanNet,
     Synth4K,
     align,
+    clip_depth,
     depth_metrics,
     evaluate,
     format_table,
@@ -76,14 +79,118 @@ def test_ransac_alignment_recovers_scale_and_shift_under_outliers(space):
     assert abs(la - a) > 1e-3                               # least squares is pulled by the outliers
 
 
-def test_alignment_clips_to_the_ground_truth_range():
+def test_alignment_does_not_clip_to_the_ground_truth_and_clip_depth_uses_a_fixed_range():
     gt = np.linspace(1, 5, 100).reshape(10, 10)
     pred = gt.copy()
     pred[0, 0] = 1e-4                                       # an extreme prediction
+    pred[0, 1] = np.nan                                     # a failed one
     aligned, _, _ = align(pred, gt, space="disparity", method="ransac")
-    assert aligned.min() >= 1 and aligned.max() <= 5 and np.isfinite(aligned).all()
+    # the ground truth does not repair the prediction: the extreme pixel stays far below gt.min() = 1
+    assert aligned[0, 0] == pytest.approx(1e-4, rel=1e-3) and np.isnan(aligned[0, 1])
+    np.testing.assert_allclose(aligned.ravel()[2:], gt.ravel()[2:], rtol=1e-5)
+    clipped = clip_depth(aligned, (1e-3, 10.0))            # the benchmark's range: NaN -> max, then clip
+    assert clipped[0, 0] == pytest.approx(1e-3) and clipped[0, 1] == 10.0
+    # an aligned disparity that is not positive lies beyond infinity: the range's maximum
+    # (fit on the two valid pixels: 1/g = -1/p + 1.5, so p = 0.5 maps to disparity -0.5)
+    far, a, b = align(np.array([[2.0, 1.0, 0.5]]), np.array([[1.0, 2.0, 0.0]]), space="disparity", method="lsq")
+    assert (a, b) == (pytest.approx(-1.0), pytest.approx(1.5)) and far[0, 2] == np.inf
+    assert clip_depth(far, (1e-3, 80.0))[0, 2] == 80.0
     with pytest.raises(ValueError, match="space"):
         align(pred, gt, space="log")
+    with pytest.raises(ValueError, match="depth range"):
+        clip_depth(pred, (0.0, 10.0))
+
+
+class Fixed(torch.nn.Module):
+    """A 'model' returning ``fn(H, W)`` (no alignment unless ``alignment`` is given)."""
+
+    def __init__(self, fn, alignment=None):
+        super().__init__()
+        self.fn, self.alignment = fn, alignment
+        self.device = torch.device("cpu")
+        self.patch_size = 16
+
+    def predict(self, image, output_size=None):
+        H, W = output_size or image.shape[-2:]
+        return torch.as_tensor(np.asarray(self.fn(H, W), np.float32))[None, None]
+
+
+def nyu_set(root, depths):
+    """A NYUv2-layout folder with one frame per depth map (metres; 0 = no depth)."""
+    for k, d in enumerate(depths):
+        rgb(root / "scene" / f"rgb_{k:04d}.png", *d.shape)
+        png16(root / "scene" / f"depth_{k:04d}.png", np.round(np.asarray(d) * 1000))
+    return NYUv2(root)
+
+
+def test_metric_predictions_are_clipped_to_the_benchmark_range(tmp_path, caplog):
+    # KITTI's protocol clips predictions to [1e-3, 80] m: a constant 200 m scores as 80 m would
+    drive = "2011_09_26_drive_0002_sync"
+    rgb(tmp_path / "2011_09_26" / drive / "image_02" / "data" / "0000000000.png", 40, 130)
+    gt = np.random.default_rng(0).uniform(2, 60, (40, 130))
+    png16(tmp_path / drive / "proj_depth" / "groundtruth" / "image_02" / "0000000000.png", np.round(gt * 256))
+    ds = KITTI(tmp_path)
+    assert ds.depth_range() == (1e-3, 80.0)
+    f = ds.frame(0)
+    g, m = f["depth"].numpy(), f["valid"].numpy() & ds.region((40, 130))
+    r = evaluate(Fixed(lambda H, W: np.full((H, W), 200.0)), ds, align_method=None, progress=False)
+    assert r["images"][0]["full"]["abs_rel"] == pytest.approx(np.mean(np.abs(80.0 - g[m]) / g[m]), rel=1e-6)
+    assert r["depth_range"] == [1e-3, 80.0]
+    # a NaN prediction without alignment is the model's failure: scored as the maximum, logged, no traceback
+    nyu = nyu_set(tmp_path / "nyu", [np.full((48, 64), 2.0)])
+
+    def half_nan(H, W):
+        p = np.full((H, W), 2.0)
+        p[:, : W // 2] = np.nan
+        return p
+
+    with caplog.at_level(logging.WARNING, logger="infinidepth.eval"):
+        r = evaluate(Fixed(half_nan), nyu, align_method=None, progress=False, hf_points=50)
+    row = r["images"][0]
+    assert row["nonfinite"] > 0 and "NaN or infinite" in caplog.text and "scene/rgb_0000.png" in caplog.text
+    m = nyu.region((48, 64))
+    left = m[:, :32].sum()
+    assert row["full"]["abs_rel"] == pytest.approx(left * (10.0 - 2.0) / 2.0 / m.sum(), rel=1e-6)
+    # a relative prediction with nothing to align (all NaN) is scored as 10 m everywhere, not a traceback
+    r = evaluate(Fixed(lambda H, W: np.full((H, W), np.nan), alignment="disparity"), nyu, progress=False)
+    assert r["images"][0]["full"]["abs_rel"] == pytest.approx((10.0 - 2.0) / 2.0) and "alignment" not in r["images"][0]
+
+
+def test_aligned_outliers_are_not_repaired_by_the_ground_truth(tmp_path):
+    # an exact relative prediction except a fifth of the pixels 4x too near or far: the fit is exact,
+    # the outliers are scored where the model put them (clipped to NYUv2's 10 m), not at the ground truth's range
+    rng = np.random.default_rng(0)
+    gt = rng.uniform(2, 4, (48, 64))
+    ds = nyu_set(tmp_path, [gt])
+    g = ds.frame(0)["depth"].numpy()
+    wrong = rng.random(g.shape) < 0.2
+    factor = np.where(rng.random(g.shape) < 0.5, 4.0, 0.25)
+    disp = np.where(wrong, (2.0 / g + 0.1) * factor, 2.0 / g + 0.1)
+    r = evaluate(Fixed(lambda H, W: 1 / disp, alignment="disparity"), ds, progress=False, hf_points=200)
+    m = ds.region(g.shape)
+    expected = np.clip(1 / ((disp - 0.1) / 2.0), 1e-3, 10.0)
+    assert r["images"][0]["full"]["abs_rel"] == pytest.approx(np.mean(np.abs(expected[m] - g[m]) / g[m]), rel=1e-4)
+    assert r["images"][0]["full"]["abs_rel"] > 0.2          # clipped to [2, 4] (the ground truth's range) it was 0.07
+
+
+def test_images_and_hf_rows_with_too_few_pixels_are_skipped_and_logged(tmp_path, caplog):
+    rng = np.random.default_rng(1)
+    full = rng.uniform(1, 9, (48, 64))
+    two = np.zeros((48, 64))
+    two[20, 30:32] = 3.0                                    # 2 pixels: a scale-and-shift fit is exact
+    ds = nyu_set(tmp_path, [full, two])
+    noisy = iter([full * rng.uniform(0.5, 1.5, full.shape), np.ones((48, 64))])
+    with caplog.at_level(logging.WARNING, logger="infinidepth.eval"):
+        r = evaluate(Fixed(lambda H, W: next(noisy), alignment="disparity"), ds, progress=False, hf_points=50)
+    assert r["summary"]["full"]["images"] == 1 and len(r["images"]) == 1
+    assert any("rgb_0001.png: 2 scored pixels, fewer than the minimum 100" in s for s in r["skipped"])
+    assert "rgb_0001.png: 2 scored pixels" in caplog.text
+    # 50 high-frequency points are under the minimum: the image has no HF row, and says why
+    assert r["images"][0]["hf"] is None and r["summary"]["hf"] is None
+    assert any("rgb_0000.png: high-frequency row: 50 pixels" in s for s in r["skipped"])
+    assert "skipped 2" in format_table(r)
+    with pytest.raises(ValueError, match="min_pixels"):
+        evaluate(Fixed(lambda H, W: full), ds, progress=False, min_pixels=1)
 
 
 # -- high-frequency masks --------------------------------------------------------------------------------------
@@ -132,6 +239,26 @@ def test_hf_mask_ignores_holes_and_sharpening_follows_tau():
         high_frequency_map(ramp, tau=0)
     with pytest.raises(ValueError, match="no valid"):
         high_frequency_map(np.zeros((4, 4)))
+
+
+def test_hf_map_ignores_the_image_border_and_the_edges_of_holes():
+    # a tilted plane has no detail: the smoothed scales' truncated windows at the border and at
+    # holes used to make a band of 1-4 px (and each hole's rim) score as the strongest detail
+    y, x = np.mgrid[0:120, 0:160].astype(float)
+    plane = 2 + 0.05 * x + 0.03 * y
+    holed = plane.copy()
+    holed[40:60, 50:80] = np.nan
+    holed[np.random.default_rng(0).random(plane.shape) < 0.05] = 0.0
+    for depth in (plane, holed):
+        assert high_frequency_map(depth).max() == 0
+        assert high_frequency_mask(depth, n=10_000).sum() == 0      # no detail, no HF pixel (no HF row)
+    # a ramp with a thin pole: the selection concentrates at the pole, not at the border
+    ramp = 5 + 0.04 * x
+    ramp[20:100, 80:82] = 2.0
+    mask = high_frequency_mask(ramp, n=500)
+    rows, cols = np.nonzero(mask)
+    assert mask.sum() == 500 and np.mean(np.abs(cols - 80.5) <= 3.5) > 0.95
+    assert not mask[:4].any() and not mask[-4:].any() and not mask[:, :4].any() and not mask[:, -4:].any()
 
 
 # -- readers ------------------------------------------------------------------------------------------------------
@@ -204,27 +331,230 @@ def test_diode_depth_mask_and_range(tmp_path):
     assert not f["valid"][0, 0] and not f["valid"][1, 1] and f["valid"].sum() == 78
 
 
-def test_synth4k_meta_file_range_and_released_hf_mask(tmp_path):
+def synth4k_game(root, H=16, W=24, hf_pixels=120, mode="L"):
+    """One Synth4K game folder: a frame, its meta file, and a released mask of ``hf_pixels`` pixels."""
     import OpenEXR
 
-    rgb(tmp_path / "cyberpunk" / "rgb" / "0001.png", 8, 12)
-    depth = np.full((8, 12), 20.0, np.float32)
+    rgb(root / "rgb" / "0001.png", H, W)
+    depth = np.full((H, W), 20.0, np.float32)
     depth[0, :3] = [1.0, 200.0, np.nan]                     # below 3 m, beyond 150 m, missing
-    (tmp_path / "cyberpunk" / "depth").mkdir()
+    (root / "depth").mkdir()
     with OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, {"Z": depth}) as f:
-        f.write(str(tmp_path / "cyberpunk" / "depth" / "0001.exr"))
-    hf = np.zeros((8, 12), np.uint8)
-    hf[4, 4:8] = 255
-    (tmp_path / "cyberpunk" / "highfreq_mask").mkdir()
-    Image.fromarray(hf).save(tmp_path / "cyberpunk" / "highfreq_mask" / "0001_highfreq_mask.png")
-    (tmp_path / "val.txt").write_text("cyberpunk/rgb/0001.png cyberpunk/depth/0001.exr\n")
-    ds = Synth4K(tmp_path)
+        f.write(str(root / "depth" / "0001.exr"))
+    hf = np.zeros(H * W, np.uint16 if mode == "I;16" else np.uint8)
+    hf[W:W + hf_pixels] = 1 if mode == "I;16" else 255     # a 16-bit mask holding 0/1, or 0/255
+    (root / "highfreq_mask").mkdir()
+    Image.fromarray(hf.reshape(H, W)).save(root / "highfreq_mask" / "0001_highfreq_mask.png")
+    (root / "val.txt").write_text("rgb/0001.png depth/0001.exr\n")
+    return root / "highfreq_mask" / "0001_highfreq_mask.png"
+
+
+def test_synth4k_meta_file_range_and_released_hf_mask(tmp_path):
+    synth4k_game(tmp_path / "cyberpunk")
+    ds = Synth4K(tmp_path / "cyberpunk")
     f = ds.frame(0)
-    assert f["valid"].sum() == 8 * 12 - 3
+    assert f["valid"].sum() == 16 * 24 - 3 and ds.depth_range() == (3.0, 150.0)
     assert ds.hf_mask_file(ds.records[0]).name == "0001_highfreq_mask.png"
     result = evaluate(from_preset("tiny"), ds, progress=False)
     assert result["summary"]["hf"]["images"] == 1
-    assert result["images"][0]["hf"]["pixels"] == 4        # the released mask, not a computed one
+    assert result["images"][0]["hf"]["pixels"] == 120      # the released mask, not a computed one
+
+
+def test_synth4k_16_bit_mask_and_truncated_mask(tmp_path, caplog):
+    synth4k_game(tmp_path / "a", mode="I;16")              # 0/1 in 16 bits: any non-zero value is in the mask
+    result = evaluate(from_preset("tiny"), Synth4K(tmp_path / "a"), progress=False)
+    assert result["images"][0]["hf"]["pixels"] == 120
+    mask = synth4k_game(tmp_path / "b")
+    mask.write_bytes(mask.read_bytes()[:60])                # truncated: the computed mask is used instead
+    with caplog.at_level(logging.WARNING, logger="infinidepth.eval"):
+        result = evaluate(from_preset("tiny"), Synth4K(tmp_path / "b"), progress=False, min_pixels=2)
+    assert len(result["images"]) == 1 and "cannot read the released mask" in caplog.text and str(mask) in caplog.text
+
+
+def test_synth4k_reads_one_meta_file_per_game_root(tmp_path):
+    synth4k_game(tmp_path / "games" / "cyberpunk")
+    with pytest.raises(InputError, match="cyberpunk/val.txt.*own root"):
+        Synth4K(tmp_path / "games")
+    assert len(Synth4K(tmp_path / "games" / "cyberpunk")) == 1
+
+
+def scannet_frame(root, scene, K_text):
+    rgb(root / scene / "color" / "000000.jpg", 48, 64)
+    png16(root / scene / "depth" / "000000.png", np.full((48, 64), 2000))
+    (root / scene / "intrinsic").mkdir()
+    (root / scene / "intrinsic" / "intrinsic_depth.txt").write_text(K_text)
+    return root / scene / "intrinsic" / "intrinsic_depth.txt"
+
+
+def diode_frame(root, name, depth=None):
+    scan = root / "val" / "indoors" / "scene_00021" / "scan_00189"
+    rgb(scan / f"{name}.png", 48, 64)
+    np.save(scan / f"{name}_depth.npy", np.full((48, 64, 1), 2.0, np.float32) if depth is None else depth)
+    np.save(scan / f"{name}_depth_mask.npy", np.ones((48, 64), np.float32))
+    return scan / f"{name}_depth.npy"
+
+
+def eth3d_frame(root, name, suffix=".npy"):
+    rgb(root / "office" / "images" / "dslr_images" / f"{name}.JPG", 48, 64)
+    path = root / "office" / "ground_truth_depth" / "dslr_images" / f"{name}{suffix}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npy":
+        np.save(path, np.full((48, 64), 2.0, np.float32))
+    else:
+        np.savez(path, data=np.full((48, 64), 2.0))
+    return path
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:40])
+    return path
+
+
+def _empty(path):
+    path.write_bytes(b"")
+    return path
+
+
+K4 = "57.7 0 31.5 0\n0 57.9 23.7 0\n0 0 1 0\n0 0 0 1\n"
+
+
+# Each case writes one good frame and one broken one, and returns the broken file.
+def scannet_empty_intrinsics(root):
+    scannet_frame(root, "scene0000_00", K4)
+    return scannet_frame(root, "scene0001_00", "")
+
+
+def scannet_short_intrinsics(root):
+    scannet_frame(root, "scene0000_00", K4)
+    return scannet_frame(root, "scene0001_00", "57.7 0 31.5\n0 57.9 23.7\n")
+
+
+def diode_empty_depth(root):
+    diode_frame(root, "a")
+    return _empty(diode_frame(root, "b"))
+
+
+def diode_empty_mask(root):
+    diode_frame(root, "a")
+    return _empty(diode_frame(root, "b").with_name("b_depth_mask.npy"))
+
+
+def diode_complex_depth(root):
+    diode_frame(root, "a")
+    return diode_frame(root, "b", np.full((48, 64, 1), 2 + 1j))    # its imaginary part is not dropped silently
+
+
+def eth3d_truncated_npz(root):
+    eth3d_frame(root, "a")
+    return _truncate(eth3d_frame(root, "b", ".npz"))
+
+
+def eth3d_npz_without_arrays(root):
+    eth3d_frame(root, "a")
+    path = eth3d_frame(root, "b", ".npz")
+    np.savez(path)
+    return path
+
+
+def eth3d_empty_npy(root):
+    eth3d_frame(root, "a")
+    return _empty(eth3d_frame(root, "b"))
+
+
+BROKEN = {"scannet empty intrinsics": (ScanNet, scannet_empty_intrinsics),
+          "scannet short intrinsics": (ScanNet, scannet_short_intrinsics),
+          "diode empty depth": (DIODE, diode_empty_depth),
+          "diode empty mask": (DIODE, diode_empty_mask),
+          "diode complex depth": (DIODE, diode_complex_depth),
+          "eth3d truncated npz": (ETH3D, eth3d_truncated_npz),
+          "eth3d npz without arrays": (ETH3D, eth3d_npz_without_arrays),
+          "eth3d empty npy": (ETH3D, eth3d_empty_npy)}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_file_skips_its_frame_naming_the_file(tmp_path, caplog, case):
+    reader, build = BROKEN[case]
+    bad = build(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="infinidepth.eval"):
+        r = evaluate(Fixed(lambda H, W: np.full((H, W), 2.0)), reader(tmp_path), align_method=None, progress=False)
+    assert len(r["images"]) == 1 and r["summary"]["full"]["abs_rel"] == pytest.approx(0, abs=1e-6)
+    assert any(str(bad) in s for s in r["skipped"]) and str(bad) in caplog.text
+
+
+def test_eth3d_npz_prefers_the_data_array(tmp_path):
+    eth3d_frame(tmp_path, "a", ".npz")
+    path = tmp_path / "office" / "ground_truth_depth" / "dslr_images" / "a.npz"
+    np.savez(path, other=np.ones((48, 64)), data=np.full((48, 64), 4.5))
+    assert torch.allclose(ETH3D(tmp_path).frame(0)["depth"], torch.tensor(4.5))
+    assert ETH3D(tmp_path).depth_range() == (1e-3, 1000.0)    # no protocol cap: a bound for runaway predictions
+
+
+def test_procedural_eval_does_not_read_normals_and_a_corrupt_index_is_one_line(tmp_path, capsys):
+    from infinidepth.data.procedural import load_view
+
+    root = tmp_path / "set"
+    render_set(root, scenes=1, size=(24, 32), progress=False)
+    normal = root / "scene_000000" / "view_00_normal.exr"
+    _empty(normal)                                          # evaluation needs no normals
+    assert Procedural(root).frame(0)["depth"].shape == (24, 32)
+    assert "normals" not in load_view(root / "scene_000000" / "view_00_camera.json", normals=False)
+    (root / "index.json").write_text('{"format": "infinidepth-proc')
+    with pytest.raises(InputError, match="index.json: corrupt index"):
+        Procedural(root)
+    assert main(["eval", "--dataset", "procedural", "--root", str(root), "--checkpoint", "tiny"]) == 2
+    assert "corrupt index" in capsys.readouterr().err
+    (root / "index.json").write_text("[1, 2]")
+    with pytest.raises(InputError, match="not a JSON object"):
+        Procedural(root)
+
+
+def test_files_without_their_partner_are_logged_and_counted(tmp_path, caplog):
+    nyu = tmp_path / "nyu" / "scene"
+    rgb(nyu / "rgb_0001.png", 48, 64)
+    png16(nyu / "depth_0001.png", np.full((48, 64), 2000))
+    rgb(nyu / "rgb_0002.png", 48, 64)                       # no depth
+    png16(nyu / "depth_0003.png", np.full((48, 64), 2000))  # no image
+    with caplog.at_level(logging.WARNING):
+        ds = NYUv2(tmp_path / "nyu")
+    assert len(ds) == 1 and len(ds.unpaired) == 2
+    assert str(nyu / "rgb_0002.png") in caplog.text and str(nyu / "depth_0003.png") in caplog.text
+    r = evaluate(Fixed(lambda H, W: np.full((H, W), 2.0)), ds, align_method=None, progress=False)
+    assert sum(str(nyu / "rgb_0002.png") in s or str(nyu / "depth_0003.png") in s for s in r["skipped"]) == 2
+    diode_frame(tmp_path / "diode", "a")
+    rgb(tmp_path / "diode" / "val" / "indoors" / "scene_00021" / "scan_00189" / "b.png", 48, 64)   # no depth
+    assert len(DIODE(tmp_path / "diode").unpaired) == 1
+
+
+def kitti_set(root, frames, without_rgb=()):
+    drive = "2011_09_26_drive_0002_sync"
+    for k in frames:
+        if k not in without_rgb:
+            rgb(root / "2011_09_26" / drive / "image_02" / "data" / f"{k:010d}.png", 40, 130)
+        png16(root / drive / "proj_depth" / "groundtruth" / "image_02" / f"{k:010d}.png", np.full((40, 130), 2560))
+    return f"2011_09_26/{drive}/image_02/data/{{:010d}}.png"
+
+
+def test_kitti_scores_the_eigen_list_when_present(tmp_path, caplog):
+    line = kitti_set(tmp_path, [0, 1, 2], without_rgb=[2])
+    with caplog.at_level(logging.WARNING):
+        ds = KITTI(tmp_path)
+    assert len(ds) == 2 and len(ds.unpaired) == 1 and "0000000002.png" in ds.unpaired[0]
+    assert "no Eigen test list" in caplog.text
+    # the list (the common eigen_test_files_with_gt.txt layout: rgb, ground truth, focal): listed frames only
+    (tmp_path / "eigen_test_files.txt").write_text(
+        line.format(1) + " 2011_09_26_drive_0002_sync/proj_depth/groundtruth/image_02/0000000001.png 721.5377\n"
+        + line.format(7) + " None 721.5377\n\n")
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        ds = KITTI(tmp_path)
+    assert [p.name for p, _ in ds.records] == ["0000000001.png"]
+    assert len(ds.unpaired) == 1 and "eigen_test_files.txt:2" in ds.unpaired[0] and "no ground truth" in ds.unpaired[0]
+    assert "no Eigen test list" not in caplog.text
+    (tmp_path / "other.txt").write_text("0000000001.png\n")
+    with pytest.raises(InputError, match=r"other.txt:1: expected"):
+        KITTI(tmp_path, split=tmp_path / "other.txt")
+    with pytest.raises(InputError, match="not found"):
+        KITTI(tmp_path, split=tmp_path / "missing.txt")
 
 
 # -- the loop and the command -----------------------------------------------------------------------------------------
@@ -282,7 +612,7 @@ def test_eval_command_on_the_procedural_set(tmp_path, capsys):
     root = tmp_path / "set"
     assert main(["data", "render", "--scenes", "2", "--size", "48x32", "--out", str(root), "--quiet"]) == 0
     out = tmp_path / "scores.json"
-    code = main(["eval", "--dataset", "procedural", "--root", str(root), "--checkpoint", "tiny", "--hf-points", "64",
+    code = main(["eval", "--dataset", "procedural", "--root", str(root), "--checkpoint", "tiny", "--hf-points", "128",
                  "--output-resolution", "input", "--json", str(out), "--quiet"])
     assert code == 0
     scores = json.loads(out.read_text())["results"][0]

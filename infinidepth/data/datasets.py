@@ -5,7 +5,9 @@ Every reader turns its set's encoding into z-depth in metres (distance to the ca
 centimetres, disparity with a baseline, ...) and its intrinsics into a ``[3, 3]`` matrix in pixels;
 :func:`infinidepth.data.transforms.prepare` does the rest. Bad frames never reach a loss: NaN,
 infinite, non-positive and beyond-range depths are masked; a frame with no valid depth, or a file that
-cannot be read, is skipped with a warning that names it, and counted in ``dataset.skipped``.
+cannot be read (whatever the reader library raises), is skipped with a warning that names it, and
+counted in ``dataset.skipped``. A file whose partner (the depth of an image, the image of a depth) is
+missing is logged when the set is listed and kept in ``dataset.unpaired``.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class DepthDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.skipped = 0
+        self.unpaired: list[str] = []    # files left out of the records because their partner is missing
         self.records = self.find()
         if not self.records:
             raise InputError(f"{type(self).__name__}: no frames found under {self.root} (expected {self.layout})")
@@ -92,8 +95,10 @@ class DepthDataset(torch.utils.data.Dataset):
         name = self.name_of(record)
         try:
             rgb, depth, K = self.load(record)
-        except (InputError, ValueError, OSError) as e:
+        except (DataError, InputError) as e:   # the readers' own messages, naming the file
             raise DataError(f"{name}: {e}") from e
+        except Exception as e:  # anything else a library raises on a broken file of this frame
+            raise DataError(f"{name}: {type(e).__name__}: {e}") from e
         depth, valid = clean_depth(depth, self.max_depth, self.min_depth)
         if not valid.any():
             raise DataError(f"{name}: no valid depth")
@@ -144,13 +149,29 @@ def _pinhole(f, cx, cy, fy=None) -> np.ndarray:
     return np.array([[f, 0, cx], [0, f if fy is None else fy, cy], [0, 0, 1]], dtype=np.float64)
 
 
-def _pair(root: Path, pattern: str, partner) -> list[tuple[Path, Path]]:
-    """Files matching ``pattern`` under ``root`` whose ``partner(path)`` exists, sorted."""
-    out = []
+def _unpaired(unpaired: list | None, message: str) -> None:
+    log.warning("skipping %s", message)
+    if unpaired is not None:
+        unpaired.append(message)
+
+
+def _pair(root: Path, pattern: str, partner, others: str | None = None,
+          unpaired: list | None = None) -> list[tuple[Path, Path]]:
+    """Files matching ``pattern`` under ``root`` whose ``partner(path)`` exists, sorted. A ``pattern``
+    file without its partner, and an ``others`` file (the partners' pattern) that no ``pattern`` file
+    pairs with, are logged and appended to ``unpaired``."""
+    out, used = [], set()
     for p in sorted(root.glob(pattern)):
         q = partner(p)
         if q is not None and q.is_file():
             out.append((p, q))
+            used.add(q)
+        else:
+            _unpaired(unpaired, f"{p}: its partner {q} is missing")
+    if others is not None:
+        for q in sorted(root.glob(others)):
+            if q not in used:
+                _unpaired(unpaired, f"{q}: no file matching {pattern} pairs with it")
     return out
 
 
@@ -175,7 +196,9 @@ class Hypersim(DepthDataset):
             jpg = d.parent.parent / f"{cam}_final_preview" / f"{frame}.tonemap.jpg"
             hdr = d.parent.parent / f"{cam}_final_hdf5" / f"{frame}.color.hdf5"
             rgb = jpg if jpg.is_file() else hdr if hdr.is_file() else None
-            if rgb is not None:
+            if rgb is None:
+                _unpaired(self.unpaired, f"{d}: neither {jpg.name} nor {hdr.name} exists")
+            else:
                 records.append((d, rgb))
         return records
 
@@ -236,7 +259,13 @@ class VirtualKITTI2(DepthDataset):
         self._intrinsics: dict[tuple, Path] = {}
         for p in self.root.rglob("intrinsic.txt"):
             self._intrinsics[(p.parent.parent.name, p.parent.name)] = p
-        return [(v["rgb"], v["depth"], k) for k, v in sorted(found.items()) if "rgb" in v and "depth" in v]
+        records = []
+        for k, v in sorted(found.items()):
+            if "rgb" in v and "depth" in v:
+                records.append((v["rgb"], v["depth"], k))
+            else:
+                _unpaired(self.unpaired, f"{next(iter(v.values()))}: no {'depth' if 'rgb' in v else 'rgb'} partner")
+        return records
 
     def load(self, record):
         rgb_path, depth_path, (scene, variation, cam, frame) = record
@@ -251,14 +280,17 @@ class VirtualKITTI2(DepthDataset):
     @staticmethod
     def _camera(path: Path, frame: int, cam: int) -> np.ndarray:
         try:
-            rows = np.loadtxt(path, skiprows=1, ndmin=2)
-        except ValueError as e:
+            rows = [[float(x) for x in line.split()] for line in path.read_text().splitlines()[1:] if line.strip()]
+        except (OSError, ValueError) as e:
             raise DataError(f"cannot parse {path}: {e}") from e
-        hit = rows[(rows[:, 0] == frame) & (rows[:, 1] == cam)]
-        if len(hit) == 0:
-            raise DataError(f"{path} has no intrinsics for frame {frame}, camera {cam}")
-        fx, fy, cx, cy = hit[0, 2:6]
-        return _pinhole(fx, cx, cy, fy)
+        for n, row in enumerate(rows, 2):
+            if len(row) < 6:
+                raise DataError(f"{path}:{n}: expected 'frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]', "
+                                f"got {len(row)} values")
+            if row[0] == frame and row[1] == cam:
+                fx, fy, cx, cy = row[2:6]
+                return _pinhole(fx, cx, cy, fy)
+        raise DataError(f"{path} has no intrinsics for frame {frame}, camera {cam}")
 
 
 # -- TartanAir --------------------------------------------------------------------------------------
@@ -272,7 +304,7 @@ class TartanAir(DepthDataset):
 
     def find(self):
         return _pair(self.root, "*/*/P*/image_left/*_left.png",
-                     lambda p: p.parent.parent / "depth_left" / f"{p.stem}_depth.npy")
+                     lambda p: p.parent.parent / "depth_left" / f"{p.stem}_depth.npy", unpaired=self.unpaired)
 
     def load(self, record):
         rgb = _read_rgb(record[0])
@@ -290,7 +322,7 @@ class IRS(DepthDataset):
     BASELINE, FOCAL = 0.1, 480.0
 
     def find(self):
-        return _pair(self.root, "**/l_*.png", lambda p: p.with_name("d_" + p.stem[2:] + ".exr"))
+        return _pair(self.root, "**/l_*.png", lambda p: p.with_name("d_" + p.stem[2:] + ".exr"), unpaired=self.unpaired)
 
     def load(self, record):
         rgb = _read_rgb(record[0])
@@ -318,17 +350,21 @@ class UrbanSyn(DepthDataset):
 
     def find(self):
         self._meta = self.root / "camera_metadata.json"
-        return _pair(self.root, "rgb/rgb_*.png", lambda p: self.root / "depth" / f"depth_{p.stem[4:]}.exr")
+        return _pair(self.root, "rgb/rgb_*.png", lambda p: self.root / "depth" / f"depth_{p.stem[4:]}.exr",
+                     unpaired=self.unpaired)
 
     def load(self, record):
         rgb = _read_rgb(record[0])
         H, W = rgb.shape[:2]
         try:
             cam = json.loads(self._meta.read_text())["parameters"][0]["Camera"]
-            fx = cam["focalLength_mm"] / cam["sensorWidth_mm"] * W
-            fy = cam["focalLength_mm"] / cam["sensorHeight_mm"] * H
+            focal, sw, sh = float(cam["focalLength_mm"]), float(cam["sensorWidth_mm"]), float(cam["sensorHeight_mm"])
         except (OSError, ValueError, KeyError, IndexError, TypeError) as e:
             raise DataError(f"cannot read the camera from {self._meta}: {e!r}") from e
+        if not (focal > 0 and sw > 0 and sh > 0 and math.isfinite(focal + sw + sh)):
+            raise DataError(f"{self._meta}: focalLength_mm, sensorWidth_mm and sensorHeight_mm must be positive, "
+                            f"got {focal}, {sw}, {sh}")
+        fx, fy = focal / sw * W, focal / sh * H
         return rgb, _read_depth(record[1]) * self.SCALE, _pinhole(fx, W / 2, H / 2, fy)
 
 
@@ -344,7 +380,8 @@ class UnrealStereo4K(DepthDataset):
     max_depth = 1000.0
 
     def find(self):
-        return _pair(self.root, "*/Image0/*.png", lambda p: p.parent.parent / "Disp0" / f"{p.stem}.npy")
+        return _pair(self.root, "*/Image0/*.png", lambda p: p.parent.parent / "Disp0" / f"{p.stem}.npy",
+                     unpaired=self.unpaired)
 
     def load(self, record):
         rgb_path, disp_path = record
@@ -400,9 +437,17 @@ class ProceduralFiles(DepthDataset):
     layout = "index.json and scene_*/view_*_{rgb.png,depth.exr,camera.json}"
 
     def find(self):
-        from .procedural import list_rendered
+        from .procedural import FORMAT, list_rendered
 
-        return list_rendered(self.root)
+        index = self.root / "index.json"
+        try:
+            return list_rendered(self.root)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{index}: corrupt index, not JSON ({e})") from None
+        except AttributeError:
+            raise InputError(f"{index}: not a {FORMAT} index (not a JSON object)") from None
+        except ValueError as e:    # names the index
+            raise InputError(str(e)) from None
 
     def name_of(self, record) -> str:
         return str(record.relative_to(self.root))
@@ -410,10 +455,7 @@ class ProceduralFiles(DepthDataset):
     def load(self, record):
         from .procedural import load_view
 
-        try:
-            view = load_view(record)
-        except (OSError, ValueError, KeyError) as e:
-            raise DataError(f"cannot read {record}: {e}") from e
+        view = load_view(record, normals=False)      # normals are not needed: a broken normal map is no loss
         return view["rgb"], view["depth"], view["intrinsics"]
 
 

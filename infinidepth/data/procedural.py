@@ -630,8 +630,9 @@ def save_view(r: Render, folder: Path, view: int, scene: Scene) -> None:
         tmp.write_text(json.dumps(meta, indent=1))
 
 
-def load_view(camera_json) -> dict:
-    """One view of a written set: ``rgb`` uint8, ``depth`` float32, ``normals``, ``intrinsics``, ``camera_to_world``."""
+def load_view(camera_json, normals: bool = True) -> dict:
+    """One view of a written set: ``rgb`` uint8, ``depth`` float32, ``intrinsics``, ``camera_to_world``,
+    and ``normals`` when asked for (and the view has them; ``normals=False`` does not open the file)."""
     import OpenEXR
 
     from infinidepth.io import read_depth, read_image
@@ -644,7 +645,7 @@ def load_view(camera_json) -> dict:
            "intrinsics": np.array(meta["intrinsics"], dtype=np.float64),
            "camera_to_world": np.array(meta["camera_to_world"], dtype=np.float64)}
     normal = camera_json.with_name(f"{stem}_normal.exr")
-    if normal.is_file():
+    if normals and normal.is_file():
         with OpenEXR.File(str(normal)) as f:
             out["normals"] = np.asarray(f.channels()["RGB"].pixels, dtype=np.float32)
     return out

@@ -8,7 +8,12 @@ Two ways to reach the ground truth's resolution (``output_resolution``):
 
 Relative models (``model.alignment`` set) are aligned per image by scale and shift in the model's own
 space (disparity, or log-depth: scale and power); metric models are scored as they are unless
-an alignment is asked for. Metrics are averaged over images.
+an alignment is asked for. Every prediction, aligned or not, is then clipped to the benchmark's fixed
+range (``dataset.depth_range()``; NaN counts as its maximum, logged with the count). Metrics are
+averaged over images; an image with fewer than ``min_pixels`` scored pixels is skipped (a scale and
+shift fit to a handful of pixels is exact and would weigh as much as a full image), and so is the
+high-frequency row of an image with fewer than ``min_pixels`` high-frequency pixels. Every skip
+(unpaired files, unreadable frames, too few pixels) is logged and listed in the result's ``skipped``.
 """
 
 from __future__ import annotations
@@ -23,9 +28,11 @@ import torch.nn.functional as F
 from infinidepth.data.datasets import DataError
 
 from .hf_mask import DEFAULT_POINTS, high_frequency_mask
-from .metrics import METRICS, align, depth_metrics
+from .metrics import METRICS, align, clip_depth, depth_metrics
 
 log = logging.getLogger("infinidepth.eval")
+
+MIN_PIXELS = 100   # fewest scored pixels for an image's row (and its high-frequency row) to count
 
 
 @torch.no_grad()
@@ -36,7 +43,7 @@ def predict_depth(model, rgb: np.ndarray, out_size: tuple[int, int], output_reso
     from infinidepth.cli import default_input_size
 
     size = input_size or default_input_size(H0, W0, patch=model.patch_size)
-    image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float().div(255)
+    image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255)   # a writable copy
     image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     image = image.to(model.device)
     if output_resolution == "native":
@@ -50,7 +57,7 @@ def predict_depth(model, rgb: np.ndarray, out_size: tuple[int, int], output_reso
 
 def evaluate(model, dataset, output_resolution: str = "native", input_size=None, align_method: str | None = "auto",
              align_space: str | None = None, hf_points: int = DEFAULT_POINTS, seed: int = 0, limit: int | None = None,
-             progress: bool = True) -> dict:
+             progress: bool = True, min_pixels: int = MIN_PIXELS) -> dict:
     """Scores of ``model`` on ``dataset`` (an ``infinidepth.eval.benchmarks`` reader): per region
     (``full``, ``hf``) the mean of every metric over images, and per image the same."""
     from tqdm import tqdm
@@ -59,33 +66,49 @@ def evaluate(model, dataset, output_resolution: str = "native", input_size=None,
         align_method = "ransac" if model.alignment is not None else None
     if align_method not in (None, "lsq", "ransac"):
         raise ValueError(f"alignment must be 'lsq', 'ransac', 'auto' or None, got {align_method!r}")
+    if min_pixels < 2:
+        raise ValueError(f"min_pixels must be at least 2, got {min_pixels}")
     space = align_space or (model.alignment if model.alignment in ("disparity", "log_depth") else "depth")
+    depth_range = dataset.depth_range()
     n = len(dataset) if limit is None else min(limit, len(dataset))
-    per_image, skipped = [], []
+    per_image, skipped = [], list(dataset.unpaired)   # unpaired files were logged when the set was listed
     for i in tqdm(range(n), desc=f"evaluating {type(dataset).__name__}", unit="image", disable=not progress):
         try:
             f = dataset.frame(i)
         except DataError as e:
-            log.warning("skipping %s", e)
-            skipped.append(str(e))
+            _skip(skipped, str(e))
             continue
+        name = f["name"]
         gt = f["depth"].numpy()
         mask = f["valid"].numpy()
         region = dataset.region(gt.shape)
         if region is not None:
             mask &= region
-        if mask.sum() < 2:
-            skipped.append(f"{f['name']}: fewer than 2 scored pixels")
+        scored = int(mask.sum())
+        if scored < min_pixels:
+            _skip(skipped, f"{name}: {scored} scored pixels, fewer than the minimum {min_pixels}")
             continue
-        pred = predict_depth(model, f["rgb"], gt.shape, output_resolution, input_size)
-        a = b = None
+        raw = predict_depth(model, f["rgb"], gt.shape, output_resolution, input_size)
+        pred, a, b = raw, None, None
         if align_method is not None:
-            pred, a, b = align(pred, gt, mask, space=space, method=align_method, seed=seed)
+            try:
+                pred, a, b = align(raw, gt, mask, space=space, method=align_method, seed=seed)
+            except ValueError as e:   # under 2 finite, positive predicted values on the scored pixels
+                log.warning("%s: cannot align the prediction (%s); every pixel is scored as %g m",
+                            name, e, depth_range[1])
+                pred = np.full(gt.shape, np.nan, np.float32)
+        nonfinite = int((~np.isfinite(raw[mask])).sum())
+        if nonfinite:
+            log.warning("%s: the prediction is NaN or infinite on %d of %d scored pixels; scored as %g m (NaN, +inf) "
+                        "or %g m (-inf)", name, nonfinite, scored, depth_range[1], depth_range[0])
+        pred = clip_depth(pred, depth_range)
+        hf = mask & _hf_mask(dataset, i, gt, mask, hf_points, seed)
+        n_hf = int(hf.sum())
+        row = {"name": name, "full": _score(pred, gt, mask, name), "hf": None, "nonfinite": nonfinite}
+        if n_hf >= min_pixels:
+            row["hf"] = _score(pred, gt, hf, name)
         else:
-            pred = np.clip(pred, 1e-6, None)
-        hf = _hf_mask(dataset, i, gt, mask, hf_points, seed)
-        row = {"name": f["name"], "full": depth_metrics(pred, gt, mask),
-               "hf": depth_metrics(pred, gt, mask & hf) if (mask & hf).any() else None}
+            _skip(skipped, f"{name}: high-frequency row: {n_hf} pixels, fewer than the minimum {min_pixels}")
         if a is not None:
             row["alignment"] = {"space": space, "method": align_method, "a": a, "b": b}
         per_image.append(row)
@@ -99,18 +122,45 @@ def evaluate(model, dataset, output_resolution: str = "native", input_size=None,
             summary[region]["images"] = len(rows)
     return {"dataset": type(dataset).__name__, "output_resolution": output_resolution,
             "alignment": None if align_method is None else {"method": align_method, "space": space},
-            "hf_points": hf_points, "summary": summary, "images": per_image, "skipped": skipped}
+            "depth_range": list(depth_range), "min_pixels": min_pixels, "hf_points": hf_points,
+            "summary": summary, "images": per_image, "skipped": skipped}
+
+
+def _skip(skipped: list, message: str) -> None:
+    log.warning("skipping %s", message)
+    skipped.append(message)
+
+
+def _score(pred, gt, mask, name) -> dict:
+    try:
+        return depth_metrics(pred, gt, mask)
+    except ValueError as e:  # cannot happen after clip_depth; named rather than a traceback if it does
+        raise DataError(f"{name}: {e}") from e
+
+
+def _read_mask(path) -> np.ndarray:
+    """A released mask PNG as booleans: any non-zero value (of any channel, at any bit depth) is in."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        if im.mode == "P":
+            im = im.convert("RGB")
+        m = np.asarray(im)
+    return (m[..., :3] != 0).any(axis=-1) if m.ndim == 3 else m != 0
 
 
 def _hf_mask(dataset, i, gt, mask, n, seed) -> np.ndarray:
     path = dataset.hf_mask_file(dataset.records[i])
     if path is not None:
-        from infinidepth.io import read_image
-
-        m = read_image(path)[..., 0] > 0
-        if m.shape == gt.shape:
-            return m
-        log.warning("%s is %s, its depth %s: computing the mask instead", path, m.shape, gt.shape)
+        try:
+            m = _read_mask(path)
+        except Exception as e:  # a truncated or foreign file: PIL raises its own types
+            log.warning("cannot read the released mask %s (%s: %s): computing the mask instead",
+                        path, type(e).__name__, e)
+        else:
+            if m.shape == gt.shape:
+                return m
+            log.warning("%s is %s, its depth %s: computing the mask instead", path, m.shape, gt.shape)
     return high_frequency_mask(gt, mask, n=n, seed=seed)
 
 
@@ -131,7 +181,8 @@ def format_table(result: dict) -> str:
             continue
         lines.append(f"{label:<8}{s['images']:>7}" + "".join(f"{_fmt(s[k]):>11}" for k, _ in COLUMNS))
     if result["skipped"]:
-        lines.append(f"skipped {len(result['skipped'])} image(s); see the log")
+        lines.append(f"skipped {len(result['skipped'])} (unpaired files, unreadable frames, images or high-frequency "
+                     "rows with too few pixels); see the log")
     return "\n".join(lines)
 
 

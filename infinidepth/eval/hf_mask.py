@@ -1,14 +1,18 @@
 """High-frequency masks: where a depth map has fine detail (edges, thin structures), as the
 InfiniDepth paper defines them, so that metrics can be reported on those regions separately.
 
-1. the depth map, smoothed by Gaussians of each ``scale`` (pixels; 0 = unsmoothed), with holes
-   handled by normalised convolution (a hole never leaks into its neighbours' values);
-2. the absolute 4-neighbour Laplacian of each (0 where a neighbour is missing or out of the image);
+1. the depth map, smoothed by Gaussians of each ``scale`` (pixels; 0 = unsmoothed);
+2. the absolute 4-neighbour Laplacian of each, kept only where its whole stencil is valid data: at
+   scale 0 the pixel and its 4 neighbours, at scale ``s`` the square of radius ``ceil(3 s) + 1``
+   around the pixel (the Gaussian's support plus the Laplacian's reach), so the image border and
+   the edges of holes are never mistaken for detail (a plane scores 0 everywhere, holes or not);
 3. the per-pixel maximum over scales, divided by its 98th percentile over valid pixels (its maximum
    when detail covers under 2% of the frame, where the percentile is 0) and clipped to 1;
 4. sharpened by the exponent ``1 / tau``;
 5. ``n`` distinct pixels drawn with probability proportional to that map (seeded; Gumbel top-k,
-   which is exactly successive multinomial draws without replacement, at any image size).
+   which is exactly successive multinomial draws without replacement, at any image size). Only
+   pixels with a non-zero map can be drawn: a depth map with no detail (a plane) gets an empty mask,
+   not a uniform one, and its image has no high-frequency row.
 """
 
 from __future__ import annotations
@@ -33,6 +37,16 @@ def _gaussian(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return F.conv2d(F.pad(x, (0, 0, r, r)), k.view(1, 1, -1, 1))
 
 
+def _all_valid(v: torch.Tensor, reach: int, cross: bool) -> torch.Tensor:
+    """Pixels whose neighbourhood (the 4 neighbours if ``cross``, else the square of radius ``reach``)
+    is valid and inside the image."""
+    bad = F.pad((~v).double()[None, None], (reach,) * 4, value=1.0)
+    if cross:
+        c = bad[0, 0]
+        return ~((c[1:-1, 1:-1] + c[:-2, 1:-1] + c[2:, 1:-1] + c[1:-1, :-2] + c[1:-1, 2:]) > 0)
+    return F.max_pool2d(bad, 2 * reach + 1, stride=1)[0, 0] == 0
+
+
 def high_frequency_map(depth, valid=None, scales=DEFAULT_SCALES, tau: float = DEFAULT_TAU) -> np.ndarray:
     """Steps 1-4: a map in [0, 1] ``[H, W]`` (float32), 0 on invalid pixels."""
     d = torch.as_tensor(np.asarray(depth, np.float64))
@@ -45,18 +59,16 @@ def high_frequency_map(depth, valid=None, scales=DEFAULT_SCALES, tau: float = DE
         raise ValueError(f"tau must be positive, got {tau}")
     if any(s < 0 for s in scales):
         raise ValueError(f"scales must be non-negative, got {scales}")
-    vf = v.double()[None, None]
     filled = torch.where(v, d, torch.zeros_like(d))[None, None]
-    # 4 neighbours all valid (and inside the image): the Laplacian is defined there only.
-    vp = F.pad(vf, (1, 1, 1, 1))
-    ok = (vp[..., 1:-1, 1:-1] * vp[..., :-2, 1:-1] * vp[..., 2:, 1:-1] * vp[..., 1:-1, :-2] * vp[..., 1:-1, 2:])[0, 0] > 0
     energy = torch.zeros_like(d)
     for s in (0.0, *scales):
-        sm = filled if s == 0 else _gaussian(filled, s) / _gaussian(vf, s).clamp_min(1e-12)
-        sp = F.pad(sm, (1, 1, 1, 1), mode="replicate")[0, 0]
+        reach = 1 if s == 0 else max(1, math.ceil(3 * s)) + 1
+        sm = filled if s == 0 else _gaussian(filled, s)
+        sp = F.pad(sm, (1, 1, 1, 1))[0, 0]
         lap = (sp[:-2, 1:-1] + sp[2:, 1:-1] + sp[1:-1, :-2] + sp[1:-1, 2:] - 4 * sp[1:-1, 1:-1]).abs()
+        ok = _all_valid(v, reach, cross=s == 0)
         energy = torch.maximum(energy, torch.where(ok, lap, torch.zeros_like(lap)))
-    # Round-off of the normalised convolution is not detail.
+    # Round-off of the smoothing is not detail.
     energy = torch.where(energy > 1e-9 * float(d[v].abs().max()), energy, torch.zeros_like(energy))
     p98 = float(np.percentile(energy[v].numpy(), 98))
     if p98 <= 0:  # detail on fewer than 2% of the pixels (one thin wire in a large frame): use the maximum

@@ -12,6 +12,11 @@ A relative prediction is first mapped onto the ground truth by ``a * f(pred) + b
 ``f`` the identity (``space="depth"``), ``1 / d`` (``space="disparity"``) or ``log d``
 (``space="log_depth"``: scale and power, for log-depth models), fitted by least
 squares (``method="lsq"``) or by seeded RANSAC (``method="ransac"``, robust to outliers).
+
+Before the metrics, every prediction, aligned or not, is clipped to the benchmark's fixed depth range
+(:func:`clip_depth`: KITTI [1e-3, 80] m, NYUv2 [1e-3, 10] m, ...), as the standard protocols do; the
+ground truth never repairs the prediction. A non-finite value is the model's failure and is scored,
+not dropped: NaN becomes the range's maximum, +-inf its maximum / minimum.
 """
 
 from __future__ import annotations
@@ -66,12 +71,24 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = No
     return out
 
 
+def clip_depth(pred: np.ndarray, depth_range: tuple[float, float]) -> np.ndarray:
+    """The prediction (float32) with NaN set to ``max``, then clipped to ``[min, max]`` (so +inf ->
+    max, -inf and non-positive depth -> min): a benchmark's fixed range, never the ground truth's."""
+    lo, hi = float(depth_range[0]), float(depth_range[1])
+    if not (0 < lo < hi and math.isfinite(hi)):
+        raise ValueError(f"depth range must satisfy 0 < min < max < inf, got {depth_range}")
+    pred = np.asarray(pred, np.float64)
+    return np.clip(np.where(np.isnan(pred), hi, pred), lo, hi).astype(np.float32)
+
+
 def align(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, space: str = "disparity",
           method: str = "ransac", seed: int = 0) -> tuple[np.ndarray, float, float]:
     """``(aligned depth, a, b)``: the prediction mapped onto the ground truth (see the module doc).
 
-    The aligned depth is clipped to the ground truth's range on the mask, so that a disparity fit that
-    crosses zero cannot produce negative or infinite depth."""
+    The fit uses the pixels of ``mask`` where both are valid (finite, positive). The aligned depth is
+    not clipped: it is NaN where the prediction is not a finite positive depth, and +inf where an
+    aligned disparity is not positive (beyond infinity); clip it with :func:`clip_depth` to the
+    benchmark's range before :func:`depth_metrics`."""
     if space not in SPACES:
         raise ValueError(f"alignment space must be one of {', '.join(SPACES)}, got {space!r}")
     if method not in ("lsq", "ransac"):
@@ -87,8 +104,11 @@ def align(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, spac
     fwd, inv = SPACES[space]
     x, y = fwd(pred[mask]), fwd(g[mask])
     a, b = fit_affine(x, y) if method == "lsq" else fit_affine_robust(x, y, seed=seed)
-    lo, hi = float(g[mask].min()), float(g[mask].max())
-    with np.errstate(divide="ignore", invalid="ignore"):
-        depth = inv(a * fwd(np.where(pred > 0, pred, np.nan)) + b)
-    depth = np.where(np.isfinite(depth) & (depth > 0), depth, hi)
-    return np.clip(depth, lo, hi).astype(np.float32), a, b
+    usable = np.isfinite(pred) & (pred > 0)      # as in the fit: a depth <= 0 is no depth
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        mapped = a * fwd(np.where(usable, pred, 1.0)) + b
+        if space == "disparity":
+            depth = np.where(mapped > 0, 1.0 / np.where(mapped > 0, mapped, 1.0), np.inf)
+        else:
+            depth = inv(mapped)
+        return np.where(usable, depth, np.nan).astype(np.float32), a, b
