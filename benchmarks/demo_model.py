@@ -45,7 +45,7 @@ from infinidepth.checkpoint import load_model  # noqa: E402
 from infinidepth.data.procedural import render_set  # noqa: E402
 from infinidepth.eval import Procedural, evaluate  # noqa: E402
 from infinidepth.eval.evaluate import predict_depth  # noqa: E402
-from infinidepth.eval.metrics import align  # noqa: E402
+from infinidepth.eval.metrics import align, clip_depth  # noqa: E402
 from infinidepth.io import colorize_depth, write_png  # noqa: E402
 from infinidepth.models import PRESETS  # noqa: E402
 from infinidepth.train import TrainConfig, train  # noqa: E402
@@ -137,6 +137,7 @@ def comparison_figure(models: dict, val, path: Path, input_size: tuple[int, int]
         for model in models.values():
             pred = predict_depth(model, f["rgb"], gt.shape, "native", input_size)
             pred, _, _ = align(pred, gt, valid, space=model.alignment, method="ransac")
+            pred = clip_depth(pred, val.depth_range())  # align leaves non-finite values to the protocol's clip
             tiles.append(colorize_depth(pred, reference=scale))
         rows.append(np.concatenate(tiles, 1))
     picture = np.concatenate(rows, 0)
