@@ -668,3 +668,16 @@ def test_grid_ceiling_continues_the_surface_under_unscored_cells():
         ceiling(depth, valid, (7, 12))
     with pytest.raises(ValueError, match="no valid pixel"):
         ceiling(depth, np.zeros_like(valid), (8, 12))
+
+
+def test_an_alignment_that_reverses_depth_order_is_scored_and_logged(tmp_path, caplog):
+    """A relative prediction ordered far-to-near (its disparity grows with depth) fits with a negative
+    scale: the image is scored as fitted, and the log says what happened."""
+    gt = np.random.default_rng(1).uniform(2, 8, (48, 64))
+    ds = nyu_set(tmp_path, [gt])
+    g = ds.frame(0)["depth"].numpy()
+    reversed_order = Fixed(lambda H, W: 1 / (0.1 + g / 10), alignment="disparity")   # disparity rising with depth
+    with caplog.at_level(logging.WARNING, logger="infinidepth.eval"):
+        r = evaluate(reversed_order, ds, align_method="lsq", progress=False, hf_points=200)
+    assert r["images"][0]["alignment"]["a"] < 0
+    assert "orders the scene the other way round" in caplog.text and "rgb_0000.png" in caplog.text

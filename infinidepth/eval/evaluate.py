@@ -93,6 +93,9 @@ def evaluate(model, dataset, output_resolution: str = "native", input_size=None,
         if align_method is not None:
             try:
                 pred, a, b = align(raw, gt, mask, space=space, method=align_method, seed=seed)
+                if not a > 0:  # scored as fitted (it is the model's answer), but it is worth a look
+                    log.warning("%s: the alignment's scale is %.3g <= 0 in %s space: the prediction orders the "
+                                "scene the other way round from the ground truth", name, a, space)
             except ValueError as e:   # under 2 finite, positive predicted values on the scored pixels
                 log.warning("%s: cannot align the prediction (%s); every pixel is scored as %g m",
                             name, e, depth_range[1])
