@@ -304,3 +304,18 @@ def test_atomic_paths_replace_a_set_together_or_not_at_all(tmp_path):
         for t in tmps:
             t.write_text("new")
     assert [f.read_text() for f in files] == ["new", "new"] and len(list(tmp_path.iterdir())) == 2
+
+
+def test_a_run_stopped_between_files_leaves_the_previous_set_whole(tmp_path, image, capsys, monkeypatch):
+    from infinidepth import cli
+
+    out = tmp_path / "o"
+    assert run(["predict", str(image), "--out", str(out), "--quiet", "--ply"], capsys)[0] == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def stopped(*args):  # the last file of the set fails: Ctrl-C, a full disk
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "write_ply", stopped)
+    assert run(["predict", str(image), "--out", str(out), "--ply", "--scale", "2"], capsys)[0] == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
