@@ -1,9 +1,9 @@
 #include <cmath>
-#include <vector>
 
 #include <ATen/Parallel.h>
 
 #include "bilinear_gather.h"
+#include "cpu_math.h"
 
 namespace infinidepth {
 
@@ -11,12 +11,12 @@ void bilinear_gather_cpu(const float* feat, const float* coords, float* out, int
                          int64_t C, int64_t N) {
   // Queries are independent; a grain of 256 keeps threads busy without false sharing of outputs.
   at::parallel_for(0, B * N, 256, [&](int64_t begin, int64_t end) {
-    const std::vector<float> zeros(C, 0.f);  // what a tap outside the map reads
+    const float* zeros = zero_row(C);
     for (int64_t q = begin; q < end; ++q) {
       const int64_t b = q / N;
       const BilinearTaps t = bilinear_taps(coords[2 * q], coords[2 * q + 1], H, W);
       const float* base = feat + b * H * W * C;
-      auto tap = [&](int i) { return t.index[i] < 0 ? zeros.data() : base + t.index[i] * C; };
+      auto tap = [&](int i) { return t.index[i] < 0 ? zeros : base + t.index[i] * C; };
       const float* p0 = tap(0);
       const float* p1 = tap(1);
       const float* p2 = tap(2);

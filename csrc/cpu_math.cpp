@@ -3,6 +3,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define INFINIDEPTH_BF16 1
@@ -135,6 +136,12 @@ void gemm_accumulate(const float* x, int64_t ldx, const float* packed, float* y,
       default: break;
     }
   }
+}
+
+const float* zero_row(int64_t C) {
+  thread_local std::vector<float> zeros;
+  if (static_cast<int64_t>(zeros.size()) < C) zeros.assign(C, 0.f);
+  return zeros.data();
 }
 
 INFINIDEPTH_CLONES

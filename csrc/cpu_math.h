@@ -44,7 +44,11 @@ void gemm_accumulate_bf16(const float* x, int64_t ldx, const uint16_t* packed, f
                           int64_t K, int64_t N, uint16_t* scratch);
 
 // y[r, :C] += sum_i weights[4r + i] * taps[4r + i][:C] for r < rows: the bilinear blend of each
-// row's four taps (pointers to C contiguous floats).
+// row's four taps (pointers to C contiguous floats; a tap outside the map points at zero_row(C)).
+// C zeros (this thread's, valid until it asks for more): what a bilinear tap outside the map reads,
+// so that the blends stay branch-free and 0 * a NaN cell never happens.
+const float* zero_row(int64_t C);
+
 void bilinear_accumulate(const float* const* taps, const float* weights, float* y, int64_t ldy, int64_t rows, int64_t C);
 
 // In-place activation of n values (codes of fused_decode.h). GELU is the exact (erf) one, with erf

@@ -23,14 +23,13 @@ constexpr int64_t kTile = 48;  // a multiple of the GEMM's 6-row block
 void gather_add(const FusedMap& m, const float* coords, int64_t q0, int64_t count, int64_t N, float* y, bool tangents) {
   const float* taps[4 * kTile];
   float weights[3][4 * kTile];
-  thread_local std::vector<float> zeros;  // what a tap outside the map reads
-  if (static_cast<int64_t>(zeros.size()) < m.C) zeros.assign(m.C, 0.f);
+  const float* zeros = zero_row(m.C);
   for (int64_t t = 0; t < count; ++t) {
     const int64_t q = q0 + t;
     const BilinearTapsGrad b = bilinear_taps_grad(coords[2 * q], coords[2 * q + 1], m.H, m.W);
     const float* base = m.data + (q / N) * m.H * m.W * m.C;
     for (int i = 0; i < 4; ++i) {
-      taps[4 * t + i] = b.index[i] < 0 ? zeros.data() : base + b.index[i] * m.C;
+      taps[4 * t + i] = b.index[i] < 0 ? zeros : base + b.index[i] * m.C;
       weights[0][4 * t + i] = b.weight[i];
       weights[1][4 * t + i] = b.dy[i];
       weights[2][4 * t + i] = b.dx[i];

@@ -109,12 +109,19 @@ def check_json_target(path: str | None, flag: str = "--json") -> None:
             raise InputError(f"{flag} {path}: cannot create a file in {parent} ({e.strerror})") from None
 
 
+def require_memory(need: int, what: str, device: torch.device | str = "cpu", share: float = 1.0) -> None:
+    """Before any work: ``what`` needs ``need`` bytes, at most ``share`` of the memory free on ``device``."""
+    free = torch.cuda.mem_get_info(device)[0] if torch.device(device).type == "cuda" else available_memory()
+    if need > share * free:
+        part = "half of " if share == 0.5 else ""
+        raise InputError(f"{what} needs about {need / 1e9:.1f} GB of memory, more than {part}the {free / 1e9:.1f} GB "
+                         f"free on {device}")
+
+
 def check_memory_for_points(n: int, flag: str = "--points") -> None:
     """The sampler and the point cloud hold ~80 bytes per point at their peak (coordinates, depths,
-    points, colours, the sampler's cells); refuse a budget the machine cannot hold, up front."""
-    need, free = 80 * n, available_memory()
-    if need > free:
-        raise InputError(f"{flag} {n} needs about {need / 1e9:.1f} GB of memory, and {free / 1e9:.1f} GB is available")
+    points, colours, the sampler's cells)."""
+    require_memory(80 * n, f"{flag} {n}")
 
 
 def default_input_size(h: int, w: int, trained: tuple[int, int] | None = None, patch: int = 16) -> tuple[int, int]:
@@ -564,10 +571,7 @@ def data_render(args) -> dict:
     if not (0 < args.scenes <= 10**6 and 0 < args.views <= 1000):
         raise InputError(f"--scenes must be in [1, 10**6] and --views in [1, 1000], got {args.scenes} and {args.views}")
     check_seed(args.seed)
-    need, free = 600 * w * h, available_memory()  # the ray caster's peak: ~570 bytes per pixel at 1024x768
-    if need > free:
-        raise InputError(f"--size {args.size}: rendering a view takes about {need / 1e9:.1f} GB, and {free / 1e9:.1f} GB "
-                         "is available")
+    require_memory(600 * w * h, f"--size {args.size}: rendering a view")  # the ray caster: ~570 bytes per pixel at 1024x768
     if not (np.isfinite(args.baseline) and args.baseline >= 0):
         raise InputError(f"--baseline must be a non-negative number of metres, got {args.baseline}")
     device = pick_device(args.device)
@@ -666,11 +670,8 @@ def run_bench(args) -> dict:
     if args.input_size:
         network_input_size(args.input_size)
     check_json_target(args.json)
-    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else available_memory()
     for name, (h, w) in sizes:  # bench holds each map in memory
-        if 4 * h * w > free // 2:
-            raise InputError(f"--sizes {name}: its {h}x{w} float32 map takes {4 * h * w / 1e9:.1f} GB, more than half "
-                             f"of the {free / 1e9:.1f} GB free on {device}")
+        require_memory(4 * h * w, f"--sizes {name}: its {h}x{w} float32 map", device, share=0.5)
     model = open_model(args.checkpoint or args.preset, device)
     if model.arch == "InfiniDepth_DepthSensor":
         raise InputError("infinidepth bench times monocular models; this InfiniDepth_DepthSensor one needs sparse depth")

@@ -72,7 +72,7 @@ def _grey_to_rgb8(grey: np.ndarray, path: Path) -> np.ndarray:
 def read_depth(path: str | os.PathLike) -> np.ndarray:
     """A depth map ``float32 [H, W]`` in metres; 0 marks missing samples.
 
-    ``.npy``/``.npz`` (first array, or one named depth), 16-bit ``.png`` (millimetres), ``.exr``
+    ``.npy``/``.npz`` (the array named depth, else data, else the first), 16-bit ``.png`` (millimetres), ``.exr``
     (first channel, or one named Z/depth), ``.h5``/``.hdf5`` (dataset named depth, else the first).
     """
     path = Path(path)
@@ -86,7 +86,8 @@ def read_depth(path: str | os.PathLike) -> np.ndarray:
             with np.load(path, allow_pickle=False) as z:
                 if not z.files:
                     raise InputError(f"{path}: empty .npz")
-                depth = z["depth"] if "depth" in z.files else z[z.files[0]]
+                name = next((n for n in ("depth", "data") if n in z.files), z.files[0])
+                depth = z[name]
         elif suffix == ".png":
             depth = _read_png16(path)
         elif suffix == ".exr":

@@ -214,9 +214,7 @@ class ETH3D(Benchmark):
         rgb = _read_rgb(record[0])
         H, W = rgb.shape[:2]
         path = record[1]
-        if path.suffix.lower() == ".npz":
-            depth = _read_npz_data(path)
-        elif path.suffix.lower() == ".npy":
+        if path.suffix.lower() in (".npz", ".npy"):
             depth = _read_depth(path)
         else:
             raw = np.fromfile(path, dtype="<f4")
@@ -224,22 +222,6 @@ class ETH3D(Benchmark):
                 raise DataError(f"{path}: {raw.size} float32 values, the image has {H}x{W} pixels")
             depth = raw.reshape(H, W)
         return rgb, depth, _nominal(H, W)
-
-
-def _read_npz_data(path: Path) -> np.ndarray:
-    """The array ``data`` of an ``.npz`` (else its first), as a real 2-D float32 map."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not z.files:
-                raise DataError(f"{path}: the .npz holds no array")
-            depth = np.squeeze(z["data"] if "data" in z.files else z[z.files[0]])
-    except DataError:
-        raise
-    except Exception as e:  # a truncated or foreign archive
-        raise DataError(f"cannot read {path}: {type(e).__name__}: {e}") from e
-    if depth.ndim != 2 or not (np.issubdtype(depth.dtype, np.integer) or np.issubdtype(depth.dtype, np.floating)):
-        raise DataError(f"{path}: depth must be a real 2-D map, got {depth.dtype} of shape {depth.shape}")
-    return depth.astype(np.float32)
 
 
 class NYUv2(Benchmark):
