@@ -379,6 +379,13 @@ def output_files(out: Path, stem: str, ply: bool) -> list[Path]:
     return [out / f"{stem}{s}" for s in OUTPUT_SUFFIXES] + ([out / f"{stem}.ply"] if ply else [])
 
 
+def note_earlier_outputs(out: Path, stem: str, written: list[Path]) -> None:
+    """Say which files beside a new set are left from an earlier run: kept (never deleted), but stale."""
+    for p in output_files(out, stem, ply=True):
+        if p not in written and p.exists():
+            print(f"note: {p} is left from an earlier run, not from this one", file=sys.stderr)
+
+
 def check_outputs_spare_inputs(out: Path, images: list[Path], depth_files, ply: bool) -> None:
     """No output of this run may replace one of its inputs (an image, or a depth file)."""
     inputs = {p.resolve(): p for p in images}
@@ -517,6 +524,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         if not args.quiet:
             say(f"{model.arch} on {device}: {map_size[0]}x{map_size[1]} depth streamed to {out / f'{stem}_depth.npy'} "
                 f"(memory-mapped; larger than half the free memory, so no PNGs) in {time.perf_counter() - t0:.2f} s")
+        note_earlier_outputs(out, stem, [out / f"{stem}_depth.npy"])
         return {"image": path, "depth": None, "files": [out / f"{stem}_depth.npy"]}
     depth = model.predict(image.to(device), output_size=out_size, sparse_depth=sparse_t, progress=progress,
                           region=region)
@@ -554,6 +562,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         write_png(tmps[2], colorize_depth(depth))
         if args.ply:
             write_ply(tmps[3], points, colors)
+    note_earlier_outputs(out, stem, written)
     if not args.quiet:
         part = f" (region rows {y0}:{y1}, columns {x0}:{x1})" if map_size != out_size else ""
         say(f"{path.name}: {model.arch} on {device}, input {input_size[0]}x{input_size[1]}, "

@@ -319,3 +319,13 @@ def test_a_run_stopped_between_files_leaves_the_previous_set_whole(tmp_path, ima
     monkeypatch.setattr(cli, "write_ply", stopped)
     assert run(["predict", str(image), "--out", str(out), "--ply", "--scale", "2"], capsys)[0] == 130
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_files_left_from_an_earlier_run_are_kept_and_named(tmp_path, image, capsys):
+    out = tmp_path / "o"
+    assert run(["predict", str(image), "--out", str(out), "--quiet", "--ply"], capsys)[0] == 0
+    old_ply = (out / "scene.ply").read_bytes()
+    code, _, err = run(["predict", str(image), "--out", str(out), "--quiet", "--scale", "2"], capsys)
+    assert code == 0 and (out / "scene.ply").read_bytes() == old_ply  # the user's file is not lost
+    assert f"{out / 'scene.ply'} is left from an earlier run" in err, err
+    assert "scene_depth" not in err  # the set this run wrote is not flagged
