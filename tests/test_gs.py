@@ -850,3 +850,17 @@ def test_pixel_aligned_head_checks_coords_points_and_channels():
                               ((image, torch.full_like(depth, float("nan")), tokens), "depth has NaN")]:
             with pytest.raises(ValueError, match=message):
                 head.attribute_maps(*args)
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_render_refuses_gaussians_changed_to_bad_values_after_construction(backend):
+    from infinidepth.gs.render import render
+
+    g = gaussians([[0, 0, 3.0]], [[0.1] * 3], [[1, 1, 1]], [0.9])
+    g.opacities[0] = float("nan")                                 # an optimiser step gone wrong, say
+    with pytest.raises(ValueError, match="Gaussians.opacities has NaN or infinite values"):
+        render(g, torch.eye(4), K, (24, 32), backend=backend)
+    g.opacities[0] = 0.9
+    g.scales[0, 2] = 0.0
+    with pytest.raises(ValueError, match="Gaussians.scales must be positive"):
+        render(g, torch.eye(4), K, (24, 32), backend=backend)

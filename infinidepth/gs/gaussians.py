@@ -5,7 +5,7 @@ A set of Gaussians: centres ``means [N, 3]``, per-axis standard deviations ``sca
 are normalised where used, but must not be zero), ``opacities [N]`` in [0, 1] and spherical-harmonics
 colour coefficients ``sh [N, 3, (degree + 1)^2]``, degree 0 to 3 (band 0 is the base colour:
 ``rgb = 0.5 + C0 * sh[..., 0]``). All five are float32 or float64 tensors of one dtype on one device,
-finite; :meth:`Gaussians.validate` checks it all (on construction, and again before a PLY is written).
+finite; :meth:`Gaussians.validate` checks it all (on construction, and again before a render or a PLY write).
 
 The PLY file is the one 3DGS viewers read (the layout of the original 3D Gaussian Splatting code):
 binary little-endian float32 ``x, y, z, nx, ny, nz, f_dc_0..2, f_rest_0..(3 * (K - 1) - 1),

@@ -280,6 +280,7 @@ def render(g: Gaussians, world_to_camera, K, size, background=(0.0, 0.0, 0.0), b
     ``"auto"``: gsplat for GPU tensors when installed, on the CPU ``cpp`` unless gradients are wanted."""
     if len(g) == 0:
         raise ValueError("no Gaussians to render")
+    g.validate()  # fields changed since construction (a NaN from a step, a negative scale) are named here
     if backend == "auto":
         backend = "torch"
         if g.means.is_cuda:
