@@ -372,3 +372,109 @@ def test_procedural_files_train_without_normals_and_refuse_a_corrupt_index(tmp_p
     (tmp_path / "index.json").write_bytes(b"\x00\xff garbage")
     with pytest.raises(InputError, match="index.json: corrupt index"):
         ProceduralFiles(tmp_path)
+
+
+# -- settings and inputs refused where they are made, never deep inside ------------------------------------------
+def test_iterating_a_dataset_stops_at_its_end(tmp_path):
+    for n in range(3):
+        tartan_frame(tmp_path, f"{n:06d}", np.ones((16, 16), np.float32))
+    ds = TartanAir(tmp_path, size=(8, 8), n_pairs=4)
+    with pytest.raises(IndexError, match="out of range"):
+        ds[3]
+    assert [s["name"][-15:] for s in ds] == ["000000_left.png", "000001_left.png", "000002_left.png"]
+    assert ds[-1]["name"] == ds[2]["name"]
+
+
+def test_bad_settings_are_refused_when_the_dataset_is_built(tmp_path):
+    tartan_frame(tmp_path, "000000", np.ones((16, 16), np.float32))
+    with pytest.raises(ValueError, match="size must be two positive integers"):
+        TartanAir(tmp_path, size=(0, 8))
+    with pytest.raises(ValueError, match="Augment.scale"):
+        Augment(scale=(1.0, 0.5))
+    with pytest.raises(ValueError, match="Augment.scale"):
+        Augment(scale=(0.0, 0.5))
+    with pytest.raises(ValueError, match="Augment.color"):
+        Augment(color=1.5)
+    with pytest.raises(TypeError, match="augment must be an Augment"):
+        TartanAir(tmp_path, size=(8, 8), augment={"flip": True})
+    with pytest.raises(ValueError, match="render_size"):
+        ProceduralScenes(2, render_size=(0, 16), size=(8, 8))
+
+
+def test_prepare_refuses_images_it_would_garble_and_takes_arrays():
+    K = np.array([[10.0, 0, 8], [0, 10, 8], [0, 0, 1]])
+    depth, valid = clean_depth(np.ones((16, 16), np.float32))
+    g = torch.Generator().manual_seed(0)
+    for rgb, message in ((np.full((16, 16, 3), 128.0, np.float32), r"values in \[0, 1\]"),   # 8-bit values as float
+                         (np.full((16, 16, 3), 30000, np.uint16), "dtype"),
+                         (np.zeros((16, 16, 4), np.uint8), r"\[H, W, 3\]"),
+                         (np.zeros((16, 16), np.uint8), r"\[H, W, 3\]")):
+        with pytest.raises(ValueError, match=message):
+            prepare(rgb, depth, valid, K, (8, 8), 4, None, g)
+    s = prepare(np.zeros((16, 16, 3), np.uint8), depth.numpy(), valid.numpy(), K, (8, 8), 4, Augment(), g)
+    assert s["image"].shape == (3, 8, 8)
+
+
+def test_prepare_never_supervises_with_depth_its_mask_lets_through():
+    depth = torch.ones(8, 8)
+    depth[2:6, 2:6] = float("nan")
+    depth[0, :4] = -1.0
+    s = prepare(np.zeros((8, 8, 3), np.uint8), depth, torch.ones(8, 8, dtype=torch.bool),
+                np.array([[5.0, 0, 4], [0, 5, 4], [0, 0, 1]]), (8, 8), 1000, None, torch.Generator().manual_seed(0))
+    torch.testing.assert_close(s["coord_depth"], torch.ones(1000))   # never NaN, never a blend with -1 or 0
+    assert not s["valid"][0, 2:6, 2:6].any() and not s["valid"][0, 0, :4].any() and (s["depth"] >= 0).all()
+
+
+def test_bad_intrinsics_are_refused_naming_the_frame(tmp_path, caplog):
+    path = vkitti_frame(tmp_path, "frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]\n0 0 0 0 3.5 2.5\n")
+    ds = VirtualKITTI2(tmp_path, size=(5, 7), n_pairs=4)
+    with pytest.raises(DataError, match="rgb_00000.jpg: intrinsics need positive focal lengths"):
+        ds.frame(0)
+    path.write_text("frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]\n0 0 nan 700 3.5 2.5\n")
+    with pytest.raises(DataError, match="NaN or infinite"):
+        ds.frame(0)
+    with pytest.raises(ValueError, match="3x3"):
+        prepare(np.zeros((8, 8, 3), np.uint8), torch.ones(8, 8), torch.ones(8, 8, dtype=torch.bool), np.eye(2),
+                (8, 8), 4, None, torch.Generator())
+
+
+def test_a_crop_without_valid_depth_is_skipped_naming_the_frame(tmp_path, caplog):
+    depth = np.zeros((16, 16), np.float32)
+    depth[0, 0] = 1.0                                   # one valid pixel: small crops miss it
+    img = tartan_frame(tmp_path, "000000", depth)
+    ds = TartanAir(tmp_path, size=(8, 8), n_pairs=4, augment=Augment(scale=(0.2, 0.2), flip=False, color=0), seed=1)
+    with caplog.at_level(logging.WARNING, logger="infinidepth.data"), pytest.raises(DataError, match="every frame"):
+        ds[0]
+    assert f"{img}: the crop holds no valid depth" in caplog.text
+
+
+def test_a_flip_mirrors_the_skew_of_the_intrinsics():
+    rgb, depth, K = plane_frame()
+    K = K.copy()
+    K[0, 1] = 2.0
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    for seed in range(8):
+        s = prepare(rgb, depth, valid, K, (60, 90), 4, Augment(scale=(1, 1), color=0), torch.Generator().manual_seed(seed))
+        Kd = s["depth_intrinsics"]
+        flipped = abs(Kd[0, 2].item() - (90 - 41.0)) < 1e-6
+        assert Kd[0, 1].item() == (-2.0 if flipped else 2.0)
+
+
+def test_a_folder_without_an_index_is_an_input_error(tmp_path):
+    from infinidepth.data import ProceduralFiles
+
+    with pytest.raises(InputError, match="no index.json"):
+        ProceduralFiles(tmp_path)
+
+
+def test_a_missing_reader_module_stops_at_the_first_frame(tmp_path, monkeypatch):
+    for n in range(3):
+        write_rgb(tmp_path / "rgb" / f"rgb_{n:04d}.png", 8, 16)
+        write_exr(tmp_path / "depth" / f"depth_{n:04d}.exr", {"Y": np.full((8, 16), 1e-4, np.float32)})
+    (tmp_path / "camera_metadata.json").write_text(json.dumps(
+        {"parameters": [{"Camera": {"focalLength_mm": 20.0, "sensorWidth_mm": 32.0, "sensorHeight_mm": 16.0}}]}))
+    ds = UrbanSyn(tmp_path, size=(8, 16), n_pairs=4)
+    monkeypatch.setitem(__import__("sys").modules, "OpenEXR", None)     # as if it were not installed
+    with pytest.raises(ImportError, match="rgb_0000.png: reading UrbanSyn needs a module that is not installed"):
+        ds[0]
+    assert ds.skipped == 0                                 # not three broken frames, one after another

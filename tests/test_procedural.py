@@ -202,3 +202,9 @@ def test_data_render_command(tmp_path, capsys):
     assert "--size" in capsys.readouterr().err
     assert main(["data", "render", "--scenes", "1", "--size", "80x60", "--out", str(out)]) == 2
     assert "different" in capsys.readouterr().err
+
+
+def test_render_set_refuses_a_bad_size_before_writing_anything(tmp_path):
+    with pytest.raises(ValueError, match="render size"):
+        render_set(tmp_path / "set", scenes=1, size=(0, 16), progress=False)
+    assert not (tmp_path / "set").exists()

@@ -23,7 +23,7 @@ import torch
 
 from infinidepth.io import InputError, read_depth, read_image
 
-from .transforms import Augment, clean_depth, prepare
+from .transforms import Augment, check_intrinsics, check_size, clean_depth, prepare
 
 log = logging.getLogger("infinidepth.data")
 
@@ -56,10 +56,13 @@ class DepthDataset(torch.utils.data.Dataset):
         self.root = Path(root) if root is not None else None
         if self.root is not None and not self.root.is_dir():
             raise InputError(f"{type(self).__name__}: dataset root {self.root} is not a directory")
-        self.size = (int(size[0]), int(size[1]))
+        # Settings are checked here, once: a bad one found per sample would skip every frame in turn.
+        self.size = check_size(size, f"{type(self).__name__}: size")
         self.n_pairs = int(n_pairs)
         if self.n_pairs <= 0:
             raise ValueError(f"n_pairs must be positive, got {n_pairs}")
+        if not (augment is None or isinstance(augment, (bool, Augment))):
+            raise TypeError(f"augment must be an Augment, True or None, got {type(augment).__name__}")
         self.augment = Augment() if augment is True else (augment or None)
         self.seed = seed
         self.epoch = 0
@@ -95,31 +98,65 @@ class DepthDataset(torch.utils.data.Dataset):
         name = self.name_of(record)
         try:
             rgb, depth, K = self.load(record)
-        except (DataError, InputError) as e:   # the readers' own messages, naming the file
-            raise DataError(f"{name}: {e}") from e
-        except Exception as e:  # anything else a library raises on a broken file of this frame
-            raise DataError(f"{name}: {type(e).__name__}: {e}") from e
+        except Exception as e:
+            missing = _missing_module(e)
+            if missing is not None:   # not a broken frame: every frame would fail the same way, one by one
+                raise ImportError(f"{name}: reading {type(self).__name__} needs a module that is not installed "
+                                  f"({missing})") from e
+            if isinstance(e, (DataError, InputError)):   # the readers' own messages, naming the file
+                raise DataError(f"{name}: {e}") from e
+            raise DataError(f"{name}: {type(e).__name__}: {e}") from e   # what a library raises on a broken file
+        rgb = np.asarray(rgb)
+        if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+            raise DataError(f"{name}: the reader returned an image of shape {rgb.shape}, dtype {rgb.dtype}; "
+                            "expected [H, W, 3] uint8")
+        try:
+            K = check_intrinsics(K).numpy()
+        except ValueError as e:
+            raise DataError(f"{name}: {e}") from None
         depth, valid = clean_depth(depth, self.max_depth, self.min_depth)
+        if depth.ndim != 2:
+            raise DataError(f"{name}: the depth map must be [H, W], got shape {tuple(depth.shape)}")
         if not valid.any():
             raise DataError(f"{name}: no valid depth")
         if tuple(rgb.shape[:2]) != tuple(depth.shape):
             raise DataError(f"{name}: image is {tuple(rgb.shape[:2])} but its depth map is {tuple(depth.shape)}")
-        return {"rgb": rgb, "depth": depth, "valid": valid, "intrinsics": np.asarray(K, np.float64), "name": name}
+        return {"rgb": rgb, "depth": depth, "valid": valid, "intrinsics": K, "name": name}
 
     def __getitem__(self, index: int) -> dict:
+        # An index out of range must raise IndexError: `for sample in dataset` and list(dataset) stop on it
+        # (wrapping it round would make them endless).
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"{type(self).__name__}: index {index} out of range for {len(self)} frames")
+        index %= len(self)
         for attempt in range(len(self)):
             i = (index + attempt) % len(self)
             try:
                 f = self.frame(i)
                 g = torch.Generator().manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFF_FFFF_FFFF_FFFF)
-                sample = prepare(f["rgb"], f["depth"], f["valid"], f["intrinsics"], self.size, self.n_pairs, self.augment, g)
-            except (DataError, ValueError) as e:
+                try:
+                    sample = prepare(f["rgb"], f["depth"], f["valid"], f["intrinsics"], self.size, self.n_pairs,
+                                     self.augment, g)
+                except ValueError as e:    # a frame() passed that this crop cannot use: say which frame
+                    raise DataError(f"{f['name']}: {e}") from e
+            except DataError as e:
                 self.skipped += 1
                 log.warning("skipping %s (%d skipped so far)", e, self.skipped)
                 continue
             sample["name"] = f["name"]
             return sample
         raise DataError(f"{type(self).__name__}: every frame under {self.root} was unusable (see the warnings)")
+
+
+def _missing_module(error: BaseException) -> ImportError | None:
+    """The ImportError behind ``error`` (a reader library re-raises it as its own error), if any."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ImportError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 def _read_rgb(path: Path) -> np.ndarray:
@@ -414,7 +451,10 @@ class ProceduralScenes(DepthDataset):
     layout = "(generated)"
 
     def __init__(self, scenes: int, render_size: tuple[int, int] = (768, 1024), seed_offset: int = 0, **kw):
-        self.count, self.render_size, self.seed_offset = int(scenes), tuple(render_size), int(seed_offset)
+        self.count, self.seed_offset = int(scenes), int(seed_offset)
+        self.render_size = check_size(render_size, "ProceduralScenes: render_size")
+        if self.count <= 0 or self.seed_offset < 0:
+            raise ValueError(f"ProceduralScenes needs scenes > 0 and seed_offset >= 0, got {scenes} and {seed_offset}")
         super().__init__(None, **kw)
 
     def find(self):
@@ -442,6 +482,8 @@ class ProceduralFiles(DepthDataset):
         index = self.root / "index.json"
         try:
             return list_rendered(self.root)
+        except FileNotFoundError as e:    # no index.json: names the folder
+            raise InputError(str(e)) from None
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise InputError(f"{index}: corrupt index, not JSON ({e})") from None
         except AttributeError:

@@ -9,6 +9,7 @@ for the network image and the ground truth, since both describe the same field o
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,9 @@ def sample_depth_pairs(depth: torch.Tensor, valid: torch.Tensor, n: int, generat
     otherwise the depth of the pixel it lies in (nearest), so a value is never blended with a missing
     one or across the border. Returns ``coords [n, 2]`` (normalised y, x) and ``values [n]``.
     """
+    if depth.ndim != 2 or valid.shape != depth.shape:
+        raise ValueError(f"depth and valid must be [H, W] maps of one size, got {tuple(depth.shape)} and {tuple(valid.shape)}")
+    valid = valid.bool()
     H, W = depth.shape
     idx = valid.reshape(-1).nonzero()[:, 0]
     if idx.numel() == 0:
@@ -76,20 +80,84 @@ class Augment:
     flip: bool = True
     color: float = 0.2
 
+    def __post_init__(self):
+        # Checked here, once: a bad setting found per sample would skip every frame of a set in turn.
+        try:
+            lo, hi = (float(v) for v in self.scale)
+        except (TypeError, ValueError):
+            raise ValueError(f"Augment.scale must be two numbers (lo, hi), got {self.scale!r}") from None
+        if not 0 < lo <= hi <= 1:
+            raise ValueError(f"Augment.scale must satisfy 0 < lo <= hi <= 1 (a fraction of the largest crop), got {self.scale!r}")
+        self.scale = (lo, hi)
+        color = float(self.color)
+        if not 0 <= color <= 1:   # beyond 1 the gamma factor 1 +- color can go negative: 0 ** negative is inf
+            raise ValueError(f"Augment.color must be in [0, 1], got {self.color!r}")
+        self.color = color
+
+
+def check_size(size, what: str = "size") -> tuple[int, int]:
+    """``(h, w)`` of two positive integers, or a ValueError naming ``what``."""
+    try:
+        h, w = size
+        ok = int(h) == h and int(w) == w and h > 0 and w > 0
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} must be two positive integers (height, width), got {size!r}")
+    return int(h), int(w)
+
+
+def check_intrinsics(K) -> torch.Tensor:
+    """``[3, 3]`` float64 pinhole intrinsics with finite entries and positive focal lengths, or a ValueError."""
+    K = torch.as_tensor(np.asarray(K, dtype=np.float64) if not torch.is_tensor(K) else K, dtype=torch.float64)
+    if K.shape != (3, 3):
+        raise ValueError(f"intrinsics must be a 3x3 matrix, got shape {tuple(K.shape)}")
+    if not torch.isfinite(K).all():
+        raise ValueError(f"intrinsics hold NaN or infinite values: {K.tolist()}")
+    if not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise ValueError(f"intrinsics need positive focal lengths fx = K[0,0] and fy = K[1,1], got "
+                         f"{K[0, 0].item():g} and {K[1, 1].item():g}")
+    return K.clone()   # the caller's matrix is never changed by the crop and flip that follow
+
+
+def _check_rgb(rgb) -> torch.Tensor:
+    """``[H, W, 3]`` uint8, or float in [0, 1], -> float ``[H, W, 3]`` in [0, 1]."""
+    rgb = torch.as_tensor(np.asarray(rgb) if not torch.is_tensor(rgb) else rgb)
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"image must be [H, W, 3] RGB, got shape {tuple(rgb.shape)}")
+    if rgb.dtype == torch.uint8:
+        return rgb.float() / 255
+    if not rgb.is_floating_point():   # 16-bit and other integer images: their scale is unknown here
+        raise ValueError(f"image must be uint8, or float in [0, 1], got dtype {rgb.dtype}")
+    rgb = rgb.float()
+    lo, hi = (rgb.min().item(), rgb.max().item()) if rgb.numel() else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo >= -1e-3 and hi <= 1 + 1e-3):   # rounding may overshoot
+        raise ValueError(f"a float image must hold values in [0, 1], got [{lo:.4g}, {hi:.4g}] "
+                         "(divide 8-bit values by 255)")
+    return rgb.clamp(0, 1)
+
 
 def prepare(rgb, depth, valid, K, size: tuple[int, int], n_pairs: int, augment: Augment | None,
             generator: torch.Generator) -> dict:
     """One sample: see :class:`infinidepth.data.datasets.DepthDataset` for the keys.
 
-    ``rgb`` ``[H, W, 3]`` uint8 or float in [0, 1], ``depth``/``valid`` ``[H, W]`` (cleaned), ``K``
-    ``[3, 3]`` in pixels of that grid. Without ``augment`` the whole frame is resized to ``size``."""
-    rgb = torch.as_tensor(np.asarray(rgb))
-    rgb = rgb.float() / 255 if rgb.dtype == torch.uint8 else rgb.float()
+    ``rgb`` ``[H, W, 3]`` uint8 or float in [0, 1], ``depth``/``valid`` ``[H, W]`` (tensors or
+    arrays; depth that is not finite and positive is never valid), ``K`` ``[3, 3]`` in pixels of that
+    grid. Without ``augment`` the whole frame is resized to ``size``."""
+    h, w = check_size(size)
+    if int(n_pairs) <= 0:
+        raise ValueError(f"n_pairs must be positive, got {n_pairs}")
+    rgb = _check_rgb(rgb)
+    depth = torch.as_tensor(np.asarray(depth) if not torch.is_tensor(depth) else depth).float()
+    valid = torch.as_tensor(np.asarray(valid) if not torch.is_tensor(valid) else valid).bool()
+    if depth.ndim != 2 or valid.shape != depth.shape:
+        raise ValueError(f"depth and valid must be [H, W] maps of one size, got {tuple(depth.shape)} and {tuple(valid.shape)}")
+    valid = valid & torch.isfinite(depth) & (depth > 0)        # a mask that lets a hole through never reaches the loss
+    depth = torch.where(valid, depth, torch.zeros_like(depth))
     H, W = depth.shape
     if rgb.shape[:2] != (H, W):
         raise ValueError(f"image is {tuple(rgb.shape[:2])} but its depth map is {(H, W)}")
-    K = torch.as_tensor(K, dtype=torch.float64)
-    h, w = size
+    K = check_intrinsics(K)
     y0, x0, ch, cw = 0, 0, H, W
     flip = False
     if augment is not None:
@@ -106,13 +174,14 @@ def prepare(rgb, depth, valid, K, size: tuple[int, int], n_pairs: int, augment: 
     if flip:
         rgb, depth, valid = rgb.flip(1), depth.flip(1), valid.flip(1)
         K[0, 2] = cw - K[0, 2]
+        K[0, 1] = -K[0, 1]                                      # u = fx x + s y + cx mirrors with x -> -x
     image = rgb.permute(2, 0, 1)[None]
     if (ch, cw) != (h, w):
         image = F.interpolate(image, size=(h, w), mode="bilinear", align_corners=False, antialias=True)
     image = image[0].clamp(0, 1)
     if not valid.any():
         raise ValueError("the crop holds no valid depth")
-    coords, values = sample_depth_pairs(depth, valid, n_pairs, generator)
+    coords, values = sample_depth_pairs(depth, valid, int(n_pairs), generator)
     if augment is not None and augment.color > 0:   # last: the jitter never changes the supervision
         image = _jitter(image, augment.color, generator)
     return {
