@@ -208,3 +208,13 @@ def test_render_set_refuses_a_bad_size_before_writing_anything(tmp_path):
     with pytest.raises(ValueError, match="render size"):
         render_set(tmp_path / "set", scenes=1, size=(0, 16), progress=False)
     assert not (tmp_path / "set").exists()
+
+
+def test_render_set_asked_for_fewer_scenes_keeps_the_index_whole(tmp_path):
+    render_set(tmp_path / "set", scenes=2, size=(12, 16), progress=False)
+    report = render_set(tmp_path / "set", scenes=1, size=(12, 16), progress=False)
+    assert report["rendered"] == 0 and report["kept"] == 1
+    assert json.loads((tmp_path / "set" / "index.json").read_text())["scenes"] == 2
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file, not a folder"):
+        render_set(tmp_path / "file", scenes=1, size=(12, 16), progress=False)

@@ -684,6 +684,10 @@ def render_set(out, scenes: int, size: tuple[int, int], views: int = 1, seed: in
         rendered = any(out.glob("scene_*/view_*_camera.json"))  # a run that failed before its first view left only the index
         if rendered and {k: v for k, v in old.items() if k != "scenes"} != {k: v for k, v in index.items() if k != "scenes"}:
             raise ValueError(f"{out} already holds a different procedural set ({old}); choose another folder")
+        if rendered:  # asking for fewer scenes renders none but never shrinks what the index says is there
+            index["scenes"] = max(int(scenes), int(old.get("scenes", 0)))
+    elif out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder; choose another --out")
     elif out.exists() and any(out.iterdir()):
         raise ValueError(f"{out} is not empty and holds no procedural set; choose another folder")
     out.mkdir(parents=True, exist_ok=True)
