@@ -8,24 +8,41 @@ robust sigmas of the inliers' residuals.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 
-def fit_affine(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
-    A = np.stack([pred, np.ones_like(pred)], axis=1).astype(np.float64)
-    (a, b), *_ = np.linalg.lstsq(A, ref.astype(np.float64), rcond=None)
-    return float(a), float(b)
-
-
-def fit_affine_robust(
-    pred: np.ndarray, ref: np.ndarray, seed: int = 0, trials: int = 1000, threshold: float | None = None
-) -> tuple[float, float]:
+def _samples(pred, ref) -> tuple[np.ndarray, np.ndarray]:
+    """Both as flat float64 arrays of one size, at least 2, all finite; or a clear error."""
     pred = np.asarray(pred, np.float64).ravel()
     ref = np.asarray(ref, np.float64).ravel()
     if pred.shape != ref.shape:
         raise ValueError(f"prediction and reference differ in size: {pred.shape} vs {ref.shape}")
     if pred.size < 2:
         raise ValueError(f"need at least 2 valid samples to fit scale and shift, got {pred.size}")
+    for name, x in (("prediction", pred), ("reference", ref)):
+        bad = int((~np.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"the {name} holds {bad} NaN or infinite values of {x.size}; pass only valid samples")
+    return pred, ref
+
+
+def fit_affine(pred: np.ndarray, ref: np.ndarray) -> tuple[float, float]:
+    pred, ref = _samples(pred, ref)
+    A = np.stack([pred, np.ones_like(pred)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(A, ref, rcond=None)
+    return float(a), float(b)
+
+
+def fit_affine_robust(
+    pred: np.ndarray, ref: np.ndarray, seed: int = 0, trials: int = 1000, threshold: float | None = None
+) -> tuple[float, float]:
+    pred, ref = _samples(pred, ref)
+    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials < 1:
+        raise ValueError(f"trials must be a positive int, got {trials!r}")
+    if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
+        raise ValueError(f"the inlier threshold must be positive and finite, got {threshold!r}")
     if threshold is None:
         threshold = float(np.median(np.abs(ref - np.median(ref)))) or 1e-12
     rng = np.random.default_rng(seed)

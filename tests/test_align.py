@@ -31,3 +31,33 @@ def test_robust_fit_is_reproducible_and_checks_sizes():
         fit_affine_robust(x, y[:10])
     with pytest.raises(ValueError, match="at least 2"):
         fit_affine_robust(x[:1], y[:1])
+
+
+@pytest.mark.parametrize("where", ["pred", "ref"])
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_named_not_fitted(where, value):
+    """A NaN in the reference used to make the default threshold NaN: no inlier anywhere, and the
+    'fit' was the first random pair's line, unrefined (silently off on noisy data)."""
+    rng = np.random.default_rng(0)
+    x = rng.random(1000)
+    y = 2 * x + 1 + rng.normal(0, 0.01, x.size)
+    (x if where == "pred" else y)[3] = value
+    name = "prediction" if where == "pred" else "reference"
+    with pytest.raises(ValueError, match=f"the {name} holds 1 NaN or infinite"):
+        fit_affine_robust(x, y)
+    with pytest.raises(ValueError, match=f"the {name} holds 1 NaN or infinite"):
+        fit_affine(x, y)  # (was a LinAlgError from LAPACK, or NaN)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"threshold": 0.0}, "threshold"), ({"threshold": -1.0}, "threshold"), ({"threshold": float("nan")}, "threshold"),
+    ({"trials": 0}, "trials"), ({"trials": -5}, "trials"), ({"trials": 2.5}, "trials"),
+])
+def test_bad_ransac_settings_are_refused(kwargs, match):
+    """A threshold <= 0 (or NaN) has no inliers: the result was a random pair's line, unrefined."""
+    rng = np.random.default_rng(0)
+    x = rng.random(1000)
+    y = 2 * x + 1 + rng.normal(0, 0.01, x.size)
+    with pytest.raises(ValueError, match=match):
+        fit_affine_robust(x, y, **kwargs)
+    assert fit_affine_robust(x, y, threshold=0.05) == pytest.approx((2.0, 1.0), abs=0.01)
