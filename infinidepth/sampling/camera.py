@@ -8,6 +8,8 @@ Camera frame: x right, y down, z forward; depth is z.
 
 from __future__ import annotations
 
+import operator
+
 import torch
 
 
@@ -35,10 +37,30 @@ def check_intrinsics(intrinsics, batch: int, device=None, dtype=torch.float32) -
 
 
 def scale_intrinsics(K: torch.Tensor, from_size: tuple[int, int], to_size: tuple[int, int]) -> torch.Tensor:
-    """The same camera described on a grid of another resolution (pixel centres convention above)."""
+    """The same camera described on a grid of another resolution (pixel centres convention above).
+
+    ``K`` ``[3, 3]`` or ``[B, 3, 3]`` (a tensor, array or nested lists; integer entries are promoted
+    to float64, since the scaled focal lengths and centres are fractional); sizes are ``(H, W)``."""
+    from_size, to_size = _size(from_size, "from_size"), _size(to_size, "to_size")
+    K = torch.as_tensor(K)
+    if not K.is_floating_point():
+        K = K.to(torch.float64)
+    if K.shape[-2:] != (3, 3):
+        raise ValueError(f"intrinsics must be [3, 3] or [B, 3, 3], got {tuple(K.shape)}")
     sy, sx = to_size[0] / from_size[0], to_size[1] / from_size[1]
     S = torch.tensor([[sx, 0, 0], [0, sy, 0], [0, 0, 1]], dtype=K.dtype, device=K.device)
     return S @ K
+
+
+def _size(size, what: str) -> tuple[int, int]:
+    try:
+        h, w = (operator.index(s) for s in size)  # ints, NumPy ints, 0-d integer tensors; not floats
+        ok = h > 0 and w > 0 and not any(isinstance(s, bool) for s in size)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise ValueError(f"{what} must be a (height, width) pair of positive ints, got {size!r}")
+    return h, w
 
 
 def rays(coords: torch.Tensor, K: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

@@ -32,7 +32,8 @@ def surface_normals(depth: torch.Tensor, grad: torch.Tensor, intrinsics) -> torc
 
     ``depth`` ``[B, 1, H, W]`` (z-depth), ``grad`` ``[B, 2, H, W]`` its derivative with respect to the
     normalised ``(y, x)`` at the pixel centres, ``intrinsics`` in pixels of this ``H x W`` grid.
-    Pixels with depth <= 0 (no surface) get a zero normal.
+    Pixels with depth <= 0 (no surface) get a zero normal. Computed (and returned) in float32 or
+    wider: 16-bit inputs are promoted.
     """
     depth = _as_map(depth, 1, "depth")
     grad = _as_map(grad, 2, "grad")
@@ -41,11 +42,14 @@ def surface_normals(depth: torch.Tensor, grad: torch.Tensor, intrinsics) -> torc
         raise ValueError(f"grad must have shape {(B, 2, H, W)} to match depth, got {tuple(grad.shape)}")
     if not torch.isfinite(depth).all() or not torch.isfinite(grad).all():
         raise ValueError("depth or its gradient contains NaN or infinite values")
-    K = check_intrinsics(intrinsics, B, depth.device, depth.dtype)
-    r = rays(grid_coords(H, W, B, depth.device).to(depth.dtype), K, (H, W))  # [B, HW, 3]
-    d = depth.reshape(B, -1, 1)
-    d_u = grad[:, 1].reshape(B, -1, 1) * (2.0 / W)
-    d_v = grad[:, 0].reshape(B, -1, 1) * (2.0 / H)
+    # at least float32: in 16 bits the pixel centres and rays of a few hundred pixels are too coarse
+    # (float16 normals were off by 0.4 at 640 pixels wide), and focal lengths above 65504 overflow
+    dtype = torch.promote_types(depth.dtype, torch.float32)
+    K = check_intrinsics(intrinsics, B, depth.device, dtype)
+    r = rays(grid_coords(H, W, B, depth.device).to(dtype), K, (H, W))  # [B, HW, 3]
+    d = depth.to(dtype).reshape(B, -1, 1)
+    d_u = grad[:, 1].to(dtype).reshape(B, -1, 1) * (2.0 / W)
+    d_v = grad[:, 0].to(dtype).reshape(B, -1, 1) * (2.0 / H)
     ex = torch.zeros_like(r)
     ex[..., 0] = 1 / K[:, None, 0, 0]
     ey = torch.zeros_like(r)
