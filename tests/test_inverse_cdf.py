@@ -204,3 +204,22 @@ def test_op_guards_direct_callers_and_contract():
     coords, cells = op(*args)
     ref = inverse_cdf_reference(*args)
     assert torch.equal(cells, ref[1])
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
+def test_jittered_samples_stay_inside_their_cell_on_large_grids(backend):
+    """On a 2048-row grid, float32 ``row + u`` rounded up to ``row + 1`` for ``u`` near 1: about 1
+    sample in 20 000 sat on the next cell's edge, in the last row at exactly y = 1.0 (pixel index H
+    for whoever floors it back)."""
+    H = W = 2048
+    w = torch.zeros(1, H, W)
+    w[0, -1, -1] = 1.0  # every sample in the last cell: the worst place to round up
+    w[0, 1000, 3] = 1.0
+    coords, cells = inverse_cdf_sample(w, 200_000, seed=0, backend=backend)
+    assert coords.max() < 1.0
+    py = (coords[0, :, 0].double() + 1) / 2 * H
+    px = (coords[0, :, 1].double() + 1) / 2 * W
+    assert torch.equal(py.floor().long(), cells[0] // W) and torch.equal(px.floor().long(), cells[0] % W)
+    if backend != "torch":
+        want = inverse_cdf_sample(w, 200_000, seed=0, backend="torch")
+        assert torch.equal(coords, want[0]) and torch.equal(cells, want[1])
