@@ -241,3 +241,27 @@ def test_folded_decoder_follows_the_weights(models):
     assert rel_err(model.decode(feats, coords, backend="cpp"), model.decode(feats, coords, backend="torch")) < 1e-4
     assert rel_err(other.decode(feats, coords, backend="cpp"), other.decode(feats, coords, backend="torch")) < 1e-4  # stale: 0.7
     assert len(feats.extras) == 1  # one fold per backend, the stale one replaced
+
+
+def test_prompt_model_names_bad_prompts_and_token_grids():
+    """Called directly (the GS head, a custom pipeline), the prompt model used to fail deep inside:
+    a reshape error for a token count that is not h*w, an IndexError for a batch mismatch; an
+    inf sample turned every output token to NaN, a NaN one was silently dropped."""
+    from infinidepth.models.prompt import PromptModel
+
+    torch.manual_seed(0)
+    m = PromptModel(32)
+    tokens = torch.randn(2, 6, 32)
+    prompt = torch.rand(2, 1, 20, 30)
+    with torch.no_grad():
+        assert torch.isfinite(m(tokens, prompt, 2, 3)).all()
+        with pytest.raises(ValueError, match=r"tokens must have shape \[B, 8, D\] for a 2x4 patch grid"):
+            m(tokens, prompt, 2, 4)
+        for bad in (prompt[:1], prompt[:, 0], torch.rand(2, 2, 20, 30)):
+            with pytest.raises(ValueError, match=r"prompt must have shape \[2, 1, H, W\]"):
+                m(tokens, bad, 2, 3)
+        for value in (float("nan"), float("inf")):
+            bad = prompt.clone()
+            bad[1, 0, 3, 4] = value
+            with pytest.raises(ValueError, match="NaN or infinite"):
+                m(tokens, bad, 2, 3)

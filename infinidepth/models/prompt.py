@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infinidepth.ops.gather import require
+
 
 class FourierPositions(nn.Module):
     """Random Fourier features of positions in [0, 1]^2 given as (x, y)."""
@@ -84,7 +86,16 @@ class SparseDepthPrompt(nn.Module):
         self.depth2feature = nn.Sequential(nn.Linear(1, dim // 2), nn.GELU(), nn.Linear(dim // 2, dim))
 
     def forward(self, tokens: torch.Tensor, prompt: torch.Tensor, patch_h: int, patch_w: int) -> torch.Tensor:
-        """``tokens`` [B, h*w, D] patch tokens; ``prompt`` [B, 1, H, W] normalised disparity, 0 = none."""
+        """``tokens`` [B, h*w, D] patch tokens; ``prompt`` [B, 1, H, W] normalised disparity, 0 = none
+        (any size: a sample's position is its pixel centre relative to the prompt's own H x W)."""
+        if tokens.dim() != 3 or tokens.shape[1] != patch_h * patch_w:
+            raise ValueError(f"tokens must have shape [B, {patch_h * patch_w}, D] for a {patch_h}x{patch_w} patch grid, "
+                             f"got {tuple(tokens.shape)}")
+        if prompt.dim() != 4 or prompt.shape[0] != tokens.shape[0] or prompt.shape[1] != 1:
+            raise ValueError(f"prompt must have shape [{tokens.shape[0]}, 1, H, W] (one map per image), "
+                             f"got {tuple(prompt.shape)}")
+        # a NaN would be dropped as "missing" (NaN > 0 is false), an inf would turn every token to NaN
+        require(torch.isfinite(prompt).all(), "prompt contains NaN or infinite values; mark missing samples with 0")
         H, W = prompt.shape[-2:]
         image_pos = self.pe_layer.grid(patch_h, patch_w)[None]
         out = []
