@@ -115,6 +115,9 @@ def test_sensor_output_scales_with_the_metric_prompt(models):
     base = model.decode(model.encode(image, sparse_depth=sparse), coords, backend="torch")
     scaled = model.decode(model.encode(image, sparse_depth=3.0 * sparse), coords, backend="torch")
     torch.testing.assert_close(scaled, base / 3.0, rtol=1e-5, atol=1e-7)
+    # also where the median depth is beyond 100 m (median disparity below 1e-2: a far outdoor scene)
+    far = model.decode(model.encode(image, sparse_depth=60.0 * sparse), coords, backend="torch")
+    torch.testing.assert_close(far, base / 60.0, rtol=1e-5, atol=1e-9)
     # and the prompt matters: other depth values give another output
     other = model.decode(model.encode(image, sparse_depth=sparse.pow(2)), coords, backend="torch")
     assert not torch.allclose(other * other.abs().mean() / base.abs().mean(), base, rtol=1e-3)
@@ -265,3 +268,14 @@ def test_prompt_model_names_bad_prompts_and_token_grids():
             bad[1, 0, 3, 4] = value
             with pytest.raises(ValueError, match="NaN or infinite"):
                 m(tokens, bad, 2, 3)
+
+
+def test_prompt_median_is_torch_quantile_and_takes_more_than_2_24_values():
+    from infinidepth.models.official import median_of
+
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 10, 1001):
+        x = torch.rand(n, generator=g)
+        torch.testing.assert_close(median_of(x), torch.quantile(x, 0.5), rtol=1e-6, atol=0)
+    x = torch.cat([torch.ones(2**23 + 1), torch.zeros(2**23 + 1)])    # torch.quantile refuses this many
+    assert median_of(x).item() == 0.5

@@ -27,6 +27,11 @@ from .prompt import PromptModel
 from .vit import VIT_SIZES, ViTConfig, VisionTransformer, default_layers
 
 DISPARITY_FLOOR = 5e-3  # the released depth = 1 / clamp(disparity, 5e-3)
+# The prompt's median disparity is floored before the prompt is divided by it and the output multiplied
+# by it. The released code floors the division at 1e-2 and the product at 1e-3 (and, in training, takes a
+# median <= 1e-2 from the ground truth instead); one floor for both keeps the output in proportion to the
+# sensor's depths when the median depth is beyond 100 m, and is the released arithmetic below it.
+PROMPT_MEDIAN_FLOOR = 1e-3
 COORD_CLAMP = 1e-6
 
 
@@ -145,17 +150,25 @@ class InfiniDepthDepthSensor(InfiniDepth):
         for b in range(disp.shape[0]):
             valid = disp[b] > 0
             require(valid.any(), f"sparse_depth of image {b} has no valid (positive) value")
-            medians.append(torch.quantile(disp[b][valid], 0.5))
-        median = torch.stack(medians)
-        prompt = disp / median.clamp(min=1e-2).view(-1, 1, 1, 1)  # the released "warp"
+            medians.append(median_of(disp[b][valid]))
+        median = torch.stack(medians).clamp(min=PROMPT_MEDIAN_FLOOR)
+        prompt = disp / median.view(-1, 1, 1, 1)  # the released "warp"
         return self.prompt_model(tokens, prompt, h, w), median
 
     def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
-        scale = feats.disparity_scale.clamp(min=1e-3).view(-1, 1)  # the released "unwarp"
+        scale = feats.disparity_scale.view(-1, 1)  # the released "unwarp" (floored in _prompt)
         if not with_grad:
             return super().decode_raw(feats, coords, backend, chunk) * scale
         value, grad = super().decode_raw(feats, coords, backend, chunk, with_grad=True)
         return value * scale, grad * scale[..., None]
+
+
+def median_of(x: torch.Tensor) -> torch.Tensor:
+    """The median of a 1-D tensor, halfway between the two middle values for an even count (as
+    ``torch.quantile(x, 0.5)``, which refuses more than 2**24 values: a dense 4096x4096 sensor map)."""
+    v = x.sort().values
+    n = v.shape[0]
+    return (v[(n - 1) // 2] + v[n // 2]) / 2
 
 
 def check_sparse_depth(sparse_depth: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
