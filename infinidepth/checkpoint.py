@@ -21,6 +21,7 @@ import tempfile
 import types
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from infinidepth.models import ARCHS, PRESETS, ImplicitDepthModel, build_model, from_preset
@@ -48,10 +49,7 @@ def read_torch_weights(path, nests: tuple[str, ...] = ("state_dict",)) -> dict[s
     """The tensors of a plain PyTorch weights file (nothing pickled is run), the dicts named in
     ``nests`` unwrapped in turn where present (e.g. ``{"state_dict": {...}}``); a clear error for a
     file that is not one."""
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from e
+    obj = torch_load_inert(path)
     for key in nests:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -93,6 +91,35 @@ _inert_pickle.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
 _inert_pickle.__version__ = pickle.format_version
 
 
+def torch_load_inert(path) -> object:
+    """What a PyTorch file holds, on the CPU, with no code named by the file run: torch's weights-only
+    loader, else (Lightning files may pickle hyper-parameter objects, argparse.Namespace or config
+    classes, that it refuses) a load with every such class replaced by an inert stand-in, so that the
+    tensors come out and nothing else does anything. A CheckpointError for a file that is neither."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:
+        if "Weights only load failed" not in str(e):
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from e
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
+    except Exception as e2:
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e2)})") from e2
+
+
+def load_training_state(path) -> object:
+    """A training checkpoint as :func:`infinidepth.train.trainer.save_checkpoint` writes it (tensors,
+    numbers, strings, containers, and NumPy's RNG state, an array), read with torch's weights-only
+    loader: a file that names any other code to run is refused, not run."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # NumPy 1.x
+        from numpy.core.multiarray import _reconstruct
+    allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    with torch.serialization.safe_globals(allowed):
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     """State dict and (for our own format) the model description."""
     if path.suffix == ".safetensors":
@@ -112,18 +139,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
         if info is not None and not isinstance(info, dict):
             raise CheckpointError(f"{path}: its infinidepth metadata is not a JSON object")
         return sd, info
-    try:
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from e
-        # Lightning files may pickle hyper-parameter objects (argparse.Namespace, config classes)
-        # that torch's weights-only loader refuses. Read them with every such class replaced by an
-        # inert stand-in: the tensors come out, and no code named by the file runs.
-        try:
-            obj = torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
-        except Exception as e2:
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e2)})") from e2
+    obj = torch_load_inert(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors or a Lightning checkpoint, got {type(obj).__name__}")
     info = obj.get(FORMAT) if isinstance(obj.get(FORMAT), dict) else None

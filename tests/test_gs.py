@@ -864,3 +864,35 @@ def test_render_refuses_gaussians_changed_to_bad_values_after_construction(backe
     g.scales[0, 2] = 0.0
     with pytest.raises(ValueError, match="Gaussians.scales must be positive"):
         render(g, torch.eye(4), K, (24, 32), backend=backend)
+
+
+class _RunsCode:
+    """Unpickled by a plain torch.load, this makes a directory: code named by the file runs."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return os.mkdir, (self.marker,)
+
+
+def test_released_gs_head_file_loads_without_running_code_from_it(tmp_path):
+    import argparse
+
+    from infinidepth.checkpoint import CheckpointError
+    from infinidepth.gs.heads import PixelAlignedHead
+
+    torch.manual_seed(3)
+    donor = PixelAlignedHead()
+    marker = tmp_path / "code_ran"
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in donor.state_dict().items()},
+                "hyper_parameters": argparse.Namespace(trap=_RunsCode(marker))}, tmp_path / "gs.ckpt")
+    loaded = PixelAlignedHead.from_checkpoint(tmp_path / "gs.ckpt")   # a Lightning file: hyper-parameters pickled
+    assert not marker.exists()
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), donor.state_dict().values()))
+    torch.save({"state_dict": {"encoder.x": _RunsCode(marker)}}, tmp_path / "evil.ckpt")
+    with pytest.raises(CheckpointError, match="no 'encoder.'-prefixed GS head keys"):
+        PixelAlignedHead.from_checkpoint(tmp_path / "evil.ckpt")
+    assert not marker.exists()

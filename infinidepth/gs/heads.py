@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infinidepth.checkpoint import CheckpointError, load_state_dict_strict
+from infinidepth.checkpoint import CheckpointError, load_state_dict_strict, read_torch_weights
 from infinidepth.ops.gather import bilinear_gather_reference
 
 from .gaussians import Gaussians, rgb_to_sh0
@@ -86,10 +86,7 @@ class PixelAlignedHead(nn.Module):
     @classmethod
     def from_checkpoint(cls, path) -> "PixelAlignedHead":
         """The released GS checkpoint (``encoder.``-prefixed keys, in ``state_dict`` or at the top)."""
-        obj = torch.load(str(path), map_location="cpu", weights_only=False)
-        sd = obj.get("state_dict", obj) if isinstance(obj, dict) else None
-        if not isinstance(sd, dict):
-            raise CheckpointError(f"{path}: expected a state dict")
+        sd = read_torch_weights(path)   # runs no code named by the file
         head = cls()
         own = {k for k in head.state_dict()}
         sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.") and k[len("encoder."):] in own}

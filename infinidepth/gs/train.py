@@ -148,12 +148,12 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     if resume:
-        from infinidepth.checkpoint import one_line
+        from infinidepth.checkpoint import load_training_state, one_line
 
         if not ckpt.is_file():
             raise ValueError(f"--resume: no checkpoint at {ckpt} (nothing to continue: run without --resume to start)")
         try:
-            state = torch.load(ckpt, map_location="cpu", weights_only=False)
+            state = load_training_state(ckpt)   # runs no code named by the file
             saved = state["config"]
         except Exception as e:  # truncated or foreign files fail in many ways
             raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint ({one_line(e)})") from None

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from infinidepth.checkpoint import one_line
+from infinidepth.checkpoint import load_training_state, one_line
 from infinidepth.ops import PRECISIONS
 
 from .config import TrainConfig
@@ -194,7 +194,7 @@ def read_resume_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     if not path.is_file():
         raise ValueError(f"--resume: no checkpoint at {path} (nothing to continue: run without --resume to start)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = load_training_state(path)   # runs no code named by the file
     except Exception as e:  # truncated or overwritten files fail in many ways (zip reader, unpickler, EOF)
         raise ValueError(f"--resume: {path} is damaged and cannot be read ({one_line(e)}); "
                          "restore a copy, or delete it to start the run over") from e
