@@ -2,31 +2,54 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
-from infinidepth.bench import device_name, sync  # noqa: F401  (one copy, shared with infinidepth bench)
+import torch
+
+from infinidepth.bench import command_line, device_name, sync  # noqa: F401  (one copy, shared with infinidepth bench)
 
 
 def timeit(fn, device: torch.device, min_time: float = 2.0, max_iters: int = 20) -> float:
-    """Mean seconds per call after one warm-up call (compilation, caches)."""
+    """Median seconds per call after one warm-up call (compilation, caches): each call is timed on its
+    own between synchronisations of the device (a GPU's queue is empty before and after it), so a
+    call interrupted by another process on a shared machine moves the median little, unlike a mean.
+    At least 3 calls, then more while under ``min_time`` seconds in all, at most ``max_iters``."""
     fn()
     sync(device)
-    iters, start = 0, time.perf_counter()
-    while iters < max_iters and (iters < 2 or time.perf_counter() - start < min_time):
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < 3 or (len(times) < max_iters and time.perf_counter() - start < min_time):
+        t0 = time.perf_counter()
         fn()
-        iters += 1
-    sync(device)
-    return (time.perf_counter() - start) / iters
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
 
 
-def write_report(path: str | None, report: dict) -> None:
-    """The report as JSON at ``path`` (atomically; nothing when path is None)."""
+def cli_device(text: str, prog: str) -> torch.device:
+    """``--device`` of a script: what this machine lacks (CUDA here) ends the script with one clear line."""
+    from infinidepth.cli import pick_device
+    from infinidepth.io import InputError
+
+    try:
+        return pick_device(text)
+    except InputError as e:
+        raise SystemExit(f"{prog}: error: {e}") from None
+
+
+def write_report(path: str | None, report: dict, argv: list[str] | None = None) -> None:
+    """The report as JSON at ``path`` (atomically; nothing when path is None), with the torch
+    version and the command line that made it (``argv``: default this process's) unless it has them."""
     if not path:
         return
     import json
 
     from infinidepth.io import atomic_path
 
+    report = {**report}
+    report.setdefault("torch", torch.__version__)
+    report.setdefault("command", command_line(argv))
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(report, indent=2) + "\n")
 

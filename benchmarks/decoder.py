@@ -11,7 +11,11 @@ matches the released implementation to the bit (see the README's parity section)
 backends fold the decoder into the maps once per image; that cost is reported separately
 (``fold_ms``) and the throughput is the steady state of decoding an image's queries.
 ``max_rel_err``: max |error| / std of the output, against the reference in float64 on the first
-4,096 queries, for every row including the baseline.
+4,096 queries, for every row including the baseline. ``speedup_vs_baseline``: the baseline's time
+/ the row's (above 1: faster than the released-style path); times are medians of single calls after
+a warm-up call. Rows: the baseline, then every backend (``torch``: our plain-PyTorch reference in
+chunks of 65,536) in fp32, then in bf16 where the device has it. ``fold_ms`` is timed after a first
+fold with a throwaway cache, so it leaves out compiling the kernels.
 
 ``--with-grad``: the value and its derivative with respect to (y, x) (what the surface-area sampler
 needs). Baseline: autograd through the same chunked PyTorch path, as the released code gets normals;
@@ -30,7 +34,7 @@ import time
 
 import torch
 
-from common import device_name, sync, timeit, write_report
+from common import cli_device, device_name, sync, timeit, write_report
 
 from infinidepth.ops import ConcatDecoder, HierarchicalDecoder, available_backends, grid_coords, implicit_decode
 from infinidepth.ops.gather import cpu_supports_bf16
@@ -134,16 +138,16 @@ def query_grid(n: int, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--decoder", choices=["official", "paper"], default="official")
     p.add_argument("--queries", type=int, default=65536)
-    p.add_argument("--backends", help="comma-separated subset (default: all available)")
+    p.add_argument("--backends", help="comma-separated subset (default: every available one, torch included)")
     p.add_argument("--with-grad", action="store_true", help="decode the derivative too (implicit_decode(with_grad=True))")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     grad = args.with_grad
-    device = torch.device(args.device)
+    device = cli_device(args.device, p.prog)
     maps, dec = make_problem(args.decoder, device)
     coords = query_grid(args.queries, device)
     if args.decoder == "official":
@@ -171,19 +175,22 @@ def main(argv=None):
         base_name = "released-style torch autograd (baseline)" if grad else "released-style torch (baseline)"
         results = [{"backend": base_name, "dtype": "fp32", "queries_per_s": args.queries / base_t,
                     "speedup_vs_baseline": 1.0, **err(backend="torch", chunk=BASELINE_CHUNK), "fold_ms": 0.0}]
-        backends = args.backends.split(",") if args.backends else [b for b in available_backends(device) if b != "torch"]
+        backends = args.backends.split(",") if args.backends else available_backends(device)
         runs = [(b, "fp32") for b in backends]
+        both = list(dict.fromkeys(["torch", *backends]))   # torch once, whether --backends names it or not
         if device.type == "cuda":  # tensor cores: bf16 operands, fp32 accumulation (torch: autocast)
-            runs += [(b, "bf16") for b in ["torch", *backends] if b in ("torch", "cuda", "triton")]
+            runs += [(b, "bf16") for b in both if b in ("torch", "cuda", "triton")]
         elif cpu_supports_bf16() and not grad:  # AVX512_BF16 dot products (torch: autocast through oneDNN)
-            runs += [(b, "bf16") for b in ["torch", *backends] if b in ("torch", "cpp")]
+            runs += [(b, "bf16") for b in both if b in ("torch", "cpp")]
         for backend, precision in runs:
-            t0 = time.perf_counter()
-            cache: dict = {}
-            kw = dict(backend=backend, cache=cache, precision=precision, with_grad=grad)
+            kw = dict(backend=backend, precision=precision, with_grad=grad)
             if backend == "torch":
                 kw["chunk"] = TORCH_CHUNK
-            implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once
+            implicit_decode(maps, coords[:, :1], dec, **kw, cache={})  # compiles the kernels (and folds)
+            sync(device)
+            t0 = time.perf_counter()
+            kw["cache"] = {}
+            implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once: what one image costs
             sync(device)
             fold_ms = (time.perf_counter() - t0) * 1e3
             t = timeit(lambda: implicit_decode(maps, coords, dec, **kw), device)
@@ -207,7 +214,7 @@ def main(argv=None):
     for r in results:
         print(f"{r['backend']:42s} {r['dtype']:8s} {r['queries_per_s']:12.4g} {r['speedup_vs_baseline']:7.2f}x "
               f"{r['max_rel_err']:12.2e} {r['fold_ms']:8.1f}" + (f" {r['grad_rel_err_p999']:15.2e}" if grad else ""))
-    write_report(args.json, report)
+    write_report(args.json, report, None if argv is None else [__file__, *argv])
     return report
 
 

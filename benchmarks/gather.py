@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from common import device_name, timeit, write_report
+from common import cli_device, device_name, timeit, write_report
 
 from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference
 
@@ -20,7 +20,7 @@ from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels", type=int, default=1024)
     p.add_argument("--map", default="48x64", help="feature map HxW")
@@ -28,7 +28,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = cli_device(args.device, p.prog)
     h, w = (int(v) for v in args.map.split("x"))
     torch.manual_seed(0)
     feat = torch.randn(args.batch, args.channels, h, w, device=device)
@@ -51,7 +51,7 @@ def main(argv=None):
     print(f"{'backend':8s} {'queries/s':>14s} {'vs grid_sample':>15s} {'max rel err':>12s}   [{report['device']}]")
     for r in results:
         print(f"{r['backend']:8s} {r['queries_per_s']:14.4g} {r['speedup_vs_baseline']:14.2f}x {r['max_rel_err']:12.2e}")
-    write_report(args.json, report)
+    write_report(args.json, report, None if argv is None else [__file__, *argv])
     return report
 
 

@@ -16,13 +16,28 @@
 # bench:    infinidepth bench with the official-size (ViT-L) model at 1k, 4k, 8k and 16k
 # gs:       the PyTorch rasteriser against gsplat (tests/test_gpu.py, benchmarks/gs_agreement.py)
 #
-# Results go to $RESULTS (default $OUT, else ./gpu_results), every JSON named with the device kind,
-# with the whole log in log.txt. Wheels of packages the machine lacks can travel in .whl/ (see
-# the device tool's README); they are installed to /tmp/site first.
+# Results go to $RESULTS (default $OUT, else ./gpu_results; a relative path is taken from the folder
+# the script is called from), every JSON named with the device kind, with the whole log in log.txt.
+# The stages run from the repository root wherever the script is called from. Wheels of packages
+# the machine lacks can travel in .whl/ (see the device tool's README); they are installed to
+# /tmp/site first. A failing command is reported (FAILED in the log) and the later stages still run.
 set -u
+STAGES="build gsplat cuda test cpu sanitize kernels bench gs"
+if [ $# = 0 ]; then
+    echo "usage: bash benchmarks/gpu.sh STAGE... (stages: $STAGES)" >&2
+    exit 2
+fi
+for s in "$@"; do
+    case " $STAGES " in
+        *" $s "*) ;;
+        *) echo "gpu.sh: unknown stage '$s' (stages: $STAGES)" >&2; exit 2 ;;
+    esac
+done
 RESULTS=${RESULTS:-${OUT:-gpu_results}}
 mkdir -p "$RESULTS"
+RESULTS=$(cd "$RESULTS" && pwd)   # absolute: the kernels and cuda stages run from benchmarks/
 LOG="$RESULTS/log.txt"
+cd "$(dirname "${BASH_SOURCE[0]}")/.." || exit 2
 export PYTHONUNBUFFERED=1 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda} TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0}
 export MAX_JOBS=${MAX_JOBS:-16} TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
 PY=${PY:-python3}
@@ -44,7 +59,8 @@ stage_build() {
     step build | tee -a "$LOG"
     nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv | tee -a "$LOG"
     $PY -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" | tee -a "$LOG"
-    if ! $PY -c "import infinidepth._C" 2>/dev/null; then
+    # build unless an extension with the CUDA kernels is importable (one built on a CPU machine has none)
+    if ! $PY -c "from infinidepth.ops import available_backends; assert 'cuda' in available_backends('cuda')" 2>/dev/null; then
         run $PY -m pip install -q --no-build-isolation --no-deps -e .
     fi
     run $PY -c "from infinidepth.ops import available_backends; print('backends on cuda:', available_backends('cuda'))"
@@ -68,7 +84,7 @@ stage_test() {
 stage_cuda() {
     step "CUDA kernels: tests, then decoder timings against torch" | tee -a "$LOG"
     run timeout 240 $PY -m pytest tests/test_gpu.py -q -rs -p no:cacheprovider -k "cuda and not triton and not gsplat"
-    cd benchmarks
+    cd benchmarks || return 0
     run $PY decoder.py --device cuda --decoder official --queries 33177600 --backends torch,cuda \
         --json "$RESULTS/decoder_official_8k_cuda_$TAG.json"
     for rows in 32 16; do  # smaller bf16 blocks than the launcher's pick (64 here): which is fastest?
@@ -97,7 +113,7 @@ stage_sanitize() {
 
 stage_kernels() {
     step "kernel benchmarks" | tee -a "$LOG"
-    cd benchmarks
+    cd benchmarks || return 0
     run $PY decoder.py --device cuda --decoder official --queries 33177600 --json "$RESULTS/decoder_official_8k_$TAG.json"
     run $PY decoder.py --device cuda --decoder paper --queries 4194304 --json "$RESULTS/decoder_paper_$TAG.json"
     run $PY decoder.py --device cuda --decoder official --queries 4194304 --with-grad --json "$RESULTS/decoder_official_grad_$TAG.json"
@@ -114,7 +130,8 @@ stage_bench() {
         --json "$RESULTS/bench_official_16k_$TAG.json"
     run $PY -m infinidepth.cli bench --preset official-large --sizes 8k,16k --device cuda --repeats 5 --precision bf16 \
         --paths torch,cuda,triton --quiet --json "$RESULTS/bench_official_bf16_$TAG.json"
-    for f in "$RESULTS"/bench_official*_$TAG.json; do
+    for f in "$RESULTS"/bench_official*_"$TAG".json; do
+        [ -e "$f" ] || continue   # that run failed (reported above)
         $PY -c "import json, sys; from infinidepth.bench import format_rows; print(format_rows(json.load(open(sys.argv[1]))))" "$f" | tee -a "$LOG"
     done
 }
@@ -131,5 +148,5 @@ for s in "$@"; do
     "stage_$s"
 done
 [ -n "${GSPLAT_PID:-}" ] && wait "$GSPLAT_PID" 2>/dev/null
-step done | tee -a "$LOG"
+step "done" | tee -a "$LOG"
 grep -E "FAILED|passed|failed|ERROR SUMMARY|PSNR between" "$LOG" | tail -30

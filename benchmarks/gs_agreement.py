@@ -66,7 +66,7 @@ def compare(name: str, g: Gaussians, w2c, K, size) -> dict:
 
 
 def main(argv=None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", type=int, default=4, help="procedural scenes")
     ap.add_argument("--size", default="240x320", help="HxW of the images")
     ap.add_argument("--json")
@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         report["min_cpp_psnr"] = float(np.min([r["cpp_psnr"] for r in rows]))
     print(f"PSNR between the renderers: min {report['min_psnr']:.2f} dB, median {report['median_psnr']:.2f} dB"
           + (f"; C++ (CPU) against gsplat: min {report['min_cpp_psnr']:.2f} dB" if "min_cpp_psnr" in report else ""))
-    write_report(args.json, report)
+    write_report(args.json, report, None if argv is None else [__file__, *argv])
 
 
 if __name__ == "__main__":

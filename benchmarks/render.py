@@ -4,7 +4,8 @@
         --json benchmarks/results/render_cpu.json --preview benchmarks/results/render_4k.jpg
 
 Sizes are WIDTHxHEIGHT, as `infinidepth data render --size` takes them. Each scene is rendered once
-per size (a render is seconds long; no repeats needed); the report has every frame's time, the mean,
+per size (a render is seconds long; no repeats needed), after one untimed small render (first-call
+costs: CUDA's start, kernel loads); the report has every frame's time, the mean,
 and the number of primitives. The preview puts the last size's RGB of the first scene above its
 colourised depth (sky in white), downscaled to 1920 wide.
 """
@@ -20,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, sync, write_report  # noqa: E402
+from common import cli_device, device_name, sync, write_report  # noqa: E402
 
 from infinidepth.data.procedural import generate_scene, render  # noqa: E402
 from infinidepth.io import atomic_path, colorize_depth  # noqa: E402
@@ -48,9 +49,11 @@ def main() -> None:
     ap.add_argument("--json")
     ap.add_argument("--preview")
     args = ap.parse_args()
-    device = torch.device(args.device)
+    device = cli_device(args.device, ap.prog)
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
     scenes = [generate_scene(args.seed + k) for k in range(args.scenes)]
+    render(scenes[0], (48, 64), device=device)   # warm-up, untimed
+    sync(device)
     rows = []
     for w, h in sizes:
         times = []

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from common import device_name, timeit, write_report
+from common import cli_device, device_name, timeit, write_report
 
 from infinidepth.ops import available_backends, grid_coords
 from infinidepth.ops.inverse_cdf import inverse_cdf_sample
@@ -34,14 +34,14 @@ def make_problem(size, device):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--size", default="768x1024", help="HxW of the depth map")
     p.add_argument("--points", type=int, default=2_000_000)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per row")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
-    device = torch.device(args.device)
+    device = cli_device(args.device, p.prog)
     H, W = (int(v) for v in args.size.split("x"))
     n = args.points
     depth, normals, K = make_problem((H, W), device)
@@ -73,7 +73,7 @@ def main(argv=None):
                  if "kernel_seconds" in r else "")
         print(f"{r['sampler']:36s} {r['backend']:8s} {r['seconds']:9.4f} {r['points_per_s']:10.3g} "
               f"{r['speedup_vs_triangle']:11.2f}x {extra}")
-    write_report(args.json, report)
+    write_report(args.json, report, None if argv is None else [__file__, *argv])
     return report
 
 

@@ -7,7 +7,9 @@ on a GPU), on the Gaussians `infinidepth gs` makes of the bundled picture.
 The scene is exactly what `infinidepth gs IMAGE --gs-head demo --points N` renders (the demo depth
 model's surface-area points through the bundled GS head). Each size is rendered from the source
 camera and from the moved camera of the command's novel view. Reported per row: seconds per frame
-of each backend, the ratio to the reference, and the largest difference from the reference's image.
+of each backend (the reference: one call, after an untimed small render; the others: the median of
+repeated calls after a warm-up call), ``speedup_vs_torch`` = the reference's time / the backend's
+(above 1: faster), and the largest difference from the reference's image.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, sync, timeit, write_report  # noqa: E402
+from common import cli_device, device_name, sync, timeit, write_report  # noqa: E402
 
 from infinidepth.cli import build_parser, parse_size, run_gs  # noqa: E402
 from infinidepth.gs.render import render  # noqa: E402
@@ -51,11 +53,13 @@ def main() -> None:
     p.add_argument("--min-time", type=float, default=2.0, help="seconds of repeats per fast measurement")
     p.add_argument("--json")
     a = p.parse_args()
-    device = torch.device(a.device)
+    device = cli_device(a.device, p.prog)
     backends = ["torch", "cpp"] if device.type == "cpu" else ["torch", "gsplat"]
     g, (H0, W0), depth = make_scene(a.points, a.device)
     moved = camera_path("swing", 4, depth, 0.05 * depth)[1]            # the command's novel view (default --move)
     rows = []
+    warm = torch.tensor([[32.0, 0, 16], [0, 32.0, 16], [0, 0, 1]])
+    render(g, torch.eye(4), warm, (32, 32), backend="torch")   # first-call costs, untimed
     for text in a.sizes.split(","):
         H, W = parse_size(text, "--sizes")
         fx = float(max(H0, W0))

@@ -105,7 +105,7 @@ def plot(rows, k: int, path: str) -> None:
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", default="240x320", help="HxW of the source view")
     p.add_argument("--baseline", type=float, default=0.5, help="sideways camera move for the hole measure")
     p.add_argument("--k", type=int, default=8, help="neighbours of the spacing measure")
@@ -123,7 +123,8 @@ def main(argv=None):
     for r in rows:
         print(f"{r['scene']:24s} {r['sampler']:22s} {r['points']:8d} {r['knn_cv']:8.3f} {r['knn_p90_p10']:8.2f} "
               f"{100 * r['hole_fraction']:6.2f}%")
-    write_report(args.json, {"size": [H, W], "baseline": args.baseline, "k": args.k, "seed": args.seed, "rows": rows})
+    write_report(args.json, {"size": [H, W], "baseline": args.baseline, "k": args.k, "seed": args.seed, "rows": rows},
+                 None if argv is None else [__file__, *argv])
 
 
 if __name__ == "__main__":

@@ -7,17 +7,24 @@ aspect), else 768x1024, the released model's (to multiples of the model's ViT pa
 overrides. The paths:
 
 - ``released-style``: the decoder run as the released code runs it (plain PyTorch, grid_sample per
-  map, concatenation, MLP, in chunks of 10,000 queries): the baseline of the ratios;
+  map, concatenation, MLP, in chunks of exactly 10,000 queries, whatever the output's width): the
+  baseline of the ratios;
 - ``torch``: our plain-PyTorch reference, in large tiles;
 - ``cpp`` / ``cuda`` / ``triton``: the fused kernels (Triton only on a GPU: on the CPU it runs
   under the interpreter, for tests, not for speed).
 
 Reported per row: encode, decode and write seconds, ``in_memory_s`` (encode + decode: the depth map in
 memory, what the 8K target counts), the end-to-end total with the write, queries per second, the
-ratio of the decode and end-to-end times to the baseline's, and memory: the decoder's working memory
+speed-ups over the baseline (``*_speedup_vs_released`` = the baseline's time / this path's time, for
+decode and end to end: above 1 is faster than the released-style path), and memory: the decoder's working memory
 (peak during decode beyond what existed before it: features, weights and the output map), from the
 allocator on a GPU and from the process's resident-memory high-water mark on Linux CPUs (reset before
 each decode), plus the output's own size. The total excludes allocating and zeroing the output.
+
+Every path decodes the same encoded image in the same tiles of output rows (``TILE`` queries). Before
+anything is timed, each path runs once on a small map and once on each distinct tile of each size
+(compilation, Triton's autotuning per query count, allocator caches: not what a user waits for
+each image); the report records the command line, the device and the torch version.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from __future__ import annotations
 import os
 import platform
 import resource
+import shlex
+import sys
 import tempfile
 import time
 
@@ -35,6 +44,9 @@ SIZES = {"1k": (768, 1024), "2k": (1080, 1920), "4k": (2160, 3840), "8k": (4320,
 INPUT = (768, 1024)
 BASELINE = "released-style"
 BASELINE_CHUNK = 10_000
+# Output pixels decoded per tile (whole rows), by device type: ImplicitDepthModel.decode_grid's defaults,
+# passed explicitly so that the warm-up meets every tile shape the timed runs decode.
+TILE = {"cuda": 2**22, "cpu": 2**18}
 
 
 def parse_sizes(text: str) -> list[tuple[str, tuple[int, int]]]:
@@ -101,6 +113,55 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def tile_rows(device, width: int) -> int:
+    """Output rows per tile for an output ``width`` wide."""
+    return max(1, TILE.get(device.type, TILE["cpu"]) // width)
+
+
+def decode_released_style(model, feats, size, out) -> None:
+    """The dense map as the released code decodes it: the queries' coordinates, then the plain-PyTorch
+    decoder in chunks of exactly ``BASELINE_CHUNK`` queries (a chunk may span output rows), depth
+    written into ``out`` [B, 1, H, W]. The coordinates are made one tile of rows at a time (bounded
+    memory); a tile holds many chunks, so chunk sizes are 10,000 but for one remainder per tile."""
+    from infinidepth.models.base import _grid
+
+    H, W = size
+    B, rows = feats.batch, tile_rows(model.device, W)
+    for r0 in range(0, H, rows):
+        r1 = min(H, r0 + rows)
+        raw = model.decode(feats, _grid(H, W, r0, r1, 0, W, B, model.device), backend="torch", chunk=BASELINE_CHUNK)
+        out[:, :, r0:r1] = model.to_depth(raw).float().reshape(B, 1, r1 - r0, W)
+
+
+def decode_path(model, feats, size, path: str, out) -> None:
+    """One dense decode of ``size`` into ``out`` by ``path``."""
+    if path == BASELINE:
+        decode_released_style(model, feats, size, out)
+    else:
+        model.decode_grid(feats, size, backend=path, tile=tile_rows(model.device, size[1]) * size[1], out=out)
+
+
+def warm_up(model, image, sizes, paths_to_run) -> None:
+    """Every path on a small map, then on each distinct tile of every size (the first full tile and
+    the last, shorter one), untimed: compilation, Triton's autotuning (once per query count bucket),
+    cuBLAS's choices and the caching allocator are then done before the timed runs."""
+    for p in paths_to_run:
+        run_one(model, image, (64, 64), p)
+    feats = model.encode(image)
+    for _, (H, W) in sizes:
+        rows = tile_rows(model.device, W)
+        heights = {min(rows, H), H % rows if H > rows else 0} - {0}
+        for p in paths_to_run:
+            for h in heights:
+                out = torch.zeros((feats.batch, 1, h, W), device=model.device)
+                if p == BASELINE:
+                    decode_released_style(model, feats, (h, W), out)   # the same chunks as any tile of H x W
+                else:   # rows 0..h of the full-size grid: that tile's coordinates, one tile of h x W queries
+                    model.decode_grid(feats, (H, W), backend=p, tile=rows * W, region=(0, 0, h, W), out=out)
+    sync(model.device)
+    del feats
+
+
 def run_one(model, image, size, path: str) -> dict:
     device = model.device
     sync(device)
@@ -117,10 +178,7 @@ def run_one(model, image, size, path: str) -> dict:
         cpu_peak = _reset_peak_rss()
         before = _rss("VmRSS")
     t1b = time.perf_counter()
-    if path == BASELINE:
-        model.decode_grid(feats, size, backend="torch", tile=BASELINE_CHUNK, out=out)
-    else:
-        model.decode_grid(feats, size, backend=path, out=out)
+    decode_path(model, feats, size, path, out)
     sync(device)
     t2 = time.perf_counter()
     memory = {}
@@ -154,8 +212,7 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
     image = torch.rand(1, 3, *input_size, generator=torch.Generator().manual_seed(0)).to(device)
     todo = paths_to_run or paths(device)
     if warmup:  # compilation, autotuning, caches, the fold: not what a 16K user waits for each image
-        for p in todo:
-            run_one(model, image, (64, 64), p)
+        warm_up(model, image, sizes, todo)
     rows = []
     jobs = [(name, size, p) for name, size in sizes for p in todo]
     for name, size, p in tqdm(jobs, desc="benchmark", unit="run", disable=not progress):
@@ -171,7 +228,13 @@ def bench(model, sizes, device, paths_to_run=None, warmup: bool = True, progress
             row["decode_speedup_vs_released"] = base["decode_s"] / row["decode_s"]
             row["total_speedup_vs_released"] = base["total_s"] / row["total_s"]
     return {"benchmark": "end-to-end dense prediction", "device": device_name(device), "torch": torch.__version__,
-            "input": list(input_size), "arch": model.arch, "precision": model.precision, "rows": rows}
+            "command": command_line(), "input": list(input_size), "arch": model.arch, "precision": model.precision,
+            "rows": rows}
+
+
+def command_line(argv: list[str] | None = None) -> str:
+    """The command that made a report, as a shell would take it (``argv``: default this process's)."""
+    return shlex.join(sys.argv if argv is None else argv)
 
 
 def format_rows(report: dict) -> str:
@@ -186,5 +249,6 @@ def format_rows(report: dict) -> str:
         lines.append(f"{r['size']:>6} {r['path']:>15} {r['encode_s']:9.3f} {r['decode_s']:9.3f} {r['in_memory_s']:9.3f} {r['write_s']:8.3f} "
                      f"{r['total_s']:8.3f} {r['queries_per_s'] / 1e6:8.2f} {cell(r, 'decode_speedup_vs_released', 9, '.2f')} "
                      f"{cell(r, 'total_speedup_vs_released', 8, '.2f')} {cell(r, 'decoder_working_mb', 10, '.0f')}")
-    lines.append("memory: the decoder's working memory beyond the features and the output map")
+    lines.append("x decode, x total: the released-style path's time / this path's (above 1: faster); "
+                 "memory: the decoder's working memory beyond the features and the output map")
     return "\n".join(lines)
