@@ -693,6 +693,7 @@ def run_bench(args) -> dict:
                 raise InputError(f"--precision {args.precision}: path {p} computes in fp32; pass --paths from {', '.join(low)}")
     report = bench.bench(model, sizes, device, chosen, progress=not args.quiet, repeats=args.repeats, input_size=input_size)
     report["checkpoint"] = args.checkpoint or args.preset or DEFAULT_CHECKPOINT
+    report["command"] = bench.command_line(getattr(args, "argv", None))
     if not args.quiet:
         print(bench.format_rows(report))
     if args.json:
@@ -963,6 +964,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = ["infinidepth", *(sys.argv[1:] if argv is None else argv)]  # what a report records as its command
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
         # A kill (a batch system's time limit, say) unwinds like Ctrl-C does: every atomic write

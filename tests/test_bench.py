@@ -173,3 +173,13 @@ def test_gpu_script_takes_a_relative_results_folder_from_anywhere(tmp_path):
     assert f"--json {tmp_path / 'res'}/decoder_official_8k_t.json" in log and "gather.py" in log
     bad = subprocess.run(["bash", str(script), "kernels", "nope"], cwd=tmp_path, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown stage 'nope'" in bad.stderr and "stub" not in bad.stdout
+
+
+def test_bench_command_records_the_arguments_main_was_given(tmp_path, capsys):
+    from infinidepth.cli import main
+
+    out = tmp_path / "r.json"
+    argv = ["bench", "--preset", "tiny", "--sizes", "8x8", "--paths", "torch", "--input-size", "32x48",
+            "--quiet", "--json", str(out)]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())["command"] == "infinidepth " + " ".join(argv)   # not pytest's own argv
