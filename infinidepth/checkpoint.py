@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from infinidepth.models import ARCHS, PRESETS, ImplicitDepthModel, build_model, from_preset
-from infinidepth.models.official import OfficialConfig
+from infinidepth.models.official import RELEASED_INPUT, OfficialConfig
 from infinidepth.models.paper import PaperConfig
 from infinidepth.models.vit import ViTConfig
 
@@ -279,6 +279,8 @@ def _load_file(path: Path, device) -> ImplicitDepthModel:
             model.input_size = tuple(size) if size else None
         else:
             model = build_model(*infer_architecture(sd))
+            if model.arch in ("InfiniDepth", "InfiniDepth_DepthSensor"):  # a released file
+                model.input_size = RELEASED_INPUT
     except CheckpointError as e:
         raise CheckpointError(f"{path}: {e}") from e
     except (KeyError, TypeError, ValueError, AttributeError) as e:  # a description or layout that does not fit

@@ -825,6 +825,11 @@ def run_train_gs(args) -> dict:
     return result
 
 
+INPUT_SIZE_HELP = ("network input HxW, multiples of the model's ViT patch (16 for the released models, 8 for demo); default: "
+                   "aspect kept, as many pixels as the model was trained at (768x1024 for a released file, what ours "
+                   "record, 96x128 for demo), else the long side at most 1024")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -835,8 +840,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
     p.add_argument("--output-size", help="output HxW, any size, or 1k, 2k, 4k, 8k, 16k (default: the image's)")
     p.add_argument("--scale", type=float, help="output size as a multiple of the image's")
-    p.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, the pixel count the "
-                                        "model was trained at when it says, else long side <= 1024)")
+    p.add_argument("--input-size", help=INPUT_SIZE_HELP)
     p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; "
                                           "PNG in mm); for several images a folder with one file per image, named like it")
     p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample)")
@@ -880,7 +884,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
     e.add_argument("--output-resolution", choices=("native", "input"), default="native",
                    help="native: query the decoder at every ground-truth pixel; input: predict at the network input and upsample bilinearly (baseline)")
-    e.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, long side <= 1024)")
+    e.add_argument("--input-size", help=INPUT_SIZE_HELP)
     e.add_argument("--align", choices=("auto", "lsq", "ransac", "none"), default="auto",
                    help="scale-and-shift alignment (auto: RANSAC for relative models, none for metric ones)")
     e.add_argument("--align-space", choices=("depth", "disparity", "log_depth"),
@@ -920,7 +924,7 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--fps", type=int, default=30)
     gs.add_argument("--move", type=float, default=0.05, help="camera move of the novel view and the video, as a fraction of the median depth")
     gs.add_argument("--render-size", help="HxW of the rendered views (default: the image's, long side at most 512)")
-    gs.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: aspect kept, long side <= 1024)")
+    gs.add_argument("--input-size", help=INPUT_SIZE_HELP)
     gs.add_argument("--fx", type=float, help="focal length in pixels of the image (default: max(H, W))")
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")

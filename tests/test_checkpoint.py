@@ -82,6 +82,8 @@ def test_foreign_files_load_by_their_keys(tmp_path, preset, layout):
     loaded = infinidepth.load_model(path)
     assert loaded.arch == model.arch
     assert torch.equal(outputs(model), outputs(loaded))
+    # a released file records no input size: it runs at the released inference script's 768x1024
+    assert loaded.input_size == ((768, 1024) if model.arch in ("InfiniDepth", "InfiniDepth_DepthSensor") else None)
 
 
 def test_mismatched_checkpoint_lists_missing_unexpected_and_shapes(tmp_path):

@@ -681,3 +681,18 @@ def test_an_alignment_that_reverses_depth_order_is_scored_and_logged(tmp_path, c
         r = evaluate(reversed_order, ds, align_method="lsq", progress=False, hf_points=200)
     assert r["images"][0]["alignment"]["a"] < 0
     assert "orders the scene the other way round" in caplog.text and "rgb_0000.png" in caplog.text
+
+
+def test_the_default_network_input_is_the_one_the_model_was_trained_at():
+    """As predict does: a model that records its training input (demo: 96x128) is fed that many pixels."""
+    from infinidepth.eval.evaluate import predict_depth
+    from infinidepth.models import from_preset
+
+    model = from_preset("tiny")
+    model.input_size = (32, 48)
+    seen = []
+    predict = model.predict
+    model.predict = lambda image, **kw: (seen.append(tuple(image.shape[-2:])), predict(image, **kw))[1]
+    rgb = np.zeros((120, 180, 3), np.uint8)
+    assert predict_depth(model, rgb, (120, 180), "native").shape == (120, 180)
+    assert seen == [(32, 48)]

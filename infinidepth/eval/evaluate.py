@@ -42,7 +42,7 @@ def predict_depth(model, rgb: np.ndarray, out_size: tuple[int, int], output_reso
     H0, W0 = rgb.shape[:2]
     from infinidepth.cli import default_input_size
 
-    size = input_size or default_input_size(H0, W0, patch=model.patch_size)
+    size = input_size or default_input_size(H0, W0, getattr(model, "input_size", None), model.patch_size)
     image = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float().div(255)   # a writable copy
     image = F.interpolate(image, size=size, mode="bilinear", align_corners=False, antialias=True).clamp(0, 1)
     image = image.to(model.device)

@@ -33,6 +33,9 @@ DISPARITY_FLOOR = 5e-3  # the released depth = 1 / clamp(disparity, 5e-3)
 # sensor's depths when the median depth is beyond 100 m, and is the released arithmetic below it.
 PROMPT_MEDIAN_FLOOR = 1e-3
 COORD_CLAMP = 1e-6
+# The network input of the released inference script (its default, 768x1024): what a released file,
+# which records no input size, is run at by default (aspect kept, about as many pixels).
+RELEASED_INPUT = (768, 1024)
 
 
 @dataclass
