@@ -215,6 +215,7 @@ def camera_points(depth: np.ndarray, coords: torch.Tensor, K: torch.Tensor, imag
 def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
     """``n`` points spread evenly over the surfaces by the surface-area sampler, with the
     original image's colours."""
+    from infinidepth.ops.coords import clamp_to_pixel_centres
     from infinidepth.ops.gather import bilinear_gather_reference
     from infinidepth.sampling import scale_intrinsics
 
@@ -225,7 +226,7 @@ def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
     if alignment is not None:
         depth = apply_alignment(depth, *alignment)
     rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-    colors = bilinear_gather_reference(rgb_t, coords)[0].clamp(0, 255).round().to(torch.uint8)
+    colors = bilinear_gather_reference(rgb_t, clamp_to_pixel_centres(coords, H0, W0))[0].clamp(0, 255).round().to(torch.uint8)
     return camera_points(depth, coords, K, (H0, W0)), colors.numpy()
 
 

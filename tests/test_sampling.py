@@ -370,3 +370,23 @@ def test_normals_of_16_bit_depth_are_computed_in_float32(dtype):
     got = surface_normals(depth.to(dtype), grad.to(dtype), scene.intrinsics)
     assert got.dtype == torch.float32
     assert (got.double() - want).abs().max() < 0.01  # what the 16-bit inputs themselves allow
+
+
+def test_point_colours_at_the_image_border_are_the_border_pixels(tmp_path, capsys):
+    """Samples in the outer half-pixel read the image's edge pixels, not a blend with zero padding."""
+    from PIL import Image
+    from plyfile import PlyData
+
+    from infinidepth.cli import main
+
+    model = infinidepth.from_preset("tiny")
+    image = torch.full((1, 3, 32, 48), 0.8)
+    sp = model.sample_points(image, 3000, K_of(40.0, 32, 48).float(), seed=1)
+    edge = (sp.coords[0].abs() > torch.tensor([1 - 1 / 32, 1 - 1 / 48])).any(-1)
+    assert edge.any()                                        # the test reaches the outer half-pixel
+    torch.testing.assert_close(sp.colors, torch.full_like(sp.colors, 0.8))
+    Image.fromarray(np.full((32, 48, 3), 200, np.uint8)).save(tmp_path / "grey.png")
+    assert main(["predict", str(tmp_path / "grey.png"), "--checkpoint", "tiny", "--ply", "--points", "3000",
+                 "--out", str(tmp_path / "o"), "--quiet"]) == 0, capsys.readouterr().err
+    v = PlyData.read(str(tmp_path / "o" / "grey.ply"))["vertex"]
+    assert (v["red"] == 200).all() and (v["green"] == 200).all() and (v["blue"] == 200).all()

@@ -288,6 +288,7 @@ class ImplicitDepthModel(nn.Module):
         ``"triangle"`` (the released triangle-area sampler, for comparison). Deterministic for a seed.
         """
         from infinidepth.ops import grid_coords
+        from infinidepth.ops.coords import clamp_to_pixel_centres
         from infinidepth.ops.gather import bilinear_gather_reference
         from infinidepth.sampling import (backproject, check_camera_to_world, check_intrinsics, surface_area_sample,
                                           surface_normals, to_world, triangle_area_sample)
@@ -311,7 +312,8 @@ class ImplicitDepthModel(nn.Module):
             coords = triangle_area_sample(depth_map, K, n, seed=seed)
         depth = self.decode_depth(feats, coords, backend=backend)
         points = backproject(depth, coords, K, (H, W))
-        colors = bilinear_gather_reference(image.to(self.device, torch.float32), coords).clamp(0, 1)
+        # the image's colours with its border pixels repeated outward (zero padding would darken the edges)
+        colors = bilinear_gather_reference(image.to(self.device, torch.float32), clamp_to_pixel_centres(coords, H, W)).clamp(0, 1)
         return SampledPoints(coords, depth, points, to_world(points, camera_to_world), colors)
 
 

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from infinidepth.ops.coords import clamp_to_pixel_centres
 from infinidepth.ops.gather import bilinear_gather_reference
 
 from .base import Features, ImplicitDepthModel, check_image
@@ -73,9 +74,7 @@ class GridBaseline(ImplicitDepthModel):
         if with_grad:
             raise NotImplementedError("the grid baseline has no exact derivative; it is for comparisons")
         # Bilinear upsampling of the grid, read at the queries: grid_sample semantics, edges clamped.
-        H, W = feats.image_size
-        lim = torch.tensor([1 - 1 / H, 1 - 1 / W], device=coords.device, dtype=coords.dtype)
-        return bilinear_gather_reference(feats.maps[0], torch.maximum(torch.minimum(coords, lim), -lim))[..., 0]
+        return bilinear_gather_reference(feats.maps[0], clamp_to_pixel_centres(coords, *feats.image_size))[..., 0]
 
     def to_depth(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw)

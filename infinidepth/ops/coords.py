@@ -37,3 +37,11 @@ def pixel_to_normalized(py: torch.Tensor, px: torch.Tensor, height: int, width: 
 def normalized_to_pixel(coords: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse of :func:`pixel_to_normalized`: returns (py, px)."""
     return (coords[..., 0] + 1) * height / 2 - 0.5, (coords[..., 1] + 1) * width / 2 - 0.5
+
+
+def clamp_to_pixel_centres(coords: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """``coords`` moved inside the outermost pixel centres of an ``height x width`` grid: reading an
+    image there bilinearly repeats its border pixels instead of blending them with the zero padding
+    (a point's colour in the outer half-pixel of the image, which would otherwise come out darker)."""
+    lim = torch.tensor([1 - 1 / height, 1 - 1 / width], device=coords.device, dtype=coords.dtype)
+    return torch.maximum(torch.minimum(coords, lim), -lim)
