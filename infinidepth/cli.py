@@ -294,8 +294,13 @@ def check_output_folder(out: Path, flag: str = "--out") -> None:
     p = nearest_existing(out)
     if not p.is_dir():
         raise InputError(f"{flag} {out}: {p} is a file, not a folder")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise InputError(f"{flag} {out}: no permission to write in {p}")
+    # Tried, not asked: os.access says yes to root everywhere, also on read-only disks and in /proc.
+    try:
+        fd, probe = tempfile.mkstemp(dir=p, prefix=".infinidepth-probe-")
+    except OSError as e:
+        raise InputError(f"{flag} {out}: cannot write in {p} ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
 
 
 def available_memory() -> int:

@@ -329,3 +329,17 @@ def test_files_left_from_an_earlier_run_are_kept_and_named(tmp_path, image, caps
     assert code == 0 and (out / "scene.ply").read_bytes() == old_ply  # the user's file is not lost
     assert f"{out / 'scene.ply'} is left from an earlier run" in err, err
     assert "scene_depth" not in err  # the set this run wrote is not flagged
+
+
+def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, image, capsys, monkeypatch):
+    from infinidepth import cli
+
+    monkeypatch.setattr(cli, "open_model", lambda *a: pytest.fail("the model was loaded"))
+    # /proc takes no new files, even from root (for whom os.access says yes everywhere)
+    code, _, err = run(["predict", str(image), "--out", "/proc/infinidepth-never"], capsys)
+    assert code == 2 and "--out /proc/infinidepth-never: cannot write in /proc" in err, err
+    monkeypatch.undo()
+    out = tmp_path / "o"
+    out.mkdir()
+    assert run(["predict", str(image), "--out", str(out), "--quiet"], capsys)[0] == 0
+    assert not [p for p in out.iterdir() if "probe" in p.name]      # the write test leaves nothing
