@@ -44,7 +44,11 @@ def fit_affine_robust(
     if threshold is not None and not (math.isfinite(threshold) and threshold > 0):
         raise ValueError(f"the inlier threshold must be positive and finite, got {threshold!r}")
     if threshold is None:
-        threshold = float(np.median(np.abs(ref - np.median(ref)))) or 1e-12
+        # the reference's robust spread; where more than half of it is one value (a wall at a quantised
+        # depth, a clipped far range) the median deviation is 0, and a threshold of ~0 would let the
+        # constant line through those samples win: the mean deviation then
+        dev = np.abs(ref - np.median(ref))
+        threshold = float(np.median(dev)) or float(dev.mean()) or 1e-12
     rng = np.random.default_rng(seed)
     i, j = rng.integers(0, pred.size, size=(2, trials))
     keep = pred[i] != pred[j]

@@ -61,3 +61,16 @@ def test_bad_ransac_settings_are_refused(kwargs, match):
     with pytest.raises(ValueError, match=match):
         fit_affine_robust(x, y, **kwargs)
     assert fit_affine_robust(x, y, threshold=0.05) == pytest.approx((2.0, 1.0), abs=0.01)
+
+
+def test_a_reference_mostly_one_value_still_fits_the_line_not_a_constant():
+    """More than half the reference at one depth (a wall in a quantised sensor map) made the default
+    threshold 0, and the constant line through those samples won: a flat depth map."""
+    rng = np.random.default_rng(0)
+    pred = rng.uniform(0, 3, 10_000)
+    ref = 2 * pred + 1 + rng.normal(0, 0.01, pred.size)
+    wall = rng.random(pred.size) < 0.6
+    pred[wall] = 0.5 + rng.normal(0, 0.003, wall.sum())
+    ref[wall] = 2.0
+    a, b = fit_affine_robust(pred, ref)
+    assert abs(a - 2) < 0.05 and abs(b - 1) < 0.05, (a, b)
