@@ -2,11 +2,11 @@
 
 import argparse
 import json
-import os
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import RunsCode
 
 import infinidepth
 from infinidepth.checkpoint import CheckpointError, infer_architecture
@@ -141,15 +141,6 @@ def test_a_folder_named_like_the_bundled_model_is_a_clear_error(tmp_path, monkey
         load_model("demo")
 
 
-class _RunsCode:
-    """Unpickled by a plain torch.load, this makes a directory: code named by the file runs."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        return os.mkdir, (self.marker,)
-
 
 def test_lightning_objects_load_inert_and_run_no_code(tmp_path):
     """Hyper-parameter objects that torch's weights-only loader refuses (argparse.Namespace, and
@@ -159,7 +150,7 @@ def test_lightning_objects_load_inert_and_run_no_code(tmp_path):
     marker = tmp_path / "code_ran"
     path = tmp_path / "m.ckpt"
     torch.save({"state_dict": {f"pipeline.{k}": v for k, v in model.state_dict().items()},
-                "hyper_parameters": argparse.Namespace(lr=1e-4, trap=_RunsCode(marker))}, path)
+                "hyper_parameters": argparse.Namespace(lr=1e-4, trap=RunsCode(marker))}, path)
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)  # what forces the fallback
     loaded = infinidepth.load_model(path)

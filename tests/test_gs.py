@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RunsCode
 
 from infinidepth.gs.gaussians import C0, Gaussians, read_ply, rgb_to_sh0, write_ply
 from infinidepth.gs.render import ALPHA_MIN, EPS2D, eval_sh, render_torch
@@ -866,17 +867,6 @@ def test_render_refuses_gaussians_changed_to_bad_values_after_construction(backe
         render(g, torch.eye(4), K, (24, 32), backend=backend)
 
 
-class _RunsCode:
-    """Unpickled by a plain torch.load, this makes a directory: code named by the file runs."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return os.mkdir, (self.marker,)
-
 
 def test_released_gs_head_file_loads_without_running_code_from_it(tmp_path):
     import argparse
@@ -888,11 +878,11 @@ def test_released_gs_head_file_loads_without_running_code_from_it(tmp_path):
     donor = PixelAlignedHead()
     marker = tmp_path / "code_ran"
     torch.save({"state_dict": {f"encoder.{k}": v for k, v in donor.state_dict().items()},
-                "hyper_parameters": argparse.Namespace(trap=_RunsCode(marker))}, tmp_path / "gs.ckpt")
+                "hyper_parameters": argparse.Namespace(trap=RunsCode(marker))}, tmp_path / "gs.ckpt")
     loaded = PixelAlignedHead.from_checkpoint(tmp_path / "gs.ckpt")   # a Lightning file: hyper-parameters pickled
     assert not marker.exists()
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), donor.state_dict().values()))
-    torch.save({"state_dict": {"encoder.x": _RunsCode(marker)}}, tmp_path / "evil.ckpt")
+    torch.save({"state_dict": {"encoder.x": RunsCode(marker)}}, tmp_path / "evil.ckpt")
     with pytest.raises(CheckpointError, match="no 'encoder.'-prefixed GS head keys"):
         PixelAlignedHead.from_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()

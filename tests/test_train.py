@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import RunsCode
 
 from infinidepth.checkpoint import CheckpointError
 from infinidepth.cli import main
@@ -219,22 +220,11 @@ def test_resume_refuses_missing_damaged_and_foreign_checkpoints(tmp_path):
     torch.save({"model": {}}, path)
     with pytest.raises(ValueError, match="checkpoint.pt is not a checkpoint of infinidepth train \\(it lacks optimizer"):
         train(cfg, resume=True, progress=False)
-    torch.save({"model": {}, "trap": _RunsCode(tmp_path / "code_ran")}, path)    # a file that names code to run
+    torch.save({"model": {}, "trap": RunsCode(tmp_path / "code_ran")}, path)    # a file that names code to run
     with pytest.raises(ValueError, match="checkpoint.pt is damaged and cannot be read"):
         train(cfg, resume=True, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]     # nothing else written, nothing run
 
-
-class _RunsCode:
-    """Unpickled by a plain torch.load, this makes a directory: code named by the file runs."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return os.mkdir, (self.marker,)
 
 
 def nan_targets_from(call: int, monkeypatch):
