@@ -85,3 +85,35 @@ def test_double_inputs_are_computed_and_returned_in_their_dtype():
     got = bilinear_gather(feat, coords, backend="cpp")
     assert got.dtype == torch.float64
     assert rel_err(got, bilinear_gather_reference(feat, coords)) < 1e-5
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernel_backends_pass_gradients_to_the_map_and_the_coords(backend):
+    """Through a kernel backend autograd used to see nothing (triton: no graph at all) or a warning
+    and None (cpp, cuda: no autograd kernel registered): the map and the coordinates got no gradient.
+    Now every backend has the reference's backward, also for float64 and float16 inputs."""
+    torch.manual_seed(3)
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        feat = torch.randn(2, 3, 4, 5, dtype=dtype)
+        coords = torch.rand(2, 9, 2, dtype=dtype) * 2.4 - 1.2
+        coords[:, 0] = 4.0  # beyond the clamp: flat
+        grad = torch.randn(2, 9, 3, dtype=dtype)
+        f64, c64 = feat.double().requires_grad_(), coords.double().requires_grad_()
+        want = torch.autograd.grad(bilinear_gather_reference(f64, c64), (f64, c64), grad.double())
+        f, c = feat.clone().requires_grad_(), coords.clone().requires_grad_()
+        got = torch.autograd.grad(bilinear_gather(f, c, backend=backend), (f, c), grad)
+        tol = 1e-2 if dtype == torch.float16 else 1e-5
+        for g, w in zip(got, want):
+            assert g.dtype == dtype and rel_err(g, w) < tol
+    # only the map, under a plain loss.backward()
+    f = torch.randn(1, 2, 3, 3, requires_grad=True)
+    bilinear_gather(f, torch.rand(1, 5, 2) * 2 - 1, backend=backend).sum().backward()
+    assert f.grad is not None and f.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif(not HAS_EXTENSION, reason="extension not built")
+def test_custom_op_autograd_contract():
+    op = torch.ops.infinidepth.bilinear_gather.default
+    feat = torch.randn(2, 3, 5, 7, requires_grad=True)
+    coords = (torch.rand(2, 11, 2) * 2.4 - 1.2).requires_grad_()
+    torch.library.opcheck(op, (feat, coords), test_utils=("test_autograd_registration", "test_aot_dispatch_dynamic"))

@@ -149,12 +149,44 @@ def bilinear_gather(feat: torch.Tensor, coords: torch.Tensor, backend: str = "au
     dtype = feat.dtype
     feat32, coords32 = feat.float(), coords.float()
     if backend == "triton":
+        if torch.is_grad_enabled() and (feat32.requires_grad or coords32.requires_grad):
+            out = _TritonGather.apply(feat32, coords32)  # the launch itself is invisible to autograd
+        else:
+            from infinidepth.kernels.bilinear_gather import bilinear_gather_triton
+
+            out = bilinear_gather_triton(feat32, coords32)
+    else:
+        out = torch.ops.infinidepth.bilinear_gather(feat32, coords32)  # differentiable: see below
+    return out.to(dtype)
+
+
+def gather_backward(feat: torch.Tensor, coords: torch.Tensor, grad: torch.Tensor, need_feat: bool, need_coords: bool):
+    """The gradients of :func:`bilinear_gather_reference` (``grid_sample``'s own backward) with
+    respect to ``feat`` and ``coords`` given the output's ``grad`` ``[B, N, C]``: the backward of
+    every kernel backend, which compute the same function. None for an input not asked for."""
+    grid = coords.clamp(-3.0, 3.0).flip(-1).unsqueeze(1).to(feat.dtype)
+    grad_feat, grad_grid = torch.ops.aten.grid_sampler_2d_backward(
+        grad.to(feat.dtype).transpose(1, 2).unsqueeze(2), feat, grid, 0, 0, False, [need_feat, need_coords])
+    grad_coords = None
+    if need_coords:  # flat beyond the clamp, where every tap is outside the map anyway
+        grad_coords = (grad_grid[:, 0].flip(-1) * (coords.abs() <= 3.0)).to(coords.dtype)
+    return (grad_feat if need_feat else None), grad_coords
+
+
+class _TritonGather(torch.autograd.Function):
+    """The Triton gather with the reference's backward."""
+
+    @staticmethod
+    def forward(ctx, feat, coords):
         from infinidepth.kernels.bilinear_gather import bilinear_gather_triton
 
-        out = bilinear_gather_triton(feat32, coords32)
-    else:
-        out = torch.ops.infinidepth.bilinear_gather(feat32, coords32)
-    return out.to(dtype)
+        ctx.save_for_backward(feat, coords)
+        return bilinear_gather_triton(feat, coords)
+
+    @staticmethod
+    def backward(ctx, grad):
+        feat, coords = ctx.saved_tensors
+        return gather_backward(feat, coords, grad, *ctx.needs_input_grad[:2])
 
 
 if HAS_EXTENSION:
@@ -162,6 +194,18 @@ if HAS_EXTENSION:
     @torch.library.register_fake("infinidepth::bilinear_gather")
     def _bilinear_gather_fake(feat, coords):
         return feat.new_empty((feat.shape[0], coords.shape[1], feat.shape[1]))
+
+    def _bilinear_gather_setup(ctx, inputs, output):
+        ctx.save_for_backward(*inputs)
+
+    def _bilinear_gather_backward(ctx, grad):
+        feat, coords = ctx.saved_tensors
+        return gather_backward(feat, coords, grad, *ctx.needs_input_grad[:2])
+
+    # Without it autograd passes through the kernel with a warning and no gradient at all (None
+    # for the map and the coordinates): training through backend "auto" on the CPU learnt nothing.
+    torch.library.register_autograd("infinidepth::bilinear_gather", _bilinear_gather_backward,
+                                    setup_context=_bilinear_gather_setup)
 
     @torch.library.register_fake("infinidepth::fused_decode")
     def _fused_decode_fake(coords, maps, map_layer, weights, biases, acts, precision="fp32"):
