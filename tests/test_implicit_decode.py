@@ -504,3 +504,70 @@ def test_reference_computes_in_the_maps_dtype():
     assert got.dtype == torch.float64 and rel_err(got, want) < 1e-6
     for backend in KERNEL_BACKENDS:
         assert rel_err(implicit_decode(maps, coords, decoder, backend=backend), want) < 1e-5
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_fused_backends_give_the_reference_gradients(backend):
+    """A decode autograd must record (maps, weights or coordinates requiring grad) used to come back
+    from a fused backend without a graph to the maps and weights (the fold runs without autograd)
+    and with a silent None for the coordinates; it now gets the reference's gradients."""
+    rng = random.Random(31)
+    chans, decoder = random_concat(rng)
+    decoder = cast(decoder, torch.float32)
+    maps = [m.float().requires_grad_() for m in random_maps(rng, chans, batch=2)]
+    w0 = decoder.layers[0][0].requires_grad_()
+    coords = (torch.rand(2, 40, 2) * 2 - 1).requires_grad_()
+    inputs = (*maps, w0, coords)
+    want = torch.autograd.grad(implicit_decode(maps, coords, decoder, backend="torch").sum(), inputs)
+    out = implicit_decode(maps, coords, decoder, backend=backend)
+    assert out.requires_grad
+    got = torch.autograd.grad(out.sum(), inputs)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-5
+    with torch.no_grad():  # without autograd the kernel runs (and folds into the cache)
+        cache = {}
+        implicit_decode(maps, coords, decoder, backend=backend, cache=cache)
+        assert ("folded", backend) in cache
+
+
+@pytest.mark.parametrize("family", [random_concat, random_hierarchical])
+def test_fold_cache_follows_the_maps(family):
+    """The fold kept in ``cache`` was keyed on the decoder only: maps changed in place, other maps
+    under the same dict, or a weight whose ``.data`` was swapped got the stale fold (errors of the
+    order of the output's spread)."""
+    rng = random.Random(37)
+    chans, decoder = family(rng)
+    decoder = cast(decoder, torch.float32)
+    maps = [m.float() for m in random_maps(rng, chans, batch=2)]
+    coords = torch.rand(2, 60, 2) * 2 - 1
+    cache = {}
+
+    def check(maps):
+        got = implicit_decode(maps, coords, decoder, backend="cpp", cache=cache)
+        assert rel_err(got, implicit_decode(maps, coords, decoder, backend="torch")) < 1e-4
+
+    check(maps)
+    maps[0].mul_(2.0)
+    check(maps)
+    check([m.flip(-1).contiguous() for m in maps])
+    last = decoder.layers[-1] if family is random_concat else decoder.head[-1]
+    last[0].data = last[0].data * -3.0
+    check(maps)
+    assert len(cache) == 1
+
+
+@pytest.mark.skipif("cpp" not in KERNEL_BACKENDS, reason="extension not built")
+def test_decoders_beyond_the_cpu_kernel_are_computed_by_auto_and_named_by_cpp():
+    """A deep MLP (9 layers) or many maps (9) fold into a program the cpp kernel cannot hold: 'auto'
+    (cpp on the CPU) used to fail inside the kernel; it now computes it with the reference, and an
+    explicit 'cpp' says why it refuses."""
+    rng = random.Random(41)
+    deep = ConcatDecoder([lin(a, b) for a, b in zip([3] + [5] * 8, [5] * 8 + [1])])
+    wide = ConcatDecoder([lin(9, 6), lin(6, 1)])
+    for decoder, maps in ((deep, random_maps(rng, [3], batch=2)), (wide, random_maps(rng, [1] * 9, batch=2))):
+        decoder, maps = cast(decoder, torch.float32), [m.float() for m in maps]
+        coords = torch.rand(2, 30, 2) * 2 - 1
+        want = implicit_decode([m.double() for m in maps], coords.double(), decoder, backend="torch")
+        assert rel_err(implicit_decode(maps, coords, decoder), want) < 1e-5
+        with pytest.raises(ValueError, match="at most 8 layers and 8 maps"):
+            implicit_decode(maps, coords, decoder, backend="cpp")

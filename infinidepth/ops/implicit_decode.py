@@ -65,15 +65,21 @@ def _in_dtype(decoder, dtype: torch.dtype):
     return type(decoder)(**{k: cast(v) for k, v in vars(decoder).items()})
 
 
-def _weights_key(decoder) -> tuple:
-    """Which tensors, in which state, ``decoder`` holds: each one's identity and in-place version."""
+def _fold_key(maps, decoder) -> tuple:
+    """Which tensors, in which state, a fold was made from: the maps and the decoder's tensors, each
+    held (so that its id cannot pass to a new tensor), with its in-place version and its storage
+    (``param.data = ...`` swaps the storage without a new version)."""
     def flat(v):
         if isinstance(v, torch.Tensor):
-            yield id(v), v._version
+            yield v, v._version, v.data_ptr()
         elif isinstance(v, (list, tuple)):
             for x in v:
                 yield from flat(x)
-    return tuple(flat(list(vars(decoder).values())))
+    return tuple(flat([list(maps), list(vars(decoder).values())]))
+
+
+def _same_fold_key(a: tuple, b: tuple) -> bool:
+    return len(a) == len(b) and all(x[0] is y[0] and x[1:] == y[1:] for x, y in zip(a, b))
 
 
 def _check_maps(maps: Sequence[torch.Tensor]) -> None:
@@ -189,34 +195,52 @@ def implicit_decode(
     weights and every layer (one-sided at feature-cell borders, where bilinear interpolation has a
     kink). The reference gets it from autograd; the fused kernels carry the two tangents alongside
     the value.
+
+    The fused kernels have no backward: where autograd records the call (grad mode on and a map,
+    the coordinates or a decoder tensor requiring grad) every backend computes through the
+    reference, so that gradients reach them. ``auto`` also takes the reference for a decoder that
+    folds into more than the ``cpp`` kernel holds (8 layers, 8 maps); ``cpp`` refuses it by name.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
     _check_maps(maps)
     check_decoder(decoder, [m.shape[1] for m in maps])
     check_coords(coords, maps[0].shape[0])
-    backend = resolve_decoder_backend(backend, maps[0].device)
+    requested, backend = backend, resolve_decoder_backend(backend, maps[0].device)
     if backend == "cpp":
         check_cpu_precision(precision)
+    if backend != "torch" and _tracks_gradients(maps, coords, decoder):
+        # The fused kernels have no backward (and the fold runs without autograd): their output
+        # would carry no gradient, or a silent None, to the maps, the weights or the coordinates.
+        # Where autograd must see the computation, the reference computes the same function.
+        backend = "torch"
     if backend != "torch":
         from .fold import fold_decoder, run_fused
 
-        # The fold depends on the weights: a decoder changed in place since (an optimiser step,
-        # load_state_dict) or another model's decoder on these features folds afresh. A traced
-        # program folds in its graph (versions are not known while tracing).
+        # The fold depends on the weights and the maps: a decoder changed in place since (an
+        # optimiser step, load_state_dict), another model's decoder on these features, maps changed
+        # in place or other maps under the same dict fold afresh. A traced program folds in its
+        # graph (versions are not known while tracing).
         if torch.compiler.is_compiling():
             cache = None
-        key, weights = ("folded", backend), (_weights_key(decoder) if cache is not None else ())
+        key, weights = ("folded", backend), (_fold_key(maps, decoder) if cache is not None else ())
         held = cache.get(key) if cache is not None else None
-        folded = held[1] if held is not None and held[0] == weights else None
+        folded = held[1] if held is not None and _same_fold_key(held[0], weights) else None
         if folded is None:
             folded = fold_decoder([m.float() for m in maps], _in_dtype(decoder, torch.float32))
             if cache is not None:
                 cache[key] = (weights, folded)
-        out = run_fused(folded, coords.float(), backend, precision, with_grad)
-        if with_grad:
-            return out[..., 0].to(maps[0].dtype), out[..., 1:].to(maps[0].dtype)
-        return out.to(maps[0].dtype)
+        too_long = _beyond_cpu_kernel(folded) if backend == "cpp" else None
+        if too_long and requested != "auto":
+            raise ValueError(f"backend 'cpp' runs folded programs of at most {CPU_KERNEL_LAYERS} layers and "
+                             f"{CPU_KERNEL_MAPS} maps; this decoder folds into {too_long}: use backend 'torch' "
+                             "(or 'auto', which does so for such decoders)")
+        if not too_long:
+            out = run_fused(folded, coords.float(), backend, precision, with_grad)
+            if with_grad:
+                return out[..., 0].to(maps[0].dtype), out[..., 1:].to(maps[0].dtype)
+            return out.to(maps[0].dtype)
+        # auto: the kernel cannot hold this program; the reference computes it
     coords = coords.to(maps[0].dtype)
     decoder = _in_dtype(decoder, maps[0].dtype)
     # One pass when tracing for torch.compile / torch.export: a loop over chunks would fix the
@@ -238,6 +262,35 @@ def implicit_decode(
     if with_grad:
         return out, (torch.cat(grads, dim=1) if grads else coords.new_zeros((coords.shape[0], 0, 2)))
     return out
+
+
+#: the largest program the ``cpp`` kernel holds (kMaxLayers, kMaxMaps of csrc/fused_decode.h)
+CPU_KERNEL_LAYERS, CPU_KERNEL_MAPS = 8, 8
+
+
+def _beyond_cpu_kernel(folded) -> str | None:
+    """What of the folded program exceeds the ``cpp`` kernel's limits, in words; None where it fits."""
+    layers, maps = len(folded.layers), sum(len(l.maps) for l in folded.layers)
+    if layers <= CPU_KERNEL_LAYERS and maps <= CPU_KERNEL_MAPS:
+        return None
+    return f"{layers} layers with {maps} maps"
+
+
+def _tracks_gradients(maps, coords, decoder) -> bool:
+    """Whether autograd records this decode: grad mode on and a map, the coordinates or a decoder
+    tensor requires grad."""
+    if not torch.is_grad_enabled():
+        return False
+    tensors = [*maps, coords]
+
+    def flat(v):
+        if isinstance(v, torch.Tensor):
+            tensors.append(v)
+        elif isinstance(v, (list, tuple)):
+            for x in v:
+                flat(x)
+    flat(list(vars(decoder).values()))
+    return any(t.requires_grad for t in tensors)
 
 
 def _decode_with_grad(maps, coords, decoder) -> tuple[torch.Tensor, torch.Tensor]:
