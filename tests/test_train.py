@@ -556,3 +556,38 @@ def test_demo_model_script_runs_end_to_end_at_another_input(tmp_path):
     run = subprocess.run([*common, "--work", str(tmp_path / "other"), "--encoder-from", str(tmp_path / "none.safetensors")],
                          capture_output=True, text=True)
     assert run.returncode == 2 and "no model file" in run.stderr and not (tmp_path / "other").exists()
+
+
+def test_training_checkpoints_with_their_heads_load_the_backbone(tmp_path):
+    """DINOv2's and DINOv3's teacher_checkpoint.pth hold the whole teacher: {"teacher": {"backbone.*",
+    "dino_head.*", "ibot_head.*"}}. The heads kept the backbone's prefix from being stripped, and
+    nothing of the backbone loaded."""
+    donor = from_preset("tiny", seed=3)
+    sd = {f"backbone.{k}": v for k, v in donor.encoder.state_dict().items()}
+    sd["dino_head.mlp.0.weight"] = torch.zeros(8, 64)
+    sd["ibot_head.last_layer.weight"] = torch.zeros(8, 64)
+    torch.save({"teacher": sd}, tmp_path / "teacher_checkpoint.pth")
+    model = from_preset("tiny", seed=4)
+    load_pretrained_encoder(model, tmp_path / "teacher_checkpoint.pth")
+    assert all(torch.equal(a, b) for a, b in zip(model.encoder.state_dict().values(), donor.encoder.state_dict().values()))
+    dinov2, _ = dinov2_backbone("reg4")  # the DINOv2 layout, recognised behind the heads too
+    torch.save({"teacher": {**{f"backbone.{k}": v for k, v in dinov2.items()}, "dino_head.mlp.0.bias": torch.zeros(8)}},
+               tmp_path / "dinov2_teacher.pth")
+    paper = tiny_paper_model()
+    load_pretrained_encoder(paper, tmp_path / "dinov2_teacher.pth")
+    assert paper.encoder.config.position == "learned" and torch.equal(paper.encoder.pos_embed, dinov2["pos_embed"])
+
+
+def test_dinov3_files_that_do_not_fit_name_the_difference(tmp_path):
+    """A DINOv3-layout file of another width, depth, patch or storage-token count is named in
+    words before the key-by-key list (which stays)."""
+    torch.save(from_preset("paper-small").encoder.state_dict(), tmp_path / "small.pth")
+    with pytest.raises(CheckpointError, match=r"384 wide with 12 blocks, patch 16, 4 storage tokens, 6 heads; the model's "
+                                              r"encoder is 64 wide with 4 blocks(.|\n)*shape mismatches"):
+        load_pretrained_encoder(from_preset("tiny"), tmp_path / "small.pth")
+    sd = from_preset("tiny").encoder.state_dict()
+    sd["storage_tokens"] = torch.zeros(1, 2, 64)
+    sd["patch_embed.proj.weight"] = torch.zeros(64, 3, 14, 14)
+    torch.save(sd, tmp_path / "p14.pth")
+    with pytest.raises(CheckpointError, match="patch 14, 2 storage tokens.*needs patch_size=14 and n_storage_tokens=2"):
+        load_pretrained_encoder(from_preset("tiny"), tmp_path / "p14.pth")

@@ -56,6 +56,10 @@ def read_encoder_state(path) -> dict[str, torch.Tensor]:
     changed = True
     while changed:
         changed = False
+        # A training checkpoint's teacher holds its heads beside the backbone ({"teacher":
+        # {"backbone.*", "dino_head.*", "ibot_head.*"}}): drop them at each level, so that the
+        # backbone's prefix is seen on every key that is left.
+        sd = {k: v for k, v in sd.items() if not k.startswith(IGNORED)}
         for prefix in PREFIXES:
             if sd and all(k.startswith(prefix) for k in sd):
                 sd = {k[len(prefix):]: v for k, v in sd.items()}
@@ -119,4 +123,36 @@ def load_pretrained_encoder(model, path) -> None:
     for k in own:
         if k not in sd and k.startswith("rope_embed."):
             sd[k] = own[k]
-    load_state_dict_strict(encoder, sd, source=f"pretrained encoder {path}")
+    try:
+        load_state_dict_strict(encoder, sd, source=f"pretrained encoder {path}")
+    except CheckpointError as e:
+        summary = _layout_mismatch(sd, encoder.config)
+        if summary is None:
+            raise
+        raise CheckpointError(f"pretrained encoder {path}: {summary}\n{e}") from None
+
+
+def _layout(width, depth, patch, tokens, heads) -> str:
+    return f"{width} wide with {depth} blocks, patch {patch}, {tokens} storage tokens" + (f", {heads} heads" if heads else "")
+
+
+def _layout_mismatch(sd: dict[str, torch.Tensor], like: ViTConfig) -> str | None:
+    """The file's ViT (width, depth, patch, storage tokens, heads where its RoPE periods tell) against
+    the model's encoder, in words, where they differ; None where they agree or the file does not say."""
+    if "cls_token" not in sd or "patch_embed.proj.weight" not in sd:
+        return None
+    width = sd["cls_token"].shape[-1]
+    depth = len({int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))})
+    patch = sd["patch_embed.proj.weight"].shape[-1]
+    tokens = sd["storage_tokens"].shape[1] if "storage_tokens" in sd else 0
+    periods = sd.get("rope_embed.periods")
+    heads = width // (4 * periods.numel()) if periods is not None and periods.numel() and like.position == "rope" else None
+    file = (width, depth, patch, tokens, heads)
+    own = (like.embed_dim, like.depth, like.patch_size, like.n_storage_tokens, like.num_heads if heads else None)
+    if file == own:
+        return None
+    if file[:2] != own[:2] or file[4] != own[4]:
+        hint = "pick the preset of that size (ViT-S: paper-small, ViT-B: paper-base, ViT-L: paper-large or official-large)"
+    else:
+        hint = f"the encoder's ViTConfig needs patch_size={patch} and n_storage_tokens={tokens}"
+    return f"the file's ViT is {_layout(*file)}; the model's encoder is {_layout(*own)}: {hint}"
