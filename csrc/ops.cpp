@@ -216,11 +216,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gs_composite_cpu_impl(
 
 bool cpu_supports_bf16_op() { return cpu_supports_bf16(); }
 
+std::vector<int64_t> fused_decode_limits_op() { return {kMaxLayers, kMaxMaps}; }
+
 }  // namespace
 
 TORCH_LIBRARY(infinidepth, m) {
   // Whether the CPU kernel can run precision "bf16" (AVX512_BF16).
   m.def("cpu_supports_bf16() -> bool", &cpu_supports_bf16_op);
+  // The largest folded program fused_decode runs, on the CPU and CUDA alike: (layers, maps).
+  m.def("fused_decode_limits() -> int[]", &fused_decode_limits_op);
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
   m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
   // The same program carrying the forward-mode tangents: [B, N, 3] = (value, d/dy, d/dx) per query.

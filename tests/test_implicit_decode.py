@@ -569,5 +569,5 @@ def test_decoders_beyond_the_cpu_kernel_are_computed_by_auto_and_named_by_cpp():
         coords = torch.rand(2, 30, 2) * 2 - 1
         want = implicit_decode([m.double() for m in maps], coords.double(), decoder, backend="torch")
         assert rel_err(implicit_decode(maps, coords, decoder), want) < 1e-5
-        with pytest.raises(ValueError, match="at most 8 layers and 8 maps"):
+        with pytest.raises(ValueError, match="backend .cpp.: this decoder folds into .* where the kernel takes 8 layers and 8 maps"):
             implicit_decode(maps, coords, decoder, backend="cpp")

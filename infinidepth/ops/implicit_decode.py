@@ -25,7 +25,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .gather import bilinear_gather_reference, check_coords, check_feature_map, resolve_backend
+from .gather import HAS_EXTENSION, bilinear_gather_reference, check_coords, check_feature_map, resolve_backend
 
 Linear = tuple[torch.Tensor, torch.Tensor]  # (weight [out, in], bias [out])
 
@@ -199,7 +199,7 @@ def implicit_decode(
     The fused kernels have no backward: where autograd records the call (grad mode on and a map,
     the coordinates or a decoder tensor requiring grad) every backend computes through the
     reference, so that gradients reach them. ``auto`` also takes the reference for a decoder that
-    folds into more than the ``cpp`` kernel holds (8 layers, 8 maps); ``cpp`` refuses it by name.
+    folds into more than the compiled kernels hold (8 layers, 8 maps); ``cpp`` and ``cuda`` refuse it by name.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be fp32, bf16 or fp16, got {precision!r}")
@@ -230,10 +230,9 @@ def implicit_decode(
             folded = fold_decoder([m.float() for m in maps], _in_dtype(decoder, torch.float32))
             if cache is not None:
                 cache[key] = (weights, folded)
-        too_long = _beyond_cpu_kernel(folded) if backend == "cpp" else None
+        too_long = _beyond_kernel(folded) if backend in ("cpp", "cuda") else None
         if too_long and requested != "auto":
-            raise ValueError(f"backend 'cpp' runs folded programs of at most {CPU_KERNEL_LAYERS} layers and "
-                             f"{CPU_KERNEL_MAPS} maps; this decoder folds into {too_long}: use backend 'torch' "
+            raise ValueError(f"backend {backend!r}: this decoder folds into {too_long}; use backend 'torch' "
                              "(or 'auto', which does so for such decoders)")
         if not too_long:
             out = run_fused(folded, coords.float(), backend, precision, with_grad)
@@ -264,16 +263,18 @@ def implicit_decode(
     return out
 
 
-#: the largest program the ``cpp`` kernel holds (kMaxLayers, kMaxMaps of csrc/fused_decode.h)
-CPU_KERNEL_LAYERS, CPU_KERNEL_MAPS = 8, 8
+#: the largest folded program the compiled kernels run, (layers, maps): ``cpp`` and ``cuda`` share
+#: kMaxLayers, kMaxMaps of csrc/fused_decode.h. Read once here, not in a call that may be traced.
+KERNEL_LIMITS = tuple(torch.ops.infinidepth.fused_decode_limits()) if HAS_EXTENSION else (0, 0)
 
 
-def _beyond_cpu_kernel(folded) -> str | None:
-    """What of the folded program exceeds the ``cpp`` kernel's limits, in words; None where it fits."""
+def _beyond_kernel(folded) -> str | None:
+    """What of the folded program exceeds :data:`KERNEL_LIMITS`, in words; None where it fits."""
+    max_layers, max_maps = KERNEL_LIMITS
     layers, maps = len(folded.layers), sum(len(l.maps) for l in folded.layers)
-    if layers <= CPU_KERNEL_LAYERS and maps <= CPU_KERNEL_MAPS:
+    if layers <= max_layers and maps <= max_maps:
         return None
-    return f"{layers} layers with {maps} maps"
+    return f"{layers} layers with {maps} maps, where the kernel takes {max_layers} layers and {max_maps} maps"
 
 
 def _tracks_gradients(maps, coords, decoder) -> bool:
