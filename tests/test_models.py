@@ -279,3 +279,11 @@ def test_prompt_median_is_torch_quantile_and_takes_more_than_2_24_values():
         torch.testing.assert_close(median_of(x), torch.quantile(x, 0.5), rtol=1e-6, atol=0)
     x = torch.cat([torch.ones(2**23 + 1), torch.zeros(2**23 + 1)])    # torch.quantile refuses this many
     assert median_of(x).item() == 0.5
+
+
+def test_intermediate_layers_out_of_range_are_named(models):
+    vit = models["tiny"].encoder
+    n = len(vit.blocks)
+    with pytest.raises(ValueError, match=rf"intermediate layers \[{n}\] out of range: this ViT has blocks 0..{n - 1}"):
+        vit.intermediate_layers(torch.rand(1, 3, 32, 32), [0, n])
+    assert len(vit.intermediate_layers(torch.rand(1, 3, 32, 32), [0, n - 1])) == 2

@@ -212,6 +212,9 @@ class VisionTransformer(nn.Module):
 
     def intermediate_layers(self, x: torch.Tensor, layers: list[int]) -> list[torch.Tensor]:
         """Normalised patch tokens ``[B, h*w, D]`` after each block index in ``layers``."""
+        bad = [i for i in layers if not 0 <= i < len(self.blocks)]
+        if bad:
+            raise ValueError(f"intermediate layers {bad} out of range: this ViT has blocks 0..{len(self.blocks) - 1}")
         B, _, H, W = x.shape
         p = self.patch_size
         h, w = H // p, W // p
