@@ -213,3 +213,33 @@ def test_torch_rasteriser_agrees_with_gsplat():
     cuda = Gaussians(*(t.cuda() for t in (scene.means, scene.scales, scene.rotations, scene.opacities, scene.sh)))
     theirs = render_gsplat(cuda, torch.eye(4), K, (240, 320))["rgb"].clamp(0, 1).cpu()
     assert psnr(ours, theirs) > 40
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_gather_gradients_on_gpu(backend):
+    """The kernels' backward (grid_sample's, registered on the custom op) on CUDA tensors."""
+    torch.manual_seed(3)
+    feat = torch.randn(2, 3, 4, 5, device="cuda")
+    coords = torch.rand(2, 9, 2, device="cuda") * 2.4 - 1.2
+    grad = torch.randn(2, 9, 3, device="cuda")
+    f64, c64 = feat.double().requires_grad_(), coords.double().requires_grad_()
+    want = torch.autograd.grad(bilinear_gather_reference(f64, c64), (f64, c64), grad.double())
+    f, c = feat.clone().requires_grad_(), coords.clone().requires_grad_()
+    got = torch.autograd.grad(bilinear_gather(f, c, backend=backend), (f, c), grad)
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < FP32_TOL
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_inverse_cdf_samples_stay_inside_their_cell_on_gpu(backend):
+    from infinidepth.ops.inverse_cdf import inverse_cdf_sample
+
+    H = W = 2048
+    w = torch.zeros(1, H, W, device="cuda")
+    w[0, -1, -1] = 1.0
+    coords, cells = inverse_cdf_sample(w, 200_000, seed=0, backend=backend)
+    assert coords.max().item() < 1.0
+    want = inverse_cdf_sample(w.cpu(), 200_000, seed=0, backend="torch")
+    assert torch.equal(cells.cpu(), want[1]) and (coords.cpu() - want[0]).abs().max().item() <= 1e-6
+    py = ((coords[0, :, 0].double() + 1) / 2 * H).floor().long()   # every sample floors back into its cell
+    assert torch.equal(py.cpu(), want[1][0] // W)
