@@ -21,7 +21,7 @@ decode and end to end: above 1 is faster than the released-style path), and memo
 allocator on a GPU and from the process's resident-memory high-water mark on Linux CPUs (reset before
 each decode), plus the output's own size. The total excludes allocating and zeroing the output.
 
-Every path decodes the same encoded image in the same tiles of output rows (``TILE`` queries). Before
+Every path decodes the same encoded image in the same tiles of output rows (decode_grid's default tile). Before
 anything is timed, each path runs once on a small map and once on each distinct tile of each size
 (compilation, Triton's autotuning per query count, allocator caches: not what a user waits for
 each image); the report records the command line, the device and the torch version.
@@ -40,13 +40,12 @@ import time
 import numpy as np
 import torch
 
+from infinidepth.models.base import default_tile
+
 SIZES = {"1k": (768, 1024), "2k": (1080, 1920), "4k": (2160, 3840), "8k": (4320, 7680), "16k": (8640, 15360)}
 INPUT = (768, 1024)
 BASELINE = "released-style"
 BASELINE_CHUNK = 10_000
-# Output pixels decoded per tile (whole rows), by device type: ImplicitDepthModel.decode_grid's defaults,
-# passed explicitly so that the warm-up meets every tile shape the timed runs decode.
-TILE = {"cuda": 2**22, "cpu": 2**18}
 
 
 def parse_sizes(text: str) -> list[tuple[str, tuple[int, int]]]:
@@ -114,8 +113,9 @@ def _reset_peak_rss() -> bool:
 
 
 def tile_rows(device, width: int) -> int:
-    """Output rows per tile for an output ``width`` wide."""
-    return max(1, TILE.get(device.type, TILE["cpu"]) // width)
+    """Output rows per tile for an output ``width`` wide: decode_grid's default tile, passed
+    explicitly so that the warm-up meets every tile shape the timed runs decode."""
+    return max(1, default_tile(device) // width)
 
 
 def decode_released_style(model, feats, size, out) -> None:

@@ -65,7 +65,7 @@ def test_released_style_baseline_decodes_chunks_of_ten_thousand_queries():
 def test_warm_up_meets_every_tile_the_timed_runs_decode(monkeypatch):
     """Triton autotunes once per query-count bucket on a GPU: every (path, tile) a timed run decodes
     was decoded in the warm-up before it, the last, shorter tile of a size included."""
-    monkeypatch.setattr(bench, "TILE", {"cpu": 200, "cuda": 200})
+    monkeypatch.setattr(bench, "default_tile", lambda device: 200)
     model = from_preset("tiny")
     image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
     sizes = [("a", (10, 50)), ("b", (3, 70))]

@@ -672,11 +672,12 @@ def render_set(out, scenes: int, size: tuple[int, int], views: int = 1, seed: in
 
     from infinidepth.io import atomic_path
 
+    from .transforms import check_size
+
     out = Path(out)
     if scenes <= 0 or views <= 0:
         raise ValueError(f"scenes and views must be positive, got {scenes} and {views}")
-    if not (len(size) == 2 and all(int(v) == v and v > 0 for v in size)):   # before index.json records it
-        raise ValueError(f"render size must be two positive integers (height, width), got {size!r}")
+    size = check_size(size, "render size")   # before index.json records it
     index = {"format": FORMAT, "size": [int(size[0]), int(size[1])], "scenes": int(scenes), "views": int(views),
              "seed": int(seed), "baseline": float(baseline)}
     if (out / "index.json").is_file():

@@ -219,7 +219,7 @@ class ImplicitDepthModel(nn.Module):
             raise ValueError(f"output size must be positive, got {H}x{W}")
         y0, x0, y1, x1 = check_region(region, (H, W))
         B, h, w = feats.batch, y1 - y0, x1 - x0
-        tile = as_int(tile, "tile") if tile is not None else (2**22 if self.device.type == "cuda" else 2**18)
+        tile = as_int(tile, "tile") if tile is not None else default_tile(self.device)
         if tile <= 0:
             raise ValueError(f"tile must be positive, got {tile}")
         out = self._output(out, B, h, w)
@@ -315,6 +315,11 @@ class ImplicitDepthModel(nn.Module):
         # the image's colours with its border pixels repeated outward (zero padding would darken the edges)
         colors = bilinear_gather_reference(image.to(self.device, torch.float32), clamp_to_pixel_centres(coords, H, W)).clamp(0, 1)
         return SampledPoints(coords, depth, points, to_world(points, camera_to_world), colors)
+
+
+def default_tile(device: torch.device) -> int:
+    """Output pixels :meth:`ImplicitDepthModel.decode_grid` decodes per tile by default (whole rows)."""
+    return 2**22 if torch.device(device).type == "cuda" else 2**18
 
 
 def int_tuple(values, n: int, message: str) -> tuple[int, ...]:

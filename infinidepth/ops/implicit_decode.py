@@ -65,17 +65,22 @@ def _in_dtype(decoder, dtype: torch.dtype):
     return type(decoder)(**{k: cast(v) for k, v in vars(decoder).items()})
 
 
+def _tensors(v):
+    """Every tensor in ``v``: a tensor, nested lists and tuples of them, or a decoder's fields."""
+    if isinstance(v, (ConcatDecoder, HierarchicalDecoder)):
+        v = list(vars(v).values())
+    if isinstance(v, torch.Tensor):
+        yield v
+    elif isinstance(v, (list, tuple)):
+        for x in v:
+            yield from _tensors(x)
+
+
 def _fold_key(maps, decoder) -> tuple:
     """Which tensors, in which state, a fold was made from: the maps and the decoder's tensors, each
     held (so that its id cannot pass to a new tensor), with its in-place version and its storage
     (``param.data = ...`` swaps the storage without a new version)."""
-    def flat(v):
-        if isinstance(v, torch.Tensor):
-            yield v, v._version, v.data_ptr()
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                yield from flat(x)
-    return tuple(flat([list(maps), list(vars(decoder).values())]))
+    return tuple((t, t._version, t.data_ptr()) for t in _tensors([list(maps), decoder]))
 
 
 def _same_fold_key(a: tuple, b: tuple) -> bool:
@@ -280,18 +285,7 @@ def _beyond_kernel(folded) -> str | None:
 def _tracks_gradients(maps, coords, decoder) -> bool:
     """Whether autograd records this decode: grad mode on and a map, the coordinates or a decoder
     tensor requires grad."""
-    if not torch.is_grad_enabled():
-        return False
-    tensors = [*maps, coords]
-
-    def flat(v):
-        if isinstance(v, torch.Tensor):
-            tensors.append(v)
-        elif isinstance(v, (list, tuple)):
-            for x in v:
-                flat(x)
-    flat(list(vars(decoder).values()))
-    return any(t.requires_grad for t in tensors)
+    return torch.is_grad_enabled() and any(t.requires_grad for t in _tensors([list(maps), coords, decoder]))
 
 
 def _decode_with_grad(maps, coords, decoder) -> tuple[torch.Tensor, torch.Tensor]:
