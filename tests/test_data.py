@@ -387,7 +387,7 @@ def test_iterating_a_dataset_stops_at_its_end(tmp_path):
 
 def test_bad_settings_are_refused_when_the_dataset_is_built(tmp_path):
     tartan_frame(tmp_path, "000000", np.ones((16, 16), np.float32))
-    with pytest.raises(ValueError, match="size must be two positive integers"):
+    with pytest.raises(ValueError, match=r"TartanAir: size must be \(height, width\), two positive whole numbers"):
         TartanAir(tmp_path, size=(0, 8))
     with pytest.raises(ValueError, match="Augment.scale"):
         Augment(scale=(1.0, 0.5))

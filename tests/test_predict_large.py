@@ -52,8 +52,8 @@ def test_bad_regions_and_outputs_are_refused(model, image):
     for region in [(0, 0, 0, 5), (0, 0, 38, 53), (-1, 0, 5, 5), (3, 3, 2, 5), (1, 2, 3), (0, 0, 5.5, 5)]:
         with pytest.raises(ValueError, match="region"):
             model.predict(image, output_size=(37, 53), region=region)
-    for size in [(10.5, 5), (8, "8"), (8,), (True, 3)]:      # not truncated to 10x5, not an obscure TypeError
-        with pytest.raises(ValueError, match="output_size must be two integers"):
+    for size in [(10.5, 5), (8, "8"), (8,), (True, 3), (0, 5), (5, -1)]:   # not truncated to 10x5, not an obscure TypeError
+        with pytest.raises(ValueError, match="output_size must be .*two positive whole numbers"):
             model.predict(image, output_size=size)
     sizes = [(np.int64(9), 7), torch.Size([9, 7]), (torch.tensor(9), 7), torch.tensor([9, 7])]  # integers are fine
     assert all(model.predict(image, output_size=s, backend="cpp").shape == (1, 1, 9, 7) for s in sizes)

@@ -354,7 +354,7 @@ def test_scale_intrinsics_takes_integer_and_untyped_intrinsics():
         torch.testing.assert_close(scale_intrinsics(K, (480, 640), (240, 320)), want)
     torch.testing.assert_close(scale_intrinsics(torch.tensor(rows), (480, 640), (np.int64(240), torch.tensor(320))), want)
     for bad in [(0, 640), (480.0, 640), (-480, 640), (480, 640, 3), None]:
-        with pytest.raises(ValueError, match="from_size must be a"):
+        with pytest.raises(ValueError, match=r"from_size must be \(height, width\)"):
             scale_intrinsics(want, bad, (240, 320))
     with pytest.raises(ValueError, match=r"\[3, 3\]"):
         scale_intrinsics(torch.eye(4), (480, 640), (240, 320))
@@ -390,3 +390,16 @@ def test_point_colours_at_the_image_border_are_the_border_pixels(tmp_path, capsy
                  "--out", str(tmp_path / "o"), "--quiet"]) == 0, capsys.readouterr().err
     v = PlyData.read(str(tmp_path / "o" / "grey.ply"))["vertex"]
     assert (v["red"] == 200).all() and (v["green"] == 200).all() and (v["blue"] == 200).all()
+
+
+def test_check_size_is_the_one_size_rule():
+    """Images, render targets and output grids share one check: whole positive numbers, else a
+    ValueError that names the argument (a float is refused rather than truncated)."""
+    from infinidepth.sampling import check_size
+
+    for good in [(3, 4), [3, 4], (np.int64(3), 4), (torch.tensor(3), 4), torch.Size([3, 4]), torch.tensor([3, 4])]:
+        assert check_size(good, "x") == (3, 4)
+        assert all(type(v) is int for v in check_size(good, "x"))
+    for bad in [(0, 4), (3, -1), (3.0, 4), (2.7, 4), (True, 4), ("3", 4), (3,), (3, 4, 5), 3, None, torch.tensor([3.0, 4.0])]:
+        with pytest.raises(ValueError, match=r"render size must be \(height, width\), two positive whole numbers, got"):
+            check_size(bad, "render size")

@@ -23,7 +23,9 @@ import torch
 
 from infinidepth.io import InputError, read_depth, read_image
 
-from .transforms import Augment, check_intrinsics, check_size, clean_depth, prepare
+from infinidepth.sampling.camera import check_size
+
+from .transforms import Augment, check_intrinsics, clean_depth, prepare
 
 log = logging.getLogger("infinidepth.data")
 

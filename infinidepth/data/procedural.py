@@ -672,7 +672,7 @@ def render_set(out, scenes: int, size: tuple[int, int], views: int = 1, seed: in
 
     from infinidepth.io import atomic_path
 
-    from .transforms import check_size
+    from infinidepth.sampling.camera import check_size
 
     out = Path(out)
     if scenes <= 0 or views <= 0:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from infinidepth.sampling.camera import scale_intrinsics
+from infinidepth.sampling.camera import check_size, scale_intrinsics
 
 
 def clean_depth(depth, max_depth: float | None = None, min_depth: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,18 +93,6 @@ class Augment:
         if not 0 <= color <= 1:   # beyond 1 the gamma factor 1 +- color can go negative: 0 ** negative is inf
             raise ValueError(f"Augment.color must be in [0, 1], got {self.color!r}")
         self.color = color
-
-
-def check_size(size, what: str = "size") -> tuple[int, int]:
-    """``(h, w)`` of two positive integers, or a ValueError naming ``what``."""
-    try:
-        h, w = size
-        ok = int(h) == h and int(w) == w and h > 0 and w > 0
-    except (TypeError, ValueError):
-        ok = False
-    if not ok:
-        raise ValueError(f"{what} must be two positive integers (height, width), got {size!r}")
-    return int(h), int(w)
 
 
 def check_intrinsics(K) -> torch.Tensor:

@@ -22,6 +22,8 @@ import math
 import numpy as np
 import torch
 
+from infinidepth.sampling.camera import check_intrinsics, check_size
+
 from .gaussians import Gaussians, covariances
 
 SH_C1 = 0.4886025119029199
@@ -53,24 +55,9 @@ def eval_sh(sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     return (out + 0.5).clamp_min(0)
 
 
-def check_size(size) -> tuple[int, int]:
-    """``(height, width)``: two positive whole numbers (a float such as 2.7 is refused, not truncated)."""
-    try:
-        H, W = size
-    except (TypeError, ValueError):
-        raise ValueError(f"image size must be (height, width), got {size!r}") from None
-    if any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) for v in (H, W)):
-        raise ValueError(f"image size must be two whole numbers (height, width), got {size!r}")
-    if H <= 0 or W <= 0:
-        raise ValueError(f"image size must be positive, got {size}")
-    return int(H), int(W)
-
-
 def check_camera(world_to_camera, K, size) -> tuple[torch.Tensor, torch.Tensor]:
     """``world_to_camera`` a rigid ``[4, 4]`` transform (a rotation, within 1e-4, and a translation;
-    bottom row ``[0, 0, 0, 1]``), ``K`` pinhole intrinsics, ``size`` as :func:`check_size`."""
-    from infinidepth.sampling import check_intrinsics
-
+    bottom row ``[0, 0, 0, 1]``), ``K`` pinhole intrinsics, ``size`` ``(height, width)``."""
     Kt = check_intrinsics(K, 1, dtype=torch.float64)[0]
     T = torch.as_tensor(world_to_camera, dtype=torch.float64)
     if T.shape != (4, 4):
@@ -84,7 +71,7 @@ def check_camera(world_to_camera, K, size) -> tuple[torch.Tensor, torch.Tensor]:
                          f"det {det:.3g}; no scaling, shearing or mirroring)")
     if (T[3] - torch.tensor([0.0, 0, 0, 1], dtype=torch.float64)).abs().max() > 1e-4:
         raise ValueError(f"world_to_camera's bottom row must be [0, 0, 0, 1], got {T[3].tolist()}")
-    check_size(size)
+    check_size(size, "image size")
     return T, Kt
 
 
@@ -191,7 +178,7 @@ def render_cpp(g: Gaussians, world_to_camera, K, size: tuple[int, int], backgrou
     """The C++ CPU rasteriser (``csrc/gs_composite_cpu.cpp``): the same projection and tiles as
     :func:`render_torch`, then each pixel walks its tile's list front to back and stops where the
     reference's weights become zero for good (transmittance below 1e-4). Forward only: no gradients."""
-    H, W = check_size(size)
+    H, W = check_size(size, "image size")
     bg = check_background(background).to(g.means.dtype)
     mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
     g_of, per_tile, first = bin_tiles(mean2d, conic, z, visible, (H, W), tile)
@@ -207,7 +194,7 @@ def render_torch(g: Gaussians, world_to_camera, K, size: tuple[int, int], backgr
     Tiles of ``tile x tile`` pixels each composite only the Gaussians whose footprint can reach them
     (:func:`bin_tiles`), every (pixel, Gaussian) pair of the tile evaluated, batched so that about
     ``budget`` pairs are in flight."""
-    H, W = check_size(size)
+    H, W = check_size(size, "image size")
     dev, dt = g.means.device, g.means.dtype
     bg = check_background(background).to(dev, dt)
     mean2d, conic, z, colors, visible = project(g, world_to_camera, K, (H, W))
@@ -260,7 +247,7 @@ def render_gsplat(g: Gaussians, world_to_camera, K, size: tuple[int, int], backg
     """gsplat's CUDA rasteriser (needs a GPU and the gsplat package), same outputs as :func:`render_torch`."""
     if not g.means.is_cuda:
         raise ValueError(f"backend gsplat needs CUDA tensors (the Gaussians are on {g.means.device})")
-    H, W = check_size(size)
+    H, W = check_size(size, "image size")
     T, Kt = check_camera(world_to_camera, K, (H, W))
     bg = check_background(background)
     from gsplat import rasterization

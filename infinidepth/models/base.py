@@ -10,6 +10,7 @@ from torch import nn
 from infinidepth.ops import PRECISIONS, pixel_centers
 from infinidepth.ops.gather import as_int, check_coords, require
 from infinidepth.ops.implicit_decode import check_cpu_precision, resolve_decoder_backend
+from infinidepth.sampling.camera import check_size
 
 # The image spans [-1, 1]. A query further out than +-2 lies more than a whole image outside it
 # (where the released decoder clamps to the edge and the paper's reads zero-padded maps): in
@@ -214,9 +215,7 @@ class ImplicitDepthModel(nn.Module):
     def decode_grid(self, feats: Features, output_size: tuple[int, int], backend: str | None = None,
                     tile: int | None = None, progress: bool = False, region=None, out=None):
         """The decoding half of :meth:`predict`, for features already encoded."""
-        H, W = int_tuple(output_size, 2, f"output_size must be two integers (height, width), got {output_size!r}")
-        if H <= 0 or W <= 0:
-            raise ValueError(f"output size must be positive, got {H}x{W}")
+        H, W = check_size(output_size, "output_size")
         y0, x0, y1, x1 = check_region(region, (H, W))
         B, h, w = feats.batch, y1 - y0, x1 - x0
         tile = as_int(tile, "tile") if tile is not None else default_tile(self.device)

@@ -5,7 +5,7 @@ DESIGN.md section 3. The kernel at the core (stratified inverse-CDF placement) l
 ops in ``infinidepth.ops.inverse_cdf``.
 """
 
-from .camera import backproject, check_camera_to_world, check_intrinsics, rays, scale_intrinsics, to_world
+from .camera import backproject, check_camera_to_world, check_intrinsics, check_size, rays, scale_intrinsics, to_world
 from .normals import surface_normals
 from .surface import surface_area_sample, surface_area_weights
 from .triangle import triangle_area_sample
@@ -15,6 +15,7 @@ __all__ = [
     "backproject",
     "check_camera_to_world",
     "check_intrinsics",
+    "check_size",
     "hole_fraction",
     "knn_spacing",
     "rays",

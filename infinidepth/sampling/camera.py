@@ -41,7 +41,7 @@ def scale_intrinsics(K: torch.Tensor, from_size: tuple[int, int], to_size: tuple
 
     ``K`` ``[3, 3]`` or ``[B, 3, 3]`` (a tensor, array or nested lists; integer entries are promoted
     to float64, since the scaled focal lengths and centres are fractional); sizes are ``(H, W)``."""
-    from_size, to_size = _size(from_size, "from_size"), _size(to_size, "to_size")
+    from_size, to_size = check_size(from_size, "from_size"), check_size(to_size, "to_size")
     K = torch.as_tensor(K)
     if not K.is_floating_point():
         K = K.to(torch.float64)
@@ -52,14 +52,17 @@ def scale_intrinsics(K: torch.Tensor, from_size: tuple[int, int], to_size: tuple
     return S @ K
 
 
-def _size(size, what: str) -> tuple[int, int]:
+def check_size(size, what: str = "size") -> tuple[int, int]:
+    """``(height, width)``: two positive whole numbers (ints, NumPy ints, 0-d integer tensors), or a
+    ValueError naming ``what``. Floats are refused, not truncated: 2.7 is not a size. The one size
+    check of the package: images, render targets, output grids."""
     try:
-        h, w = (operator.index(s) for s in size)  # ints, NumPy ints, 0-d integer tensors; not floats
+        h, w = (operator.index(s) for s in size)
         ok = h > 0 and w > 0 and not any(isinstance(s, bool) for s in size)
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise ValueError(f"{what} must be a (height, width) pair of positive ints, got {size!r}")
+        raise ValueError(f"{what} must be (height, width), two positive whole numbers, got {size!r}")
     return h, w
 
 
