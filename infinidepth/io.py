@@ -73,7 +73,8 @@ def read_depth(path: str | os.PathLike) -> np.ndarray:
     """A depth map ``float32 [H, W]`` in metres; 0 marks missing samples.
 
     ``.npy``/``.npz`` (the array named depth, else data, else the first), 16-bit ``.png`` (millimetres), ``.exr``
-    (first channel, or one named Z/depth), ``.h5``/``.hdf5`` (dataset named depth, else the first).
+    (the channel named Z, else depth, Y, R, also as a layer's last part, ``ViewLayer.Depth.Z``; else the first),
+    ``.h5``/``.hdf5`` (the dataset named depth, else dataset, else data, else the first).
     """
     path = Path(path)
     if not path.is_file():
@@ -133,8 +134,10 @@ def _read_exr(path: Path) -> np.ndarray:
 
     with OpenEXR.File(str(path)) as f:
         channels = f.channels()
-        for name in ("Z", "depth", "Y", "R"):
-            if name in channels:
+        for wanted in ("Z", "depth", "Y", "R"):
+            # also as the last part of a layer's name: a render's "ViewLayer.Depth.Z" beside its colour
+            name = next((n for n in channels if n.split(".")[-1] == wanted), None)
+            if name is not None:
                 return np.asarray(channels[name].pixels, dtype=np.float32)
         first = next(iter(channels.values())).pixels
         return np.asarray(first, dtype=np.float32)[..., 0] if np.ndim(first) == 3 else np.asarray(first, np.float32)
@@ -148,7 +151,8 @@ def _read_h5(path: Path) -> np.ndarray:
         f.visititems(lambda name, obj: found.append(name) if isinstance(obj, h5py.Dataset) else None)
         if not found:
             raise InputError(f"{path}: no dataset inside")
-        name = next((n for n in found if n.split("/")[-1] in ("depth", "dataset", "data")), found[0])
+        named = {n.split("/")[-1]: n for n in reversed(found)}   # the first of each name
+        name = next((named[k] for k in ("depth", "dataset", "data") if k in named), found[0])
         return f[name][()]
 
 

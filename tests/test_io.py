@@ -41,6 +41,7 @@ def write_format(path, depth):
 
         with h5py.File(path, "w") as f:
             f.create_dataset("meta/scale", data=np.ones(1))
+            f.create_dataset("data", data=np.zeros_like(depth))     # listed before depth: not read in its place
             f.create_dataset("depth", data=depth)
 
 
@@ -51,6 +52,18 @@ def test_depth_readers(tmp_path, depth, suffix):
     got = read_depth(path)
     assert got.dtype == np.float32 and got.shape == (3, 4)
     np.testing.assert_allclose(got, depth, atol=1e-3 if suffix == ".png" else 0)
+
+
+def test_exr_depth_of_a_layered_render_is_its_z_channel(tmp_path, depth):
+    # a render's multilayer EXR: colour and alpha in one layer, z-depth in another; the colour (its
+    # red channel, first in the file) is not depth
+    import OpenEXR
+
+    grey = np.full_like(depth, 0.5)
+    channels = {f"ViewLayer.Combined.{c}": grey for c in "RGBA"} | {"ViewLayer.Depth.Z": depth}
+    OpenEXR.File({"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}, channels).write(
+        str(tmp_path / "render.exr"))
+    np.testing.assert_array_equal(read_depth(tmp_path / "render.exr"), depth)
 
 
 def test_depth_reader_errors(tmp_path):
