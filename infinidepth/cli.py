@@ -635,11 +635,12 @@ def run_eval(args) -> list[dict]:
         results.append(r)
         if not args.quiet:
             print(format_table(r))
-    if args.json:
-        with atomic_path(args.json) as tmp:
-            tmp.write_text(json.dumps({"checkpoint": args.checkpoint or DEFAULT_CHECKPOINT, "results": results}, indent=1))
-        if not args.quiet:
-            print(f"wrote {args.json}")
+        if args.json:  # after each benchmark: one that fails later (or Ctrl-C) does not take these scores with it
+            with atomic_path(args.json) as tmp:
+                tmp.write_text(json.dumps({"checkpoint": args.checkpoint or DEFAULT_CHECKPOINT, "results": results},
+                                          indent=1))
+    if args.json and not args.quiet:
+        print(f"wrote {args.json}")
     return results
 
 

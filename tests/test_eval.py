@@ -61,6 +61,8 @@ def test_metrics_reject_bad_input():
         depth_metrics(np.array([[0.0, 1], [1, 1]]), gt)
     with pytest.raises(ValueError, match="no valid"):
         depth_metrics(gt, gt * 0)
+    with pytest.raises(ValueError, match=r"mask \(2,\) and ground truth \(2, 2\) differ"):   # a row is not broadcast
+        align(gt, gt, np.array([True, False]))
 
 
 @pytest.mark.parametrize("space", ["depth", "disparity", "log_depth"])
@@ -371,6 +373,14 @@ def test_synth4k_16_bit_mask_and_truncated_mask(tmp_path, caplog):
     assert len(result["images"]) == 1 and "cannot read the released mask" in caplog.text and str(mask) in caplog.text
 
 
+def test_synth4k_mask_with_an_alpha_channel_is_its_grey_channel(tmp_path):
+    mask = synth4k_game(tmp_path / "a")
+    grey = np.asarray(Image.open(mask))
+    Image.fromarray(np.stack([grey, np.full_like(grey, 255)], axis=-1), "LA").save(mask)   # opaque everywhere
+    result = evaluate(from_preset("tiny"), Synth4K(tmp_path / "a"), progress=False)
+    assert result["images"][0]["hf"]["pixels"] == 120      # not every pixel of the frame
+
+
 def test_synth4k_reads_one_meta_file_per_game_root(tmp_path):
     synth4k_game(tmp_path / "games" / "cyberpunk")
     with pytest.raises(InputError, match="cyberpunk/val.txt.*own root"):
@@ -624,6 +634,20 @@ def test_eval_command_on_the_procedural_set(tmp_path, capsys):
     assert "no frames found" in capsys.readouterr().err
     assert main(["eval", "--dataset", "procedural", "--dataset", "kitti", "--root", str(root)]) == 2
     assert "one --root per --dataset" in capsys.readouterr().err
+
+
+def test_eval_json_keeps_the_benchmarks_scored_before_one_that_fails(tmp_path, capsys):
+    root = tmp_path / "set"
+    render_set(root, scenes=1, size=(32, 48), progress=False)
+    nyu = tmp_path / "nyu" / "scene"
+    rgb(nyu / "rgb_0000.png", 48, 64)
+    Image.fromarray(np.full((48, 64), 20, np.uint8)).save(nyu / "depth_0000.png")   # 8-bit: unreadable as depth
+    out = tmp_path / "scores.json"
+    code = main(["eval", "--dataset", "procedural", "--root", str(root), "--dataset", "nyuv2", "--root",
+                 str(tmp_path / "nyu"), "--checkpoint", "tiny", "--hf-points", "128", "--json", str(out), "--quiet"])
+    assert code == 2 and "no image of NYUv2 could be evaluated" in capsys.readouterr().err
+    results = json.loads(out.read_text())["results"]
+    assert [r["dataset"] for r in results] == ["Procedural"] and len(results[0]["images"]) == 1
 
 
 # -- the grid-head ceiling (benchmarks/grid_ceiling.py) ------------------------------------------

@@ -142,14 +142,18 @@ def _score(pred, gt, mask, name) -> dict:
 
 
 def _read_mask(path) -> np.ndarray:
-    """A released mask PNG as booleans: any non-zero value (of any channel, at any bit depth) is in."""
+    """A released mask PNG as booleans: any non-zero value (of any colour channel, at any bit depth)
+    is in; an alpha channel is not part of the mask (an opaque grey-and-alpha file would be all in)."""
     from PIL import Image
 
     with Image.open(path) as im:
         if im.mode == "P":
             im = im.convert("RGB")
+        bands = im.getbands()
         m = np.asarray(im)
-    return (m[..., :3] != 0).any(axis=-1) if m.ndim == 3 else m != 0
+    if m.ndim == 3:
+        m = m[..., [i for i, band in enumerate(bands) if band != "A"]]
+    return (m != 0).any(axis=-1) if m.ndim == 3 else m != 0
 
 
 def _hf_mask(dataset, i, gt, mask, n, seed) -> np.ndarray:

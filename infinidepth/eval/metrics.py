@@ -96,7 +96,10 @@ def align(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray | None = None, spac
     pred = np.asarray(pred, np.float64)
     if pred.shape != np.shape(gt):
         raise ValueError(f"prediction {pred.shape} and ground truth {np.shape(gt)} differ in shape")
-    mask = (np.ones(pred.shape, bool) if mask is None else np.asarray(mask, bool)) & np.isfinite(gt) & (np.asarray(gt) > 0)
+    mask = np.ones(pred.shape, bool) if mask is None else np.asarray(mask, bool)
+    if mask.shape != pred.shape:   # not broadcast: a row of a mask is not a mask
+        raise ValueError(f"mask {mask.shape} and ground truth {pred.shape} differ in shape")
+    mask = mask & np.isfinite(gt) & (np.asarray(gt) > 0)
     mask &= np.isfinite(pred) & (pred > 0)
     if mask.sum() < 2:
         raise ValueError("need at least 2 pixels where both prediction and ground truth are valid to align")
