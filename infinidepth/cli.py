@@ -769,21 +769,27 @@ def run_gs(args) -> dict:
     input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
-    points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
-    pts = torch.from_numpy(points).to(device)
-    if head is not None:
-        from infinidepth.gs.train import head_inputs
-        from infinidepth.sampling import scale_intrinsics
+    try:  # one sampling either way (the sampler refuses a depth field of NaN or infinities: weights out of range, say)
+        if head is None:
+            points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
+        else:  # the same points, with the network input's colours and the encoder features the head reads
+            from infinidepth.gs.train import head_inputs
+            from infinidepth.sampling import scale_intrinsics
 
-        K_in = scale_intrinsics(K, (H0, W0), input_size).float()
-        p_in, c_in, feats = head_inputs(model, image, K_in.to(device), args.points, args.seed)
+            K_in = scale_intrinsics(K, (H0, W0), input_size).float()
+            p_in, c_in, feats = head_inputs(model, image, K_in.to(device), args.points, args.seed)
+            points = p_in.numpy()
+    except ValueError as e:
+        raise InputError(f"{args.image}: {e}; nothing was written (is the checkpoint sound?)") from None
+    check_finite_output(points, args.image)
+    if head is not None:
         if feats.shape[-1] != head.feature_dim:
             raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feats.shape[-1]}: "
                              "train a head for this depth model with infinidepth train-gs --depth-model")
         with torch.no_grad():
             g = head.to(device)(p_in.to(device), c_in.to(device), feats.to(device), focal=float(K_in[0, 0]))
     else:
-        g = splats_from_points(pts, torch.from_numpy(colors).to(device).float() / 255)
+        g = splats_from_points(torch.from_numpy(points).to(device), torch.from_numpy(colors).to(device).float() / 255)
     depth = float(np.median(points[:, 2]))
     K_r = torch.tensor([[fx * rs[1] / W0, 0, rs[1] / 2], [0, fx * rs[0] / H0, rs[0] / 2], [0, 0, 1]])
 
@@ -805,7 +811,8 @@ def run_gs(args) -> dict:
             with imageio.get_writer(tmp, format="FFMPEG", fps=args.fps, codec="libx264", macro_block_size=1) as writer:
                 for w2c in tqdm(camera_path(args.video, args.frames, depth, args.move * depth), desc="rendering video",
                                 unit="frame", disable=args.quiet):
-                    writer.append_data(view(w2c))
+                    frame = view(w2c)   # H.264 as players read it (yuv420p) needs even sides: repeat the last row / column
+                    writer.append_data(np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge"))
         written.append(path)
     if not args.quiet:
         print(f"{len(g)} Gaussians from {model.arch} on {device}; views rendered at {rs[0]}x{rs[1]}")
@@ -826,9 +833,11 @@ def run_train_gs(args) -> dict:
         result = train_gs(cfg, resume=args.resume, progress=not args.quiet)
     except (ValueError, FileExistsError, ImportError) as e:
         raise InputError(str(e)) from None
-    if not args.quiet:
-        print(f"{'stopped (continue with --resume)' if result['interrupted'] else 'finished'} at step {result['step']}; "
-              f"head in {Path(args.out) / 'gs_head.pt'}")
+    if not args.quiet:  # (a stopped run writes no head, only its checkpoint)
+        if result["interrupted"]:
+            print(f"stopped (continue with --resume) at step {result['step']}; checkpoint in {Path(args.out) / 'gs_checkpoint.pt'}")
+        else:
+            print(f"finished at step {result['step']}; head in {Path(args.out) / 'gs_head.pt'}")
     return result
 
 

@@ -243,6 +243,12 @@ def test_splats_from_points_size_to_the_spacing_and_cover_a_plane():
     assert inner.min() > 0.99                                                       # no holes between splats
     with pytest.raises(ValueError, match="more than 3"):
         splats_from_points(pts[:3], pts[:3])
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)   # rotations and opacities used to follow it, the other fields not: refused
+    try:
+        assert splats_from_points(pts, torch.full_like(pts, 0.5)).rotations.dtype == torch.float32
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def test_camera_paths_start_at_the_source_and_look_at_the_target():
@@ -283,8 +289,9 @@ def test_gs_command_writes_ply_view_and_video(tmp_path, capsys):
     # GS head files are read (without running pickled code) and checked before the depth model runs
     (tmp_path / "junk.pt").write_bytes(b"not a head")
     torch.save([1, 2], tmp_path / "list.pt")
+    torch.save({"head": {}, "feature_dim": "8", "hidden": 64, "depth_model": "demo"}, tmp_path / "text.pt")  # was a TypeError
     for head, match in ((tmp_path / "junk.pt", "not a readable GS head"), (tmp_path / "list.pt", "not a GS head written"),
-                        (tmp_path / "none.pt", "no GS head file")):
+                        (tmp_path / "text.pt", "not a GS head written"), (tmp_path / "none.pt", "no GS head file")):
         assert main(["gs", str(img), "--gs-head", str(head), "--out", str(tmp_path / "never")]) == 2
         assert match in capsys.readouterr().err
     # the bundled head reads the demo model's features; another model's is refused by name
@@ -293,6 +300,64 @@ def test_gs_command_writes_ply_view_and_video(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "trained with depth model 'demo'" in err and "reads 112 feature channels" in err
     assert not (tmp_path / "never").exists()
+
+
+def test_gs_video_of_odd_sides_is_written_with_the_last_row_and_column_repeated(tmp_path):
+    """libx264 in yuv420p refuses odd sides; an image of 15x21 (rendered at its own size) used to fail
+    in ffmpeg after all the rendering ("Broken pipe")."""
+    import imageio.v2 as imageio
+    from PIL import Image
+
+    from infinidepth.cli import main
+
+    img = tmp_path / "odd.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (15, 21, 3), dtype=np.uint8)).save(img)
+    assert main(["gs", str(img), "--points", "300", "--video", "orbit", "--frames", "2", "--out", str(tmp_path), "--quiet"]) == 0
+    frames = imageio.mimread(tmp_path / "odd_orbit.mp4")
+    assert len(frames) == 2 and frames[0].shape[:2] == (16, 22)
+    assert np.asarray(Image.open(tmp_path / "odd_novel_view.png")).shape == (15, 3 * 21, 3)    # the PNG keeps the size
+
+
+def test_gs_command_with_a_head_samples_the_points_once(tmp_path, monkeypatch):
+    """The head path used to run the sampler twice (once for plain splats it then threw away)."""
+    from PIL import Image
+
+    from infinidepth.cli import main
+    from infinidepth.models.base import ImplicitDepthModel
+
+    calls = []
+    original = ImplicitDepthModel.sample_points
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(ImplicitDepthModel, "sample_points", counted)
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(img)
+    assert main(["gs", str(img), "--gs-head", "demo", "--points", "500", "--out", str(tmp_path), "--quiet"]) == 0
+    assert len(calls) == 1 and len(read_ply(tmp_path / "pic_gaussians.ply")) == 500
+
+
+def test_gs_command_with_a_model_answering_nan_is_one_error_line_and_writes_nothing(tmp_path, capsys):
+    from PIL import Image
+
+    from infinidepth import save_model
+    from infinidepth.cli import main
+    from infinidepth.models import from_preset
+
+    model = from_preset("tiny")
+    with torch.no_grad():
+        model.decoder.mlp[0].weight.mul_(1e38)  # finite weights, overflowing activations
+    save_model(model, tmp_path / "overflow.safetensors")
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(img)
+    out = tmp_path / "out"
+    assert main(["gs", str(img), "--checkpoint", str(tmp_path / "overflow.safetensors"), "--points", "100",
+                 "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "NaN or infinite" in err and "nothing was written" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_psnr_ssim_and_holes_against_hand_values():
@@ -334,8 +399,9 @@ def test_point_head_outputs_have_the_documented_ranges_and_scale_with_depth():
     for bad in (torch.empty(0, 3), torch.tensor([[0.0, 0, -1.0]])):
         with pytest.raises(ValueError):
             head(bad, torch.zeros(len(bad), 3), torch.zeros(len(bad), 8), 100.0)
-    with pytest.raises(ValueError, match="focal"):
-        head(pts, torch.zeros(2, 3), torch.zeros(2, 8), 0.0)
+    for focal in (0.0, math.inf, math.nan):
+        with pytest.raises(ValueError, match="focal length must be positive and finite"):
+            head(pts, torch.zeros(2, 3), torch.zeros(2, 8), focal)
 
 
 def test_pixel_aligned_head_has_the_released_layout_and_loads_it(tmp_path):
@@ -438,6 +504,53 @@ def test_gs_training_config_accepts_the_smallest_values_and_the_command_refuses_
     assert main(["train-gs", "--depth-model", "tiny", "--lpips-weight", "nan", "--out", str(tmp_path / "o"), "--quiet"]) == 2
     assert "lpips_weight must be a finite number, got nan" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
+
+
+def test_gs_training_refuses_depth_models_its_sampler_cannot_use_and_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from infinidepth.cli import main
+
+    # the grid baseline used to end in a NotImplementedError traceback at the first step
+    for model, arch in (("grid-tiny", "GridBaseline"), ("sensor-tiny", "InfiniDepth_DepthSensor")):
+        assert main(["train-gs", "--depth-model", model, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+        err = capsys.readouterr().err
+        assert f"{model} is {arch}" in err and "Traceback" not in err
+    (tmp_path / "vgg.pth").write_bytes(b"")
+    monkeypatch.setitem(sys.modules, "lpips", None)                  # the lpips package not installed
+    assert main(["train-gs", "--depth-model", "tiny", "--lpips", str(tmp_path / "vgg.pth"), "--out", str(tmp_path / "o"),
+                 "--quiet"]) == 2
+    assert "pip install lpips" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_gs_resume_after_a_crash_logs_each_step_once(tmp_path):
+    import json
+
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    cfg = GSTrainConfig(depth_model="tiny", scenes=2, size=(32, 48), points=200, steps=4, checkpoint_every=2, log_every=1,
+                        out=str(tmp_path))
+
+    def crash_at_3(step, loss):   # logged step 3, killed before the next checkpoint (no SIGTERM: no save)
+        if step == 3:
+            raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError, match="killed"):
+        train_gs(cfg, progress=False, on_step=crash_at_3)
+    train_gs(cfg, resume=True, progress=False)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "gs_log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_gs_training_stopped_early_names_its_checkpoint_not_a_head_it_did_not_write(tmp_path, capsys, monkeypatch):
+    import infinidepth.gs.train as gs_train
+    from infinidepth.cli import main
+
+    monkeypatch.setattr(gs_train, "train_gs", lambda cfg, resume, progress: {"step": 2, "interrupted": True, "losses": []})
+    assert main(["train-gs", "--out", str(tmp_path)]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last == f"stopped (continue with --resume) at step 2; checkpoint in {tmp_path / 'gs_checkpoint.pt'}"
 
 
 def test_gs_resume_names_the_fields_that_differ(tmp_path):
@@ -824,6 +937,9 @@ def test_metrics_refuse_integer_masks_empty_masks_and_images_off_range():
         hole_fraction(torch.full((4, 4), float("nan")))
     with pytest.raises(ValueError, match=r"alpha must be a non-empty \[H, W\] tensor"):
         hole_fraction(torch.rand(16, 16, 1))
+    for threshold in (float("nan"), 0.0, 1.5):
+        with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\]"):
+            hole_fraction(a[..., 0], threshold=threshold)
 
 
 def test_pixel_aligned_head_checks_coords_points_and_channels():
@@ -851,6 +967,19 @@ def test_pixel_aligned_head_checks_coords_points_and_channels():
                               ((image, torch.full_like(depth, float("nan")), tokens), "depth has NaN")]:
             with pytest.raises(ValueError, match=message):
                 head.attribute_maps(*args)
+
+
+def test_pixel_aligned_head_reads_border_points_from_the_border_pixels():
+    """Points in the image's outer half-pixel (the sampler jitters up to the edge) used to get attributes
+    blended with the zero padding: at a corner a quarter of the opacity logit and of the raw scale."""
+    from infinidepth.gs.heads import PixelAlignedHead
+
+    maps = torch.zeros(1, 37, 8, 8)
+    maps[:, 0], maps[:, 3:6], maps[:, 6] = 3.0, 5.0, 1.0               # opacity logit, raw scales, rotation w
+    coords = torch.tensor([[0.0, 0.0], [1.0, 1.0], [-1.0, 0.99], [0.3, -1.0]])
+    g = PixelAlignedHead().at_points(maps, coords, torch.tensor([[0, 0, 1.0]]).repeat(4, 1), torch.full((4, 3), 0.5))
+    torch.testing.assert_close(g.opacities, torch.sigmoid(torch.tensor(3.0)).repeat(4))
+    torch.testing.assert_close(g.scales, torch.nn.functional.softplus(torch.tensor(1.0)).repeat(4, 3))
 
 
 @pytest.mark.parametrize("backend", ["torch", "cpp"])

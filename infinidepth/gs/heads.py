@@ -10,18 +10,22 @@
 - :class:`PixelAlignedHead`: the released GS head (``GSPixelAlignPredictor``: convolutions over the
   image, the depth map and the ViT tokens, 37 channels per pixel), loadable from the released GS
   checkpoint (keys ``encoder.<name>``). Its per-pixel attributes are resampled bilinearly at the
-  sampled points; the centres are the sampled points themselves (its sub-pixel offsets are a
-  pixel-grid device and are not used), as the released activations otherwise: opacity sigmoid,
-  scale clamp(softplus(x - 4), 1e-10, 5), unit quaternion, degree-2 SH damped per band, plus the colour.
+  sampled points (border pixels repeated outward, as for the colours); the centres are the sampled
+  points themselves (its sub-pixel offsets are a pixel-grid device and are not used), as the released
+  activations otherwise: opacity sigmoid, scale clamp(softplus(x - 4), 1e-10, 5), unit quaternion,
+  degree-2 SH damped per band, plus the colour.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from infinidepth.checkpoint import CheckpointError, load_state_dict_strict, read_torch_weights
+from infinidepth.ops.coords import clamp_to_pixel_centres
 from infinidepth.ops.gather import bilinear_gather_reference
 
 from .gaussians import Gaussians, rgb_to_sh0
@@ -53,8 +57,8 @@ class PointHead(nn.Module):
                              f"{tuple(points.shape)}, {tuple(colors.shape)}, {tuple(features.shape)}")
         if not (torch.isfinite(points).all() and (points[:, 2] > 0).all()):
             raise ValueError("points must be finite and in front of the camera (z > 0)")
-        if not focal > 0:
-            raise ValueError(f"focal length must be positive, got {focal}")
+        if not (focal > 0 and math.isfinite(focal)):  # (an infinite one made every footprint, so every scale, 0)
+            raise ValueError(f"focal length must be positive and finite, got {focal}")
         if not (torch.isfinite(colors).all() and torch.isfinite(features).all()):
             raise ValueError("colors and features must be finite (they have NaN or infinite values)")
         h = self.mlp(torch.cat([colors, plucker(points), features], -1))
@@ -134,7 +138,10 @@ class PixelAlignedHead(nn.Module):
                              f"and {tuple(colors.shape)}")
         if not torch.isfinite(coords).all() or coords.abs().max() > 1:
             raise ValueError("coords must be finite normalised (y, x) positions in [-1, 1]")
-        raw = bilinear_gather_reference(maps[:1], coords[None])[0]                 # [N, 37]
+        # read inside the outermost pixel centres: a point in the image's outer half-pixel gets its border
+        # pixel's attributes, not ones blended with the zero padding (opacity logits and scales pulled to 0)
+        inside = clamp_to_pixel_centres(coords, maps.shape[2], maps.shape[3])
+        raw = bilinear_gather_reference(maps[:1], inside[None])[0]                 # [N, 37]
         k = (self.SH_DEGREE + 1) ** 2
         opacity, scales, rot, sh = raw[:, 0], raw[:, 3:6], raw[:, 6:10], raw[:, 10:10 + 3 * k]
         sh = sh.reshape(-1, 3, k) * self.sh_damp

@@ -56,7 +56,9 @@ def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> 
 def ssim(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
     """Structural similarity (Wang et al. 2004: 11x11 Gaussian window, sigma 1.5, K1 0.01, K2 0.03,
     data range 1) of images in [0, 1] of at least 11x11 pixels, averaged over channels and over
-    ``mask`` (bool ``[H, W]``) when given."""
+    ``mask`` (bool ``[H, W]``) when given. The window is reflected at the borders and every pixel
+    counts (scikit-image instead averages only pixels 5 or more from the border, the 3DGS code
+    zero-pads): values near the borders, so small-image scores, differ slightly between them."""
     _check(a, b, mask)
     s = ssim_map(a.double(), b.double())
     return float(s[mask].mean() if mask is not None else s.mean())
@@ -90,6 +92,8 @@ def hole_fraction(alpha: torch.Tensor, mask: torch.Tensor | None = None, thresho
         raise ValueError(f"alpha must be a non-empty [H, W] tensor, got {tuple(getattr(alpha, 'shape', ()))}")
     if not alpha.is_floating_point() or not torch.isfinite(alpha).all() or alpha.min() < 0 or alpha.max() > 1:
         raise ValueError("alpha must be floating point, finite and in [0, 1]")
+    if not 0 < threshold <= 1:  # (a NaN one used to find no holes anywhere)
+        raise ValueError(f"threshold must be in (0, 1], got {threshold!r}")
     _check_mask(mask, alpha.shape)
     holes = alpha < threshold
     return float(holes[mask].float().mean() if mask is not None else holes.float().mean())

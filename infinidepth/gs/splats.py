@@ -51,8 +51,8 @@ def splats_from_points(points: torch.Tensor, colors: torch.Tensor, opacity: floa
     scale = (size * spacing).float().clamp_min(torch.finfo(torch.float32).tiny).to(points.device)
     n = points.shape[0]
     return Gaussians(means=points.detach().float(), scales=scale[:, None].expand(-1, 3).contiguous(),
-                     rotations=torch.tensor([[1.0, 0, 0, 0]], device=points.device).expand(n, 4).contiguous(),
-                     opacities=torch.full((n,), float(opacity), device=points.device),
+                     rotations=torch.tensor([[1.0, 0, 0, 0]], device=points.device, dtype=torch.float32).expand(n, 4).contiguous(),
+                     opacities=torch.full((n,), float(opacity), device=points.device, dtype=torch.float32),
                      sh=rgb_to_sh0(colors.detach().float())[:, :, None])
 
 

@@ -134,17 +134,21 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
 
     from infinidepth.checkpoint import load_model
     from infinidepth.io import atomic_path
+    from infinidepth.train.trainer import _trim_log
 
     cfg.validate()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt = out / "gs_checkpoint.pt"
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) or choose another out folder")
     torch.manual_seed(cfg.seed)
     depth_model = load_model(cfg.depth_model).eval()
+    if depth_model.arch in ("InfiniDepth_DepthSensor", "GridBaseline"):
+        raise ValueError(f"train-gs takes a monocular implicit depth model (its sampler needs the field's derivative "
+                         f"and no sparse depth); {cfg.depth_model} is {depth_model.arch}")
     head = PointHead(feature_dim(depth_model), cfg.hidden)
     perceptual = load_lpips(cfg.lpips) if cfg.lpips else None
+    out.mkdir(parents=True, exist_ok=True)  # once the inputs have loaded: a refused run leaves no empty folder
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     if resume:
@@ -166,6 +170,7 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
         step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
+    _trim_log(out / "gs_log.jsonl", step)   # lines past the checkpoint (a killed run's) are logged again
 
     def save(path=ckpt):
         state = {"head": head.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": dataclasses.asdict(cfg),
@@ -245,7 +250,9 @@ def load_gs_head(path) -> tuple[PointHead, str]:
         obj = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"{path}: not a readable GS head ({one_line(e)})") from None
-    if not isinstance(obj, dict) or not {"head", "feature_dim", "hidden", "depth_model"} <= set(obj):
+    if not isinstance(obj, dict) or not {"head", "feature_dim", "hidden", "depth_model"} <= set(obj) \
+            or not all(type(obj[k]) is int and obj[k] > 0 for k in ("feature_dim", "hidden")) \
+            or not isinstance(obj["depth_model"], str):
         raise ValueError(f"{path}: not a GS head written by infinidepth train-gs")
     head = PointHead(obj["feature_dim"], obj["hidden"])
     try:
