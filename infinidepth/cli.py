@@ -20,6 +20,7 @@ SIGTERM exit with 130 and 143 after removing the temporary files being written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -798,22 +799,32 @@ def run_gs(args) -> dict:
 
     out = Path(args.out)
     stem = Path(args.image).stem
-    written = [out / f"{stem}_gaussians.ply", out / f"{stem}_novel_view.png"]
-    write_gaussians(written[0], g)
+    written = [out / f"{stem}_gaussians.ply", out / f"{stem}_novel_view.png"] + \
+        ([out / f"{stem}_{args.video}.mp4"] if args.video else [])
     moved = camera_path("swing", 4, depth, args.move * depth)[1]        # a quarter swing: the full move to one side
-    write_png(written[1], np.concatenate([resize_rgb(rgb, rs), view(np.eye(4)), view(moved)], axis=1))
-    if args.video:
-        import imageio.v2 as imageio
-        from tqdm import tqdm
+    with atomic_paths(written) as tmps:  # replaced together: a video stopped midway leaves the earlier set whole
+        write_gaussians(tmps[0], g)
+        write_png(tmps[1], np.concatenate([resize_rgb(rgb, rs), view(np.eye(4)), view(moved)], axis=1))
+        if args.video:
+            import imageio.v2 as imageio
+            from tqdm import tqdm
 
-        path = out / f"{stem}_{args.video}.mp4"
-        with atomic_path(path) as tmp:
-            with imageio.get_writer(tmp, format="FFMPEG", fps=args.fps, codec="libx264", macro_block_size=1) as writer:
+            writer = imageio.get_writer(tmps[2], format="FFMPEG", fps=args.fps, codec="libx264", macro_block_size=1)
+            try:
                 for w2c in tqdm(camera_path(args.video, args.frames, depth, args.move * depth), desc="rendering video",
                                 unit="frame", disable=args.quiet):
                     frame = view(w2c)   # H.264 as players read it (yuv420p) needs even sides: repeat the last row / column
                     writer.append_data(np.pad(frame, ((0, frame.shape[0] % 2), (0, frame.shape[1] % 2), (0, 0)), mode="edge"))
-        written.append(path)
+            except BaseException:
+                # imageio's "with" closes only on success: left open, ffmpeg would write the temporary file
+                # after it was removed. Closed here, before it is; the error that stopped us is the one raised.
+                with contextlib.suppress(Exception):
+                    writer.close()
+                raise
+            writer.close()
+    for p in (out / f"{stem}_{kind}.mp4" for kind in ("orbit", "swing")):
+        if p not in written and p.exists():   # kept (never deleted), but not of these Gaussians
+            print(f"note: {p} is left from an earlier run, not from this one", file=sys.stderr)
     if not args.quiet:
         print(f"{len(g)} Gaussians from {model.arch} on {device}; views rendered at {rs[0]}x{rs[1]}")
         for p in written:

@@ -318,6 +318,39 @@ def test_gs_video_of_odd_sides_is_written_with_the_last_row_and_column_repeated(
     assert np.asarray(Image.open(tmp_path / "odd_novel_view.png")).shape == (15, 3 * 21, 3)    # the PNG keeps the size
 
 
+def test_gs_outputs_are_replaced_as_a_set_and_an_older_video_is_named(tmp_path, monkeypatch, capsys):
+    """A video stopped midway used to leave the new PLY and PNG beside the earlier run's MP4; now the
+    earlier set stays whole. A run without the earlier run's video kind says that file is stale."""
+    import sys
+
+    from PIL import Image
+
+    from infinidepth.cli import main
+
+    gs_render = sys.modules["infinidepth.gs.render"]   # (the package's name render is the function)
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(img)
+    args = ["gs", str(img), "--points", "300", "--video", "orbit", "--frames", "3", "--out", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    names = ("pic_gaussians.ply", "pic_novel_view.png", "pic_orbit.mp4")
+    before = {n: (tmp_path / n).read_bytes() for n in names}
+    real, calls = gs_render.render, []
+
+    def stopped(*a, **k):   # the 4th view is the video's 2nd frame
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(gs_render, "render", stopped)
+    assert main(args[:3] + ["400"] + args[4:]) == 130 and len(calls) == 4
+    assert {n: (tmp_path / n).read_bytes() for n in names} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["pic.png", *names])   # no temporaries left
+    monkeypatch.setattr(gs_render, "render", real)
+    assert main(["gs", str(img), "--points", "300", "--out", str(tmp_path), "--quiet"]) == 0
+    assert f"{tmp_path / 'pic_orbit.mp4'} is left from an earlier run" in capsys.readouterr().err
+
+
 def test_gs_command_with_a_head_samples_the_points_once(tmp_path, monkeypatch):
     """The head path used to run the sampler twice (once for plain splats it then threw away)."""
     from PIL import Image
