@@ -117,3 +117,16 @@ def test_custom_op_autograd_contract():
     feat = torch.randn(2, 3, 5, 7, requires_grad=True)
     coords = (torch.rand(2, 11, 2) * 2.4 - 1.2).requires_grad_()
     torch.library.opcheck(op, (feat, coords), test_utils=("test_autograd_registration", "test_aot_dispatch_dynamic"))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 3e-3), (torch.bfloat16, 2e-2)])
+def test_16_bit_maps_read_at_the_float32_queries(dtype, tol):
+    """16-bit maps: every backend, the reference included, samples the map at the float32 query and
+    rounds only the result. The reference used torch's 16-bit CPU grid_sample, which gave NaN and
+    wrong values on 256-cell maps, at the query rounded to 16 bits (bf16: steps of 2 pixels here)."""
+    feat = torch.randn(1, 2, 256, 256).to(dtype)
+    coords = torch.rand(1, 2000, 2) * 2 - 1
+    want = bilinear_gather_reference(feat.double(), coords.double())
+    for backend in ["torch", *KERNEL_BACKENDS]:
+        got = bilinear_gather(feat, coords, backend=backend)
+        assert got.dtype == dtype and rel_err(got, want) < tol, backend

@@ -126,6 +126,22 @@ def cast(decoder, dtype):
     return type(decoder)(**{k: _to(v, dtype) for k, v in vars(decoder).items()})
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 5e-3), (torch.bfloat16, 4e-2)])
+def test_16_bit_maps_are_decoded_at_the_float32_queries(dtype, tol):
+    """The reference with 16-bit maps and decoder: NaN and wrong values came out (torch's 16-bit CPU
+    grid_sample), and the queries were rounded to 16 bits first (bf16: by up to half a cell of these
+    maps). Now it reads the maps at the float32 queries; 16 bits only round the values."""
+    rng = random.Random(9)
+    chans, decoder = random_concat(rng)
+    maps = [torch.randn(1, c, 256, 256).to(dtype) for c in chans]
+    decoder = cast(decoder, dtype)
+    coords = torch.rand(1, 2000, 2) * 2 - 1
+    want = implicit_decode([m.double() for m in maps], coords.double(), cast(decoder, torch.float64), backend="torch")
+    for backend in ["torch", *KERNEL_BACKENDS]:
+        got = implicit_decode(maps, coords, decoder, backend=backend)
+        assert got.dtype == dtype and rel_err(got, want) < tol, backend
+
+
 def test_chunking_does_not_change_the_result():
     rng = random.Random(3)
     chans, decoder = random_hierarchical(rng)

@@ -131,16 +131,22 @@ def check_feature_map(feat: torch.Tensor, name: str = "feat") -> None:
 
 
 def bilinear_gather_reference(feat: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
-    """The oracle: grid_sample with our convention, returned as ``[B, N, C]``."""
+    """The oracle: grid_sample with our convention, returned as ``[B, N, C]`` in ``feat``'s dtype.
+    16-bit maps are read in float32: torch's CPU grid_sample in float16 / bfloat16 returns NaN and
+    wrong values (maps of 200 or 256 cells), and a 16-bit grid would move the queries (bf16 steps of
+    2**-8 near 1 are 2 pixels of a 1024-wide map)."""
+    dtype = torch.promote_types(feat.dtype, torch.float32)
     # Beyond +-3 every tap lies outside any map (zero padding); clamped there the answer is the
     # same, and grid_sample's arithmetic cannot overflow on coordinates near the float maximum.
-    grid = coords.clamp(-3.0, 3.0).flip(-1).unsqueeze(1).to(feat.dtype)  # [B, 1, N, 2] in (x, y)
-    return F.grid_sample(feat, grid, mode="bilinear", padding_mode="zeros", align_corners=False)[:, :, 0].transpose(1, 2)
+    grid = coords.clamp(-3.0, 3.0).flip(-1).unsqueeze(1).to(dtype)  # [B, 1, N, 2] in (x, y)
+    out = F.grid_sample(feat.to(dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[:, :, 0].transpose(1, 2).to(feat.dtype)
 
 
 def bilinear_gather(feat: torch.Tensor, coords: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Bilinear samples of ``feat`` ``[B, C, H, W]`` at ``coords`` ``[B, N, 2]`` (y, x) -> ``[B, N, C]``.
-    The kernel backends compute in float32 (and return ``feat``'s dtype); ``torch`` in ``feat``'s."""
+    The kernel backends compute in float32, ``torch`` in ``feat``'s dtype or float32 if that is
+    narrower; all return ``feat``'s dtype."""
     check_feature_map(feat)
     check_coords(coords, feat.shape[0])
     backend = resolve_backend(backend, feat.device)

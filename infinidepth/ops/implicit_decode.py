@@ -245,7 +245,9 @@ def implicit_decode(
                 return out[..., 0].to(maps[0].dtype), out[..., 1:].to(maps[0].dtype)
             return out.to(maps[0].dtype)
         # auto: the kernel cannot hold this program; the reference computes it
-    coords = coords.to(maps[0].dtype)
+    # queries in at least float32, as the gather reads them (bilinear_gather_reference): rounded to
+    # 16 bits they would move by up to 2 pixels of a 1024-wide map
+    coords = coords.to(torch.promote_types(maps[0].dtype, torch.float32))
     decoder = _in_dtype(decoder, maps[0].dtype)
     # One pass when tracing for torch.compile / torch.export: a loop over chunks would fix the
     # number of queries in the graph (chunks bound memory; they never change the result).
