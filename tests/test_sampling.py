@@ -229,6 +229,17 @@ def test_triangle_sampler_prunes_discontinuities_and_the_far_plane():
         triangle_area_sample(torch.zeros(1, 1, H, W), K, 10)
 
 
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_triangle_sampler_names_areas_that_vanish_or_overflow(deterministic):
+    """Depth whose 3D triangle areas underflow to 0 (or overflow) in float64: the shares and
+    probabilities were NaN, and torch failed inside repeat_interleave or multinomial."""
+    K = K_of(4.0, 4, 6)
+    for depth, max_depth in [(1e-170, 90.0), (1e200, None)]:
+        with pytest.raises(ValueError, match="3D areas sum to"):
+            triangle_area_sample(torch.full((1, 1, 4, 6), depth, dtype=torch.float64), K, 100, max_depth=max_depth,
+                                 deterministic=deterministic, seed=0)
+
+
 def test_triangle_random_mode_is_seeded():
     K = K_of(8.0, 6, 7)
     depth = torch.rand(1, 1, 6, 7) * 0.01 + 3

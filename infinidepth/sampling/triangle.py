@@ -72,6 +72,10 @@ def _sample_one(depth: torch.Tensor, K: torch.Tensor, n: int, depth_ratio, depth
         raise ValueError("every triangle was pruned (depth <= 0, discontinuities or beyond max_depth): nothing to sample")
     a, b, c = verts[faces[:, 0]], verts[faces[:, 1]], verts[faces[:, 2]]
     area = 0.5 * torch.cross(b - a, c - a, dim=-1).norm(dim=-1)
+    total = area.sum()
+    if not (torch.isfinite(total) and total > 0):  # NaN shares or probabilities below, a crash in torch
+        raise ValueError(f"the triangles' 3D areas sum to {float(total)} (depth too close to 0 or too large for "
+                         "float64 areas): nothing to sample")
     rows = (faces // W).double()
     cols = (faces % W).double()
     if deterministic:
