@@ -50,7 +50,12 @@ def evaluate(scene, baseline: float, k: int, seed: int, keep_points: bool = Fals
     target = scene.moved_view_target(baseline)
     rows = []
     for name, sample in samplers.items():
-        pts, dropped = points_at(scene, sample())
+        try:
+            coords = sample()
+        except ValueError as e:   # the released rule prunes every triangle of a coarse ground plane (24x32)
+            rows.append({"scene": scene.name, "sampler": name, "budget": n, "points": 0, "error": str(e)})
+            continue
+        pts, dropped = points_at(scene, coords)
         u = uniformity(pts, k=k)
         rows.append({
             "scene": scene.name, "sampler": name, "budget": n, "points": u["points"], "dropped": dropped,
@@ -84,15 +89,19 @@ def plot(rows, k: int, path: str) -> None:
         axes_3d = np.linalg.svd(first - centre, full_matrices=False)[2][:2]
         for j, sampler in enumerate(samplers):
             r = next(r for r in rows if r["scene"] == scene and r["sampler"] == sampler)
+            ax = axes[i, 1 + j]
+            ax.set_title(f"{scene}: {sampler}", fontsize=9)
+            if "error" in r:
+                ax.text(0.5, 0.5, "n/a: no points\n(see the report's error)", ha="center", va="center",
+                        transform=ax.transAxes)
+                continue
             pts = r["_points"].numpy()
             s = knn_spacing(pts, k)
             axes[i, 0].hist(s / np.median(s), bins=np.geomspace(0.05, 20, 60), histtype="step", lw=1.5,
                             label=f"{sampler} (CV {r['knn_cv']:.2f})")
             sub = (pts[rng.random(len(pts)) < 0.2] - centre) @ axes_3d.T
-            ax = axes[i, 1 + j]
             ax.scatter(sub[:, 0], sub[:, 1], s=0.3, c="k", alpha=0.4, linewidths=0)
             ax.set_aspect("equal")
-            ax.set_title(f"{scene}: {sampler}", fontsize=9)
             ax.set_xlabel("principal axis 1")
             ax.set_ylabel("principal axis 2")
         axes[i, 0].set_xscale("log")
@@ -118,9 +127,12 @@ def main(argv=None):
     if args.plot:
         plot(rows, args.k, args.plot)
         for r in rows:
-            del r["_points"]
+            r.pop("_points", None)
     print(f"{'scene':24s} {'sampler':22s} {'points':>8s} {'kNN CV':>8s} {'p90/p10':>8s} {'holes':>7s}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['scene']:24s} {r['sampler']:22s} n/a: {r['error']}")
+            continue
         print(f"{r['scene']:24s} {r['sampler']:22s} {r['points']:8d} {r['knn_cv']:8.3f} {r['knn_p90_p10']:8.2f} "
               f"{100 * r['hole_fraction']:6.2f}%")
     write_report(args.json, {"size": [H, W], "baseline": args.baseline, "k": args.k, "seed": args.seed, "rows": rows},

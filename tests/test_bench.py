@@ -183,3 +183,17 @@ def test_bench_command_records_the_arguments_main_was_given(tmp_path, capsys):
             "--quiet", "--json", str(out)]
     assert main(argv) == 0, capsys.readouterr().err
     assert json.loads(out.read_text())["command"] == "infinidepth " + " ".join(argv)   # not pytest's own argv
+
+
+def test_uniformity_script_reports_a_sampler_with_no_points_as_na(scripts, tmp_path, capsys):
+    """At 24x32 the released triangle rule prunes every triangle of the ground plane (neighbouring
+    rows differ by more than its depth ratio); the script used to stop there with a ValueError."""
+    import uniformity
+
+    out = tmp_path / "u.json"
+    uniformity.main(["--size", "24x32", "--json", str(out), "--plot", str(tmp_path / "u.png")])
+    rows = json.loads(out.read_text())["rows"]
+    failed = [r for r in rows if "error" in r]
+    assert [(r["scene"], r["sampler"]) for r in failed] == [("ground to the horizon", "triangle (released)")]
+    assert "every triangle was pruned" in failed[0]["error"] and "n/a: every triangle" in capsys.readouterr().out
+    assert all(r["points"] > 0 for r in rows if "error" not in r) and (tmp_path / "u.png").stat().st_size > 0
