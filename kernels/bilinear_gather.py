@@ -71,7 +71,7 @@ def _bilinear_gather_kernel(feat_ptr, coords_ptr, out_ptr, N, H, W, C, BLOCK_Q: 
     chan = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)
     q_mask = q < N
     c_mask = chan < C
-    row = (b * N + q).to(tl.int64)
+    row = b.to(tl.int64) * N + q   # int64 before the product: B * N may pass 2**31
     y = tl.load(coords_ptr + row * 2, mask=q_mask, other=0.0)
     x = tl.load(coords_ptr + row * 2 + 1, mask=q_mask, other=0.0)
     acc = bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask)

@@ -270,7 +270,7 @@ def _fused_decode_kernel(
     b = tl.program_id(1)
     q = tl.program_id(0) * BLOCK_Q + tl.arange(0, BLOCK_Q)
     q_mask = q < N
-    row = (b * N + q).to(tl.int64)
+    row = b.to(tl.int64) * N + q   # int64 before the product: B * N may pass 2**31
     y = tl.load(coords_ptr + row * 2, mask=q_mask, other=0.0)
     x = tl.load(coords_ptr + row * 2 + 1, mask=q_mask, other=0.0)
 
