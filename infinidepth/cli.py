@@ -719,8 +719,8 @@ def run_train(args) -> dict:
         raise InputError(str(e)) from None
     try:
         result = train(cfg, resume=args.resume, progress=not args.quiet)
-    except (FileExistsError, ValueError) as e:  # a run folder in the way, a config the data or checkpoint refuses
-        raise InputError(str(e)) from None
+    except (FileExistsError, ValueError, ImportError) as e:  # a run folder in the way, a config the data or
+        raise InputError(str(e)) from None                   # checkpoint refuses, a reader's module not installed
     if not args.quiet and os.environ.get("RANK", "0") == "0":
         state = "stopped (continue with --resume)" if result["interrupted"] else "finished"
         print(f"{state} at step {result['step']}; run folder {cfg.out}")

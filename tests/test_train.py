@@ -55,6 +55,17 @@ def test_disparity_targets_are_min_max_normalised():
     torch.testing.assert_close(t, torch.tensor([[1.0, 0.0, (0.5 - 0.25) / 0.75]]))
 
 
+@pytest.mark.parametrize("kind", ["log_depth", "disparity"])
+def test_targets_of_an_image_of_one_depth_stay_near_0(kind):
+    """A flat wall filling the crop: its pairs differ from its depth by float32 rounding only (the
+    bilinear sampler's), and must not become targets of thousands (the range was floored at 1e-12)."""
+    depth = torch.full((1, 1, 8, 8), 2.7)
+    wall = depth[0, 0, 0, 0]
+    pairs = torch.stack([wall, torch.nextafter(wall, torch.tensor(9.0)), torch.nextafter(wall, torch.tensor(0.0))])[None]
+    t = make_targets(pairs, depth, depth > 0, kind)
+    assert t.abs().max() < 1e-3
+
+
 def test_configs_from_presets_and_yaml(tmp_path):
     assert load_config("paper").model == "paper-large" and load_config("official").target == "disparity"
     path = tmp_path / "run.yaml"
@@ -109,14 +120,20 @@ BAD_VALUES = [  # (YAML lines over `base: demo`, what the error must say)
     ("data: [{name: procedural-live, scenes: ten}]", r"data\[0\].scenes \(procedural-live: how many scenes\) must be a whole number, got 'ten'"),
     ("data: [{name: procedural-live, scenes: 0}]", r"data\[0\].scenes .* must be positive, got 0"),
     ("data: [{name: procedural-live, scenes: 4, render_size: 5}]", r"data\[0\].render_size must be \[height, width\], two whole numbers, got 5"),
+    # fields of the other kind of source, which it would ignore
+    ("data: [{name: procedural, root: /x, scenes: 10}]", r"data\[0\]: scenes and render_size are for procedural-live; 'procedural' reads"),
+    ("data: [{name: hypersim, root: /x, render_size: [96, 128]}]", r"data\[0\]: scenes and render_size are for procedural-live"),
+    ("data: [{name: procedural-live, scenes: 4, root: /x}]", r"data\[0\]: procedural-live renders its scenes and reads no root folder, got root '/x'"),
     ("base: [demo]", r"unknown base preset \['demo'\]"),
+    ("steps: 5\nlr_decoder: 1e-3\nsteps: 7", "not valid YAML .*keys given twice: steps"),     # not silently the last
+    ("data: [{name: procedural, root: a, root: b}]", "keys given twice: root"),
 ]
 
 
 @pytest.mark.parametrize("line,message", BAD_VALUES, ids=[line for line, _ in BAD_VALUES])
 def test_config_refuses_bad_values_naming_the_field(tmp_path, line, message):
     path = tmp_path / "run.yaml"
-    path.write_text(f"base: demo\n{line}\n")
+    path.write_text(f"{line}\n" if line.startswith("base:") else f"base: demo\n{line}\n")
     with pytest.raises(ValueError, match=message):
         load_config(str(path))
 
@@ -187,6 +204,38 @@ def test_resume_after_sigterm_continues_bit_for_bit(scenes, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     log = [json.loads(line)["step"] for line in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert log == list(range(1, 7))                                       # no duplicated lines after resume
+
+
+def test_a_moved_run_resumes_with_other_workers_and_saving_and_the_same_result(scenes, tmp_path):
+    """out, num_workers, log_every and checkpoint_every change nothing the run computes: a run folder
+    copied elsewhere continues there, on another number of data workers, to the same losses."""
+    import shutil
+
+    whole = train(small_config(scenes, tmp_path / "whole", steps=4), progress=False)
+    first = train(small_config(scenes, tmp_path / "cut", steps=4), progress=False,
+                  on_step=lambda step, loss: step == 2 and os.kill(os.getpid(), signal.SIGTERM))
+    shutil.copytree(tmp_path / "cut", tmp_path / "moved")
+    moved = small_config(scenes, tmp_path / "moved", steps=4, num_workers=1, log_every=2, checkpoint_every=3)
+    second = train(moved, resume=True, progress=False)
+    assert first["step"] == 2 and first["losses"] + second["losses"] == whole["losses"]
+
+
+def test_each_step_uses_and_logs_its_warm_up_and_cosine_rates_per_group(scenes, tmp_path, monkeypatch):
+    """Warm-up 2 of 4 steps: factors 1/2, 1, then cosine from 1 (1, 1/2). The rates logged for a step
+    are those the optimiser applied at it (not the next step's), for both groups."""
+    used, real_step = [], torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        used.append([g["lr"] for g in self.param_groups])
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    result = train(small_config(scenes, tmp_path / "run", steps=4, lr_encoder=1e-4, lr_decoder=1e-3), progress=False)
+    want = [0.5, 1.0, 1.0, 0.5]
+    assert sum(used, []) == pytest.approx(sum([[1e-4 * f, 1e-3 * f] for f in want], []))
+    assert [lr for _, _, lr in result["losses"]] == pytest.approx([1e-3 * f for f in want])
+    log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [[r["lr_encoder"], r["lr"]] for r in log] == used
 
 
 def test_training_lowers_the_loss_and_refuses_to_overwrite_a_run(scenes, tmp_path):
@@ -300,6 +349,53 @@ def test_a_crash_while_writing_keeps_the_previous_checkpoint(tmp_path, monkeypat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
 
 
+SIGNALLING_WORKER = """
+import os, signal, sys
+from pathlib import Path
+import torch
+from infinidepth.cli import main
+from infinidepth.train import trainer
+
+flag, real = Path(sys.argv[1]), trainer.build_dataset
+
+class Signalling:  # once both data workers of an epoch load samples, one sends SIGTERM to the process group
+    def __init__(self, inner):
+        self.inner = inner
+    def __len__(self):
+        return len(self.inner)
+    def set_epoch(self, epoch):
+        self.inner.set_epoch(epoch)
+    def __getitem__(self, i):
+        (flag.parent / f"loading-{self.inner.datasets[0].epoch}-{torch.utils.data.get_worker_info().id}").touch()
+        both = all((flag.parent / f"loading-{self.inner.datasets[0].epoch}-{w}").exists() for w in (0, 1))
+        if both and not flag.exists():
+            flag.touch()
+            os.killpg(0, signal.SIGTERM)
+        return self.inner[i]
+
+trainer.build_dataset = lambda cfg: Signalling(real(cfg))
+sys.exit(main(["train", *sys.argv[2:]]))
+"""
+
+
+def test_sigterm_to_the_process_group_with_data_workers_still_checkpoints(scenes, tmp_path):
+    """Ctrl-C, a batch system's cancel and torchrun's shutdown signal every process of the group, the
+    DataLoader workers too: they used to die of it, and the run with them, without its checkpoint."""
+    import yaml
+
+    cfg = small_config(scenes, tmp_path / "run", steps=30, checkpoint_every=30, num_workers=2).to_dict()
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    (tmp_path / "driver.py").write_text(SIGNALLING_WORKER)
+    proc = subprocess.run([sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "signalled"), "--config",
+                           str(tmp_path / "run.yaml"), "--quiet"], start_new_session=True, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (tmp_path / "signalled").exists()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "stopped by signal 15" in proc.stderr
+    step = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["step"]
+    assert 1 <= step < 30 and json.loads((tmp_path / "run" / "log.jsonl").read_text().splitlines()[-1])["step"] == step
+
+
 # -- two processes ---------------------------------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
@@ -324,6 +420,37 @@ def test_two_process_ddp_on_gloo(scenes, tmp_path):
     assert all(r["samples"] == 3 * 2 for r in ranks)                       # each its own share of the data
     log = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [r["world_size"] for r in log] == [2, 2, 2]
+    assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["step"] == 3
+
+
+ONE_RANK_SIGNALLED = """
+import os, signal, sys
+from infinidepth.train import load_config, train
+
+def on_step(step, loss):  # only rank 1 is told to stop, after step 2 (its loss already agreed on)
+    if step == 2 and os.environ["RANK"] == "1":
+        os.kill(os.getpid(), signal.SIGTERM)
+
+result = train(load_config(sys.argv[1]), progress=False, on_step=on_step)
+sys.exit(0 if result["interrupted"] else 3)
+"""
+
+
+def test_ddp_ranks_agree_on_a_stop_signal_that_reached_one_of_them(scenes, tmp_path):
+    """The ranks decide together: a signal seen by one rank stops all after the same step (here 3),
+    with the checkpoint of that step; alone, rank 1 stopped after step 2 and rank 0 went on into
+    collectives that never matched."""
+    import yaml
+
+    cfg = small_config(scenes, tmp_path / "ddp", steps=5, checkpoint_every=5).to_dict()
+    (tmp_path / "ddp.yaml").write_text(yaml.safe_dump(json.loads(json.dumps(cfg))))
+    (tmp_path / "driver.py").write_text(ONE_RANK_SIGNALLED)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
+                           str(tmp_path / "driver.py"), str(tmp_path / "ddp.yaml")],
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads(line) for line in (tmp_path / "ddp" / "ranks.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in ranks] == [3, 3] and ranks[0]["param_sum"] == ranks[1]["param_sum"]
     assert torch.load(tmp_path / "ddp" / "checkpoint.pt", weights_only=False)["step"] == 3
 
 
@@ -473,7 +600,7 @@ def test_a_new_head_trains_on_another_models_frozen_encoder(scenes, tmp_path):
     assert not all(torch.equal(a, b) for a, b in zip(moved.encoder.state_dict().values(), donor.encoder.state_dict().values()))
 
 
-def test_train_command_errors_are_one_line(scenes, tmp_path, capsys):
+def test_train_command_errors_are_one_line(scenes, tmp_path, capsys, monkeypatch):
     bad = tmp_path / "bad.yaml"
     bad.write_text("base: demo\nlearning_rate: 3\n")
     assert main(["train", "--config", str(bad)]) == 2
@@ -484,6 +611,18 @@ def test_train_command_errors_are_one_line(scenes, tmp_path, capsys):
     bad.write_text("base: demo\nsteps: two\n")
     assert main(["train", "--config", str(bad)]) == 2
     assert "steps must be a whole number, got 'two'" in capsys.readouterr().err
+    # a reader whose module is not installed: its message, not a traceback
+    from infinidepth.data import datasets
+
+    def load(self, record):
+        import no_such_depth_reader  # noqa: F401
+
+    monkeypatch.setattr(datasets.ProceduralFiles, "load", load)
+    cfg = small_config(scenes, tmp_path / "run").to_dict()
+    bad.write_text(json.dumps(cfg))                                              # JSON is YAML
+    assert main(["train", "--config", str(bad), "--quiet"]) == 2
+    assert "reading ProceduralFiles needs a module that is not installed (No module named 'no_such_depth_reader')" \
+        in capsys.readouterr().err
 
 
 def test_seed_summary_of_the_demo_model_comparison(tmp_path):

@@ -158,10 +158,15 @@ def _source_problems(s, where: str, datasets) -> list[str]:
     if s.name == "procedural-live":
         check_int(problems, f"{where}.scenes (procedural-live: how many scenes)", s.scenes, 1)
         check_size(problems, f"{where}.render_size", s.render_size)
-    elif s.root is None or s.root == "":
+        if s.root is not None:
+            problems.append(f"{where}: procedural-live renders its scenes and reads no root folder, got root {s.root!r}")
+        return problems
+    if s.root is None or s.root == "":
         problems.append(f"{where}: data source {s.name!r} needs a root folder")
     else:
         check_text(problems, f"{where}.root", s.root, what="a folder path")
+    if s.scenes != 0 or s.render_size != DataSource.render_size:   # set, but read by procedural-live only
+        problems.append(f"{where}: scenes and render_size are for procedural-live; {s.name!r} reads its frames from root")
     return problems
 
 
@@ -249,13 +254,20 @@ def check_text(problems: list, name: str, value, what: str = "a name or file pat
 
 def _yaml_load(text: str):
     """``yaml.safe_load``, except that ``1e-4`` is the number it looks like (YAML 1.2), not the string
-    PyYAML's YAML 1.1 rules make of it (they want ``1.0e-4``): learning rates are written that way."""
+    PyYAML's YAML 1.1 rules make of it (they want ``1.0e-4``): learning rates are written that way;
+    and that a key given twice in a mapping is an error (PyYAML keeps the last, silently)."""
     import re
 
     import yaml
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+            repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise yaml.constructor.ConstructorError(None, None, f"keys given twice: {', '.join(repeated)}",
+                                                        node.start_mark)
+            return super().construct_mapping(node, deep=deep)
 
     Loader.add_implicit_resolver("tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(\.[0-9_]*)?[eE][-+]?[0-9]+$"),
                                  list("-+0123456789"))

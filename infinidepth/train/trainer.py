@@ -7,7 +7,8 @@ released code). Loss: L1 between the network's raw output at the queries and the
 
 Never lose work: ``OUT/checkpoint.pt`` (model, optimiser, scheduler, step, RNG states, config) is
 written atomically every ``checkpoint_every`` steps, at the end, and when the process receives
-SIGTERM or SIGINT (it finishes the current step first). ``resume=True`` continues from it; on the
+SIGTERM or SIGINT (it finishes the current step first; DataLoader workers ignore both, so a signal
+to the whole process group stops the run the same way). ``resume=True`` continues from it; on the
 CPU the loss trajectory is the same, to the bit, as an uninterrupted run's: data order and every
 random draw depend only on (seed, epoch, index). A NaN or infinite loss (or weights) stops training
 with :class:`TrainingDiverged` (a ValueError) naming the step; that step is neither applied nor saved,
@@ -15,7 +16,8 @@ so the checkpoint on disk stays the last good one.
 
 Scale-out: under ``torchrun --nproc_per_node=K -m infinidepth.train ...`` each process takes a
 disjoint share of every epoch (DistributedSampler) and DistributedDataParallel averages gradients
-(NCCL on GPUs, gloo on CPUs). Rank 0 writes checkpoints and logs.
+(NCCL on GPUs, gloo on CPUs). Rank 0 writes checkpoints and logs. The ranks share with each step's
+loss whether one of them was signalled, so that all stop after the same step.
 """
 
 from __future__ import annotations
@@ -49,7 +51,11 @@ class TrainingDiverged(ValueError):
 # -- targets -----------------------------------------------------------------------------------------------
 def make_targets(coord_depth: torch.Tensor, depth, valid, kind: str) -> torch.Tensor:
     """Per-image normalised targets ``[B, N]`` for metric depths ``coord_depth`` ``[B, N]``, the
-    normalisation taken from each image's valid full-resolution ground truth."""
+    normalisation taken from each image's valid full-resolution ground truth.
+
+    The range divided by is at least 1e-3 (of log-depth; of the largest disparity): an image of
+    (nearly) one depth has no scale to normalise by, and its pairs, interpolated in float32, differ
+    from that depth by rounding, which a tinier range would blow up into huge targets."""
     out = []
     for b in range(coord_depth.shape[0]):
         v = depth[b][valid[b]].float()
@@ -57,11 +63,11 @@ def make_targets(coord_depth: torch.Tensor, depth, valid, kind: str) -> torch.Te
         d = coord_depth[b].float()
         if kind == "log_depth":
             q = torch.quantile(v.log(), torch.tensor([0.02, 0.98]))
-            out.append((d.log() - q[0]) / (q[1] - q[0]).clamp_min(1e-6))
+            out.append((d.log() - q[0]) / (q[1] - q[0]).clamp_min(1e-3))
         else:
             disp = 1.0 / v
             lo, hi = disp.min(), disp.max()
-            out.append((1.0 / d - lo) / (hi - lo).clamp_min(1e-12))
+            out.append((1.0 / d - lo) / (hi - lo).clamp_min(1e-3 * hi))
     return torch.stack(out)
 
 
@@ -186,6 +192,10 @@ def save_checkpoint(path: Path, model, opt, sched, step: int, cfg: TrainConfig, 
 
 
 RESUME_KEYS = ("model", "optimizer", "scheduler", "step", "rng", "config")
+# Where the run folder is, how many processes load the data (each sample depends on (seed, epoch,
+# index) only) and how often it logs and saves change nothing the run computes: a resume may change
+# them, to continue a run folder moved to another disk, or on a machine with fewer cores.
+FREE_ON_RESUME = ("out", "num_workers", "log_every", "checkpoint_every")
 
 
 def read_resume_checkpoint(path: Path, cfg: TrainConfig) -> dict:
@@ -201,7 +211,9 @@ def read_resume_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     missing = [k for k in RESUME_KEYS if k not in state] if isinstance(state, dict) else list(RESUME_KEYS)
     if missing:
         raise ValueError(f"--resume: {path} is not a checkpoint of infinidepth train (it lacks {', '.join(missing)})")
-    saved, now = state["config"], cfg.to_dict()
+    saved = state["config"] if isinstance(state["config"], dict) else {}
+    saved = {k: v for k, v in saved.items() if k not in FREE_ON_RESUME}
+    now = {k: v for k, v in cfg.to_dict().items() if k not in FREE_ON_RESUME}
     if saved != now:
         changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
         why = ""
@@ -227,6 +239,14 @@ def _check_weights(model, step: int, ckpt_path: Path, saved_step: int | None) ->
 
 
 # -- the loop --------------------------------------------------------------------------------------------------
+def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """DataLoader workers ignore SIGTERM and SIGINT. Ctrl-C, a batch system's cancel and torchrun's
+    shutdown signal the whole process group: a killed worker made the next batch raise and the run
+    end without its checkpoint. The main process stops the workers itself once it has saved."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def _distributed():
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -307,14 +327,18 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     losses = []
     bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress or rank != 0)
     seen = 0
+    batches = None
+    stopping = False          # a stop signal, agreed on by all ranks
     try:
-        while step < cfg.steps and stop["signal"] is None:
+        while step < cfg.steps and not stopping:
             epoch, offset = divmod(step, per_epoch)
             sampler.set_position(epoch, offset)
             dataset.set_epoch(epoch)
             loader = torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, drop_last=True,
-                                                 num_workers=cfg.num_workers, collate_fn=collate)
-            for batch in loader:
+                                                 num_workers=cfg.num_workers, collate_fn=collate,
+                                                 worker_init_fn=_leave_stop_signals_to_the_trainer)
+            batches = iter(loader)
+            for batch in batches:
                 t0 = time.perf_counter()
                 image = batch["image"].to(device)
                 coords = batch["coords"].to(device)
@@ -324,8 +348,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                 loss = (pred.float() - target).abs().mean()
                 value = loss.detach()
                 if world > 1:
-                    dist.all_reduce(value)       # every rank sees the same value, so all stop together
-                    value /= world
+                    # One reduction for the mean loss and whether a rank was signalled: every rank sees
+                    # the same values, so all stop together (on divergence, or after this step).
+                    shared = torch.stack([value.float(), torch.tensor(float(stop["signal"] is not None), device=device)])
+                    dist.all_reduce(shared)
+                    value, stopping = shared[0] / world, bool(shared[1] > 0)
                 value = float(value)
                 if not math.isfinite(value):
                     raise TrainingDiverged(f"training stopped at step {step + 1}: the loss is {value}; this step was not "
@@ -344,16 +371,16 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                     scaler.update()
                 else:
                     opt.step()
+                lr, lr_encoder = opt.param_groups[1]["lr"], opt.param_groups[0]["lr"]   # the rates this step used
                 sched.step()
                 step += 1
                 seen += image.shape[0]
-                lr = opt.param_groups[1]["lr"]
                 losses.append((step, value, lr))
                 if rank == 0:
                     bar.update(1)
                     bar.set_postfix(loss=f"{value:.4f}", lr=f"{lr:.2e}")
                     if step % cfg.log_every == 0 or step == cfg.steps:
-                        _log(log_path, {"step": step, "loss": value, "lr": lr, "lr_encoder": opt.param_groups[0]["lr"],
+                        _log(log_path, {"step": step, "loss": value, "lr": lr, "lr_encoder": lr_encoder,
                                         "seconds_per_step": time.perf_counter() - t0, "world_size": world})
                         if writer is not None:
                             writer.add_scalar("loss", value, step)
@@ -365,7 +392,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                     if rank == 0:
                         save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
                         saved_step = step
-                if step >= cfg.steps or stop["signal"] is not None:
+                if world == 1:
+                    stopping = stop["signal"] is not None
+                if step >= cfg.steps or stopping:
                     break
         _check_weights(model, step, ckpt_path, saved_step)
         if rank == 0:
@@ -376,6 +405,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
         _log(out / "ranks.jsonl", {"rank": rank, "step": step, "samples": seen,
                                    "param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))})
     finally:
+        if hasattr(batches, "_shutdown_workers"):
+            # At once: the workers ignore SIGTERM, and an error's traceback holds this iterator, which
+            # would leave them running and Python's exit waiting for them.
+            batches._shutdown_workers()
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -384,10 +417,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
         if world > 1 and dist.is_initialized():
             dist.barrier()
             dist.destroy_process_group()
-    if stop["signal"] is not None and rank == 0:
+    if stopping and rank == 0:
         log.warning("stopped by signal %s at step %d; checkpoint saved to %s (continue with --resume)",
-                    stop["signal"], step, ckpt_path)
-    return {"step": step, "interrupted": stop["signal"] is not None, "losses": losses, "target": kind, "world_size": world}
+                    stop["signal"] or "to another rank", step, ckpt_path)
+    return {"step": step, "interrupted": stopping, "losses": losses, "target": kind, "world_size": world}
 
 
 def _log(path: Path, record: dict) -> None:
