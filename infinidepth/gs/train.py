@@ -134,7 +134,7 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
 
     from infinidepth.checkpoint import load_model
     from infinidepth.io import atomic_path
-    from infinidepth.train.trainer import _trim_log
+    from infinidepth.train.trainer import trim_log
 
     cfg.validate()
     out = Path(cfg.out)
@@ -170,7 +170,7 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
         step = state["step"]
         torch.set_rng_state(state["rng"]["torch"])
         random.setstate(state["rng"]["python"])
-    _trim_log(out / "gs_log.jsonl", step)   # lines past the checkpoint (a killed run's) are logged again
+    trim_log(out / "gs_log.jsonl", step)   # lines past the checkpoint (a killed run's) are logged again
 
     def save(path=ckpt):
         state = {"head": head.state_dict(), "optimizer": opt.state_dict(), "step": step, "config": dataclasses.asdict(cfg),

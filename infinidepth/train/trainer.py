@@ -323,7 +323,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     writer = _tensorboard(out) if rank == 0 else None
     log_path = out / "log.jsonl"
     if rank == 0:
-        _trim_log(log_path, step)
+        trim_log(log_path, step)
     losses = []
     bar = tqdm(total=cfg.steps, initial=step, desc="training", unit="step", disable=not progress or rank != 0)
     seen = 0
@@ -428,7 +428,7 @@ def _log(path: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def _trim_log(path: Path, step: int) -> None:
+def trim_log(path: Path, step: int) -> None:
     """On resume, drop log lines past the checkpoint (they will be logged again)."""
     if not path.exists():
         return
