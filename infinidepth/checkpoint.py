@@ -138,20 +138,39 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             raise CheckpointError(f"{path}: its infinidepth metadata is not valid JSON ({e})") from e
         if info is not None and not isinstance(info, dict):
             raise CheckpointError(f"{path}: its infinidepth metadata is not a JSON object")
-        return sd, info
+        return _strip_lightning_prefix(sd), info
     obj = torch_load_inert(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors or a Lightning checkpoint, got {type(obj).__name__}")
-    info = obj.get(FORMAT) if isinstance(obj.get(FORMAT), dict) else None
+    info = obj.get(FORMAT) if isinstance(obj.get(FORMAT), dict) else _training_description(obj)
     sd = obj.get("state_dict", obj.get("model", obj))
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: its 'state_dict' is not a dict")
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
-    if sd and all(k.startswith("pipeline.") for k in sd):
-        sd = {k[len("pipeline.") :]: v for k, v in sd.items()}
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
-    return sd, info
+    return _strip_lightning_prefix(sd), info
+
+
+def _training_description(obj: dict) -> dict | None:
+    """The model description a training checkpoint (``OUT/checkpoint.pt``, ``train.trainer.save_checkpoint``)
+    keeps beside its weights, in our format's terms; None for any other file. Without it the
+    architecture would be guessed from the keys, which do not tell everything (a DINOv2-layout
+    encoder, a grid baseline, a paper model's choice of ViT blocks)."""
+    arch, config = obj.get("arch"), obj.get("model_config")
+    if not (isinstance(arch, str) and isinstance(config, dict) and isinstance(obj.get("model"), dict)):
+        return None
+    run = obj.get("config")
+    size = run.get("input_size") if isinstance(run, dict) else None
+    return {"arch": arch, "config": config, "input_size": list(size) if isinstance(size, (list, tuple)) else None}
+
+
+def _strip_lightning_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The released Lightning keys without their ``pipeline.`` prefix, whatever file format holds them
+    (a ``.safetensors`` converted from a ``.ckpt`` keeps the prefix as well as a ``.pt`` does)."""
+    if sd and all(k.startswith("pipeline.") for k in sd):
+        return {k[len("pipeline.") :]: v for k, v in sd.items()}
+    return sd
 
 
 def _vit_config(sd: dict[str, torch.Tensor], prefix: str) -> ViTConfig:

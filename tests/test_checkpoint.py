@@ -64,7 +64,7 @@ def test_save_and_reload_without_loss(tmp_path, preset):
 
 
 @pytest.mark.parametrize("preset", ["official-tiny", "sensor-tiny", "tiny"])
-@pytest.mark.parametrize("layout", ["lightning", "plain_pt", "plain_safetensors"])
+@pytest.mark.parametrize("layout", ["lightning", "plain_pt", "plain_safetensors", "lightning_keys_safetensors"])
 def test_foreign_files_load_by_their_keys(tmp_path, preset, layout):
     model = from_preset(preset, seed=5)
     sd = model.state_dict()
@@ -77,8 +77,10 @@ def test_foreign_files_load_by_their_keys(tmp_path, preset, layout):
     else:
         from safetensors.torch import save_file
 
+        # the second: a released .ckpt's state_dict converted as it is, "pipeline." prefix and all
+        prefix = "pipeline." if layout == "lightning_keys_safetensors" else ""
         path = tmp_path / "m.safetensors"
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(path))
+        save_file({prefix + k: v.contiguous() for k, v in sd.items()}, str(path))
     loaded = infinidepth.load_model(path)
     assert loaded.arch == model.arch
     assert torch.equal(outputs(model), outputs(loaded))
@@ -123,6 +125,45 @@ def test_training_input_size_travels_with_the_model(tmp_path):
     m.input_size = (96, 128)
     save_model(m, tmp_path / "m.safetensors")
     assert load_model(tmp_path / "m.safetensors").input_size == (96, 128)
+
+
+def _dinov2_paper():
+    from infinidepth.models import PaperConfig, ViTConfig
+
+    vit = ViTConfig(embed_dim=64, depth=4, num_heads=2, patch_size=14, position="learned", pos_grid=4,
+                    n_storage_tokens=0, key_bias=True, norm_eps=1e-6)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return build_model("InfiniDepthPaper", PaperConfig(vit=vit, channels=(16, 32, 64), head=(32, 32))).eval()
+
+
+@pytest.mark.parametrize("which", ["grid-tiny", "dinov2-paper", "paper-other-layers"])
+def test_a_training_checkpoint_loads_as_the_model_it_records(tmp_path, which):
+    """OUT/checkpoint.pt records the architecture beside the weights; the keys alone do not tell a grid
+    baseline, a DINOv2-layout encoder or a paper model's ViT blocks."""
+    from infinidepth.models import PRESETS, PaperConfig
+    from infinidepth.train.config import TrainConfig
+    from infinidepth.train.trainer import save_checkpoint
+
+    if which == "grid-tiny":
+        model = from_preset("grid-tiny")
+    elif which == "dinov2-paper":
+        model = _dinov2_paper()
+    else:
+        cfg = PRESETS["tiny"][1]
+        model = build_model("InfiniDepthPaper", PaperConfig(vit=cfg.vit, channels=cfg.channels, head=cfg.head,
+                                                            layers=(0, 1, 2))).eval()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0)
+    size = (4 * model.patch_size, 6 * model.patch_size)
+    save_checkpoint(tmp_path / "checkpoint.pt", model, opt, sched, 3, TrainConfig(input_size=size))
+    loaded = infinidepth.load_model(tmp_path / "checkpoint.pt")
+    assert type(loaded) is type(model) and loaded.config == model.config
+    assert loaded.input_size == size
+    image = torch.rand(1, 3, *size, generator=torch.Generator().manual_seed(0))
+    coords = torch.rand(1, 20, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    assert torch.equal(loaded.decode(loaded.encode(image), coords, backend="torch"),
+                       model.decode(model.encode(image), coords, backend="torch"))
 
 
 def test_the_bundled_demo_model_loads_by_name():
