@@ -28,9 +28,12 @@ from .vit import VIT_SIZES, ViTConfig, VisionTransformer, default_layers
 
 DISPARITY_FLOOR = 5e-3  # the released depth = 1 / clamp(disparity, 5e-3)
 # The prompt's median disparity is floored before the prompt is divided by it and the output multiplied
-# by it. The released code floors the division at 1e-2 and the product at 1e-3 (and, in training, takes a
-# median <= 1e-2 from the ground truth instead); one floor for both keeps the output in proportion to the
-# sensor's depths when the median depth is beyond 100 m, and is the released arithmetic below it.
+# by it. The released code floors the division at 1e-2 and the product at 1e-3; one floor for both keeps
+# the output in proportion to the sensor's depths when the median depth is beyond 100 m, and is the
+# released arithmetic below it. The released WarpMedian (in training and in its inference alike) takes the
+# median from its dense ground-truth input instead when the prompt's median is <= 1e-2 or the prompt has
+# 5 valid samples or fewer; here there is no dense input and the prompt's own median is used, so for such
+# prompts the normaliser, and with it the output, differs from the released one.
 PROMPT_MEDIAN_FLOOR = 1e-3
 COORD_CLAMP = 1e-6
 # The network input of the released inference script (its default, 768x1024): what a released file,

@@ -2,9 +2,10 @@
 
 Encoder: DINOv3-layout ViT; tokens of a shallow, a middle and the last block are projected (1x1)
 to C_1, C_2, C_3 channels and resized DPT-style by transposed convolutions (x4, x2, x1), giving
-maps at strides 4, 8, 16. Decoder (per query, DESIGN.md section 1):
-``h_1 = f^1``, ``h_{k+1} = FFN_k(f^{k+1} + sigmoid(gate_k) * Linear_k(h_k))``, head MLP to one
-value with ELU. Output: normalised log-depth (relative); depth = exp(output), up to scale and power.
+maps at strides p/4, p/2, p for patch p (4, 8, 16 for 16-pixel patches; 2, 4, 8 for mini's 8).
+Decoder (per query, DESIGN.md section 1): ``h_1 = f^1``,
+``h_{k+1} = FFN_k(f^{k+1} + sigmoid(gate_k) * Linear_k(h_k))``, head MLP to one value with ELU.
+Output: normalised log-depth (relative); depth = exp(output), up to scale and power.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ class InfiniDepthPaper(ImplicitDepthModel):
         self.decoder = HierarchicalHead(cfg.channels, cfg.head, cfg.ffn_ratio)
 
     def pyramid(self, image: torch.Tensor) -> list[torch.Tensor]:
-        """Feature maps at strides 4, 8, 16 (differentiable: training calls this)."""
+        """Feature maps at strides p/4, p/2, p for patch p (differentiable: training calls this)."""
         B, _, H, W = image.shape
         p = self.encoder.patch_size
         tokens = self.encoder.intermediate_layers((image - self._mean) / self._std, self.layers)
