@@ -106,7 +106,10 @@ class PixelAlignedHead(nn.Module):
 
     def attribute_maps(self, image: torch.Tensor, depth: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Raw per-pixel attributes ``[B, 37, H, W]`` from the image ``[B, 3, H, W]``, its depth
-        ``[B, 1, H, W]`` and the ViT token map ``[B, C, H/16, W/16]`` (C = ``token_dim``, 1024)."""
+        ``[B, 1, H, W]`` and the ViT token map ``[B, C, H/16, W/16]`` (C = ``token_dim``, 1024).
+        The released predictor passes the DepthSensor encoder's last-layer tokens from *before* its
+        prompt blocks; ``feats.maps[0]`` of our ``InfiniDepth_DepthSensor`` holds them after, so it is
+        not the token map this head was trained on."""
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
         B, _, H, W = image.shape
