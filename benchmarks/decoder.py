@@ -17,6 +17,10 @@ a warm-up call. Rows: the baseline, then every backend (``torch``: our plain-PyT
 chunks of 65,536) in fp32, then in bf16 where the device has it. ``fold_ms`` is timed after a first
 fold with a throwaway cache, so it leaves out compiling the kernels.
 
+``--cuda-rows 32,16``: also rows of the ``cuda`` backend with its blocks capped at that many
+queries (``INFINIDEPTH_CUDA_MAX_ROWS``, read by the extension at every launch), fp32 and bf16, in
+the same process: one baseline and one set of maps for every block size.
+
 ``--with-grad``: the value and its derivative with respect to (y, x) (what the surface-area sampler
 needs). Baseline: autograd through the same chunked PyTorch path, as the released code gets normals;
 the fused backends carry forward-mode tangents. Errors are taken on 4,096 random queries (on a
@@ -30,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import math
+import os
 import time
 
 import torch
@@ -134,7 +139,28 @@ def query_grid(n: int, device):
     return grid_coords(h, w, device=device)[:, :n].contiguous()
 
 
+def _row_caps(text: str) -> list[int]:
+    caps = [int(v) for v in text.split(",") if v.strip()]
+    if not caps or any(c not in (16, 32, 64) for c in caps):
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of 16, 32 or 64, got {text!r}")
+    return caps
 
+
+@contextlib.contextmanager
+def _cuda_max_rows(rows: int | None):
+    """INFINIDEPTH_CUDA_MAX_ROWS set to ``rows`` inside (None: left as it is), restored after."""
+    if rows is None:
+        yield
+        return
+    before = os.environ.get("INFINIDEPTH_CUDA_MAX_ROWS")
+    os.environ["INFINIDEPTH_CUDA_MAX_ROWS"] = str(rows)
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["INFINIDEPTH_CUDA_MAX_ROWS"]
+        else:
+            os.environ["INFINIDEPTH_CUDA_MAX_ROWS"] = before
 
 
 def main(argv=None):
@@ -144,10 +170,15 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=65536)
     p.add_argument("--backends", help="comma-separated subset (default: every available one, torch included)")
     p.add_argument("--with-grad", action="store_true", help="decode the derivative too (implicit_decode(with_grad=True))")
+    p.add_argument("--cuda-rows", type=_row_caps, default=[],
+                   help="comma-separated caps (16, 32 or 64) on the cuda backend's queries per block: rows of each, fp32 and bf16")
     p.add_argument("--json", help="write the results here")
     args = p.parse_args(argv)
     grad = args.with_grad
     device = cli_device(args.device, p.prog)
+    if args.cuda_rows and (grad or "cuda" not in available_backends(device)):
+        p.error("--cuda-rows times the cuda backend's value kernel: it needs --device cuda with the CUDA kernels "
+                "built, and no --with-grad (tangents always take 16 rows)")
     maps, dec = make_problem(args.decoder, device)
     coords = query_grid(args.queries, device)
     if args.decoder == "official":
@@ -182,25 +213,29 @@ def main(argv=None):
             runs += [(b, "bf16") for b in both if b in ("torch", "cuda", "triton")]
         elif cpu_supports_bf16() and not grad:  # AVX512_BF16 dot products (torch: autocast through oneDNN)
             runs += [(b, "bf16") for b in both if b in ("torch", "cpp")]
-        for backend, precision in runs:
+        runs = [(b, p, None) for b, p in runs] + [("cuda", p, rows) for rows in args.cuda_rows for p in ("fp32", "bf16")]
+        for backend, precision, rows in runs:
             kw = dict(backend=backend, precision=precision, with_grad=grad)
             if backend == "torch":
                 kw["chunk"] = TORCH_CHUNK
-            implicit_decode(maps, coords[:, :1], dec, **kw, cache={})  # compiles the kernels (and folds)
-            sync(device)
-            t0 = time.perf_counter()
-            kw["cache"] = {}
-            implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once: what one image costs
-            sync(device)
-            fold_ms = (time.perf_counter() - t0) * 1e3
-            t = timeit(lambda: implicit_decode(maps, coords, dec, **kw), device)
+            with _cuda_max_rows(rows):
+                implicit_decode(maps, coords[:, :1], dec, **kw, cache={})  # compiles the kernels (and folds)
+                sync(device)
+                t0 = time.perf_counter()
+                kw["cache"] = {}
+                implicit_decode(maps, coords[:, :1], dec, **kw)  # folds once: what one image costs
+                sync(device)
+                fold_ms = (time.perf_counter() - t0) * 1e3
+                t = timeit(lambda: implicit_decode(maps, coords, dec, **kw), device)
+                errors = err(**kw)
             results.append({
-                "backend": backend,
+                "backend": backend if rows is None else f"cuda, at most {rows} rows per block",
                 "dtype": precision,
                 "queries_per_s": args.queries / t,
                 "speedup_vs_baseline": base_t / t,
-                **err(**kw),
+                **errors,
                 "fold_ms": fold_ms,
+                **({} if rows is None else {"cuda_max_rows": rows}),
             })
         if not grad:
             results += folded_rows(maps, dec, coords, probe, want, base_t, device)

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -155,24 +156,169 @@ def test_decoder_script_rows_every_backend_once(scripts, tmp_path, monkeypatch):
     assert saved["torch"] == torch.__version__ and saved["device"]
 
 
-@pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")
-def test_gpu_script_takes_a_relative_results_folder_from_anywhere(tmp_path):
-    """A relative RESULTS stays where the caller meant it while stages cd into benchmarks/; an unknown
-    stage stops the script before anything runs. PY is a stub that prints its arguments."""
-    script = BENCHMARKS / "gpu.sh"
-    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+# python3 as benchmarks/gpu.sh calls it: "-" alone (its preflight, a script on stdin) answers $STUB_HAS and
+# $STUB_CUDA; a command naming $FAIL_ON fails; "--json PATH" writes {} there (--junitxml, a report of one
+# test); every call prints its arguments. "- ARGS" (the summary at the end) runs the real python.
+GPU_SCRIPT_PYTHON = r"""#!/bin/sh
+if [ "$1" = - ] && [ $# -gt 1 ]; then exec "$REAL_PYTHON" "$@"; fi
+if [ "$1" = - ]; then cat >/dev/null; echo "${STUB_HAS-torch triton pytest}"; echo "${STUB_CUDA-cuda_ok}"; exit 0; fi
+echo "stub $*"
+case "$*" in *"available_backends as a"*) echo "${STUB_BACKENDS-[torch, cpp]}"
+    case "${STUB_BACKENDS-}" in *cuda*) echo with-cuda-kernels ;; esac; exit 0 ;; esac
+case "$*" in *"assert 'cuda' in available_backends"*) case "${STUB_BACKENDS-}" in *cuda*) exit 0 ;; esac; exit 1 ;; esac
+case "$*" in *"${FAIL_ON:-@none@}"*) exit 1 ;; esac
+while [ $# -gt 0 ]; do
+    [ "$1" = --json ] && echo '{}' > "$2"
+    [ "$1" = --junitxml ] && echo '<testsuites><testsuite><testcase name="t" time="1"/></testsuite></testsuites>' > "$2"
+    shift
+done
+exit 0
+"""
+
+
+def gpu_script(tmp_path, *stages, **env):
+    """benchmarks/gpu.sh STAGES... run from tmp_path with the stub above as its python, TAG t."""
     stub = tmp_path / "py"
-    stub.write_text('#!/bin/sh\necho "stub $*"\n')
+    stub.write_text(GPU_SCRIPT_PYTHON)
     stub.chmod(0o755)
-    env = {**os.environ, "RESULTS": "res", "PY": str(stub), "TAG": "t"}
-    env.pop("OUT", None)
-    done = subprocess.run(["bash", str(script), "kernels"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    full = {k: v for k, v in os.environ.items() if k not in ("OUT", "RESULTS", "GPU_BUDGET_S", "FAIL_ON")}
+    full.update(PY=str(stub), TAG="t", REAL_PYTHON=sys.executable, WHEEL_DIR=str(tmp_path / "no_wheels"))
+    full.update(env)   # (WHEEL_DIR: not the checkout's .whl/, which a GPU session downloads)
+    return subprocess.run(["bash", str(BENCHMARKS / "gpu.sh"), *stages], cwd=tmp_path, env=full,
+                          capture_output=True, text=True)
+
+
+needs_bash = pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                                reason="needs bash and timeout")
+
+
+@needs_bash
+def test_gpu_script_takes_a_relative_results_folder_from_anywhere(tmp_path):
+    """A relative RESULTS stays where the caller meant it; an unknown stage stops the script before
+    anything runs."""
+    assert subprocess.run(["bash", "-n", str(BENCHMARKS / "gpu.sh")]).returncode == 0
+    done = gpu_script(tmp_path, "kernels", RESULTS="res")
     assert done.returncode == 0, done.stderr
     assert "No such file" not in done.stdout + done.stderr
-    log = (tmp_path / "res" / "log.txt").read_text()
+    log = (tmp_path / "res" / "gpu_log_t.txt").read_text()
     assert f"--json {tmp_path / 'res'}/decoder_official_8k_t.json" in log and "gather.py" in log
-    bad = subprocess.run(["bash", str(script), "kernels", "nope"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    bad = gpu_script(tmp_path, "kernels", "nope", RESULTS="res")
     assert bad.returncode == 2 and "unknown stage 'nope'" in bad.stderr and "stub" not in bad.stdout
+
+
+@needs_bash
+def test_gpu_script_brings_back_this_runs_json_in_one_file_whatever_fails(tmp_path):
+    """The device tool brings back at most 8 files from $OUT: the script leaves two there, its log and
+    one tar of the JSON this run wrote (not older files of the folder), remade after every command, so
+    a failed command (or a call cut off later) keeps what came before, and the next commands still run."""
+    out, res = tmp_path / "out", tmp_path / "res"
+    res.mkdir()
+    (res / "old_t.json").write_text("{}")
+    os.utime(res / "old_t.json", (1e9, 1e9))
+    done = gpu_script(tmp_path, "kernels", OUT=str(out), RESULTS="res", FAIL_ON="gather.py")
+    assert done.returncode == 0, done.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["gpu_log_t.txt", "gpu_results_t.tar"]
+    with tarfile.open(out / "gpu_results_t.tar") as tar:
+        names = sorted(os.path.basename(n) for n in tar.getnames())
+    assert names == ["decoder_official_8k_t.json", "decoder_official_grad_t.json", "decoder_paper_t.json",
+                     "sampler_t.json"]   # sampler.py ran after gather.py failed
+    log = (out / "gpu_log_t.txt").read_text()
+    assert "FAILED (rc=1)" in log and "gather.py" in log.split("FAILED (rc=1)")[1].splitlines()[0]
+
+
+@needs_bash
+def test_gpu_script_checks_what_the_stages_need_before_running_any(tmp_path):
+    """Without a torch that sees a GPU, or without triton for a stage that compiles it, the script
+    stops at once with a MISSING line (a lease is too short to find out stage by stage); a missing
+    gsplat drops only the stages that need it."""
+    for env in ({"STUB_CUDA": "cuda_no"}, {"STUB_HAS": "torch pytest"}):
+        done = gpu_script(tmp_path, "cuda", "test", RESULTS="res", **env)
+        assert done.returncode == 3 and "MISSING" in done.stdout, done.stdout
+        assert "stub -m" not in done.stdout and "stub benchmarks" not in done.stdout   # nothing ran
+    done = gpu_script(tmp_path, "gsplat", "gs", "kernels", RESULTS="res")
+    assert done.returncode == 0, done.stderr
+    assert "SKIPPED stage gs: gsplat is not installed" in done.stdout and "gs_agreement" not in done.stdout
+    assert "stub benchmarks/decoder.py" in done.stdout
+
+
+@needs_bash
+def test_gpu_script_drops_the_cuda_stages_when_the_build_has_no_cuda_kernels(tmp_path):
+    """setup.py builds the CPU kernels alone, silently, when it finds no CUDA toolkit: the build stage
+    says so, and the stages that need the CUDA kernels do not run for nothing. An extension that has
+    them already is not built again."""
+    tools = dict(RESULTS="res", STUB_HAS="torch triton pytest setuptools ninja", CUDA_HOME=str(tmp_path / "cuda"))
+    nvcc = tmp_path / "cuda" / "bin" / "nvcc"
+    nvcc.parent.mkdir(parents=True)
+    nvcc.write_text("#!/bin/sh\necho 'Cuda compilation tools, stub'\n")
+    nvcc.chmod(0o755)
+    done = gpu_script(tmp_path, "build", "cuda", "test", **tools)
+    assert done.returncode == 0, done.stderr
+    assert "pip install" in done.stdout and "FAILED: the extension has no CUDA kernels" in done.stdout
+    assert "SKIPPED stage cuda" in done.stdout and "decoder.py" not in done.stdout
+    assert "-k not gsplat" in done.stdout   # the test stage runs, all of it (triton's tests)
+    done = gpu_script(tmp_path, "build", "cuda", STUB_BACKENDS="[torch, cuda]", **tools)
+    assert "pip install" not in done.stdout and "with-cuda-kernels" in done.stdout and "decoder.py" in done.stdout
+
+
+@needs_bash
+def test_gpu_script_stays_inside_its_time_budget(tmp_path):
+    done = gpu_script(tmp_path, "kernels", RESULTS="res", GPU_BUDGET_S="0")
+    assert done.returncode == 0, done.stderr
+    assert "SKIPPED (" in done.stdout and "stub benchmarks" not in done.stdout
+
+
+@needs_bash
+def test_gpu_script_cuda_stage_times_every_block_size_in_one_process(tmp_path):
+    """The cuda stage times the 64-, 32- and 16-row blocks in one decoder.py run (one baseline) and runs
+    the GPU test outside tests/test_gpu.py; a test stage after it runs only the Triton tests (the cuda
+    stage ran the others)."""
+    out = tmp_path / "out"
+    done = gpu_script(tmp_path, "cuda", "test", RESULTS="res", OUT=str(out), STUB_HAS="torch triton pytest xdist")
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(out / "gpu_results_t.tar") as tar:   # pytest's reports travel with the JSON
+        assert {"pytest_cuda_t.xml", "pytest_test_t.xml"} <= {os.path.basename(n) for n in tar.getnames()}
+    assert "pytest_test_t.xml: 1 tests, 0 failed" in done.stdout   # the summary at the end
+    official = [line for line in done.stdout.splitlines() if "decoder.py" in line and "official" in line]
+    assert len(official) == 1 and "--cuda-rows 32,16" in official[0]
+    tests = [line for line in done.stdout.splitlines() if line.startswith("stub -m pytest")]
+    assert "-k cuda and not triton and not gsplat" in tests[0]
+    assert "tests/test_export.py::test_exported_predict_on_a_gpu_holds_the_cuda_kernel" in tests[0]   # a GPU test too
+    assert "-n 8" in tests[1] and tests[1].endswith("-k triton and not gsplat")
+
+
+def test_decoder_script_times_capped_cuda_blocks_with_the_cap_set(scripts, monkeypatch):
+    """--cuda-rows: each capped row decodes with INFINIDEPTH_CUDA_MAX_ROWS set to its cap (the extension
+    reads it at every launch), the plain cuda rows and everything else without it. The cuda backend is
+    faked by the torch one here, recording the variable at each call."""
+    import decoder
+
+    seen = []
+
+    def fake_decode(maps, coords, dec, backend="torch", **kw):
+        if backend == "cuda":
+            seen.append((kw.get("precision"), os.environ.get("INFINIDEPTH_CUDA_MAX_ROWS")))
+        kw.pop("precision", None)
+        return implicit_decode(maps, coords, dec, backend="torch", **kw)
+
+    from infinidepth.ops import implicit_decode
+
+    monkeypatch.delenv("INFINIDEPTH_CUDA_MAX_ROWS", raising=False)
+    monkeypatch.setattr(decoder, "implicit_decode", fake_decode)
+    monkeypatch.setattr(decoder, "available_backends", lambda device: ["torch", "cuda"])
+    monkeypatch.setattr(decoder, "timeit", lambda fn, device: (fn(), 1.0)[1])
+    with contextlib.redirect_stdout(io.StringIO()):
+        report = decoder.main(["--queries", "32", "--backends", "torch,cuda", "--cuda-rows", "32,16"])
+    rows = {(r["backend"], r["dtype"]): r for r in report["results"]}
+    for cap in (32, 16):
+        assert rows[(f"cuda, at most {cap} rows per block", "fp32")]["cuda_max_rows"] == cap
+        assert (f"cuda, at most {cap} rows per block", "bf16") in rows
+    assert {env for p, env in seen} == {None, "32", "16"}
+    assert {env for p, env in seen if env} == {"32", "16"} and ("bf16", "16") in seen and ("fp32", "32") in seen
+    assert "INFINIDEPTH_CUDA_MAX_ROWS" not in os.environ   # restored
+    with pytest.raises(SystemExit):   # without the cuda backend there is nothing to cap
+        monkeypatch.setattr(decoder, "available_backends", lambda device: ["torch"])
+        with contextlib.redirect_stderr(io.StringIO()):
+            decoder.main(["--queries", "32", "--cuda-rows", "32"])
 
 
 def test_bench_command_records_the_arguments_main_was_given(tmp_path, capsys):
