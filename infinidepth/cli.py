@@ -870,7 +870,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", help=INPUT_SIZE_HELP)
     p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; "
                                           "PNG in mm); for several images a folder with one file per image, named like it")
-    p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample)")
+    p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample; default 1500)")
     p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift); "
                                              "for several images a folder, as for --sparse-depth")
     p.add_argument("--region", help="only output pixels y0,x0,y1,x1 (end exclusive) of the output grid: zoom into part of "
@@ -890,7 +890,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cx", type=float, help="principal point x in pixels (default: W/2)")
     p.add_argument("--cy", type=float, help="principal point y in pixels (default: H/2)")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    p.add_argument("--seed", type=int, default=0, help="seed of prompt subsampling and robust alignment")
+    p.add_argument("--seed", type=int, default=0, help="seed of prompt subsampling, robust alignment and the --points "
+                                                   "sampler (default 0)")
     p.add_argument("--quiet", action="store_true")
 
     data = sub.add_parser("data", help="datasets: render a procedural set")
@@ -900,7 +901,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--size", required=True, help="WIDTHxHEIGHT as display resolutions are written, e.g. 3840x2160")
     r.add_argument("--out", required=True, help="output folder (resumable: finished views are kept)")
     r.add_argument("--views", type=int, default=1, help="cameras per scene: the source view and moved copies (default 1)")
-    r.add_argument("--baseline", type=float, default=0.3, help="largest sideways move of the extra views, metres")
+    r.add_argument("--baseline", type=float, default=0.3, help="largest sideways move of the extra views, metres (default 0.3)")
     r.add_argument("--seed", type=int, default=0, help="scene k has seed SEED + k")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("--quiet", action="store_true")
@@ -924,7 +925,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quiet", action="store_true")
 
     b = sub.add_parser("bench", help="end-to-end timings at large output sizes, every decoder path, ratios to the released-style path")
-    b.add_argument("--checkpoint", help="checkpoint file (default: the preset)")
+    b.add_argument("--checkpoint", help="checkpoint file or preset name (default: --preset's)")
     b.add_argument("--preset", default=None, help=f"preset name when no checkpoint is given (default: {DEFAULT_CHECKPOINT})")
     b.add_argument("--sizes", default="1k,4k", help="comma list of 1k (768x1024), 2k, 4k, 8k, 16k or HxW (default: 1k,4k)")
     b.add_argument("--paths", help="comma list of decoder paths (default: released-style, torch and every fused backend here)")
@@ -945,39 +946,40 @@ def build_parser() -> argparse.ArgumentParser:
     gs = sub.add_parser("gs", help="Gaussian splats of one image: a 3DGS .ply, a novel view, optionally a video")
     gs.add_argument("image")
     gs.add_argument("--checkpoint", help=f"depth checkpoint file or preset (default: {DEFAULT_CHECKPOINT})")
-    gs.add_argument("--points", type=int, default=200_000, help="Gaussians, spread evenly over the surfaces (surface-area sampler)")
+    gs.add_argument("--points", type=int, default=200_000, help="Gaussians, spread evenly over the surfaces (surface-area sampler; default 200000)")
     gs.add_argument("--video", choices=("orbit", "swing"), help="also write an MP4 of this camera path")
     gs.add_argument("--frames", type=int, default=60, help="video frames (default 60)")
-    gs.add_argument("--fps", type=int, default=30)
-    gs.add_argument("--move", type=float, default=0.05, help="camera move of the novel view and the video, as a fraction of the median depth")
+    gs.add_argument("--fps", type=int, default=30, help="video frame rate (default 30)")
+    gs.add_argument("--move", type=float, default=0.05, help="camera move of the novel view and the video, as a fraction of the median depth "
+                                                               "(default 0.05)")
     gs.add_argument("--render-size", help="HxW of the rendered views (default: the image's, long side at most 512)")
     gs.add_argument("--input-size", help=INPUT_SIZE_HELP)
     gs.add_argument("--fx", type=float, help="focal length in pixels of the image (default: max(H, W))")
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    gs.add_argument("--seed", type=int, default=0)
+    gs.add_argument("--seed", type=int, default=0, help="seed of the surface-area sampler (default 0)")
     gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs, or 'demo' (the one bundled with the demo "
                                       "model); default: plain splats sized by point spacing")
     gs.add_argument("--quiet", action="store_true")
 
     tg = sub.add_parser("train-gs", help="train the paper's Gaussian head on multi-view procedural scenes (depth model frozen)")
     tg.add_argument("--depth-model", default=DEFAULT_CHECKPOINT, help=f"frozen depth checkpoint or preset (default: {DEFAULT_CHECKPOINT})")
-    tg.add_argument("--scenes", type=int, default=200)
-    tg.add_argument("--steps", type=int, default=500)
-    tg.add_argument("--points", type=int, default=6000)
-    tg.add_argument("--size", default="96x128", help="HxW of the rendered views, multiples of 16")
-    tg.add_argument("--views", type=int, default=3, help="views per scene: the source and moved ones")
+    tg.add_argument("--scenes", type=int, default=200, help="procedural training scenes (seeds 0 to SCENES - 1), rendered on the fly (default 200)")
+    tg.add_argument("--steps", type=int, default=500, help="training steps, one scene each (default 500)")
+    tg.add_argument("--points", type=int, default=6000, help="points sampled on each source view (default 6000)")
+    tg.add_argument("--size", default="96x128", help="HxW of the rendered views, multiples of 16 (default 96x128)")
+    tg.add_argument("--views", type=int, default=3, help="views per scene: the source and moved ones (default 3)")
     tg.add_argument("--lpips", help="LPIPS network weights: torchvision's VGG16 or AlexNet file (e.g. "
                                     "~/.cache/torch/hub/checkpoints/vgg16-397923af.pth) or a saved lpips.LPIPS state "
                                     "dict; adds --lpips-weight x LPIPS to L1 + SSIM (needs pip install lpips)")
-    tg.add_argument("--lpips-weight", type=float, default=0.05)
-    tg.add_argument("--out", default="runs/gs")
-    tg.add_argument("--resume", action="store_true")
+    tg.add_argument("--lpips-weight", type=float, default=0.05, help="weight of the LPIPS term (default 0.05)")
+    tg.add_argument("--out", default="runs/gs", help="run folder (gs_head.pt, gs_checkpoint.pt, gs_log.jsonl; default runs/gs)")
+    tg.add_argument("--resume", action="store_true", help="continue from OUT/gs_checkpoint.pt (same options)")
     tg.add_argument("--quiet", action="store_true")
 
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
-    d.add_argument("--out", default="infinidepth_demo")
-    d.add_argument("--device")
+    d.add_argument("--out", default="infinidepth_demo", help="output folder (default: ./infinidepth_demo)")
+    d.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     return parser
 
 
