@@ -58,6 +58,9 @@ DEFAULT_CHECKPOINT = "demo"  # the bundled demonstration model: infinidepth/asse
 MAX_INPUT_SIDE = 1024
 
 
+MAX_PROMPT_POINTS = 1500   # sparse-depth samples given to the DepthSensor model's prompt by default
+
+
 def open_model(name: str | None, device):
     """``--checkpoint``'s model; without one the bundled demo model (not a file or folder of that
     name in the current directory)."""
@@ -430,8 +433,15 @@ def predict(args) -> list[dict]:
     if args.region is not None and not args.region.strip():
         raise InputError("--region is empty; give y0,x0,y1,x1 in output pixels")
     check_seed(args.seed)
+    if args.max_prompt_points is None:
+        args.max_prompt_points = MAX_PROMPT_POINTS
+    elif not args.sparse_depth:   # (it would change nothing: better said than ignored)
+        raise InputError("--max-prompt-points sets how many --sparse-depth samples prompt the model: give it with --sparse-depth")
     if args.max_prompt_points < 1:
         raise InputError(f"--max-prompt-points must be at least 1, got {args.max_prompt_points}")
+    camera = [f"--{n}" for n in ("fx", "fy", "cx", "cy") if getattr(args, n) is not None]
+    if camera and not args.ply:
+        raise InputError(f"{', '.join(camera)} describe the camera of the point cloud: give them with --ply")
     for name in ("fx", "fy"):
         v = getattr(args, name)
         if v is not None and (not np.isfinite(v) or v <= 0):
@@ -870,7 +880,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input-size", help=INPUT_SIZE_HELP)
     p.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing ({', '.join(DEPTH_SUFFIXES)}; "
                                           "PNG in mm); for several images a folder with one file per image, named like it")
-    p.add_argument("--max-prompt-points", type=int, default=1500, help="sparse samples used as prompts (seeded subsample; default 1500)")
+    p.add_argument("--max-prompt-points", type=int, help=f"with --sparse-depth: samples used as prompts (seeded subsample; "
+                                                          f"default {MAX_PROMPT_POINTS})")
     p.add_argument("--reference-depth", help="metric depth to align a relative prediction to (robust scale and shift); "
                                              "for several images a folder, as for --sparse-depth")
     p.add_argument("--region", help="only output pixels y0,x0,y1,x1 (end exclusive) of the output grid: zoom into part of "

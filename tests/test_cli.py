@@ -111,6 +111,8 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--checkpoint", str(tmp_path / "bad.ckpt")], "basic_encoder"),
         (["predict", img, "--reference-depth", str(tmp_path / "small.npy")], "reference depth"),
         (["predict", img, "--points", "100"], "with --ply"),
+        (["predict", img, "--fy", "300", "--cx", "10"], "--fy, --cx describe the camera of the point cloud: give them with --ply"),
+        (["predict", img, "--max-prompt-points", "50"], "give it with --sparse-depth"),
         (["predict", img, "--ply", "--points", "0"], "--points must be"),
         (["predict", img, "--ply", "--points", str(2**30)], "GB of memory"),
         (["predict", img, "--ply", "--points", "100", "--checkpoint", "grid-tiny"], "grid baseline lacks"),
