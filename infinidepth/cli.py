@@ -705,7 +705,8 @@ def run_bench(args) -> dict:
     input_size = network_input_size(args.input_size, patch=model.patch_size) if args.input_size else None
     set_precision(model, args.precision)
     if args.precision != "fp32":
-        low = ("torch", "cpp") if device.type == "cpu" else ("torch", "cuda", "triton")
+        # the released-style path is the plain-PyTorch decoder in its chunks: under the same autocast as torch
+        low = (bench.BASELINE, "torch", "cpp") if device.type == "cpu" else (bench.BASELINE, "torch", "cuda", "triton")
         for p in chosen or known:
             if p not in low:
                 raise InputError(f"--precision {args.precision}: path {p} computes in fp32; pass --paths from {', '.join(low)}")

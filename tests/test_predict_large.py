@@ -204,9 +204,13 @@ def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
     assert "not available" in capsys.readouterr().err
     assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "fp16"]) == 2
     assert "fp16 needs a CUDA device" in capsys.readouterr().err
-    if cpu_supports_bf16():
-        assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "bf16"]) == 2
-        assert "path released-style computes in fp32; pass --paths from torch, cpp" in capsys.readouterr().err
+    if cpu_supports_bf16():   # every CPU path, the released-style baseline under autocast too: ratios in bf16
+        out = tmp_path / "bf16.json"
+        assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "bf16", "--sizes", "8x8",
+                     "--input-size", "32x48", "--json", str(out), "--quiet"]) == 0
+        report = json.loads(out.read_text())
+        assert report["precision"] == "bf16" and [r["path"] for r in report["rows"]] == ["released-style", "torch", "cpp"]
+        assert all(r["decode_speedup_vs_released"] > 0 for r in report["rows"])
     assert main(["bench", "--preset", "tiny", "--repeats", "0"]) == 2
     assert "--repeats" in capsys.readouterr().err
     assert main(["bench", "--preset", "tiny", "--input-size", "30x40"]) == 2
