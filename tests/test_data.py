@@ -4,6 +4,7 @@ written here in each set's own format, and bad data kept away from the loss."""
 import json
 import logging
 import math
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -177,6 +178,85 @@ def test_hypersim_distance_becomes_z_depth(tmp_path):
         np.testing.assert_allclose(d[mask], expected[mask], rtol=1e-6)
         np.testing.assert_allclose(s["depth_intrinsics"].numpy(), [[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], rtol=1e-6)
         assert 0 < s["image"].mean() < 1
+
+
+def test_hypersim_tilt_shift_scenes_use_their_camera_from_the_metadata_csv(tmp_path):
+    # Rows of ml-hypersim's contrib/mikeroberts3000/metadata_camera_parameters.csv: ai_026_006 has an image
+    # plane tilted by 41 degrees, ai_021_002 is shifted both ways. ai_001_001 is left out of the file here.
+    cameras = {"ai_026_006": [0.79032254, 0, 0, 0, 0.44393774, 0, 0, -0.39276233, -1.36887874],
+               "ai_021_002": [0.59211003, 0, -0.0355266, 0, 0.44294548, 0.3543565, 0, 0.03175839, -1.02556463]}
+    names = [f"M_cam_from_uv_{i}{j}" for i in range(3) for j in range(3)]
+    (tmp_path / "metadata_camera_parameters.csv").write_text(
+        "scene_name,settings_output_img_height,settings_output_img_width," + ",".join(names) + "\n"
+        + "".join(f"{k},6.0,8.0," + ",".join(map(str, m)) + "\n" for k, m in cameras.items()))
+    H, W = 6, 8
+    rng = np.random.default_rng(3)
+    dist = {}
+    for scene in (*cameras, "ai_001_001"):
+        images = tmp_path / scene / "images"
+        (images / "scene_cam_00_geometry_hdf5").mkdir(parents=True)
+        dist[scene] = rng.uniform(1.0, 9.0, (H, W)).astype(np.float16)       # Hypersim stores float16
+        with h5py.File(images / "scene_cam_00_geometry_hdf5" / "frame.0000.depth_meters.hdf5", "w") as h:
+            h.create_dataset("dataset", data=dist[scene])
+        write_rgb(images / "scene_cam_00_final_preview" / "frame.0000.tonemap.jpg", H, W)
+    ds = Hypersim(tmp_path, size=(H, W), n_pairs=8)
+    samples = {Path(s["name"]).parts[-4]: s for s in read_all(ds)}
+    assert sorted(samples) == ["ai_001_001", "ai_021_002", "ai_026_006"]
+
+    # Hypersim's own rays (its notebook 01_casting_rays_that_match_hypersim_images): pixel centres at
+    # u = linspace(-1 + 1/W, 1 - 1/W, W), v the same over H, top row first (v up), ray = M (u, v, 1) in
+    # x right, y up, z backwards; the file holds the distance along it.
+    u, v = np.meshgrid(np.linspace(-1 + 1 / W, 1 - 1 / W, W), np.linspace(-1 + 1 / H, 1 - 1 / H, H)[::-1])
+    t = math.tan(math.radians(30))
+    for scene, s in samples.items():
+        M = np.array(cameras.get(scene, [t, 0, 0, 0, t * H / W, 0, 0, 0, -1])).reshape(3, 3)
+        rays = np.stack([u, v, np.ones_like(u)], -1) @ M.T
+        truth = dist[scene].astype(np.float64)[..., None] * rays / np.linalg.norm(rays, axis=-1, keepdims=True)
+        truth = truth.reshape(-1, 3) * [1, -1, -1]                         # to x right, y down, z forward
+        # The reader's z-depth and K back-project to the same points, seen from a frame turned about the
+        # camera centre (its image plane's): a proper rotation maps one set onto the other.
+        K = s["depth_intrinsics"].double().numpy()
+        j, i = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+        z = s["depth"][0].double().numpy()[..., None]
+        points = (np.stack([j, i, np.ones_like(j)], -1) @ np.linalg.inv(K).T * z).reshape(-1, 3)
+        U, _, Vt = np.linalg.svd(truth.T @ points)
+        R = (U @ Vt).T                                                      # best orthogonal map truth -> points
+        assert np.linalg.det(R) > 0
+        np.testing.assert_allclose(truth @ R.T, points, rtol=0, atol=2e-4 * np.abs(truth).max())
+        if scene == "ai_001_001":                                           # not in the file: the standard camera
+            f = W / 2 / t
+            np.testing.assert_allclose(K, [[f, 0, W / 2], [0, f, H / 2], [0, 0, 1]], rtol=1e-6)
+
+
+def test_hypersim_hdr_is_exposed_for_the_pixels_that_hit_geometry(tmp_path):
+    # ml-hypersim's scene_generate_images_tonemap.py takes the 90th-percentile brightness over the pixels
+    # with render_entity_id != -1 only, and scales it to 0.8 after gamma 1/2.2. Here the geometry is grey
+    # 0.5 and the rest (40%: a bright environment seen through a window) is 100, so the geometry must come
+    # out at 0.8 * 255 = 204, whatever the window holds.
+    H, W = 5, 10
+    images = tmp_path / "ai_001_001" / "images"
+    (images / "scene_cam_00_geometry_hdf5").mkdir(parents=True)
+    (images / "scene_cam_00_final_hdf5").mkdir()
+    ids = np.full((H, W), 7, np.int32)
+    ids[:2] = -1
+    hdr = np.full((H, W, 3), 0.5, np.float16)
+    hdr[:2] = 100.0
+    with h5py.File(images / "scene_cam_00_geometry_hdf5" / "frame.0000.depth_meters.hdf5", "w") as h:
+        h.create_dataset("dataset", data=np.full((H, W), 3.0, np.float16))
+    with h5py.File(images / "scene_cam_00_geometry_hdf5" / "frame.0000.render_entity_id.hdf5", "w") as h:
+        h.create_dataset("dataset", data=ids)
+    with h5py.File(images / "scene_cam_00_final_hdf5" / "frame.0000.color.hdf5", "w") as h:
+        h.create_dataset("dataset", data=hdr)
+    rgb = Hypersim(tmp_path, size=(H, W), n_pairs=8).frame(0)["rgb"]
+    assert (rgb[2:] == 204).all() and (rgb[:2] == 255).all()
+
+
+def test_hypersim_camera_file_given_but_broken_is_refused(tmp_path):
+    (tmp_path / "ai_001_001" / "images").mkdir(parents=True)
+    bad = tmp_path / "cameras.csv"
+    bad.write_text("scene_name,M_cam_from_uv_00\nai_001_001,0.5\n")
+    with pytest.raises(InputError, match="cameras.csv: expected the columns scene_name and M_cam_from_uv_00"):
+        Hypersim(tmp_path, camera_parameters=bad)
 
 
 def test_virtual_kitti2_centimetres_sky_and_per_frame_intrinsics(tmp_path):

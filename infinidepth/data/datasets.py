@@ -218,16 +218,34 @@ def _pair(root: Path, pattern: str, partner, others: str | None = None,
 class Hypersim(DepthDataset):
     """apple/ml-hypersim: ``ai_VVV_NNN/images/scene_cam_XX_geometry_hdf5/frame.IIII.depth_meters.hdf5``
     holds the distance to the camera centre (HDF5 dataset ``dataset``, NaN where nothing was hit),
-    turned here into z-depth with the 60 degree horizontal field of view of the released renders
-    (fx = fy = W / 2 / tan 30deg, 886.81 at 1024x768). RGB: ``scene_cam_XX_final_preview/frame.IIII.tonemap.jpg``,
-    or else the HDR ``scene_cam_XX_final_hdf5/frame.IIII.color.hdf5`` tone-mapped as the Hypersim
-    tools do (90th-percentile brightness to 0.8, gamma 1/2.2). Scenes with tilt-shift cameras are
-    read with the standard pinhole, as common training code does."""
+    turned here into z-depth. RGB: ``scene_cam_XX_final_preview/frame.IIII.tonemap.jpg``, or else the HDR
+    ``scene_cam_XX_final_hdf5/frame.IIII.color.hdf5`` tone-mapped as the Hypersim tools do
+    (90th-percentile brightness to 0.8, gamma 1/2.2).
+
+    The camera is per scene: many scenes use tilt-shift lenses, whose images are pinhole images with the
+    principal point far from the centre (and other focal lengths) in a frame turned from the camera's.
+    ml-hypersim gives each scene's ``M_cam_from_uv`` in ``contrib/mikeroberts3000/metadata_camera_parameters.csv``;
+    pass that file as ``camera_parameters`` or put it in the root. Scenes it does not list (all of them
+    without the file, with a warning) get the standard camera: 60 degree horizontal field of view, centred
+    (fx = fy = W / 2 / tan 30deg, 886.81 at 1024x768)."""
 
     layout = "ai_*/images/scene_cam_*_geometry_hdf5/frame.*.depth_meters.hdf5 beside scene_cam_*_final_preview or _final_hdf5"
     FOV_X = math.radians(60.0)
+    CAMERA_PARAMETERS = "metadata_camera_parameters.csv"
+
+    def __init__(self, root=None, *args, camera_parameters=None, **kw):
+        self.camera_parameters = Path(camera_parameters) if camera_parameters is not None else None
+        super().__init__(root, *args, **kw)
 
     def find(self):
+        csv_path = self.camera_parameters or self.root / self.CAMERA_PARAMETERS
+        if self.camera_parameters is not None or csv_path.is_file():
+            self.cameras = read_hypersim_cameras(csv_path)
+        else:
+            self.cameras = {}
+            log.warning("Hypersim: no %s under %s (ml-hypersim, contrib/mikeroberts3000): every scene is read with "
+                        "the standard 60 degree camera, so the tilt-shift scenes get wrong depth and intrinsics",
+                        self.CAMERA_PARAMETERS, self.root)
         records = []
         for d in sorted(self.root.glob("ai_*/images/scene_cam_*_geometry_hdf5/frame.*.depth_meters.hdf5")):
             cam = d.parent.name[: -len("_geometry_hdf5")]
@@ -239,15 +257,72 @@ class Hypersim(DepthDataset):
                 _unpaired(self.unpaired, f"{d}: neither {jpg.name} nor {hdr.name} exists")
             else:
                 records.append((d, rgb))
+        unlisted = sorted({d.parents[2].name for d, _ in records} - set(self.cameras))
+        if self.cameras and unlisted:
+            log.warning("Hypersim: %d scenes are not in %s and get the standard camera: %s",
+                        len(unlisted), csv_path, ", ".join(unlisted))
         return records
 
     def load(self, record):
         dist_path, rgb_path = record
         dist = _read_depth(dist_path)
         H, W = dist.shape
-        f = W / 2 / math.tan(self.FOV_X / 2)
-        rgb = _read_rgb(rgb_path) if rgb_path.suffix == ".jpg" else tonemap_hypersim(_read_hdf5(rgb_path))
-        return rgb, distance_to_depth(dist, f), _pinhole(f, W / 2, H / 2)
+        M = self.cameras.get(dist_path.parents[2].name)
+        if M is None:
+            t = math.tan(self.FOV_X / 2)
+            M = np.diag([t, t * H / W, -1.0])
+        K, z_per_distance = hypersim_camera(M, H, W)
+        if rgb_path.suffix == ".jpg":
+            rgb = _read_rgb(rgb_path)
+        else:   # the tools expose for the pixels that hit geometry (render_entity_id != -1), when that file is there
+            ids = dist_path.with_name(dist_path.name.replace(".depth_meters.hdf5", ".render_entity_id.hdf5"))
+            rgb = tonemap_hypersim(_read_hdf5(rgb_path), _read_hdf5(ids) != -1 if ids.is_file() else None)
+        return rgb, (dist * z_per_distance).astype(np.float32), K
+
+
+def read_hypersim_cameras(path: Path) -> dict[str, np.ndarray]:
+    """``{scene name: M_cam_from_uv [3, 3]}`` from ml-hypersim's ``metadata_camera_parameters.csv``."""
+    import csv
+
+    names = [f"M_cam_from_uv_{i}{j}" for i in range(3) for j in range(3)]
+    try:
+        with open(path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        cameras = {row["scene_name"]: np.array([float(row[n]) for n in names]).reshape(3, 3) for row in rows}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"cannot read the Hypersim camera parameters {path}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{path}: expected the columns scene_name and {', '.join(names)} with numbers "
+                         f"({type(e).__name__}: {e})") from None
+    for scene, M in cameras.items():
+        if not (np.isfinite(M).all() and abs(np.linalg.det(M)) > 1e-12):
+            raise InputError(f"{path}: M_cam_from_uv of {scene} is not an invertible finite matrix: {M.tolist()}")
+    return cameras
+
+
+def hypersim_camera(M_cam_from_uv: np.ndarray, H: int, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(K [3, 3], z_per_distance [H, W])`` of a Hypersim image whose scene has ``M_cam_from_uv``.
+
+    Hypersim casts the ray of the point ``(x, y)`` of the image (pixel ``j`` spans ``[j, j + 1)``) as
+    ``M (u, v, 1)``, ``u = 2 x / W - 1`` rightwards, ``v = 1 - 2 y / H`` upwards, in camera axes x right,
+    y up, z backwards. In OpenCV axes (x right, y down, z forward) that is ``ray = B (x, y, 1)``, so the
+    image is the pinhole ``(x, y, 1) ~ B^-1 ray = K R ray``, split into an upper-triangular ``K`` and a
+    rotation ``R`` (Gram-Schmidt from the last row). The last row of ``R`` is the image plane's normal:
+    z-depth is measured along it, ``z = distance * (normal . ray) / |ray|``. The standard camera has R = I.
+    """
+    A = np.array([[2.0 / W, 0.0, -1.0], [0.0, -2.0 / H, 1.0], [0.0, 0.0, 1.0]])   # (x, y, 1) -> (u, v, 1)
+    B = np.diag([1.0, -1.0, -1.0]) @ np.asarray(M_cam_from_uv, dtype=np.float64) @ A
+    P = np.linalg.inv(B)
+    normal = P[2] / np.linalg.norm(P[2])
+    down = P[1] - (P[1] @ normal) * normal
+    down /= np.linalg.norm(down)
+    right = P[0] - (P[0] @ normal) * normal - (P[0] @ down) * down
+    right /= np.linalg.norm(right)
+    K = np.triu(P @ np.stack([right, down, normal]).T)     # below the diagonal: zeros up to rounding
+    K /= K[2, 2]
+    x, y = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
+    rays = np.stack([x, y, np.ones_like(x)], -1) @ B.T
+    return K, (rays @ normal) / np.linalg.norm(rays, axis=-1)
 
 
 def _read_hdf5(path: Path) -> np.ndarray:
@@ -260,20 +335,19 @@ def _read_hdf5(path: Path) -> np.ndarray:
         raise DataError(f"cannot read {path}: {e}") from e
 
 
-def distance_to_depth(dist: np.ndarray, f: float) -> np.ndarray:
-    """Distance to the camera centre -> z-depth, for a centred pinhole of focal ``f`` pixels."""
-    H, W = dist.shape
-    x = np.arange(W) + 0.5 - W / 2
-    y = np.arange(H) + 0.5 - H / 2
-    return (dist * f / np.sqrt(x[None] ** 2 + y[:, None] ** 2 + f * f)).astype(np.float32)
-
-
-def tonemap_hypersim(hdr: np.ndarray) -> np.ndarray:
-    """HDR linear RGB -> uint8: scale so the 90th-percentile brightness maps to 0.8 after gamma 1/2.2."""
+def tonemap_hypersim(hdr: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """HDR linear RGB -> uint8 as ml-hypersim's scene_generate_images_tonemap.py: scale so the 90th-percentile
+    brightness of the ``valid`` pixels (all when None; scale 1 when none is) maps to 0.8 after gamma 1/2.2."""
     hdr = np.nan_to_num(hdr.astype(np.float64), nan=0.0, posinf=0.0)
     brightness = 0.3 * hdr[..., 0] + 0.59 * hdr[..., 1] + 0.11 * hdr[..., 2]
-    p90 = np.percentile(brightness, 90)
-    scale = 0.8**2.2 / p90 if p90 > 1e-4 else 0.0
+    if valid is not None and valid.shape != brightness.shape:
+        raise DataError(f"render_entity_id is {valid.shape} but the colour image is {brightness.shape}")
+    chosen = brightness if valid is None else brightness[valid]
+    if chosen.size == 0:
+        scale = 1.0
+    else:
+        p90 = np.percentile(chosen, 90)
+        scale = 0.8**2.2 / p90 if p90 >= 1e-4 else 0.0
     return (np.clip((scale * np.clip(hdr, 0, None)) ** (1 / 2.2), 0, 1) * 255).round().astype(np.uint8)
 
 
