@@ -11,6 +11,7 @@ import torch
 from infinidepth.cli import main
 from infinidepth.data import ProceduralFiles, generate_scene, render
 from infinidepth.data.procedural import BOX, CHECKER, CYLINDER, RECT, SPHERE, TILES, Primitive, Scene, load_view, look_at, render_set
+from infinidepth.data import procedural
 
 
 def one_object_scene(*prims, eye=(0, 0, 0), target=(0, 1, 0), light=(0, 0, 100.0)):
@@ -192,6 +193,21 @@ def test_render_set_layout_resume_and_refusal(tmp_path):
     (failed / "README.md").write_text("layout")
     assert render_set(failed, scenes=1, size=(24, 32), progress=False)["rendered"] == 1
     assert json.loads((failed / "index.json").read_text())["size"] == [24, 32]
+
+
+def test_a_set_begun_by_another_renderer_version_is_not_continued(tmp_path):
+    """A set begun before a renderer change (its index has no version, or another one) would come
+    out half drawn one way, half the other: it is refused by name, and still reads as it is."""
+    out = tmp_path / "set"
+    render_set(out, scenes=1, size=(16, 24), progress=False)
+    index = json.loads((out / "index.json").read_text())
+    assert index["renderer"] == procedural.RENDERER
+    old = {k: v for k, v in index.items() if k != "renderer"}          # as sets were written before
+    (out / "index.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=f"rendered by renderer version 1, and this is version {procedural.RENDERER}"):
+        render_set(out, scenes=2, size=(16, 24), progress=False)
+    assert json.loads((out / "index.json").read_text()) == old and not (out / "scene_000001").exists()
+    assert len(ProceduralFiles(out, size=(16, 24), n_pairs=4)) == 1
 
 
 def test_data_render_command(tmp_path, capsys):

@@ -606,10 +606,15 @@ def _rot_y(angle: float) -> np.ndarray:
 
 # -- files: the layout of `infinidepth data render` -------------------------------------------------
 FORMAT = "infinidepth-procedural/1"
+# What a seed renders to. Raised with every change that alters the arrays of a seed, so that a set is
+# never continued by a renderer that draws its scenes differently. 2 (2026-12-07): exact hits on thin
+# spheres and cylinders, checker and tile textures from the coordinates along a surface.
+RENDERER = 2
 LAYOUT = """\
 # A procedural depth set (infinidepth data render)
 
-index.json                      how the set was made: format, size [H, W], scenes, views, seed, baseline
+index.json                      how the set was made: format, renderer version, size [H, W], scenes, views,
+                                seed, baseline
 scene_NNNNNN/                   one scene; its seed is seed + NNNNNN
   view_VV_rgb.png               8-bit sRGB, H x W
   view_VV_depth.exr             float32 channel Z: z-depth in metres, 0 where the ray leaves the scene (sky)
@@ -690,11 +695,16 @@ def render_set(out, scenes: int, size: tuple[int, int], views: int = 1, seed: in
     if scenes <= 0 or views <= 0:
         raise ValueError(f"scenes and views must be positive, got {scenes} and {views}")
     size = check_size(size, "render size")   # before index.json records it
-    index = {"format": FORMAT, "size": [int(size[0]), int(size[1])], "scenes": int(scenes), "views": int(views),
-             "seed": int(seed), "baseline": float(baseline)}
+    index = {"format": FORMAT, "renderer": RENDERER, "size": [int(size[0]), int(size[1])], "scenes": int(scenes),
+             "views": int(views), "seed": int(seed), "baseline": float(baseline)}
     if (out / "index.json").is_file():
         old = json.loads((out / "index.json").read_text())
         rendered = any(out.glob("scene_*/view_*_camera.json"))  # a run that failed before its first view left only the index
+        made_by = old.get("renderer", 1)   # (sets from before the version was recorded: 1)
+        if rendered and made_by != RENDERER:
+            raise ValueError(f"{out} was rendered by renderer version {made_by}, and this is version {RENDERER}, which "
+                             "draws the same seeds differently: finish it with the version that began it, or choose "
+                             "another folder (its views stay readable as they are)")
         if rendered and {k: v for k, v in old.items() if k != "scenes"} != {k: v for k, v in index.items() if k != "scenes"}:
             raise ValueError(f"{out} already holds a different procedural set ({old}); choose another folder")
         if rendered:  # asking for fewer scenes renders none but never shrinks what the index says is there
