@@ -579,7 +579,7 @@ def generate_scene(seed: int, kind: str | None = None, views: int = 1, baseline:
     """A random scene from ``seed`` (numpy's PCG64: identical on every platform and run).
 
     ``views`` cameras: the first is the source view; the others are moved by up to ``baseline``
-    metres sideways and up/down and turned by up to 5 degrees, for novel-view work."""
+    metres sideways and up/down and turned by up to 5 degrees in yaw and in pitch, for novel-view work."""
     if views < 1:
         raise ValueError(f"views must be at least 1, got {views}")
     rng = np.random.default_rng(seed)
@@ -616,7 +616,7 @@ LAYOUT = """\
 index.json                      how the set was made: format, renderer version, size [H, W], scenes, views,
                                 seed, baseline
 scene_NNNNNN/                   one scene; its seed is seed + NNNNNN
-  view_VV_rgb.png               8-bit sRGB, H x W
+  view_VV_rgb.png               8-bit RGB (the shaded colour x 255, no sRGB curve), H x W
   view_VV_depth.exr             float32 channel Z: z-depth in metres, 0 where the ray leaves the scene (sky)
   view_VV_normal.exr            half-float RGB: unit normals in the camera frame (x right, y down, z forward)
   view_VV_camera.json           intrinsics [3x3] in pixels (pixel (i, j) centred at (j + 0.5, i + 0.5)),
