@@ -1,7 +1,11 @@
 """High-frequency masks: where a depth map has fine detail (edges, thin structures), as the
 InfiniDepth paper defines them, so that metrics can be reported on those regions separately.
 
-1. the depth map, smoothed by Gaussians of each ``scale`` (pixels; 0 = unsmoothed);
+1. the depth map unsmoothed and smoothed by a Gaussian of each ``scale`` (pixels). The released
+   code's energy (``training/utils/sampling_np.py``, ``_geom_energy``) takes the Laplacian at
+   sigma 0.6 and 1.2 only; the unsmoothed one added here also catches one-pixel detail (a wire's
+   edge), so our high-frequency masks are not exactly the released ones and HF rows are comparable
+   between our runs, not to numbers made with the released masks;
 2. the absolute 4-neighbour Laplacian of each, kept only where its whole stencil is valid data: at
    scale 0 the pixel and its 4 neighbours, at scale ``s`` the square of radius ``ceil(3 s) + 1``
    around the pixel (the Gaussian's support plus the Laplacian's reach), so the image border and
