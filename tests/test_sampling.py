@@ -249,6 +249,18 @@ def test_triangle_random_mode_is_seeded():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_triangle_random_mode_draws_triangles_in_proportion_to_their_area():
+    """Two fronto-parallel halves at depth 2 and 4, the same number of triangles each (the column
+    between them is pruned as a discontinuity): a triangle's 3D area goes with depth squared, so
+    4 / (4 + 16) of the draws land on the near half. (The draw is an inverse CDF over the areas,
+    not torch.multinomial, which refuses more than 2**24 triangles.)"""
+    depth = torch.full((1, 1, 6, 8), 4.0, dtype=torch.float64)
+    depth[..., :4] = 2.0
+    coords = triangle_area_sample(depth, K_of(8.0, 6, 8), 40_000, deterministic=False, seed=0)[0]
+    near = (coords[:, 1] < 0).double().mean().item()
+    assert abs(near - 0.2) < 0.01 and not ((coords[:, 1] > -0.125) & (coords[:, 1] < 0.125)).any()
+
+
 # -- uniformity measures -------------------------------------------------------------------------
 
 

@@ -99,7 +99,12 @@ def _sample_one(depth: torch.Tensor, K: torch.Tensor, n: int, depth_ratio, depth
             i = torch.cat([ci, (bary * rows[tri]).sum(1)])
             j = torch.cat([cj, (bary * cols[tri]).sum(1)])
     else:
-        tri = torch.multinomial(area / area.sum(), n, replacement=True, generator=generator)
+        # inverse CDF of the areas: torch.multinomial refuses more than 2**24 categories (a map of
+        # about 2900x2900 has more triangles), searchsorted has no such limit; zero-area triangles
+        # own an empty interval and are never drawn
+        cdf = torch.cumsum(area, 0)
+        u = torch.rand(n, generator=generator, device=dev, dtype=torch.float64) * cdf[-1]
+        tri = torch.searchsorted(cdf, u, right=True).clamp_(max=len(area) - 1)
         s = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
         t = torch.rand(n, generator=generator, device=dev, dtype=torch.float64)
         flip = s + t > 1
