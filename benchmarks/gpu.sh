@@ -259,7 +259,7 @@ stage_bench() {
     run $PY -m infinidepth.cli bench --preset official-large --sizes 16k --device cuda --quiet \
         --json "$RESULTS/bench_official_16k_$TAG.json"
     run $PY -m infinidepth.cli bench --preset official-large --sizes 8k,16k --device cuda --repeats 5 --precision bf16 \
-        --paths torch,cuda,triton --quiet --json "$RESULTS/bench_official_bf16_$TAG.json"
+        --paths released-style,torch,cuda,triton --quiet --json "$RESULTS/bench_official_bf16_$TAG.json"
     for f in "$RESULTS"/bench_official*_"$TAG".json; do
         [ "$f" -nt "$MARK" ] || continue   # that run failed (reported above), or an older file
         $PY -c "import json, sys; from infinidepth.bench import format_rows; print(format_rows(json.load(open(sys.argv[1]))))" "$f" | tee -a "$LOG"
