@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +137,15 @@ def test_config_refuses_bad_values_naming_the_field(tmp_path, line, message):
     path.write_text(f"{line}\n" if line.startswith("base:") else f"base: demo\n{line}\n")
     with pytest.raises(ValueError, match=message):
         load_config(str(path))
+
+
+def test_config_takes_yaml_merge_keys(tmp_path):
+    """<<: *anchor is not a key given twice: sources sharing settings through an anchor load, and a
+    key of the anchored mapping may be overridden."""
+    path = tmp_path / "run.yaml"
+    path.write_text("base: demo\ndata: [&s {name: procedural, root: a}, {<<: *s, root: b}]\n")
+    cfg = load_config(str(path))
+    assert [(d.name, d.root) for d in cfg.data] == [("procedural", "a"), ("procedural", "b")]
 
 
 def test_config_lists_every_bad_field_and_accepts_good_values(tmp_path):
@@ -730,3 +740,26 @@ def test_dinov3_files_that_do_not_fit_name_the_difference(tmp_path):
     torch.save(sd, tmp_path / "p14.pth")
     with pytest.raises(CheckpointError, match="patch 14, 2 storage tokens.*needs patch_size=14 and n_storage_tokens=2"):
         load_pretrained_encoder(from_preset("tiny"), tmp_path / "p14.pth")
+
+
+class _HungRead(torch.utils.data.Dataset):
+    def __len__(self):
+        return 100
+
+    def __getitem__(self, i):
+        if i >= 2:
+            time.sleep(60)   # a read that hangs (a stalled network file)
+        return i
+
+
+def test_workers_that_ignore_sigterm_are_still_stopped():
+    """The workers ignore SIGTERM (a group signal must not kill them), and torch's shutdown ends with
+    a SIGTERM: a worker stuck in a read survived it, and Python's exit waited on it."""
+    from infinidepth.train.trainer import _leave_stop_signals_to_the_trainer, _stop_workers
+
+    loader = torch.utils.data.DataLoader(_HungRead(), batch_size=1, num_workers=1,
+                                         worker_init_fn=_leave_stop_signals_to_the_trainer)
+    batches = iter(loader)
+    assert [int(next(batches)), int(next(batches))] == [0, 1]
+    _stop_workers(batches)
+    assert not any(w.is_alive() for w in batches._workers)

@@ -262,7 +262,8 @@ def _yaml_load(text: str):
 
     class Loader(yaml.SafeLoader):
         def construct_mapping(self, node, deep=False):
-            keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+            # (a merge key, <<: *anchor, is not a key of its own: its keys may be overridden here)
+            keys = [self.construct_object(key, deep=deep) for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
             repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
             if repeated:
                 raise yaml.constructor.ConstructorError(None, None, f"keys given twice: {', '.join(repeated)}",

@@ -242,9 +242,23 @@ def _check_weights(model, step: int, ckpt_path: Path, saved_step: int | None) ->
 def _leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     """DataLoader workers ignore SIGTERM and SIGINT. Ctrl-C, a batch system's cancel and torchrun's
     shutdown signal the whole process group: a killed worker made the next batch raise and the run
-    end without its checkpoint. The main process stops the workers itself once it has saved."""
+    end without its checkpoint. The main process stops the workers itself once it has saved
+    (:func:`_stop_workers`)."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _stop_workers(batches) -> None:
+    """Shut a DataLoader iterator's workers down now, and SIGKILL any still alive after: they ignore
+    the SIGTERM that torch's shutdown ends with, and one stuck in a read (a hung network file) would
+    otherwise keep Python's exit waiting for it. At once, because an error's traceback holds the
+    iterator, which would leave them running."""
+    if hasattr(batches, "_shutdown_workers"):
+        batches._shutdown_workers()
+        for w in getattr(batches, "_workers", []):
+            if w.is_alive():
+                w.kill()
+                w.join(timeout=5)
 
 
 def _distributed():
@@ -405,10 +419,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
         _log(out / "ranks.jsonl", {"rank": rank, "step": step, "samples": seen,
                                    "param_sum": float(sum(p.detach().double().sum() for p in model.parameters()))})
     finally:
-        if hasattr(batches, "_shutdown_workers"):
-            # At once: the workers ignore SIGTERM, and an error's traceback holds this iterator, which
-            # would leave them running and Python's exit waiting for them.
-            batches._shutdown_workers()
+        _stop_workers(batches)
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
