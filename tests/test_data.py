@@ -29,6 +29,7 @@ from infinidepth.data import (
     sample_depth_pairs,
 )
 from infinidepth.io import InputError
+from infinidepth.sampling import check_intrinsics
 
 
 # -- sub-pixel pairs ----------------------------------------------------------------------------------
@@ -216,6 +217,7 @@ def test_hypersim_tilt_shift_scenes_use_their_camera_from_the_metadata_csv(tmp_p
         # The reader's z-depth and K back-project to the same points, seen from a frame turned about the
         # camera centre (its image plane's): a proper rotation maps one set onto the other.
         K = s["depth_intrinsics"].double().numpy()
+        check_intrinsics(K, 1)   # these scenes have no skew: an exact 0 there, not rounding's, as the samplers need
         j, i = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
         z = s["depth"][0].double().numpy()[..., None]
         points = (np.stack([j, i, np.ones_like(j)], -1) @ np.linalg.inv(K).T * z).reshape(-1, 3)
@@ -257,6 +259,21 @@ def test_hypersim_camera_file_given_but_broken_is_refused(tmp_path):
     bad.write_text("scene_name,M_cam_from_uv_00\nai_001_001,0.5\n")
     with pytest.raises(InputError, match="cameras.csv: expected the columns scene_name and M_cam_from_uv_00"):
         Hypersim(tmp_path, camera_parameters=bad)
+
+
+def test_hypersim_camera_file_listing_no_scene_of_the_root_is_said(tmp_path, caplog):
+    """A camera file that lists none of the root's scenes (a header alone, another release's rows)
+    leaves them all on the standard camera: the warning names them, as for a file that lists some."""
+    images = tmp_path / "ai_026_006" / "images"
+    (images / "scene_cam_00_geometry_hdf5").mkdir(parents=True)
+    with h5py.File(images / "scene_cam_00_geometry_hdf5" / "frame.0000.depth_meters.hdf5", "w") as h:
+        h.create_dataset("dataset", data=np.full((6, 8), 2.0, np.float16))
+    write_rgb(images / "scene_cam_00_final_preview" / "frame.0000.tonemap.jpg", 6, 8)
+    names = [f"M_cam_from_uv_{i}{j}" for i in range(3) for j in range(3)]
+    (tmp_path / "metadata_camera_parameters.csv").write_text("scene_name," + ",".join(names) + "\n")
+    with caplog.at_level(logging.WARNING, logger="infinidepth.data"):
+        Hypersim(tmp_path, size=(6, 8), n_pairs=8)
+    assert "1 scenes are not in" in caplog.text and "ai_026_006" in caplog.text
 
 
 def test_virtual_kitti2_centimetres_sky_and_per_frame_intrinsics(tmp_path):

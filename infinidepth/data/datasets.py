@@ -258,7 +258,7 @@ class Hypersim(DepthDataset):
             else:
                 records.append((d, rgb))
         unlisted = sorted({d.parents[2].name for d, _ in records} - set(self.cameras))
-        if self.cameras and unlisted:
+        if unlisted and (self.cameras or self.camera_parameters is not None or csv_path.is_file()):
             log.warning("Hypersim: %d scenes are not in %s and get the standard camera: %s",
                         len(unlisted), csv_path, ", ".join(unlisted))
         return records
@@ -320,6 +320,8 @@ def hypersim_camera(M_cam_from_uv: np.ndarray, H: int, W: int) -> tuple[np.ndarr
     right /= np.linalg.norm(right)
     K = np.triu(P @ np.stack([right, down, normal]).T)     # below the diagonal: zeros up to rounding
     K /= K[2, 2]
+    if abs(K[0, 1]) < 1e-9 * abs(K[0, 0]):   # no skew but rounding's: an exact 0, as the samplers require
+        K[0, 1] = 0.0
     x, y = np.meshgrid(np.arange(W) + 0.5, np.arange(H) + 0.5)
     rays = np.stack([x, y, np.ones_like(x)], -1) @ B.T
     return K, (rays @ normal) / np.linalg.norm(rays, axis=-1)
