@@ -186,9 +186,11 @@ def atomic_path(path: str | os.PathLike):
 
 @contextmanager
 def atomic_paths(paths):
-    """:func:`atomic_path` for a set of files: temporaries for all, renamed onto ``paths`` together
-    once the block succeeds. A run stopped midway leaves the previous set whole, not half old and
-    half new."""
+    """:func:`atomic_path` for a set of files: temporaries for all, renamed onto ``paths`` only once
+    the block has written every one of them. A run stopped (or failing) while writing leaves the
+    previous set whole, not half old and half new. The renames themselves happen one after another,
+    each atomic: a process killed in the few microseconds between two of them can still leave a mixed
+    set, which no portable file system call avoids."""
     with ExitStack() as stack:
         yield [stack.enter_context(atomic_path(p)) for p in paths]
 

@@ -157,7 +157,7 @@ def test_decoder_script_rows_every_backend_once(scripts, tmp_path, monkeypatch):
 
 
 # python3 as benchmarks/gpu.sh calls it: "-" alone (its preflight, a script on stdin) answers $STUB_HAS and
-# $STUB_CUDA; a command naming $FAIL_ON fails; "--json PATH" writes {} there (--junitxml, a report of one
+# $STUB_CUDA; a command naming $FAIL_ON fails (exit status $FAIL_RC, 1 unless set); "--json PATH" writes {} there (--junitxml, a report of one
 # test); every call prints its arguments. "- ARGS" (the summary at the end) runs the real python.
 GPU_SCRIPT_PYTHON = r"""#!/bin/sh
 if [ "$1" = - ] && [ $# -gt 1 ]; then exec "$REAL_PYTHON" "$@"; fi
@@ -166,7 +166,7 @@ echo "stub $*"
 case "$*" in *"available_backends as a"*) echo "${STUB_BACKENDS-[torch, cpp]}"
     case "${STUB_BACKENDS-}" in *cuda*) echo with-cuda-kernels ;; esac; exit 0 ;; esac
 case "$*" in *"assert 'cuda' in available_backends"*) case "${STUB_BACKENDS-}" in *cuda*) exit 0 ;; esac; exit 1 ;; esac
-case "$*" in *"${FAIL_ON:-@none@}"*) exit 1 ;; esac
+case "$*" in *"${FAIL_ON:-@none@}"*) exit "${FAIL_RC:-1}" ;; esac
 while [ $# -gt 0 ]; do
     [ "$1" = --json ] && echo '{}' > "$2"
     [ "$1" = --junitxml ] && echo '<testsuites><testsuite><testcase name="t" time="1"/></testsuite></testsuites>' > "$2"
@@ -204,6 +204,23 @@ def test_gpu_script_takes_a_relative_results_folder_from_anywhere(tmp_path):
     assert f"--json {tmp_path / 'res'}/decoder_official_8k_t.json" in log and "gather.py" in log
     bad = gpu_script(tmp_path, "kernels", "nope", RESULTS="res")
     assert bad.returncode == 2 and "unknown stage 'nope'" in bad.stderr and "stub" not in bad.stdout
+    bad = gpu_script(tmp_path, "kernels", RESULTS="res", GPU_BUDGET_S="5m")
+    assert bad.returncode == 2 and "GPU_BUDGET_S must be whole seconds, got '5m'" in bad.stderr
+    assert "stub" not in bad.stdout
+
+
+@needs_bash
+@pytest.mark.parametrize("rc, reruns", [(0, False), (1, False), (124, True), (137, True)])
+def test_gpu_script_test_stage_reruns_cuda_tests_the_cuda_stage_did_not_finish(tmp_path, rc, reruns):
+    """The test stage leaves out the CUDA tests only when the cuda stage's pytest ran to its end
+    (passed or some failed); cut off by its time cap or killed, they run again."""
+    done = gpu_script(tmp_path, "cuda", "test", RESULTS="res", STUB_BACKENDS="[torch, cpp, cuda]",
+                      FAIL_ON="pytest_cuda_t.xml", FAIL_RC=str(rc))
+    assert done.returncode == 0, done.stderr
+    test_stage = [line for line in done.stdout.splitlines() if line.startswith("stub") and "pytest_test_t.xml" in line]
+    assert len(test_stage) == 1
+    assert ("-k not gsplat" in test_stage[0]) == reruns
+    assert ("-k triton and not gsplat" in test_stage[0]) == (not reruns)
 
 
 @needs_bash
@@ -343,3 +360,17 @@ def test_uniformity_script_reports_a_sampler_with_no_points_as_na(scripts, tmp_p
     assert [(r["scene"], r["sampler"]) for r in failed] == [("ground to the horizon", "triangle (released)")]
     assert "every triangle was pruned" in failed[0]["error"] and "n/a: every triangle" in capsys.readouterr().out
     assert all(r["points"] > 0 for r in rows if "error" not in r) and (tmp_path / "u.png").stat().st_size > 0
+
+
+def test_uniformity_script_stops_on_any_other_sampler_error(scripts, monkeypatch):
+    """Only the released rule's "every triangle was pruned" becomes an n/a row: another ValueError
+    (bad intrinsics, a bug) stops the script instead of hiding in the table."""
+    import uniformity
+    from infinidepth.sampling.scenes import standard_scenes
+
+    def broken(*args, **kwargs):
+        raise ValueError("focal lengths must be positive")
+
+    monkeypatch.setattr(uniformity, "surface_area_sample", broken)
+    with pytest.raises(ValueError, match="focal lengths must be positive"):
+        uniformity.evaluate(standard_scenes((24, 32))[0], baseline=0.2, k=8, seed=0)
