@@ -3,6 +3,7 @@ on gloo, pretrained encoders."""
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import socket
@@ -246,6 +247,18 @@ def test_each_step_uses_and_logs_its_warm_up_and_cosine_rates_per_group(scenes, 
     assert [lr for _, _, lr in result["losses"]] == pytest.approx([1e-3 * f for f in want])
     log = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [[r["lr_encoder"], r["lr"]] for r in log] == used
+
+
+def test_a_warm_up_as_long_as_the_run_is_said(scenes, tmp_path, caplog):
+    """warmup_steps at or above steps (a short run on a preset's 100-step warm-up) trains, but the
+    rates never reach their set values: the log says so, naming both numbers."""
+    with caplog.at_level(logging.WARNING, logger="infinidepth.train"):
+        train(small_config(scenes, tmp_path / "short", steps=2, warmup_steps=2), progress=False)
+    assert "warmup_steps (2) is not below steps (2)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="infinidepth.train"):
+        train(small_config(scenes, tmp_path / "ok", steps=3, warmup_steps=2), progress=False)
+    assert "warmup_steps" not in caplog.text
 
 
 def test_training_lowers_the_loss_and_refuses_to_overwrite_a_run(scenes, tmp_path):

@@ -286,6 +286,10 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     # patch against input_size) and the data; OUT is created only once they pass.
     cfg.validate()
     rank, world, device = _distributed()
+    if rank == 0 and cfg.warmup_steps >= cfg.steps:
+        log.warning("warmup_steps (%d) is not below steps (%d): the learning rates rise for the whole run and "
+                    "never reach lr_encoder / lr_decoder; lower warmup_steps for a short run",
+                    cfg.warmup_steps, cfg.steps)
     out = Path(cfg.out)
     ckpt_path = out / "checkpoint.pt"
     if rank == 0:
