@@ -423,6 +423,21 @@ def test_virtual_kitti2_intrinsics_with_only_a_header_or_short_rows(tmp_path):
         VirtualKITTI2(tmp_path / "b", size=(5, 7)).frame(0)
 
 
+def test_virtual_kitti2_copies_of_intrinsic_txt_must_agree(tmp_path):
+    """Archives unpacked side by side under one root can each hold Scene01/clone/intrinsic.txt: equal
+    copies are one camera; different ones are refused naming both, not one picked by file-system order."""
+    header = "frame cameraID K[0,0] K[1,1] K[0,2] K[1,2]\n"
+    first = vkitti_frame(tmp_path / "root" / "vkitti_2.0.3_rgb", header + "0 0 700.0 700.0 3.5 2.5\n")
+    second = tmp_path / "root" / "vkitti_2.0.3_textgt" / "Scene01" / "clone" / "intrinsic.txt"
+    second.parent.mkdir(parents=True)
+    second.write_text(first.read_text())
+    K = VirtualKITTI2(tmp_path / "root", size=(5, 7)).frame(0)["intrinsics"]
+    np.testing.assert_allclose(np.asarray(K), [[700, 0, 3.5], [0, 700, 2.5], [0, 0, 1]])
+    second.write_text(header + "0 0 725.0 725.0 3.5 2.5\n")
+    with pytest.raises(DataError, match=f"two different intrinsic.txt for Scene01/clone: {first} and {second}"):
+        VirtualKITTI2(tmp_path / "root", size=(5, 7))
+
+
 def test_urbansyn_zero_sensor_size_is_a_clear_error(tmp_path):
     write_rgb(tmp_path / "rgb" / "rgb_0001.png", 8, 16)
     write_exr(tmp_path / "depth" / "depth_0001.exr", {"Y": np.full((8, 16), 1e-4, np.float32)})

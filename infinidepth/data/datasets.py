@@ -372,8 +372,12 @@ class VirtualKITTI2(DepthDataset):
             if m:
                 found.setdefault((m[1], m[2], int(m[4]), int(m[5])), {})[m[3]] = p
         self._intrinsics: dict[tuple, Path] = {}
-        for p in self.root.rglob("intrinsic.txt"):
-            self._intrinsics[(p.parent.parent.name, p.parent.name)] = p
+        for p in sorted(self.root.rglob("intrinsic.txt")):   # archives side by side may each hold a copy
+            k = (p.parent.parent.name, p.parent.name)
+            if k in self._intrinsics and self._intrinsics[k].read_bytes() != p.read_bytes():
+                raise DataError(f"two different intrinsic.txt for {k[0]}/{k[1]}: {self._intrinsics[k]} and {p}; "
+                                "keep the one of the release the depth maps come from")
+            self._intrinsics.setdefault(k, p)
         records = []
         for k, v in sorted(found.items()):
             if "rgb" in v and "depth" in v:
