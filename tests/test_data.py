@@ -352,6 +352,20 @@ def test_unrealstereo4k_baseline_from_the_two_cameras(tmp_path):
     np.testing.assert_allclose(d[0, 0].item(), 8 * 0.2 / 20.0, rtol=1e-5)
 
 
+def test_unrealstereo4k_camera_of_another_image_size_is_refused(tmp_path):
+    """The released camera files are for 3840x2160: an image resized alone (principal point then outside
+    it) gives depth off by the resize factor, so it is refused with what to do."""
+    scene = tmp_path / "00000"
+    write_rgb(scene / "Image0" / "00001.png", 9, 16)
+    (scene / "Disp0").mkdir()
+    np.save(scene / "Disp0" / "00001.npy", np.full((9, 16), 20.0, np.float32))
+    for cam, tx in (("Extrinsics0", 0.0), ("Extrinsics1", 0.5)):
+        (scene / cam).mkdir()
+        (scene / cam / "00001.txt").write_text(f"1920 0 1920 0 1920 1080 0 0 1\n1 0 0 {tx} 0 1 0 0 0 0 1 0\n")
+    with pytest.raises(DataError, match=r"principal point \(1920, 1080\) lies outside the 16x9 image.*resized"):
+        UnrealStereo4K(tmp_path, size=(9, 16)).frame(0)
+
+
 # -- bad data ---------------------------------------------------------------------------------------------------
 def tartan_frame(root, name, depth):
     img = root / "env" / "Easy" / "P000" / "image_left" / f"{name}_left.png"

@@ -492,8 +492,9 @@ class UnrealStereo4K(DepthDataset):
     """UnrealStereo4K (SMD-Nets): ``NNNNN/Image0/NNNNN.png`` with the left disparity
     ``Disp0/NNNNN.npy`` (float, pixels; 0 or NaN invalid) and both cameras in
     ``Extrinsics0/NNNNN.txt`` and ``Extrinsics1/NNNNN.txt``: the 3x3 intrinsics, then the 3x4 [R|t].
-    depth = fx * baseline / disparity with the baseline the x-translation between the two cameras
-    (0.2 m indoors, 0.5 m outdoors in the released scenes). The sky is masked beyond 1000 m."""
+    depth = fx * baseline / disparity with the baseline the distance between the two camera centres
+    (0.2 m indoors, 0.5 m outdoors in the released scenes). The sky is masked beyond 1000 m. The
+    camera files describe the released 3840x2160 images: resized images need scaled intrinsics."""
 
     layout = "<scene>/Image0/*.png, Disp0/*.npy, Extrinsics0/*.txt, Extrinsics1/*.txt"
     max_depth = 1000.0
@@ -507,10 +508,17 @@ class UnrealStereo4K(DepthDataset):
         scene = rgb_path.parent.parent
         K, E0 = _stereo_camera(scene / "Extrinsics0" / f"{rgb_path.stem}.txt")
         _, E1 = _stereo_camera(scene / "Extrinsics1" / f"{rgb_path.stem}.txt")
-        baseline = abs(float((E1 @ np.linalg.inv(E0))[0, 3]))
+        baseline = float(np.linalg.norm((E1 @ np.linalg.inv(E0))[:3, 3]))
         if not baseline > 0:
             raise DataError(f"{scene}: the two cameras of frame {rgb_path.stem} coincide (baseline 0)")
-        return _read_rgb(rgb_path), disparity_to_depth(_read_depth(disp_path), K[0, 0] * baseline), K
+        rgb = _read_rgb(rgb_path)
+        H, W = rgb.shape[:2]
+        if not (0 < K[0, 2] < W and 0 < K[1, 2] < H):   # the released K is for 3840x2160 (cx 1920, cy 1080)
+            raise DataError(f"{scene / 'Extrinsics0' / (rgb_path.stem + '.txt')}: principal point "
+                            f"({K[0, 2]:g}, {K[1, 2]:g}) lies outside the {W}x{H} image: were the images resized "
+                            "without the camera files? Scale the first two rows of the intrinsics (and the "
+                            "disparities) by the same factor")
+        return rgb, disparity_to_depth(_read_depth(disp_path), K[0, 0] * baseline), K
 
 
 def _stereo_camera(path: Path) -> tuple[np.ndarray, np.ndarray]:
