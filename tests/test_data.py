@@ -452,6 +452,27 @@ def test_virtual_kitti2_copies_of_intrinsic_txt_must_agree(tmp_path):
         VirtualKITTI2(tmp_path / "root", size=(5, 7))
 
 
+def test_urbansyn_sky_from_the_semantic_map(tmp_path):
+    """Where ss/ss_NNNN.png is there, its class-10 pixels (sky) are invalid whatever depth they carry;
+    without it, the 1000 m rule alone; a semantic map of another size is refused."""
+    write_rgb(tmp_path / "rgb" / "rgb_0007.png", 8, 16)
+    write_exr(tmp_path / "depth" / "depth_0007.exr", {"Y": np.full((8, 16), 300e-5, np.float32)})
+    (tmp_path / "camera_metadata.json").write_text(json.dumps(
+        {"parameters": [{"Camera": {"focalLength_mm": 20.0, "sensorWidth_mm": 32.0, "sensorHeight_mm": 16.0}}]}))
+    assert bool(UrbanSyn(tmp_path, size=(8, 16)).frame(0)["valid"].all())
+    ids = np.full((8, 16, 3), 0, np.uint8)
+    ids[:3] = 10
+    (tmp_path / "ss").mkdir()
+    Image.fromarray(ids).save(tmp_path / "ss" / "ss_0007.png")
+    f = UrbanSyn(tmp_path, size=(8, 16)).frame(0)
+    valid = np.asarray(f["valid"]).reshape(8, 16)
+    assert not valid[:3].any() and valid[3:].all()
+    np.testing.assert_allclose(np.asarray(f["depth"]).reshape(8, 16)[3:], 300.0, rtol=1e-5)
+    Image.fromarray(ids[:4]).save(tmp_path / "ss" / "ss_0007.png")
+    with pytest.raises(DataError, match="ss_0007.png is 16x4, its depth map 16x8"):
+        UrbanSyn(tmp_path, size=(8, 16)).frame(0)
+
+
 def test_urbansyn_zero_sensor_size_is_a_clear_error(tmp_path):
     write_rgb(tmp_path / "rgb" / "rgb_0001.png", 8, 16)
     write_exr(tmp_path / "depth" / "depth_0001.exr", {"Y": np.full((8, 16), 1e-4, np.float32)})

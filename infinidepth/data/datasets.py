@@ -459,13 +459,16 @@ def disparity_to_depth(disp: np.ndarray, focal_times_baseline: float) -> np.ndar
 # -- UrbanSyn ---------------------------------------------------------------------------------------
 class UrbanSyn(DepthDataset):
     """UrbanSyn: ``rgb/rgb_NNNN.png`` with ``depth/depth_NNNN.exr`` (channel Y, in units of 1e5 m,
-    so metres = value * 1e5; the sky is masked beyond 1000 m) and one ``camera_metadata.json``:
+    so metres = value * 1e5) and one ``camera_metadata.json``. The sky is invalid: the pixels of
+    class 10 (Cityscapes' train id of sky) in the semantic map ``ss/ss_NNNN.png`` where it is there,
+    and anything beyond 1000 m. ``camera_metadata.json`` has
     ``parameters[0].Camera`` with ``focalLength_mm``, ``sensorWidth_mm``, ``sensorHeight_mm``
     (fx = focal / sensor width * W; principal point at the centre)."""
 
-    layout = "rgb/rgb_*.png, depth/depth_*.exr, camera_metadata.json"
+    layout = "rgb/rgb_*.png, depth/depth_*.exr, camera_metadata.json (and ss/ss_*.png for the sky, if there)"
     max_depth = 1000.0
     SCALE = 1e5
+    SKY = 10
 
     def find(self):
         self._meta = self.root / "camera_metadata.json"
@@ -484,7 +487,19 @@ class UrbanSyn(DepthDataset):
             raise DataError(f"{self._meta}: focalLength_mm, sensorWidth_mm and sensorHeight_mm must be positive, "
                             f"got {focal}, {sw}, {sh}")
         fx, fy = focal / sw * W, focal / sh * H
-        return rgb, _read_depth(record[1]) * self.SCALE, _pinhole(fx, W / 2, H / 2, fy)
+        depth = _read_depth(record[1]) * self.SCALE
+        classes = self.root / "ss" / f"ss_{record[0].stem[4:]}.png"
+        if classes.is_file():
+            from PIL import Image
+
+            with Image.open(classes) as im:
+                ids = np.asarray(im)
+            ids = ids[..., 2] if ids.ndim == 3 else ids   # an id image: the same id in every channel
+            if ids.shape != depth.shape:
+                raise DataError(f"{classes} is {ids.shape[1]}x{ids.shape[0]}, its depth map "
+                                f"{depth.shape[1]}x{depth.shape[0]}")
+            depth = np.where(ids == self.SKY, 0.0, depth).astype(np.float32)
+        return rgb, depth, _pinhole(fx, W / 2, H / 2, fy)
 
 
 # -- UnrealStereo4K ---------------------------------------------------------------------------------
