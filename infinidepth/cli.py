@@ -36,7 +36,7 @@ import torch
 from infinidepth.checkpoint import CheckpointError, load_bundled, load_model
 from infinidepth.data.datasets import DataError
 from infinidepth.eval.benchmarks import BENCHMARKS
-from infinidepth.ops import PRECISIONS, grid_coords
+from infinidepth.ops import PRECISIONS
 from infinidepth.ops.gather import BACKENDS
 from infinidepth.io import (
     DEPTH_SUFFIXES,
@@ -214,6 +214,17 @@ def camera_points(depth: np.ndarray, coords: torch.Tensor, K: torch.Tensor, imag
 
     z = torch.from_numpy(np.ascontiguousarray(depth, np.float32).reshape(1, -1))
     return backproject(z, coords.float(), K[None].float(), image_size)[0].numpy()
+
+
+def region_colors(rgb: np.ndarray, coords: torch.Tensor) -> np.ndarray:
+    """``uint8 [N, 3]``: the image read bilinearly at normalised ``coords`` ``[1, N, 2]`` (its border
+    pixels repeated outside their centres)."""
+    from infinidepth.ops.coords import clamp_to_pixel_centres
+    from infinidepth.ops.gather import bilinear_gather_reference
+
+    H0, W0 = rgb.shape[:2]
+    rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
+    return bilinear_gather_reference(rgb_t, clamp_to_pixel_centres(coords, H0, W0))[0].clamp(0, 255).round().to(torch.uint8).numpy()
 
 
 def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
@@ -396,11 +407,20 @@ def note_earlier_outputs(out: Path, stem: str, written: list[Path]) -> None:
             print(f"note: {p} is left from an earlier run, not from this one", file=sys.stderr)
 
 
+def check_no_folder_in_the_way(targets, owner) -> None:
+    """Before any work: no output file's name is taken by a folder (its rename would fail after the
+    files before it in the set were replaced, leaving a mixed set)."""
+    for target in targets:
+        if target.is_dir():
+            raise InputError(f"{target} is a folder, where an output of {owner} goes; move it or choose another --out")
+
+
 def check_outputs_spare_inputs(out: Path, images: list[Path], depth_files, ply: bool) -> None:
-    """No output of this run may replace one of its inputs (an image, or a depth file)."""
+    """No output of this run may replace one of its inputs (an image, or a depth file), or be a folder."""
     inputs = {p.resolve(): p for p in images}
     inputs.update({Path(f).resolve(): Path(f) for pair in depth_files for f in pair if f})
     for image in images:
+        check_no_folder_in_the_way(output_files(out, image.stem, ply), image)
         for target in output_files(out, image.stem, ply):
             if target.resolve() in inputs:
                 raise InputError(f"{target} is an output for {image} and also an input of this run "
@@ -519,6 +539,11 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         if np.count_nonzero(reference > 0) < 2:  # before any decoding: the fit needs two samples
             raise InputError(f"reference depth {reference_file} has fewer than 2 valid samples"
                              + (" in the region" if map_size != out_size else ""))
+        known = reference[reference > 0]
+        if model.alignment is not None and known.min() == known.max():  # no scale to fit: it would be rounding noise
+            raise InputError(f"reference depth {reference_file} is {float(known[0]):.6g} at every valid sample"
+                             + (" in the region" if map_size != out_size else "")
+                             + "; aligning needs samples at two or more different depths")
 
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255)
     sparse_t = None if sparse is None else torch.from_numpy(sparse)[None, None]
@@ -565,9 +590,15 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, K, alignment, args.seed,
                                              None if sparse_t is None else sparse_t.to(device))
 
-    if args.ply and args.points is None:
-        points = camera_points(depth, grid_coords(*out_size).reshape(*out_size, 2)[y0:y1, x0:x1].reshape(1, -1, 2), K, (H0, W0))
-        colors = resize_rgb(rgb, out_size)[y0:y1, x0:x1].reshape(-1, 3)
+    if args.ply and args.points is None:   # the region's pixels only: the full grid may be far larger than memory
+        from infinidepth.models.base import _grid
+
+        coords = _grid(*out_size, y0, y1, x0, x1, 1, None)
+        points = camera_points(depth, coords, K, (H0, W0))
+        if 8 * out_size[0] * out_size[1] <= available_memory() // 4:   # the picture resized whole (bicubic), then cropped
+            colors = resize_rgb(rgb, out_size)[y0:y1, x0:x1].reshape(-1, 3)
+        else:   # too large to resize whole: the original read bilinearly at the region's pixel centres, as for --points
+            colors = region_colors(rgb, coords)
     if args.ply:
         check_finite_output(points, f"{path}, point cloud")
 
@@ -762,6 +793,9 @@ def run_gs(args) -> dict:
         s = min(1.0, 512 / max(H0, W0))
         rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
     check_output_folder(Path(args.out))
+    stem = Path(args.image).stem
+    check_no_folder_in_the_way([Path(args.out) / f"{stem}{suffix}" for suffix in ("_gaussians.ply", "_novel_view.png")]
+                               + ([Path(args.out) / f"{stem}_{args.video}.mp4"] if args.video else []), args.image)
     device = pick_device(args.device)
     head = None
     if args.gs_head:  # read and checked before the depth model runs

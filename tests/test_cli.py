@@ -345,3 +345,70 @@ def test_an_out_folder_that_cannot_be_written_is_refused_before_any_work(tmp_pat
     out.mkdir()
     assert run(["predict", str(image), "--out", str(out), "--quiet"], capsys)[0] == 0
     assert not [p for p in out.iterdir() if "probe" in p.name]      # the write test leaves nothing
+
+
+def test_a_folder_named_like_an_output_is_refused_before_any_work(tmp_path, image, capsys, monkeypatch):
+    from infinidepth import cli
+
+    out = tmp_path / "o"
+    assert run(["predict", str(image), "--out", str(out), "--quiet", "--ply"], capsys)[0] == 0
+    (out / "scene_depth.png").unlink()
+    (out / "scene_depth.png").mkdir()   # the rename onto it would fail after the files before it were replaced
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    monkeypatch.setattr(cli, "open_model", lambda *a: pytest.fail("the model was loaded"))
+    code, _, err = run(["predict", str(image), "--out", str(out), "--ply", "--scale", "2"], capsys)
+    assert code == 2 and f"{out / 'scene_depth.png'} is a folder" in err and len(err.strip().splitlines()) == 1, err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert sorted(p.name for p in out.iterdir()) == sorted([*before, "scene_depth.png"])   # no temporary left
+    (out / "scene_novel_view.png").mkdir()
+    code, _, err = run(["gs", str(image), "--out", str(out), "--points", "100"], capsys)
+    assert code == 2 and f"{out / 'scene_novel_view.png'} is a folder" in err, err
+    assert not (out / "scene_gaussians.ply").exists()
+
+
+def test_a_region_point_cloud_builds_only_the_region(tmp_path, image, capsys, monkeypatch):
+    from plyfile import PlyData
+
+    from infinidepth import cli
+
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run(["predict", str(image), "--out", str(full), "--quiet", "--ply", "--scale", "2"], capsys)[0] == 0
+    argv = ["predict", str(image), "--out", str(part), "--quiet", "--ply", "--scale", "2", "--region", "10,20,50,90"]
+    assert run(argv, capsys)[0] == 0
+    whole = PlyData.read(str(full / "scene.ply"))["vertex"].data.reshape(80, 112)[10:50, 20:90].ravel()
+    crop = PlyData.read(str(part / "scene.ply"))["vertex"].data
+    assert len(crop) == 40 * 70 and (crop == whole).all()     # the crop of the full cloud, colours included
+    # an output grid far larger than memory (here: a machine with 1 MB): the region's cloud is still made,
+    # nothing the size of the full grid is built (it was: the coordinates and the resized picture)
+    monkeypatch.setattr(cli, "available_memory", lambda: 2**20)
+    monkeypatch.setattr(cli, "grid_coords", lambda *a, **k: pytest.fail("the full grid was built"), raising=False)
+    monkeypatch.setattr(cli, "resize_rgb", lambda rgb, size: pytest.fail("the picture was resized whole")
+                        if tuple(size) == (8000, 11200) else rgb)
+    argv = ["predict", str(image), "--out", str(part), "--quiet", "--ply", "--output-size", "8000x11200",
+            "--region", "4000,5000,4010,5020"]
+    code, _, err = run(argv, capsys)
+    assert code == 0, err
+    v = PlyData.read(str(part / "scene.ply"))["vertex"].data
+    assert len(v) == 200 and np.isfinite(np.stack([v["x"], v["y"], v["z"]])).all()
+    y, x = np.mgrid[4000:4010, 5000:5020]    # pixel centres of the original 40x56 image, bilinear colours
+    rgb = np.asarray(Image.open(image)).astype(np.float64)
+    py, px = np.clip((y + 0.5) / 200 - 0.5, 0, 39), np.clip((x + 0.5) / 200 - 0.5, 0, 55)
+    i, j = np.floor(py).astype(int), np.floor(px).astype(int)
+    i1, j1, fy, fx = np.minimum(i + 1, 39), np.minimum(j + 1, 55), (py - i)[..., None], (px - j)[..., None]
+    want = (rgb[i, j] * (1 - fy) * (1 - fx) + rgb[i1, j] * fy * (1 - fx) + rgb[i, j1] * (1 - fy) * fx
+            + rgb[i1, j1] * fy * fx).reshape(-1, 3)
+    got = np.stack([v["red"], v["green"], v["blue"]], 1).astype(np.float64)
+    assert np.abs(got - want).max() <= 1.0
+
+
+def test_a_constant_reference_depth_is_refused_not_fitted(tmp_path, image, capsys):
+    # every valid sample at one depth leaves the scale undetermined: the fit's was rounding noise, so the
+    # run either wrote that constant as the depth map or blamed the prediction's ordering, by its sign
+    ref = np.zeros((40, 56), np.float32)
+    ref[5:30, 3:50] = 2.0
+    np.save(tmp_path / "flat.npy", ref)
+    for seed in range(4):
+        out = tmp_path / f"o{seed}"
+        code, _, err = run(["predict", str(image), "--out", str(out), "--seed", str(seed),
+                            "--reference-depth", str(tmp_path / "flat.npy")], capsys)
+        assert code == 2 and "is 2 at every valid sample" in err and not out.exists(), err
