@@ -134,6 +134,8 @@ def test_sensor_output_scales_with_the_metric_prompt(models):
         # judged as float32, what the model computes in: out of its range, not silently missing
         (lambda s: (s > 0).double() * 1e300, "infinite depth"),
         (lambda s: torch.where(s > 0, 1e-40, 0.0), "below 1e-30"),
+        # one sample at 1e-20 m among metres passed every check and made the whole depth map NaN
+        (lambda s: torch.where(s == s.max(), 1e-20, s), "too wide a range.*smallest positive depth is 1e-20"),
         (lambda s: (s * 1000).to(torch.uint16), "divide by 1000"),
         (lambda s: s > 0, "must be a float tensor"),
     ],
@@ -287,3 +289,28 @@ def test_intermediate_layers_out_of_range_are_named(models):
     with pytest.raises(ValueError, match=rf"intermediate layers \[{n}\] out of range: this ViT has blocks 0..{n - 1}"):
         vit.intermediate_layers(torch.rand(1, 3, 32, 32), [0, n])
     assert len(vit.intermediate_layers(torch.rand(1, 3, 32, 32), [0, n - 1])) == 2
+
+
+@pytest.mark.parametrize("name", ["tiny", "official-tiny", "sensor-tiny"])
+def test_inference_mode_callers_get_the_same_answers(models, name):
+    """Under torch.inference_mode (PyTorch's recommended inference context) predict used to fail on
+    the default CPU backend ("Inference tensors do not track version counter": the fold cache reads
+    the maps' versions), and derivatives, so sample_points, failed on every backend (no autograd)."""
+    model = models[name]
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    sparse = sparse_for(image) if "Sensor" in model.arch else None
+    coords = torch.rand(1, 20, 2, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    K = torch.tensor([[40.0, 0, 24], [0, 40.0, 16], [0, 0, 1]])
+    for backend in ("torch", "cpp"):
+        want = model.predict(image, output_size=(19, 23), sparse_depth=sparse, backend=backend)
+        want_d, want_g = model.decode_depth(model.encode(image, sparse_depth=sparse), coords, backend=backend, with_grad=True)
+        want_p = model.sample_points(image, 16, K, seed=0, sparse_depth=sparse, backend=backend).points
+        with torch.inference_mode():
+            args = [t.clone() for t in (image, coords, K)] + [None if sparse is None else sparse.clone()]
+            img, c, k, s = args                                     # inference tensors, as users make them there
+            out = torch.empty(1, 1, 19, 23)
+            assert model.predict(img, output_size=(19, 23), sparse_depth=s, backend=backend, out=out) is out
+            d, g = model.decode_depth(model.encode(img, sparse_depth=s), c, backend=backend, with_grad=True)
+            p = model.sample_points(img, 16, k, seed=0, sparse_depth=s, backend=backend).points
+        torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close((d, g, p), (want_d, want_g, want_p), rtol=1e-5, atol=1e-6)

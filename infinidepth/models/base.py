@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 import torch
@@ -71,6 +72,23 @@ def check_image(image: torch.Tensor, multiple: int) -> None:
     require((lo >= -1e-3) & (hi <= 1 + 1e-3), out_of_range)
 
 
+def inference(fn):
+    """``torch.no_grad()`` for the models' inference entry points, which also step out of
+    ``torch.inference_mode`` when the caller is in it: tensors made there carry no version counter,
+    which the decoders' fold cache reads, and no autograd, which ``with_grad`` derivatives (and
+    ``sample_points``' normals) are computed by. Inside, the call runs as under ``no_grad`` alone."""
+    fn = torch.no_grad()(fn)
+
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        if torch.compiler.is_compiling() or not torch.is_inference_mode_enabled():
+            return fn(*args, **kwargs)
+        with torch.inference_mode(False):
+            return fn(*args, **kwargs)
+
+    return run
+
+
 class ImplicitDepthModel(nn.Module):
     """Base of the models: subclasses define ``encode``, ``decode_raw`` and ``to_depth``."""
 
@@ -111,7 +129,7 @@ class ImplicitDepthModel(nn.Module):
         raise NotImplementedError
 
     # -- shared -------------------------------------------------------------------------------
-    @torch.no_grad()
+    @inference
     def encode(self, image: torch.Tensor, sparse_depth: torch.Tensor | None = None) -> Features:
         """One encoder pass per image: the features every later query reads (float32 maps, also
         when :attr:`precision` runs the encoder in 16 bits)."""
@@ -156,7 +174,7 @@ class ImplicitDepthModel(nn.Module):
     def resolved_backend(self, backend: str | None = None) -> str:
         return resolve_decoder_backend(backend or self.backend, self.device)
 
-    @torch.no_grad()
+    @inference
     def decode(self, feats: Features, coords: torch.Tensor, backend: str | None = None, chunk: int | None = 65536,
                with_grad: bool = False):
         """Raw network output at ``coords`` ``[B, N, 2]`` (normalised y, x) -> ``[B, N]``; with
@@ -166,9 +184,12 @@ class ImplicitDepthModel(nn.Module):
         check_coords(coords, feats.batch, MAX_QUERY_COORD)
         if chunk is not None and as_int(chunk, "chunk") <= 0:
             raise ValueError(f"chunk must be a positive number of queries, got {chunk}")
-        return self.decode_raw(feats, coords.to(self.device), self.resolved_backend(backend), chunk, with_grad)
+        coords = coords.to(self.device)
+        if not torch.compiler.is_compiling() and coords.is_inference():
+            coords = coords.clone()  # made under torch.inference_mode: autograd (with_grad) refuses it
+        return self.decode_raw(feats, coords, self.resolved_backend(backend), chunk, with_grad)
 
-    @torch.no_grad()
+    @inference
     def decode_depth(self, feats: Features, coords: torch.Tensor, backend: str | None = None, with_grad: bool = False):
         """Depth at ``coords`` ``[B, N]``; with ``with_grad`` also d depth / d (y, x) ``[B, N, 2]`` (the
         decoder's derivative through :meth:`to_depth` by the chain rule)."""
@@ -266,7 +287,7 @@ class ImplicitDepthModel(nn.Module):
             raise ValueError("the NumPy out is read-only (a memory map opened with mode 'r'?); open it with 'r+' or 'w+'")
         return out
 
-    @torch.no_grad()
+    @inference
     def sample_points(
         self,
         image: torch.Tensor,

@@ -159,7 +159,14 @@ class InfiniDepthDepthSensor(InfiniDepth):
             medians.append(median_of(disp[b][valid]))
         median = torch.stack(medians).clamp(min=PROMPT_MEDIAN_FLOOR)
         prompt = disp / median.view(-1, 1, 1, 1)  # the released "warp"
-        return self.prompt_model(tokens, prompt, h, w), median
+        tokens = self.prompt_model(tokens, prompt, h, w)
+        # a sample ~1e18 times nearer than the median (depths of 1e-20 m pass the checks above) overflows
+        # the prompt's attention: every token, so the whole depth map, would be NaN
+        require(torch.isfinite(tokens).all(), lambda eager: (
+            "sparse_depth spans too wide a range for the model (its prompt overflowed"
+            + (f"; the smallest positive depth is {float(sparse_depth[sparse_depth > 0].min()):.3g}" if eager else "")
+            + "): are the depths metres, with 0 for missing samples?"))
+        return tokens, median
 
     def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
         scale = feats.disparity_scale.view(-1, 1)  # the released "unwarp" (floored in _prompt)
