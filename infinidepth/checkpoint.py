@@ -216,6 +216,9 @@ def infer_architecture(sd: dict[str, torch.Tensor]) -> tuple[str, object]:
             vit=_vit_config(sd, "encoder."), channels=channels, head=tuple(n for _, n in heads[:-1]), ffn_ratio=ratio
         )
     sample = ", ".join(sorted(sd)[:5])
+    if any(k.startswith(("encoder.gaussian_head.", "gaussian_head.")) for k in sd):
+        raise CheckpointError(f"this is a released Gaussian-splatting head checkpoint (keys {sample}, ...), not a depth "
+                              "model; load it with infinidepth.gs.PixelAlignedHead.from_checkpoint")
     raise CheckpointError(f"unrecognised checkpoint layout (first keys: {sample}); expected InfiniDepth or infinidepth keys")
 
 

@@ -112,6 +112,11 @@ def test_unreadable_and_unknown_files(tmp_path):
     torch.save({"backbone.weight": torch.zeros(2)}, other)
     with pytest.raises(CheckpointError, match="unrecognised checkpoint layout"):
         infinidepth.load_model(other)
+    gs = tmp_path / "infinidepth_gs.ckpt"   # the released GS head: keys encoder.<GSPixelAlignPredictor key>
+    torch.save({"state_dict": {"encoder.gaussian_head.0.bias": torch.zeros(37),
+                               "encoder.rgb_encoder.0.bias": torch.zeros(32)}}, gs)
+    with pytest.raises(CheckpointError, match="Gaussian-splatting head.*PixelAlignedHead.from_checkpoint"):
+        infinidepth.load_model(gs)
     with pytest.raises(ValueError, match="safetensors"):
         infinidepth.save_model(from_preset("tiny"), tmp_path / "m.pt")
 

@@ -146,6 +146,13 @@ def test_sensor_bad_sparse_depth(models, mutate, match):
         models["sensor-tiny"].encode(image, sparse_depth=mutate(sparse_for(image)))
 
 
+def test_sensor_model_refuses_features_of_a_model_without_prompts(models):
+    """Features from another model's encode carry no prompt scale: a sentence, not an AttributeError."""
+    feats = models["official-tiny"].encode(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="no depth-prompt scale"):
+        models["sensor-tiny"].decode(feats, torch.zeros(1, 4, 2), backend="torch")
+
+
 def test_weights_other_than_float32_and_too_small_images_are_named(models):
     image = torch.rand(1, 3, 32, 32)
     for convert in (lambda m: m.double(), lambda m: m.half()):

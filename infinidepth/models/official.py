@@ -169,6 +169,9 @@ class InfiniDepthDepthSensor(InfiniDepth):
         return tokens, median
 
     def decode_raw(self, feats, coords, backend, chunk, with_grad=False):
+        if feats.disparity_scale is None:
+            raise ValueError("these features carry no depth-prompt scale: they come from another model's encode; "
+                             "decode them with that model, or encode with this one (and sparse_depth)")
         scale = feats.disparity_scale.view(-1, 1)  # the released "unwarp" (floored in _prompt)
         if not with_grad:
             return super().decode_raw(feats, coords, backend, chunk) * scale
