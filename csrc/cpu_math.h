@@ -6,11 +6,13 @@
 
 namespace infinidepth {
 
-// bf16 (the top half of a float32) from a float, rounded to nearest even: what torch's .bfloat16() does
-// for finite values.
+// bf16 (the top half of a float32) from a float, rounded to nearest even, a NaN kept a (quiet) NaN:
+// what torch's .bfloat16() does. Rounding a NaN's mantissa could carry into its exponent and sign
+// (0xFFFFFFFF, the NaN of memory filled with 0xFF bytes, became +0: a NaN map cell gave finite answers).
 inline uint16_t to_bf16(float f) {
   uint32_t u;
   __builtin_memcpy(&u, &f, sizeof u);
+  if ((u & 0x7FFFFFFFu) > 0x7F800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
   u += 0x7FFFu + ((u >> 16) & 1u);
   return static_cast<uint16_t>(u >> 16);
 }

@@ -387,6 +387,30 @@ def test_cpp_bf16_computes_its_stated_arithmetic(family):
     assert ((got.double() - exact).norm() / (exact - exact.mean()).norm()).item() > 1e-5
 
 
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512_BF16")
+def test_cpp_bf16_keeps_nans_of_any_payload():
+    """The bf16 rounding of the CPU kernel added the rounding bias to a NaN's bits as to a number's:
+    a NaN whose mantissa is all ones (0xFFFFFFFF, what memory filled with 0xFF bytes holds) carried
+    into the sign and exponent and became +0, so a NaN map cell or weight gave finite answers."""
+    rng = random.Random(17)
+    chans, decoder = random_concat(rng)
+    decoder = cast(decoder, torch.float32)
+    maps = [torch.randn(1, c, 5, 6) for c in chans]
+    coords = torch.rand(1, 300, 2) * 2.4 - 1.2
+    for bits in (-1, 0x7FFFFFFF):  # 0xFFFFFFFF and 0x7FFFFFFF
+        maps[0][0, :, 2, 3] = torch.tensor([bits], dtype=torch.int32).view(torch.float32)
+        want = implicit_decode(maps, coords, decoder, backend="torch", precision="bf16")
+        bad = ~torch.isfinite(want)
+        assert bad.any() and not bad.all()
+        got = implicit_decode(maps, coords, decoder, backend="cpp", precision="bf16")
+        assert torch.equal(~torch.isfinite(got), bad)
+    # in a weight, too (packed to bf16 once per call): every query's answer is NaN
+    maps[0][0, :, 2, 3] = 0.0
+    decoder.layers[1][0][0, 0] = torch.tensor([-1], dtype=torch.int32).view(torch.float32)
+    assert torch.isnan(implicit_decode(maps, coords, decoder, backend="torch", precision="bf16")).all()
+    assert torch.isnan(implicit_decode(maps, coords, decoder, backend="cpp", precision="bf16")).all()
+
+
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_fused_backends_take_non_contiguous_inputs_and_reject_nan(backend):
@@ -506,6 +530,29 @@ def test_malformed_maps_and_decoders_are_refused_before_any_kernel(backend):
     assert torch.isnan(want).any() and torch.isinf(want).any()
     with pytest.raises(TypeError, match="float tensor"):
         bilinear_gather(torch.arange(8).reshape(2, 1, 2, 2), torch.zeros(2, 1, 2), backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
+def test_decoders_with_missing_stages_or_layers_are_refused(backend):
+    """A hierarchical decoder with fewer gates or ffns than laterals used to decode without its last
+    stages (zip stopped at the shortest list: the last map was ignored, silently, whenever the channel
+    counts happened to fit), and one without a head gave the fused kernels the last FFN's output as
+    the field's value where the reference raised an IndexError."""
+    chans = [3, 4, 4]
+    decoder = hierarchical(chans, [4, 5, 1])
+    maps = [torch.randn(1, c, 4, 5, dtype=torch.float64) for c in chans]
+    coords = torch.rand(1, 6, 2, dtype=torch.float64) * 2 - 1
+    for field in ("gates", "ffns"):
+        short = HierarchicalDecoder(**{**vars(decoder), field: list(getattr(decoder, field))[:1]})
+        with pytest.raises(ValueError, match="one gate, lateral and ffn per stage"):
+            implicit_decode(maps, coords, short, backend=backend)
+    chans = [3, 1]
+    no_head = HierarchicalDecoder(**{**vars(hierarchical(chans, [1, 1])), "head": []})
+    maps = [torch.randn(1, c, 4, 5, dtype=torch.float64) for c in chans]
+    with pytest.raises(ValueError, match="no head layers"):
+        implicit_decode(maps, coords, no_head, backend=backend)
+    with pytest.raises(ValueError, match="no layers"):
+        implicit_decode(maps, coords, ConcatDecoder([]), backend=backend)
 
 
 def test_reference_computes_in_the_maps_dtype():

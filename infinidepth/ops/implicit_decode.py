@@ -110,6 +110,8 @@ def _check_linear(name: str, layer: Linear, fan_in: int) -> int:
 
 
 def _check_mlp(layers: Sequence[Linear], width: int, name: str) -> None:
+    if len(layers) == 0:  # the torch path would fail on it, the fold would skip the missing output layer
+        raise ValueError(f"decoder has no {name}s: it needs at least the output layer of width 1")
     for i, layer in enumerate(layers):
         width = _check_linear(f"{name} {i}", layer, width)
     if width != 1:
@@ -120,11 +122,17 @@ def check_decoder(decoder, chans: Sequence[int]) -> None:
     """Every weight of ``decoder`` fits the maps' channels ``chans`` and its neighbours, so that no
     backend meets a shape it would misread."""
     if isinstance(decoder, ConcatDecoder):
+        if len(decoder.layers) == 0:
+            raise ValueError("decoder has no layers: it needs at least the output layer of width 1")
         expected = decoder.layers[0][0].shape[-1]
         if sum(chans) != expected:
             raise ValueError(f"maps have {sum(chans)} channels in all, the decoder's first layer takes {expected}")
         _check_mlp(decoder.layers, sum(chans), "layer")
     elif isinstance(decoder, HierarchicalDecoder):
+        stages = (len(decoder.gates), len(decoder.laterals), len(decoder.ffns))
+        if len(set(stages)) != 1:  # zip would drop the stages beyond the shortest list, and their maps
+            raise ValueError(f"hierarchical decoder needs one gate, lateral and ffn per stage, got {stages[0]} gates, "
+                             f"{stages[1]} laterals and {stages[2]} ffns")
         if len(chans) != len(decoder.laterals) + 1:
             raise ValueError(f"hierarchical decoder expects {len(decoder.laterals) + 1} maps, got {len(chans)}")
         for k, (gate, lateral, (ffn_in, ffn_out)) in enumerate(zip(decoder.gates, decoder.laterals, decoder.ffns)):
@@ -259,7 +267,7 @@ def implicit_decode(
     with torch.autocast(maps[0].device.type, dtype=low) if low else contextlib.nullcontext():
         for c in pieces:
             if with_grad:
-                value, grad = _decode_with_grad(maps, c, decoder)
+                value, grad = _decode_with_grad(maps, c, decoder, _tracks_gradients(maps, c, decoder))
                 outs.append(value.to(maps[0].dtype))
                 grads.append(grad.to(maps[0].dtype))
             else:
@@ -290,11 +298,14 @@ def _tracks_gradients(maps, coords, decoder) -> bool:
     return torch.is_grad_enabled() and any(t.requires_grad for t in _tensors([list(maps), coords, decoder]))
 
 
-def _decode_with_grad(maps, coords, decoder) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_with_grad(maps, coords, decoder, differentiable: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Value and d value / d coords by autograd: each output depends on its own query only, so the
-    gradient of the sum is every query's own gradient."""
-    c = coords.detach().requires_grad_(True)
+    gradient of the sum is every query's own gradient. ``differentiable`` (autograd records the
+    call): both stay in the graph (the derivative built with ``create_graph``), so that gradients of
+    a loss on either reach the maps, the decoder and the coordinates; otherwise both are detached."""
+    c = coords if differentiable and coords.requires_grad else coords.detach().requires_grad_(True)
     with torch.enable_grad():
-        value = _decode([bilinear_gather_reference(m.detach(), c) for m in maps], decoder)
-        (grad,) = torch.autograd.grad(value.sum(), c) if value.numel() else (torch.zeros_like(c),)
-    return value.detach(), grad
+        value = _decode([bilinear_gather_reference(m if differentiable else m.detach(), c) for m in maps], decoder)
+        (grad,) = (torch.autograd.grad(value.sum(), c, create_graph=differentiable) if value.numel()
+                   else (torch.zeros_like(c),))
+    return (value, grad) if differentiable else (value.detach(), grad)
