@@ -70,7 +70,10 @@ at::Tensor fused_decode_cuda_run(const at::Tensor& coords, at::TensorList maps, 
     }
     TORCH_CHECK(!(l > 0 && p.layers[l - 1].out > narrow && L.out > narrow), "fused_decode (cuda): two wide layers in a row");
     if (L.weight) {
-      const at::Tensor wt = w[l]->t().contiguous();
+      // a fresh allocation (the caching allocator's alignment), never a view of the caller's storage: a
+      // weight passed as a transposed view would make .contiguous() return it as is, at a storage offset
+      // that need not be the 32 bytes wmma::load_matrix_sync requires
+      const at::Tensor wt = w[l]->t().clone(at::MemoryFormat::Contiguous);
       keep.push_back(wt);
       L.weight_t = wt.data_ptr<float>();
       if (tensor_cores) {
