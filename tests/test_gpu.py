@@ -62,6 +62,34 @@ def test_fused_decoder_on_gpu(backend, family, precision):
         assert ok, err
 
 
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_fused_decoder_weights_given_as_unaligned_transposed_views_on_gpu(backend):
+    """Weights that are transposed views at a storage offset of one float (the kernels' transposed
+    copy must not alias them: the tensor-core loads need 32-byte alignment) decode like the reference."""
+    from infinidepth.ops.implicit_decode import ConcatDecoder
+
+    def unaligned(w: torch.Tensor) -> torch.Tensor:   # float32 [out, in] on the GPU: a transposed view, offset 1
+        buf = torch.empty(1 + w.numel(), device="cuda")[1:].view(w.shape[1], w.shape[0])
+        buf.copy_(w.t())
+        return buf.t()
+
+    rng = random.Random(9)
+    chans = [8, 8]
+    dims = [16, 32, 32, 1]
+    decoder = ConcatDecoder([(torch.randn(b, a, dtype=torch.float64) / a ** 0.5, torch.randn(b, dtype=torch.float64) * 0.1)
+                             for a, b in zip(dims[:-1], dims[1:])])
+    maps64 = random_maps(rng, chans, batch=1)
+    coords = torch.rand(1, 2000, 2, dtype=torch.float64) * 2 - 1
+    want = implicit_decode(maps64, coords, decoder, backend="torch")
+    dec32 = ConcatDecoder([(unaligned(w.float().cuda()), b.float().cuda()) for w, b in decoder.layers])
+    assert all(w.storage_offset() == 1 and w.t().is_contiguous() for w, _ in dec32.layers)
+    for precision in ("fp32", "bf16"):
+        got = implicit_decode([m.float().cuda() for m in maps64], coords.float().cuda(), dec32, backend=backend,
+                              precision=precision)
+        ok, err = within(got.cpu(), want, precision)
+        assert ok, (precision, err)
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 @pytest.mark.parametrize("backend", GPU_BACKENDS)
 def test_fused_decoder_released_sizes_on_gpu(backend, precision):
