@@ -41,6 +41,7 @@ import numpy as np
 import torch
 
 from infinidepth.models.base import default_tile
+from infinidepth.ops.coords import MAX_SIDE
 
 SIZES = {"1k": (768, 1024), "2k": (1080, 1920), "4k": (2160, 3840), "8k": (4320, 7680), "16k": (8640, 15360)}
 INPUT = (768, 1024)
@@ -61,6 +62,8 @@ def parse_sizes(text: str) -> list[tuple[str, tuple[int, int]]]:
             raise ValueError(f"unknown size {item!r}: use {', '.join(SIZES)} or HxW") from None
         if h <= 0 or w <= 0:
             raise ValueError(f"size must be positive, got {item!r}")
+        if max(h, w) > MAX_SIDE:
+            raise ValueError(f"sides of at most {MAX_SIDE} (2**24) pixels, got {item!r}")
         out.append((item, (h, w)))
     return out
 

@@ -37,6 +37,7 @@ from infinidepth.checkpoint import CheckpointError, load_bundled, load_model
 from infinidepth.data.datasets import DataError
 from infinidepth.eval.benchmarks import BENCHMARKS
 from infinidepth.ops import PRECISIONS
+from infinidepth.ops.coords import MAX_SIDE
 from infinidepth.ops.gather import BACKENDS
 from infinidepth.io import (
     DEPTH_SUFFIXES,
@@ -67,8 +68,6 @@ def open_model(name: str | None, device):
     return load_bundled(DEFAULT_CHECKPOINT, device) if name is None else load_model(name, device=device)
 
 
-#: the longest side of any grid: pixel centres of a longer one are not distinct in float32
-MAX_SIDE = 2**24
 
 
 def parse_size(text: str, what: str, form: str = "HxW (e.g. 768x1024)") -> tuple[int, int]:

@@ -200,6 +200,8 @@ def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
     assert all(r["decode_speedup_vs_released"] == 1.0 for r in rows if r["path"] == "released-style")
     assert main(["bench", "--sizes", "3k"]) == 2
     assert "unknown size" in capsys.readouterr().err
+    assert main(["bench", "--sizes", "1x17000000"]) == 2   # pixel centres no longer distinct in float32
+    assert "--sizes: sides of at most 16777216 (2**24) pixels, got '1x17000000'" in capsys.readouterr().err
     assert main(["bench", "--paths", "cuda", "--device", "cpu"]) == 2
     assert "not available" in capsys.readouterr().err
     assert main(["bench", "--preset", "tiny", "--device", "cpu", "--precision", "fp16"]) == 2

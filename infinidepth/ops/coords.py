@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import torch
 
+#: the longest side of any output grid: pixel centres of a longer one are not distinct in float32
+MAX_SIDE = 2**24
+
 
 def pixel_centers(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Normalised centres of ``n`` pixels along one axis."""
