@@ -153,6 +153,12 @@ def _gather(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask, fits, top, left, k
     one Triton's pipeliner issues ahead (cp.async), and it is 16 cells against the taps' 4 per
     query. Other blocks, and fp32 (where the products would run on the CUDA cores at 4x the taps'
     work, and ptxas spills the larger kernel), read each query's taps.
+
+    Non-finite map cells: the blend multiplies every cell of the window by each query's weight,
+    zero included, and 0 x NaN is NaN, so a NaN or infinite cell makes NaN every query of a block
+    that reads its window, not only those whose taps touch it (the reference and the taps: only
+    those). Finite maps, what a model gives, are unaffected; a map holding NaN gives NaN depth on
+    any backend, here over a wider patch. A per-window finiteness check would cost the hot loop.
     """
     if LOW == 0:
         out = bilerp_block(feat_ptr, b, y, x, H, W, C, chan, q_mask, c_mask)
