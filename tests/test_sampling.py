@@ -426,3 +426,66 @@ def test_check_size_is_the_one_size_rule():
     for bad in [(0, 4), (3, -1), (3.0, 4), (2.7, 4), (True, 4), ("3", 4), (3,), (3, 4, 5), 3, None, torch.tensor([3.0, 4.0])]:
         with pytest.raises(ValueError, match=r"render size must be \(height, width\), two positive whole numbers, got"):
             check_size(bad, "render size")
+
+
+# -- audit: camera helpers, eps, hole_fraction ---------------------------------------------------
+
+
+def test_backproject_checks_its_camera():
+    """backproject / rays took K as given: a [2, 3, 3] K for a batch of 1 (or depth for 2 images)
+    was broadcast into 2 images of points, a skewed K silently lost its skew, a zero focal length
+    gave infinite points, and a plain [3, 3] K raised IndexError."""
+    from infinidepth.sampling import rays
+
+    H, W = 6, 8
+    K = torch.tensor([[10.0, 0, 4.0], [0, 12.0, 3.0], [0, 0, 1]])
+    coords = grid_coords(H, W)
+    depth = torch.rand(1, H * W) + 1
+    v, u = torch.meshgrid(torch.arange(H) + 0.5, torch.arange(W) + 0.5, indexing="ij")  # pinhole at pixel centres
+    want = torch.stack([(u.reshape(-1) - 4) / 10 * depth[0], (v.reshape(-1) - 3) / 12 * depth[0], depth[0]], -1)
+    torch.testing.assert_close(backproject(depth, coords, K[None], (H, W))[0], want)
+    torch.testing.assert_close(backproject(depth, coords, K, (H, W))[0], want)  # [3, 3] serves the batch
+    skew = K.clone()
+    skew[0, 1] = 2.0
+    for bad, match in [(torch.stack([K, K]), "given for 2 images"), (torch.zeros(3, 3), "focal lengths must be positive"),
+                       (torch.full((3, 3), float("nan")), "NaN"), (skew, "no skew"), (torch.eye(4), r"\[3, 3\]")]:
+        with pytest.raises(ValueError, match=match):
+            backproject(depth, coords, bad, (H, W))
+        with pytest.raises(ValueError, match=match):
+            rays(coords, bad, (H, W))
+    with pytest.raises(ValueError, match="must be \\[B, N\\]"):
+        backproject(torch.ones(2, H * W), coords, K, (H, W))
+    with pytest.raises(ValueError, match="coords must have shape"):
+        rays(coords[0], K, (H, W))
+
+
+def test_surface_area_eps_must_be_finite_and_representable():
+    """eps = inf zeroed every weight (the sampler then said the depth 'has no positive value'); an eps
+    below float32's smallest normal number clamped to 0, and a pixel seen edge-on weighed infinity."""
+    depth = torch.ones(1, 1, 4, 5)
+    normals = torch.zeros(1, 3, 4, 5)
+    normals[:, 2] = -1
+    normals[0, :, 1, 1] = torch.tensor([1.0, 0.0, 0.0])  # near edge-on (the ray is slightly off the axis)
+    normals[0, :, 2, 2] = 0.0                            # degenerate: |n . v| = 0 exactly
+    K = K_of(4.0, 4, 5)
+    for eps in [float("inf"), 1e-50]:
+        with pytest.raises(ValueError, match="eps must be finite and at least"):
+            surface_area_weights(depth, normals, K, eps)
+        with pytest.raises(ValueError, match="eps must be finite and at least"):
+            surface_area_sample(depth, normals, K, 10, seed=0, eps=eps)
+    w = surface_area_weights(depth, normals, K, 1e-30)
+    assert torch.isfinite(w).all() and w[0, 2, 2] > 1e28 * w[0, 0, 0]  # the clamp: 1 / eps times a frontal pixel
+    assert torch.isfinite(surface_area_weights(depth.double(), normals.double(), K, 1e-50)).all()  # float64 holds it
+
+
+def test_hole_fraction_checks_size_and_baseline():
+    """A size of (0, 4) was reported as 'target_mask selects no pixel', (2.5, 4) as a NumPy
+    TypeError, and a NaN baseline projected every point to NaN: 100% holes, no error."""
+    K = K_of(2.0, 2, 4)
+    pts = np.array([[-0.75, -0.25, 1.0]])  # pixel (0, 0)'s centre at z = 1
+    assert hole_fraction(pts, K, (2, 4), 0.0) == pytest.approx(7 / 8)
+    for bad in [(0, 4), (2.5, 4), (2, 4, 3)]:
+        with pytest.raises(ValueError, match=r"size must be \(height, width\)"):
+            hole_fraction(pts, K, bad, 0.0)
+    with pytest.raises(ValueError, match="baseline must be finite"):
+        hole_fraction(pts, K, (2, 4), float("nan"))

@@ -67,18 +67,24 @@ def check_size(size, what: str = "size") -> tuple[int, int]:
 
 
 def rays(coords: torch.Tensor, K: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Camera-frame rays with z = 1 through normalised ``coords`` ``[B, N, 2]`` -> ``[B, N, 3]``."""
+    """Camera-frame rays with z = 1 through normalised ``coords`` ``[B, N, 2]`` -> ``[B, N, 3]``.
+    ``K`` ``[3, 3]`` or ``[B, 3, 3]``, checked like every camera here (a zero focal length, skew or
+    intrinsics for another batch size are refused, not broadcast into wrong points)."""
+    if coords.dim() != 3 or coords.shape[-1] != 2:
+        raise ValueError(f"coords must have shape [B, N, 2], got {tuple(coords.shape)}")
     H, W = size
     u = (coords[..., 1] + 1) * (W / 2)
     v = (coords[..., 0] + 1) * (H / 2)
-    K = K.to(coords.dtype)
+    K = check_intrinsics(K, coords.shape[0], coords.device, coords.dtype)
     x = (u - K[:, None, 0, 2]) / K[:, None, 0, 0]
     y = (v - K[:, None, 1, 2]) / K[:, None, 1, 1]
     return torch.stack([x, y, torch.ones_like(x)], dim=-1)
 
 
 def backproject(depth: torch.Tensor, coords: torch.Tensor, K: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Camera-frame points ``[B, N, 3]`` of z-depth ``[B, N]`` at normalised ``coords``."""
+    """Camera-frame points ``[B, N, 3]`` of z-depth ``[B, N]`` at normalised ``coords`` ``[B, N, 2]``."""
+    if depth.shape != coords.shape[:-1]:
+        raise ValueError(f"depth {tuple(depth.shape)} must be [B, N] for coords {tuple(coords.shape)}")
     return rays(coords, K, size) * depth[..., None]
 
 

@@ -19,6 +19,8 @@ one kernel per backend) and jittered uniformly inside their pixel; the caller re
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from infinidepth.ops import grid_coords
@@ -46,6 +48,11 @@ def surface_area_weights(depth: torch.Tensor, normals: torch.Tensor, intrinsics,
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
     dtype = torch.promote_types(depth.dtype, torch.float32)  # the sampler quantises the weights anyway
+    # an infinite eps zeroes every weight, and one below the dtype's smallest normal number clamps to 0
+    # there: a surface seen exactly edge-on then got an infinite weight
+    if not (math.isfinite(eps) and eps >= torch.finfo(dtype).tiny):
+        raise ValueError(f"eps must be finite and at least {torch.finfo(dtype).tiny:.3g} "
+                         f"(the smallest normal {dtype}), got {eps}")
     K = check_intrinsics(intrinsics, B, depth.device, dtype)
     r = rays(grid_coords(H, W, B, depth.device).to(dtype), K, (H, W))
     v = r / r.norm(dim=-1, keepdim=True)

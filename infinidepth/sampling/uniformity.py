@@ -46,10 +46,12 @@ def uniformity(points, k: int = 8) -> dict:
 def hole_fraction(points, intrinsics, size: tuple[int, int], baseline: float, target_mask=None) -> float:
     """Fraction of target pixels left empty when camera-frame ``points`` ``[N, 3]`` are projected into
     the camera moved by ``baseline`` along its x axis (``intrinsics`` ``[3, 3]`` in pixels of ``size``)."""
-    from .camera import check_intrinsics
+    from .camera import check_intrinsics, check_size
 
     p = _points(points)
-    H, W = size
+    H, W = check_size(size, "size")
+    if not np.isfinite(baseline):
+        raise ValueError(f"baseline must be finite, got {baseline}")
     K = check_intrinsics(intrinsics, 1, dtype=torch.float64)[0].numpy()
     x, y, z = p[:, 0] - baseline, p[:, 1], p[:, 2]
     front = z > 0
