@@ -149,18 +149,32 @@ def inverse_cdf_sample(
 
 
 def keep_inside_cells(coords: torch.Tensor, cells: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Jittered coordinates strictly below their cell's upper edge.
+    """Jittered coordinates inside their cell: at or above its lower edge, strictly below its upper one.
 
     In float32, ``row + u`` with ``u`` within 2**-24 of 1 rounds up to ``row + 1`` once ``row`` is in
     the thousands: the sample then sat on the next cell's edge, and in the last row at y = 1.0, the
-    image's edge (about 1 sample in 20 000 at 2048 rows). Such a coordinate is moved down by one
-    float32 step; all others are unchanged. Applied to every backend's output alike, so the backends
-    still agree bit for bit."""
+    image's edge (about 1 sample in 20 000 at 2048 rows). At the other end, a cell's lower edge
+    ``row / H * 2 - 1`` is rarely a float32: a sample just above it can round to just below it, into
+    the previous cell (22 of 400 000 samples at 3000 rows), which may be a hole. Both edges are
+    worked out in float64; such coordinates are moved to the nearest float32 inside the cell; all others are unchanged. Applied to every
+    backend's output alike, so the backends still agree bit for bit."""
     rows, cols = cells // width, cells % width
     below = torch.tensor(-2.0, dtype=coords.dtype, device=coords.device)
-    upper_y = torch.nextafter((rows + 1).float() / height * 2 - 1, below)
-    upper_x = torch.nextafter((cols + 1).float() / width * 2 - 1, below)
-    return torch.stack([torch.minimum(coords[..., 0], upper_y), torch.minimum(coords[..., 1], upper_x)], dim=-1)
+    above = torch.tensor(2.0, dtype=coords.dtype, device=coords.device)
+
+    def lower_edge(index, n):   # the smallest float32 at or above the exact edge index / n * 2 - 1
+        exact = index.double() / n * 2 - 1
+        edge = exact.to(coords.dtype)
+        return torch.where(edge.double() < exact, torch.nextafter(edge, above), edge)
+
+    def upper_edge(index, n):   # the largest float32 strictly below the exact edge (index + 1) / n * 2 - 1
+        exact = (index + 1).double() / n * 2 - 1
+        edge = exact.to(coords.dtype)
+        return torch.where(edge.double() >= exact, torch.nextafter(edge, below), edge)
+
+    y = torch.minimum(torch.maximum(coords[..., 0], lower_edge(rows, height)), upper_edge(rows, height))
+    x = torch.minimum(torch.maximum(coords[..., 1], lower_edge(cols, width)), upper_edge(cols, width))
+    return torch.stack([y, x], dim=-1)
 
 
 if HAS_EXTENSION:
