@@ -1,7 +1,7 @@
 """Pinhole cameras for the sampler: checked intrinsics, viewing rays, back-projection.
 
 Intrinsics are ``[[fx, 0, cx], [0, fy, cy], [0, 0, 1]]`` in pixels of the grid they describe, with
-pixel ``(i, j)``'s centre at ``(u, v) = (j + 0.5, i + 0.5)`` (as ``infinidepth.io.backproject``).
+pixel ``(i, j)``'s centre at ``(u, v) = (j + 0.5, i + 0.5)`` (as :func:`backproject` below uses them).
 A normalised query ``(y, x)`` (ops/coords.py) is at ``u = (x + 1) / 2 * W``, ``v = (y + 1) / 2 * H``.
 Camera frame: x right, y down, z forward; depth is z.
 """
