@@ -1048,3 +1048,66 @@ def test_released_gs_head_file_loads_without_running_code_from_it(tmp_path):
     with pytest.raises(CheckpointError, match="no 'encoder.'-prefixed GS head keys"):
         PixelAlignedHead.from_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()
+
+
+def test_a_gaussian_exactly_at_the_near_plane_is_drawn_as_gsplat_draws_it():
+    """gsplat culls depths below near_plane (0.01) only; the CPU backends culled z == 0.01 too, so
+    the GPU and CPU renders of the same Gaussians differed. Behind it (by one ulp) stays undrawn."""
+    from infinidepth.gs.render import NEAR, render
+
+    for dtype in (torch.float32, torch.float64):
+        at = torch.tensor(NEAR, dtype=dtype)
+        for z, drawn in ((at, True), (torch.nextafter(at, torch.zeros((), dtype=dtype)), False)):
+            g = Gaussians(torch.stack([torch.zeros((), dtype=dtype), torch.zeros((), dtype=dtype), z])[None],
+                          torch.full((1, 3), 1e-4, dtype=dtype), torch.tensor([[1.0, 0, 0, 0]], dtype=dtype),
+                          torch.tensor([0.9], dtype=dtype), torch.zeros(1, 3, 1, dtype=dtype))
+            backends = ["torch"] + (["cpp"] if "cpp" in __import__("infinidepth.ops", fromlist=["x"]).available_backends(
+                torch.device("cpu")) else [])
+            for backend in backends:
+                alpha = render(g, torch.eye(4, dtype=dtype), K.to(dtype), (48, 64), backend=backend)["alpha"]
+                assert (alpha.max() > 0.5) == drawn, (dtype, float(z), backend)
+
+
+def test_write_ply_refuses_float64_values_beyond_float32s_range(tmp_path):
+    """The file is float32: such values used to be written as inf, a file read_ply then refused."""
+    d = torch.float64
+    ok = dict(means=torch.tensor([[0, 0, 1.0]], dtype=d), scales=torch.full((1, 3), 0.1, dtype=d),
+              rotations=torch.tensor([[1.0, 0, 0, 0]], dtype=d), opacities=torch.tensor([0.5], dtype=d),
+              sh=torch.zeros(1, 3, 1, dtype=d))
+    for name, value in (("means", torch.tensor([[0, 0, 1e39]], dtype=d)), ("scales", torch.full((1, 3), 1e300, dtype=d)),
+                        ("rotations", torch.tensor([[1e39, 0, 0, 0]], dtype=d)), ("sh", torch.full((1, 3, 1), -1e39, dtype=d))):
+        path = tmp_path / f"{name}.ply"
+        with pytest.raises(ValueError, match=f"not written: Gaussians.{name} has values beyond float32's range"):
+            write_ply(path, Gaussians(**{**ok, name: value}))
+        assert not path.exists()
+    write_ply(tmp_path / "ok.ply", Gaussians(**ok))                           # in range: written and read back
+    torch.testing.assert_close(read_ply(tmp_path / "ok.ply").scales, ok["scales"].float())
+
+
+def test_gs_resume_takes_the_run_folder_moved_or_spelt_differently(tmp_path):
+    """The folder, how often it logs and saves change nothing a run computes; resuming a moved run
+    folder (or "runs/gs/" for "runs/gs") used to be refused as a config that differs in out."""
+    import os
+    import shutil
+    import signal
+
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    def cfg(out, **kw):
+        return GSTrainConfig(**{**dict(depth_model="tiny", scenes=2, size=(32, 48), points=200, steps=3, checkpoint_every=1,
+                                       log_every=1, out=str(out)), **kw})
+
+    whole = train_gs(cfg(tmp_path / "whole"), progress=False)
+
+    def stop_at_1(step, loss):
+        if step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    first = train_gs(cfg(tmp_path / "a"), progress=False, on_step=stop_at_1)
+    assert first["interrupted"] and first["step"] == 1
+    shutil.move(tmp_path / "a", tmp_path / "b")
+    second = train_gs(cfg(f"{tmp_path / 'b'}{os.sep}", checkpoint_every=5), resume=True, progress=False)
+    assert first["losses"] + second["losses"] == whole["losses"]
+    assert (tmp_path / "b" / "gs_head.pt").is_file()
+    with pytest.raises(ValueError, match="differs from the checkpoint's in points$"):
+        train_gs(cfg(tmp_path / "b", points=300), resume=True, progress=False)

@@ -109,6 +109,12 @@ def write_ply(path, g: Gaussians) -> None:
         g.validate()
     except ValueError as e:
         raise ValueError(f"{path}: not written: {e}") from None
+    # The file is float32: float64 values beyond its range would be written as inf (a file that
+    # read_ply, like the viewers, cannot use). Scales are stored as logs, but read back as float32.
+    for name in ("means", "scales", "rotations", "sh"):
+        if not torch.isfinite(getattr(g, name).detach().float()).all():
+            raise ValueError(f"{path}: not written: Gaussians.{name} has values beyond float32's range "
+                             f"(the 3DGS PLY is float32), largest magnitude {float(getattr(g, name).abs().max()):.3g}")
     n, k = len(g), g.sh.shape[2]
     rest = [f"f_rest_{i}" for i in range(3 * (k - 1))]
     names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *rest, "opacity",

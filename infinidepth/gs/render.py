@@ -90,7 +90,8 @@ def check_background(background) -> torch.Tensor:
 
 def project(g: Gaussians, world_to_camera, K, size):
     """Screen means ``[N, 2]`` (x, y pixels), inverse 2-D covariances ``[N, 2, 2]``, depths ``[N]``,
-    colours ``[N, 3]`` and a visibility mask ``[N]`` (in front of the near plane)."""
+    colours ``[N, 3]`` and a visibility mask ``[N]`` (on or in front of the near plane: gsplat culls
+    only depths below it, so a Gaussian exactly at it is drawn by every backend)."""
     T, Kt = check_camera(world_to_camera, K, size)
     H, W = size
     dev, dt = g.means.device, g.means.dtype
@@ -98,7 +99,7 @@ def project(g: Gaussians, world_to_camera, K, size):
     R, t = T[:3, :3], T[:3, 3]
     p = g.means @ R.T + t
     z = p[:, 2]
-    visible = z > NEAR
+    visible = z >= NEAR
     zs = torch.where(visible, z, torch.ones_like(z))
     fx, fy, cx, cy = Kt[0, 0], Kt[1, 1], Kt[0, 2], Kt[1, 2]
     # As gsplat: the Jacobian is taken at x/z, y/z clamped to the image's extent plus 30% of its

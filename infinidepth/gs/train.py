@@ -89,6 +89,9 @@ class GSTrainConfig:
         return self
 
 
+FREE_ON_RESUME = ("out", "log_every", "checkpoint_every")   # as infinidepth.train.trainer's
+
+
 def feature_dim(depth_model) -> int:
     image = torch.zeros(1, 3, 32, 32, device=depth_model.device)
     return sum(m.shape[1] for m in depth_model.encode(image).maps)
@@ -161,7 +164,10 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
             saved = state["config"]
         except Exception as e:  # truncated or foreign files fail in many ways
             raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint ({one_line(e)})") from None
-        now = dataclasses.asdict(cfg)
+        # where the run folder is and how often it logs and saves change nothing the run computes: a
+        # resume may change them (a folder moved, or spelt "runs/gs/" instead of "runs/gs")
+        saved = {k: v for k, v in saved.items() if k not in FREE_ON_RESUME} if isinstance(saved, dict) else {}
+        now = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in FREE_ON_RESUME}
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"--resume: the config differs from the checkpoint's in {', '.join(changed)}")
