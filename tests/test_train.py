@@ -231,6 +231,48 @@ def test_a_moved_run_resumes_with_other_workers_and_saving_and_the_same_result(s
     assert first["step"] == 2 and first["losses"] + second["losses"] == whole["losses"]
 
 
+def test_a_log_line_cut_short_by_a_crash_does_not_stop_the_resume(scenes, tmp_path):
+    """A run killed while appending to log.jsonl leaves a partial last line: the resume drops it
+    with the lines past the checkpoint, instead of failing to parse it."""
+    cfg = small_config(scenes, tmp_path / "run", steps=4)
+    train(cfg, progress=False, on_step=lambda step, loss: step == 2 and os.kill(os.getpid(), signal.SIGTERM))
+    log_path = tmp_path / "run" / "log.jsonl"
+    with open(log_path, "a") as f:
+        f.write('{"step": 3, "loss": 0.4')                               # killed mid-write
+    assert train(cfg, resume=True, progress=False)["step"] == 4
+    assert [json.loads(line)["step"] for line in log_path.read_text().splitlines()] == [1, 2, 3, 4]
+
+
+def test_fp16_resume_continues_from_the_saved_loss_scale(scenes, tmp_path, monkeypatch):
+    """fp16's GradScaler state is part of the checkpoint: a resume that restarted from the initial
+    scale would skip again the overflowing steps the uninterrupted run had already halved past.
+    (fp16 on the CPU only here: its config check wants a GPU, so validation is bypassed.)"""
+    monkeypatch.setattr(TrainConfig, "validate", lambda self: self)
+    real_init, real_update, scales = torch.amp.GradScaler.__init__, torch.amp.GradScaler.update, []
+
+    def init(self, *a, **k):                     # high enough to overflow for the first steps
+        real_init(self, *a, **{**k, "init_scale": 2.0 ** 20})
+
+    def update(self, *a, **k):
+        real_update(self, *a, **k)
+        scales.append(self.get_scale())
+
+    monkeypatch.setattr(torch.amp.GradScaler, "__init__", init)
+    monkeypatch.setattr(torch.amp.GradScaler, "update", update)
+
+    def fp16(out):
+        return dataclasses.replace(small_config(scenes, out, steps=8, checkpoint_every=4), precision="fp16")
+
+    whole = train(fp16(tmp_path / "whole"), progress=False)
+    whole_scales, scales[:] = list(scales), []
+    assert whole_scales[3] < 2.0 ** 20                                  # the scale did fall before step 4
+    cfg = fp16(tmp_path / "cut")
+    first = train(cfg, progress=False, on_step=lambda step, loss: step == 4 and os.kill(os.getpid(), signal.SIGTERM))
+    second = train(cfg, resume=True, progress=False)
+    assert scales == whole_scales
+    assert first["losses"] + second["losses"] == whole["losses"]
+
+
 def test_each_step_uses_and_logs_its_warm_up_and_cosine_rates_per_group(scenes, tmp_path, monkeypatch):
     """Warm-up 2 of 4 steps: factors 1/2, 1, then cosine from 1 (1, 1/2). The rates logged for a step
     are those the optimiser applied at it (not the next step's), for both groups."""

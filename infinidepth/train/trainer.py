@@ -5,7 +5,7 @@ Per image, ``pairs`` coordinate-depth pairs come from the full-resolution ground
 quantiles over the image's valid ground truth go to 0 and 1: the paper) or min-max disparity (the
 released code). Loss: L1 between the network's raw output at the queries and the target.
 
-Never lose work: ``OUT/checkpoint.pt`` (model, optimiser, scheduler, step, RNG states, config) is
+Never lose work: ``OUT/checkpoint.pt`` (model, optimiser, scheduler, step, RNG states, config; fp16: the loss scale) is
 written atomically every ``checkpoint_every`` steps, at the end, and when the process receives
 SIGTERM or SIGINT (it finishes the current step first; DataLoader workers ignore both, so a signal
 to the whole process group stops the run the same way). ``resume=True`` continues from it; on the
@@ -303,12 +303,17 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     model = build_model(cfg).to(device).train()
     kind = default_target(model) if cfg.target == "auto" else cfg.target
     opt, sched = build_optimizer(model, cfg)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    amp_dtype = PRECISIONS[precision]
+    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
     step = 0
     if state is not None:
         try:  # the same config can build another model: a model file named in it may have been replaced
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
+            if scaler is not None and state.get("scaler"):   # fp16: the loss scale reached, not the initial one again
+                scaler.load_state_dict(state["scaler"])
             step = int(state["step"])
             _set_rng_state(state["rng"])
         except (RuntimeError, KeyError, ValueError, TypeError) as e:
@@ -324,10 +329,6 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
         raise ValueError(f"{len(dataset)} frames are too few for batch_size {cfg.batch_size} on {world} process(es)")
     out.mkdir(parents=True, exist_ok=True)
     saved_step = step if state is not None else None          # the step of the last good checkpoint on disk
-
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    amp_dtype = PRECISIONS[precision]
-    scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
 
     stop = {"signal": None}
     previous = {}
@@ -408,7 +409,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                 if step % cfg.checkpoint_every == 0:
                     _check_weights(model, step, ckpt_path, saved_step)     # every rank: the replicas are identical
                     if rank == 0:
-                        save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
+                        save_checkpoint(ckpt_path, model, opt, sched, step, cfg, _scaler_state(scaler))
                         saved_step = step
                 if world == 1:
                     stopping = stop["signal"] is not None
@@ -416,7 +417,7 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                     break
         _check_weights(model, step, ckpt_path, saved_step)
         if rank == 0:
-            save_checkpoint(ckpt_path, model, opt, sched, step, cfg)
+            save_checkpoint(ckpt_path, model, opt, sched, step, cfg, _scaler_state(scaler))
             if step >= cfg.steps:
                 model.input_size = tuple(cfg.input_size)
                 save_model(model.eval(), out / "model.safetensors")
@@ -438,16 +439,30 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     return {"step": step, "interrupted": stopping, "losses": losses, "target": kind, "world_size": world}
 
 
+def _scaler_state(scaler) -> dict | None:
+    """fp16's loss scale (and its growth tracker) for the checkpoint: a resume that started again
+    from the initial scale would skip steps to overflow the uninterrupted run applied."""
+    return {"scaler": scaler.state_dict()} if scaler is not None else None
+
+
 def _log(path: Path, record: dict) -> None:
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def trim_log(path: Path, step: int) -> None:
-    """On resume, drop log lines past the checkpoint (they will be logged again)."""
+    """On resume, drop log lines past the checkpoint (they will be logged again), and any line that is
+    not a whole record: a run killed while appending leaves its last line cut short."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text().splitlines() if line and json.loads(line).get("step", 0) <= step]
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and record.get("step", 0) <= step:
+            keep.append(line)
     from infinidepth.io import atomic_path
 
     with atomic_path(path) as tmp:
