@@ -231,6 +231,16 @@ def test_a_moved_run_resumes_with_other_workers_and_saving_and_the_same_result(s
     assert first["step"] == 2 and first["losses"] + second["losses"] == whole["losses"]
 
 
+def test_a_signal_during_the_last_step_says_the_run_is_complete(scenes, tmp_path, caplog):
+    """Stopped at the last step, the run has written its model: the log says so, not 'continue with
+    --resume' (which would then refuse: nothing is left to do)."""
+    cfg = small_config(scenes, tmp_path / "run", steps=2)
+    with caplog.at_level(logging.WARNING, logger="infinidepth.train"):
+        result = train(cfg, progress=False, on_step=lambda step, loss: step == 2 and os.kill(os.getpid(), signal.SIGTERM))
+    assert result["step"] == 2 and (tmp_path / "run" / "model.safetensors").is_file()
+    assert "the run is complete" in caplog.text and "--resume" not in caplog.text
+
+
 def test_a_log_line_cut_short_by_a_crash_does_not_stop_the_resume(scenes, tmp_path):
     """A run killed while appending to log.jsonl leaves a partial last line: the resume drops it
     with the lines past the checkpoint, instead of failing to parse it."""

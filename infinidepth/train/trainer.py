@@ -434,8 +434,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
             dist.barrier()
             dist.destroy_process_group()
     if stopping and rank == 0:
-        log.warning("stopped by signal %s at step %d; checkpoint saved to %s (continue with --resume)",
-                    stop["signal"] or "to another rank", step, ckpt_path)
+        if step >= cfg.steps:   # the signal came during the last step: nothing is left to continue
+            log.warning("signal %s came during the last step; the run is complete: %s",
+                        stop["signal"] or "to another rank", out / "model.safetensors")
+        else:
+            log.warning("stopped by signal %s at step %d; checkpoint saved to %s (continue with --resume)",
+                        stop["signal"] or "to another rank", step, ckpt_path)
     return {"step": step, "interrupted": stopping, "losses": losses, "target": kind, "world_size": world}
 
 
