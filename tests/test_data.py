@@ -508,6 +508,54 @@ def test_a_file_without_its_partner_is_logged_and_listed(tmp_path, caplog):
     assert len(ds) == 1 and len(ds.unpaired) == 1 and str(lone) in ds.unpaired[0] and str(lone) in caplog.text
 
 
+def lone_depth_of_each_reader(root):
+    """One complete frame and one depth (or disparity) file without its image, for each reader
+    whose frames pair an image with a depth file: (reader, the lone file)."""
+    out = []
+    tartan = root / "tartan"
+    tartan_frame(tartan, "000000", np.ones((16, 16), np.float32))
+    lone = tartan / "env" / "Easy" / "P000" / "depth_left" / "000001_left_depth.npy"
+    np.save(lone, np.ones((16, 16), np.float32))
+    out.append((TartanAir, tartan, lone))
+    irs = root / "irs"
+    write_rgb(irs / "Home" / "S" / "l_1.png", 16, 16)
+    for n in (1, 2):
+        write_exr(irs / "Home" / "S" / f"d_{n}.exr", {"Y": np.full((16, 16), 4.8, np.float32)})
+    out.append((IRS, irs, irs / "Home" / "S" / "d_2.exr"))
+    urban = root / "urban"
+    write_rgb(urban / "rgb" / "rgb_0001.png", 16, 16)
+    for n in (1, 2):
+        write_exr(urban / "depth" / f"depth_{n:04d}.exr", {"Y": np.full((16, 16), 1e-4, np.float32)})
+    out.append((UrbanSyn, urban, urban / "depth" / "depth_0002.exr"))
+    unreal = root / "unreal"
+    write_rgb(unreal / "00000" / "Image0" / "00001.png", 16, 16)
+    (unreal / "00000" / "Disp0").mkdir()
+    for n in (1, 2):
+        np.save(unreal / "00000" / "Disp0" / f"{n:05d}.npy", np.full((16, 16), 20.0, np.float32))
+    out.append((UnrealStereo4K, unreal, unreal / "00000" / "Disp0" / "00002.npy"))
+    hyper = root / "hyper"
+    geometry = hyper / "ai_001_001" / "images" / "scene_cam_00_geometry_hdf5"
+    geometry.mkdir(parents=True)
+    with h5py.File(geometry / "frame.0000.depth_meters.hdf5", "w") as h:
+        h.create_dataset("dataset", data=np.full((16, 16), 4.0, np.float16))
+    for n in (0, 1):
+        write_rgb(geometry.parent / "scene_cam_00_final_preview" / f"frame.{n:04d}.tonemap.jpg", 16, 16)
+    out.append((Hypersim, hyper, geometry.parent / "scene_cam_00_final_preview" / "frame.0001.tonemap.jpg"))
+    return out
+
+
+def test_every_reader_logs_a_depth_without_its_image_and_an_image_without_its_depth(tmp_path, caplog):
+    # The module's promise: a file whose partner is missing (the image of a depth as well as the depth
+    # of an image) is logged when the set is listed and kept in dataset.unpaired, not silently dropped.
+    for reader, root, lone in lone_depth_of_each_reader(tmp_path):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="infinidepth.data"):
+            ds = reader(root, size=(16, 16), n_pairs=8)
+        assert len(ds) == 1, reader.__name__
+        assert len(ds.unpaired) == 1 and str(lone) in ds.unpaired[0], (reader.__name__, ds.unpaired)
+        assert str(lone) in caplog.text, reader.__name__
+
+
 def test_procedural_files_train_without_normals_and_refuse_a_corrupt_index(tmp_path):
     from infinidepth.data import ProceduralFiles, render_set
 

@@ -357,3 +357,18 @@ def test_a_larger_size_of_the_same_scene_casts_the_same_rays():
         small, large = render(generate_scene(seed), (13, 17)), render(generate_scene(seed), (39, 51))
         for x, y in ((small.depth, large.depth), (small.rgb, large.rgb), (small.normals, large.normals)):
             np.testing.assert_allclose(x.numpy(), y.numpy()[1::3, 1::3], rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("text", ['{"pages": ["a.html"]}', '["a.html"]', "{not json"])
+def test_render_set_never_takes_over_a_folder_whose_index_json_is_not_a_procedural_one(tmp_path, text):
+    # Another tool's index.json (or a corrupt one) is not "a run that failed before its first view":
+    # the folder is refused, named, as any other non-empty folder, and nothing in it is overwritten.
+    out = tmp_path / "site"
+    out.mkdir()
+    (out / "index.json").write_text(text)
+    (out / "a.html").write_text("keep me")
+    with pytest.raises(ValueError, match="index.json"):
+        render_set(out, scenes=1, size=(8, 8), progress=False)
+    assert (out / "index.json").read_text() == text and sorted(p.name for p in out.iterdir()) == ["a.html", "index.json"]
+    assert main(["data", "render", "--scenes", "1", "--size", "8x8", "--out", str(out), "--quiet"]) == 2
+    assert (out / "index.json").read_text() == text

@@ -257,6 +257,11 @@ class Hypersim(DepthDataset):
                 _unpaired(self.unpaired, f"{d}: neither {jpg.name} nor {hdr.name} exists")
             else:
                 records.append((d, rgb))
+        for folder, suffix in (("final_preview", ".tonemap.jpg"), ("final_hdf5", ".color.hdf5")):   # images without depth
+            for p in sorted(self.root.glob(f"ai_*/images/scene_cam_*_{folder}/frame.*{suffix}")):
+                d = p.parent.parent / f"{p.parent.name[: -len(folder)]}geometry_hdf5" / f"{p.name[: -len(suffix)]}.depth_meters.hdf5"
+                if not d.is_file():
+                    _unpaired(self.unpaired, f"{p}: its depth {d} is missing")
         unlisted = sorted({d.parents[2].name for d, _ in records} - set(self.cameras))
         if unlisted and (self.cameras or self.camera_parameters is not None or csv_path.is_file()):
             log.warning("Hypersim: %d scenes are not in %s and get the standard camera: %s",
@@ -423,7 +428,8 @@ class TartanAir(DepthDataset):
 
     def find(self):
         return _pair(self.root, "*/*/P*/image_left/*_left.png",
-                     lambda p: p.parent.parent / "depth_left" / f"{p.stem}_depth.npy", unpaired=self.unpaired)
+                     lambda p: p.parent.parent / "depth_left" / f"{p.stem}_depth.npy",
+                     others="*/*/P*/depth_left/*_left_depth.npy", unpaired=self.unpaired)
 
     def load(self, record):
         rgb = _read_rgb(record[0])
@@ -441,7 +447,8 @@ class IRS(DepthDataset):
     BASELINE, FOCAL = 0.1, 480.0
 
     def find(self):
-        return _pair(self.root, "**/l_*.png", lambda p: p.with_name("d_" + p.stem[2:] + ".exr"), unpaired=self.unpaired)
+        return _pair(self.root, "**/l_*.png", lambda p: p.with_name("d_" + p.stem[2:] + ".exr"), others="**/d_*.exr",
+                     unpaired=self.unpaired)
 
     def load(self, record):
         rgb = _read_rgb(record[0])
@@ -473,7 +480,7 @@ class UrbanSyn(DepthDataset):
     def find(self):
         self._meta = self.root / "camera_metadata.json"
         return _pair(self.root, "rgb/rgb_*.png", lambda p: self.root / "depth" / f"depth_{p.stem[4:]}.exr",
-                     unpaired=self.unpaired)
+                     others="depth/depth_*.exr", unpaired=self.unpaired)
 
     def load(self, record):
         rgb = _read_rgb(record[0])
@@ -516,7 +523,7 @@ class UnrealStereo4K(DepthDataset):
 
     def find(self):
         return _pair(self.root, "*/Image0/*.png", lambda p: p.parent.parent / "Disp0" / f"{p.stem}.npy",
-                     unpaired=self.unpaired)
+                     others="*/Disp0/*.npy", unpaired=self.unpaired)
 
     def load(self, record):
         rgb_path, disp_path = record

@@ -698,7 +698,12 @@ def render_set(out, scenes: int, size: tuple[int, int], views: int = 1, seed: in
     index = {"format": FORMAT, "renderer": RENDERER, "size": [int(size[0]), int(size[1])], "scenes": int(scenes),
              "views": int(views), "seed": int(seed), "baseline": float(baseline)}
     if (out / "index.json").is_file():
-        old = json.loads((out / "index.json").read_text())
+        try:
+            old = json.loads((out / "index.json").read_text())
+        except ValueError as e:   # not JSON, not UTF-8
+            raise ValueError(f"{out / 'index.json'} is not a {FORMAT} index ({e}); choose another folder") from None
+        if not isinstance(old, dict) or old.get("format") != FORMAT:   # another tool's index: its folder is not ours
+            raise ValueError(f"{out / 'index.json'} is not a {FORMAT} index; choose another folder")
         rendered = any(out.glob("scene_*/view_*_camera.json"))  # a run that failed before its first view left only the index
         made_by = old.get("renderer", 1)   # (sets from before the version was recorded: 1)
         if rendered and made_by != RENDERER:
