@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 
@@ -36,6 +37,39 @@ def cli_device(text: str, prog: str) -> torch.device:
         return pick_device(text)
     except InputError as e:
         raise SystemExit(f"{prog}: error: {e}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number above 0 (a count of queries, points, scenes, channels)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def size_arg(form: str = "HxW (e.g. 96x128)"):
+    """An argparse ``type`` for one size ``A``x``B`` (positive, written as ``form`` says), as a tuple."""
+    def parse(text: str) -> tuple[int, int]:
+        from infinidepth.cli import parse_size
+        from infinidepth.io import InputError
+
+        try:
+            return parse_size(text, "the size", form)
+        except InputError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    return parse
+
+
+def sizes_arg(form: str = "HxW (e.g. 96x128)"):
+    """An argparse ``type`` for a comma-separated list of sizes (see :func:`size_arg`)."""
+    one = size_arg(form)
+
+    def parse(text: str) -> list[tuple[int, int]]:
+        return [one(item.strip()) for item in text.split(",")]
+    return parse
 
 
 def write_report(path: str | None, report: dict, argv: list[str] | None = None) -> None:

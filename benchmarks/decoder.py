@@ -39,7 +39,7 @@ import time
 
 import torch
 
-from common import cli_device, device_name, sync, timeit, write_report
+from common import cli_device, device_name, positive_int, sync, timeit, write_report
 
 from infinidepth.ops import ConcatDecoder, HierarchicalDecoder, available_backends, grid_coords, implicit_decode
 from infinidepth.ops.gather import cpu_supports_bf16
@@ -167,7 +167,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
     p.add_argument("--decoder", choices=["official", "paper"], default="official")
-    p.add_argument("--queries", type=int, default=65536)
+    p.add_argument("--queries", type=positive_int, default=65536)
     p.add_argument("--backends", help="comma-separated subset (default: every available one, torch included)")
     p.add_argument("--with-grad", action="store_true", help="decode the derivative too (implicit_decode(with_grad=True))")
     p.add_argument("--cuda-rows", type=_row_caps, default=[],
@@ -179,6 +179,9 @@ def main(argv=None):
     if args.cuda_rows and (grad or "cuda" not in available_backends(device)):
         p.error("--cuda-rows times the cuda backend's value kernel: it needs --device cuda with the CUDA kernels "
                 "built, and no --with-grad (tangents always take 16 rows)")
+    unknown = [b for b in (args.backends or "").split(",") if b and b not in available_backends(device)]
+    if unknown:   # before the baseline's minutes of timing, not after
+        p.error(f"--backends: {', '.join(unknown)} not available on {device}; choose from {', '.join(available_backends(device))}")
     maps, dec = make_problem(args.decoder, device)
     coords = query_grid(args.queries, device)
     if args.decoder == "official":

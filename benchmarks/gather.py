@@ -12,7 +12,7 @@ import argparse
 
 import torch
 
-from common import cli_device, device_name, timeit, write_report
+from common import cli_device, device_name, positive_int, size_arg, timeit, write_report
 
 from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather_reference
 
@@ -22,14 +22,14 @@ from infinidepth.ops import available_backends, bilinear_gather, bilinear_gather
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--channels", type=int, default=1024)
-    p.add_argument("--map", default="48x64", help="feature map HxW")
-    p.add_argument("--queries", type=int, default=65536)
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--channels", type=positive_int, default=1024)
+    p.add_argument("--map", type=size_arg(), default="48x64", help="feature map HxW")
+    p.add_argument("--queries", type=positive_int, default=65536)
+    p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
     device = cli_device(args.device, p.prog)
-    h, w = (int(v) for v in args.map.split("x"))
+    h, w = args.map
     torch.manual_seed(0)
     feat = torch.randn(args.batch, args.channels, h, w, device=device)
     coords = torch.rand(args.batch, args.queries, 2, device=device) * 2 - 1

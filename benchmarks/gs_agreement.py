@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, write_report  # noqa: E402
+from common import device_name, size_arg, write_report  # noqa: E402
 
 from infinidepth.data.procedural import generate_scene, render  # noqa: E402
 from infinidepth.gs import Gaussians, render_cpp, render_gsplat, render_torch, splats_from_points  # noqa: E402
@@ -68,12 +68,12 @@ def compare(name: str, g: Gaussians, w2c, K, size) -> dict:
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--scenes", type=int, default=4, help="procedural scenes")
-    ap.add_argument("--size", default="240x320", help="HxW of the images")
+    ap.add_argument("--size", type=size_arg(), default="240x320", help="HxW of the images")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("gs_agreement.py needs a GPU (gsplat renders on CUDA only)")
-    H, W = (int(v) for v in args.size.split("x"))
+    H, W = args.size
     K = torch.tensor([[200.0 * W / 320, 0, W / 2], [0, 200.0 * W / 320, H / 2], [0, 0, 1]])
     rows = [compare(f"random-{n}", random_scene(n, n), torch.eye(4), K, (H, W)) for n in (2000, 50_000)]
     for seed in range(300_000, 300_000 + args.scenes):

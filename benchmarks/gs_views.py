@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import device_name, write_report  # noqa: E402
+from common import device_name, positive_int, size_arg, write_report  # noqa: E402
 
 from infinidepth.data.procedural import generate_scene, render  # noqa: E402
 from infinidepth.gs import render_torch, splats_from_points  # noqa: E402
@@ -118,15 +118,15 @@ def one_scene(seed: int, size, head=None, depth_model=None, perceptual=None):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenes", type=int, default=12)
-    ap.add_argument("--size", default="96x128", help="HxW of the source and target views")
+    ap.add_argument("--scenes", type=positive_int, default=12)
+    ap.add_argument("--size", type=size_arg(), default="96x128", help="HxW of the source and target views")
     ap.add_argument("--seed", type=int, default=300_000, help="first scene seed (held out from training seeds)")
     ap.add_argument("--gs-head", help="a head from infinidepth train-gs: adds model / model+head rows")
     ap.add_argument("--lpips", help="LPIPS network weights (as for infinidepth train-gs --lpips): adds an LPIPS column")
     ap.add_argument("--json")
     ap.add_argument("--picture")
     args = ap.parse_args()
-    size = tuple(int(v) for v in args.size.split("x"))
+    size = args.size
     head = depth_model = None
     if args.gs_head:
         from infinidepth.checkpoint import load_model

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import cli_device, device_name, sync, write_report  # noqa: E402
+from common import cli_device, device_name, positive_int, sizes_arg, sync, write_report  # noqa: E402
 
 from infinidepth.data.procedural import generate_scene, render  # noqa: E402
 from infinidepth.io import atomic_path, colorize_depth  # noqa: E402
@@ -43,14 +43,14 @@ def preview(r, path: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--sizes", default="1024x768,3840x2160")
-    ap.add_argument("--scenes", type=int, default=4)
+    ap.add_argument("--sizes", type=sizes_arg("WIDTHxHEIGHT (e.g. 1024x768)"), default="1024x768,3840x2160")
+    ap.add_argument("--scenes", type=positive_int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json")
     ap.add_argument("--preview")
     args = ap.parse_args()
     device = cli_device(args.device, ap.prog)
-    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes.split(",")]
+    sizes = args.sizes
     scenes = [generate_scene(args.seed + k) for k in range(args.scenes)]
     render(scenes[0], (48, 64), device=device)   # warm-up, untimed
     sync(device)

@@ -16,7 +16,7 @@ import argparse
 
 import torch
 
-from common import cli_device, device_name, timeit, write_report
+from common import cli_device, device_name, positive_int, size_arg, timeit, write_report
 
 from infinidepth.ops import available_backends, grid_coords
 from infinidepth.ops.inverse_cdf import inverse_cdf_sample
@@ -36,13 +36,13 @@ def make_problem(size, device):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu")
-    p.add_argument("--size", default="768x1024", help="HxW of the depth map")
-    p.add_argument("--points", type=int, default=2_000_000)
+    p.add_argument("--size", type=size_arg(), default="768x1024", help="HxW of the depth map")
+    p.add_argument("--points", type=positive_int, default=2_000_000)
     p.add_argument("--min-time", type=float, default=2.0, help="seconds of timing per row")
     p.add_argument("--json", help="write results here")
     args = p.parse_args(argv)
     device = cli_device(args.device, p.prog)
-    H, W = (int(v) for v in args.size.split("x"))
+    H, W = args.size
     n = args.points
     depth, normals, K = make_problem((H, W), device)
     weights = surface_area_weights(depth, normals, K)

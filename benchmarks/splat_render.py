@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import cli_device, device_name, sync, timeit, write_report  # noqa: E402
+from common import cli_device, device_name, positive_int, sizes_arg, sync, timeit, write_report  # noqa: E402
 
-from infinidepth.cli import build_parser, parse_size, run_gs  # noqa: E402
+from infinidepth.cli import build_parser, run_gs  # noqa: E402
 from infinidepth.gs.render import render  # noqa: E402
 from infinidepth.gs.splats import camera_path  # noqa: E402
 
@@ -48,8 +48,8 @@ def make_scene(points: int, device: str):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--points", type=int, default=200_000)
-    p.add_argument("--sizes", default="384x512", help="render sizes HxW, comma-separated")
+    p.add_argument("--points", type=positive_int, default=200_000)
+    p.add_argument("--sizes", type=sizes_arg(), default="384x512", help="render sizes HxW, comma-separated")
     p.add_argument("--min-time", type=float, default=2.0, help="seconds of repeats per fast measurement")
     p.add_argument("--json")
     a = p.parse_args()
@@ -60,8 +60,7 @@ def main() -> None:
     rows = []
     warm = torch.tensor([[32.0, 0, 16], [0, 32.0, 16], [0, 0, 1]])
     render(g, torch.eye(4), warm, (32, 32), backend="torch")   # first-call costs, untimed
-    for text in a.sizes.split(","):
-        H, W = parse_size(text, "--sizes")
+    for H, W in a.sizes:
         fx = float(max(H0, W0))
         K = torch.tensor([[fx * W / W0, 0, W / 2], [0, fx * H / H0, H / 2], [0, 0, 1]])
         for camera, w2c in (("source", np.eye(4)), ("moved", moved)):
@@ -84,7 +83,7 @@ def main() -> None:
                 f"{b} {row[b]['s_per_frame']:.3f} s ({row[b]['speedup_vs_torch']:.1f}x, max diff {row[b]['max_abs_diff_rgb']:.1e})"
                 for b in backends))
     write_report(a.json, {"device": device_name(device), "points": a.points, "torch_threads": torch.get_num_threads(),
-                          "command": " ".join(sys.argv), "rows": rows})
+                          "rows": rows})   # write_report adds the command line, quoted as a shell takes it
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import argparse
 
 import torch
 
-from common import write_report
+from common import size_arg, write_report
 
 from infinidepth.ops import grid_coords
 from infinidepth.sampling import (backproject, hole_fraction, knn_spacing, surface_area_sample, surface_normals,
@@ -117,14 +117,14 @@ def plot(rows, k: int, path: str) -> None:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--size", default="240x320", help="HxW of the source view")
+    p.add_argument("--size", type=size_arg(), default="240x320", help="HxW of the source view")
     p.add_argument("--baseline", type=float, default=0.5, help="sideways camera move for the hole measure")
     p.add_argument("--k", type=int, default=8, help="neighbours of the spacing measure")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write results here")
     p.add_argument("--plot", help="write a PNG: spacing histograms and top-down views of the points")
     args = p.parse_args(argv)
-    H, W = (int(v) for v in args.size.split("x"))
+    H, W = args.size
     rows = [r for scene in standard_scenes((H, W)) for r in evaluate(scene, args.baseline, args.k, args.seed, bool(args.plot))]
     if args.plot:
         plot(rows, args.k, args.plot)

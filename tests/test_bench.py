@@ -374,3 +374,58 @@ def test_uniformity_script_stops_on_any_other_sampler_error(scripts, monkeypatch
     monkeypatch.setattr(uniformity, "surface_area_sample", broken)
     with pytest.raises(ValueError, match="focal lengths must be positive"):
         uniformity.evaluate(standard_scenes((24, 32))[0], baseline=0.2, k=8, seed=0)
+
+
+def test_splat_render_script_records_a_command_a_shell_can_rerun(scripts, tmp_path, monkeypatch):
+    """Its report's command line is quoted as a shell takes it (a path with a space stays one
+    argument), as every other script's is, not the arguments joined by spaces."""
+    import shlex
+
+    import splat_render
+    from infinidepth.gs import Gaussians
+
+    g = torch.Generator().manual_seed(0)
+    n = 50
+    fake = Gaussians(torch.randn(n, 3, generator=g) * 0.3 + torch.tensor([0, 0, 3.0]), torch.rand(n, 3, generator=g) * 0.05 + 0.01,
+                     torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1),
+                     torch.rand(n, generator=g) * 0.9 + 0.05, torch.randn(n, 3, 4, generator=g) * 0.5)
+    monkeypatch.setattr(splat_render, "make_scene", lambda points, device: (fake, (16, 16), 3.0))
+    out = tmp_path / "a b.json"
+    argv = ["benchmarks/splat_render.py", "--points", str(n), "--sizes", "8x8", "--min-time", "0", "--json", str(out)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with contextlib.redirect_stdout(io.StringIO()):
+        splat_render.main()
+    saved = json.loads(out.read_text())
+    assert shlex.split(saved["command"]) == argv
+    assert saved["torch"] == torch.__version__ and saved["device"]
+
+
+@pytest.mark.parametrize("name, args, message", [
+    ("decoder", ["--queries", "0"], "argument --queries: must be positive, got 0"),
+    ("decoder", ["--queries", "64", "--backends", "torch,bogus"], "--backends: bogus not available on cpu"),
+    ("gather", ["--map", "48"], "argument --map: the size must look like HxW"),
+    ("gather", ["--channels", "4", "--map", "4x4", "--queries", "0"], "argument --queries: must be positive, got 0"),
+    ("sampler", ["--size", "768"], "argument --size: the size must look like HxW"),
+    ("sampler", ["--size", "24x32", "--points", "0"], "argument --points: must be positive, got 0"),
+    ("uniformity", ["--size", "240x"], "argument --size: the size must look like HxW"),
+    ("render", ["--sizes", "64x48,64"], "argument --sizes: the size must look like WIDTHxHEIGHT"),
+    ("render", ["--scenes", "0"], "argument --scenes: must be positive, got 0"),
+    ("gs_views", ["--size", "0x128"], "argument --size: the size must be positive"),
+    ("gs_views", ["--scenes", "0", "--size", "16x16"], "argument --scenes: must be positive, got 0"),
+    ("splat_render", ["--sizes", "0x0"], "argument --sizes: the size must be positive"),
+    ("gs_agreement", ["--size", "240"], "argument --size: the size must look like HxW"),
+])
+def test_script_refuses_bad_sizes_and_counts_with_a_usage_error(scripts, monkeypatch, capsys, name, args, message):
+    """A size that is not HxW (WIDTHxHEIGHT for render.py), or a count of 0, stops the script at once
+    with argparse's one-line error, not a traceback from deep inside (after minutes of a baseline, for
+    an unknown --backends) or a report of NaN scores (gs_views.py --scenes 0)."""
+    import inspect
+
+    module = __import__(name)
+    if name == "splat_render":   # what comes after the arguments is not needed here
+        monkeypatch.setattr(module, "make_scene", lambda *a: pytest.fail("the bad --sizes was taken"))
+    monkeypatch.setattr(sys, "argv", [f"benchmarks/{name}.py", *args])
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(io.StringIO()):
+        module.main(args) if inspect.signature(module.main).parameters else module.main()
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
