@@ -212,7 +212,7 @@ def main() -> None:
         print(f"{implicit} - {grid}, {key}: {c['mean_difference']:+.4f} (95% over images {c['ci95'][0]:+.4f} .. "
               f"{c['ci95'][1]:+.4f}); better on {c['images_better']} of {c['images']} images")
     write_report(args.json, {
-        "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cpu")),
+        "benchmark": "bundled demo model vs grid baseline", "device": device_name(torch.device("cuda" if torch.cuda.is_available() else "cpu")),   # where train() ran
         "input": list(input_size), "evaluated_at": list(gt), "train_scenes": args.train_scenes, "val_scenes": args.val_scenes,
         "steps": args.steps, "seed": args.seed, "lr_decoder": args.lr_decoder, "pairs": args.pairs, "encoder": args.encoder, "patch": args.patch, "head": args.head, "encoder_from": args.encoder_from, "alignment": "RANSAC scale and shift in the model's own space (log-depth for these models), per image",
         "models": rows, "implicit_minus_grid": comparison, "grid_ceiling": ceiling,
