@@ -206,36 +206,34 @@ def test_op_guards_direct_callers_and_contract():
     assert torch.equal(cells, ref[1])
 
 
-@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
-def test_jittered_samples_stay_inside_their_cell_on_large_grids(backend):
-    """On a 2048-row grid, float32 ``row + u`` rounded up to ``row + 1`` for ``u`` near 1: about 1
-    sample in 20 000 sat on the next cell's edge, in the last row at exactly y = 1.0 (pixel index H
-    for whoever floors it back)."""
-    H = W = 2048
-    w = torch.zeros(1, H, W)
-    w[0, -1, -1] = 1.0  # every sample in the last cell: the worst place to round up
-    w[0, 1000, 3] = 1.0
-    coords, cells = inverse_cdf_sample(w, 200_000, seed=0, backend=backend)
+def assert_every_sample_in_its_cell(w, n, seed, backend):
+    """Worked out in float64, each of ``n`` samples of weights ``w`` [1, H, W] lies in its own cell,
+    and a kernel backend gives the reference's samples bit for bit."""
+    H, W = w.shape[1:]
+    coords, cells = inverse_cdf_sample(w, n, seed=seed, backend=backend)
     assert coords.max() < 1.0
     py = (coords[0, :, 0].double() + 1) / 2 * H
     px = (coords[0, :, 1].double() + 1) / 2 * W
     assert torch.equal(py.floor().long(), cells[0] // W) and torch.equal(px.floor().long(), cells[0] % W)
     if backend != "torch":
-        want = inverse_cdf_sample(w, 200_000, seed=0, backend="torch")
+        want = inverse_cdf_sample(w, n, seed=seed, backend="torch")
         assert torch.equal(coords, want[0]) and torch.equal(cells, want[1])
+
+
+@pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
+def test_jittered_samples_stay_inside_their_cell_on_large_grids(backend):
+    """On a 2048-row grid, float32 ``row + u`` rounded up to ``row + 1`` for ``u`` near 1: about 1
+    sample in 20 000 sat on the next cell's edge, in the last row at exactly y = 1.0 (pixel index H
+    for whoever floors it back)."""
+    w = torch.zeros(1, 2048, 2048)
+    w[0, -1, -1] = 1.0  # every sample in the last cell: the worst place to round up
+    w[0, 1000, 3] = 1.0
+    assert_every_sample_in_its_cell(w, 200_000, 0, backend)
 
 
 @pytest.mark.parametrize("backend", ["torch", *KERNEL_BACKENDS])
 def test_jittered_samples_stay_above_their_cells_lower_edge(backend):
     """A cell's lower edge row / H * 2 - 1 is rarely a float32: at 3000 rows a sample just above it
-    rounded to just below it, into the previous cell (22 of 400 000), which may be a hole. Worked out
-    in float64, every sample lies in its own cell, on every backend alike."""
-    H, W = 3000, 3
-    w = torch.ones(1, H, W)
-    coords, cells = inverse_cdf_sample(w, 400_000, seed=1, backend=backend)
-    py = (coords[0, :, 0].double() + 1) / 2 * H
-    px = (coords[0, :, 1].double() + 1) / 2 * W
-    assert torch.equal(py.floor().long(), cells[0] // W) and torch.equal(px.floor().long(), cells[0] % W)
-    if backend != "torch":
-        want = inverse_cdf_sample(w, 400_000, seed=1, backend="torch")
-        assert torch.equal(coords, want[0]) and torch.equal(cells, want[1])
+    rounded to just below it, into the previous cell (22 of 400 000), which may be a hole; and an
+    upper edge computed in float32 could lie above the exact one."""
+    assert_every_sample_in_its_cell(torch.ones(1, 3000, 3), 400_000, 1, backend)
