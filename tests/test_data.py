@@ -468,6 +468,12 @@ def test_urbansyn_sky_from_the_semantic_map(tmp_path):
     valid = np.asarray(f["valid"]).reshape(8, 16)
     assert not valid[:3].any() and valid[3:].all()
     np.testing.assert_allclose(np.asarray(f["depth"]).reshape(8, 16)[3:], 300.0, rtol=1e-5)
+    colours = np.full((8, 16, 3), (128, 64, 128), np.uint8)   # colour-coded: road, and sky in its top rows
+    colours[:2] = (70, 130, 180)
+    colours[2, :] = (10, 10, 10)                               # an id-like grey is not sky in a colour map
+    Image.fromarray(colours).save(tmp_path / "ss" / "ss_0007.png")
+    valid = np.asarray(UrbanSyn(tmp_path, size=(8, 16)).frame(0)["valid"]).reshape(8, 16)
+    assert not valid[:2].any() and valid[2:].all()
     Image.fromarray(ids[:4]).save(tmp_path / "ss" / "ss_0007.png")
     with pytest.raises(DataError, match="ss_0007.png is 16x4, its depth map 16x8"):
         UrbanSyn(tmp_path, size=(8, 16)).frame(0)

@@ -467,15 +467,15 @@ def disparity_to_depth(disp: np.ndarray, focal_times_baseline: float) -> np.ndar
 class UrbanSyn(DepthDataset):
     """UrbanSyn: ``rgb/rgb_NNNN.png`` with ``depth/depth_NNNN.exr`` (channel Y, in units of 1e5 m,
     so metres = value * 1e5) and one ``camera_metadata.json``. The sky is invalid: the pixels of
-    class 10 (Cityscapes' train id of sky) in the semantic map ``ss/ss_NNNN.png`` where it is there,
-    and anything beyond 1000 m. ``camera_metadata.json`` has
+    class 10 (Cityscapes' train id of sky; or its colour, 70 130 180, in a colour-coded map) in the
+    semantic map ``ss/ss_NNNN.png`` where it is there, and anything beyond 1000 m. ``camera_metadata.json`` has
     ``parameters[0].Camera`` with ``focalLength_mm``, ``sensorWidth_mm``, ``sensorHeight_mm``
     (fx = focal / sensor width * W; principal point at the centre)."""
 
     layout = "rgb/rgb_*.png, depth/depth_*.exr, camera_metadata.json (and ss/ss_*.png for the sky, if there)"
     max_depth = 1000.0
     SCALE = 1e5
-    SKY = 10
+    SKY, SKY_COLOUR = 10, (70, 130, 180)   # Cityscapes' sky: train id and palette colour
 
     def find(self):
         self._meta = self.root / "camera_metadata.json"
@@ -500,12 +500,17 @@ class UrbanSyn(DepthDataset):
             from PIL import Image
 
             with Image.open(classes) as im:
-                ids = np.asarray(im)
-            ids = ids[..., 2] if ids.ndim == 3 else ids   # an id image: the same id in every channel
-            if ids.shape != depth.shape:
+                ids = np.asarray(im)   # (a palette image: its indices, the class ids)
+            if ids.shape[:2] != depth.shape:
                 raise DataError(f"{classes} is {ids.shape[1]}x{ids.shape[0]}, its depth map "
                                 f"{depth.shape[1]}x{depth.shape[0]}")
-            depth = np.where(ids == self.SKY, 0.0, depth).astype(np.float32)
+            if ids.ndim == 2:
+                sky = ids == self.SKY
+            elif (ids[..., :3] == ids[..., :1]).all():   # an id image: the same id in every channel
+                sky = ids[..., 0] == self.SKY
+            else:   # colour-coded with Cityscapes' palette
+                sky = (ids[..., :3] == self.SKY_COLOUR).all(-1)
+            depth = np.where(sky, 0.0, depth).astype(np.float32)
         return rgb, depth, _pinhole(fx, W / 2, H / 2, fy)
 
 
