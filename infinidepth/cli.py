@@ -68,8 +68,6 @@ def open_model(name: str | None, device):
     return load_bundled(DEFAULT_CHECKPOINT, device) if name is None else load_model(name, device=device)
 
 
-
-
 def parse_size(text: str, what: str, form: str = "HxW (e.g. 768x1024)") -> tuple[int, int]:
     try:
         a, b = (int(v) for v in text.lower().split("x"))
@@ -215,7 +213,7 @@ def camera_points(depth: np.ndarray, coords: torch.Tensor, K: torch.Tensor, imag
     return backproject(z, coords.float(), K[None].float(), image_size)[0].numpy()
 
 
-def region_colors(rgb: np.ndarray, coords: torch.Tensor) -> np.ndarray:
+def image_colors(rgb: np.ndarray, coords: torch.Tensor) -> np.ndarray:
     """``uint8 [N, 3]``: the image read bilinearly at normalised ``coords`` ``[1, N, 2]`` (its border
     pixels repeated outside their centres)."""
     from infinidepth.ops.coords import clamp_to_pixel_centres
@@ -229,8 +227,6 @@ def region_colors(rgb: np.ndarray, coords: torch.Tensor) -> np.ndarray:
 def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
     """``n`` points spread evenly over the surfaces by the surface-area sampler, with the
     original image's colours."""
-    from infinidepth.ops.coords import clamp_to_pixel_centres
-    from infinidepth.ops.gather import bilinear_gather_reference
     from infinidepth.sampling import scale_intrinsics
 
     H0, W0 = rgb.shape[:2]
@@ -239,9 +235,7 @@ def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
     depth = sp.depth[0].cpu().numpy()
     if alignment is not None:
         depth = apply_alignment(depth, *alignment)
-    rgb_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float()
-    colors = bilinear_gather_reference(rgb_t, clamp_to_pixel_centres(coords, H0, W0))[0].clamp(0, 255).round().to(torch.uint8)
-    return camera_points(depth, coords, K, (H0, W0)), colors.numpy()
+    return camera_points(depth, coords, K, (H0, W0)), image_colors(rgb, coords)
 
 
 def check_finite_output(values: np.ndarray, what: str) -> None:
@@ -404,6 +398,12 @@ def note_earlier_outputs(out: Path, stem: str, written: list[Path]) -> None:
     for p in output_files(out, stem, ply=True):
         if p not in written and p.exists():
             print(f"note: {p} is left from an earlier run, not from this one", file=sys.stderr)
+
+
+def gs_outputs(args) -> list[Path]:
+    """The files ``infinidepth gs`` writes: the Gaussians, the novel view and, with --video, the video."""
+    out, stem = Path(args.out), Path(args.image).stem
+    return [out / f"{stem}_gaussians.ply", out / f"{stem}_novel_view.png"] + ([out / f"{stem}_{args.video}.mp4"] if args.video else [])
 
 
 def check_no_folder_in_the_way(targets, owner) -> None:
@@ -597,7 +597,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         if 8 * out_size[0] * out_size[1] <= available_memory() // 4:   # the picture resized whole (bicubic), then cropped
             colors = resize_rgb(rgb, out_size)[y0:y1, x0:x1].reshape(-1, 3)
         else:   # too large to resize whole: the original read bilinearly at the region's pixel centres, as for --points
-            colors = region_colors(rgb, coords)
+            colors = image_colors(rgb, coords)
     if args.ply:
         check_finite_output(points, f"{path}, point cloud")
 
@@ -792,9 +792,7 @@ def run_gs(args) -> dict:
         s = min(1.0, 512 / max(H0, W0))
         rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
     check_output_folder(Path(args.out))
-    stem = Path(args.image).stem
-    check_no_folder_in_the_way([Path(args.out) / f"{stem}{suffix}" for suffix in ("_gaussians.ply", "_novel_view.png")]
-                               + ([Path(args.out) / f"{stem}_{args.video}.mp4"] if args.video else []), args.image)
+    check_no_folder_in_the_way(gs_outputs(args), args.image)
     device = pick_device(args.device)
     head = None
     if args.gs_head:  # read and checked before the depth model runs
@@ -843,8 +841,7 @@ def run_gs(args) -> dict:
 
     out = Path(args.out)
     stem = Path(args.image).stem
-    written = [out / f"{stem}_gaussians.ply", out / f"{stem}_novel_view.png"] + \
-        ([out / f"{stem}_{args.video}.mp4"] if args.video else [])
+    written = gs_outputs(args)
     moved = camera_path("swing", 4, depth, args.move * depth)[1]        # a quarter swing: the full move to one side
     with atomic_paths(written) as tmps:  # replaced together: a video stopped midway leaves the earlier set whole
         write_gaussians(tmps[0], g)

@@ -156,24 +156,19 @@ def keep_inside_cells(coords: torch.Tensor, cells: torch.Tensor, height: int, wi
     image's edge (about 1 sample in 20 000 at 2048 rows). At the other end, a cell's lower edge
     ``row / H * 2 - 1`` is rarely a float32: a sample just above it can round to just below it, into
     the previous cell (22 of 400 000 samples at 3000 rows), which may be a hole. Both edges are
-    worked out in float64; such coordinates are moved to the nearest float32 inside the cell; all others are unchanged. Applied to every
-    backend's output alike, so the backends still agree bit for bit."""
-    rows, cols = cells // width, cells % width
-    below = torch.tensor(-2.0, dtype=coords.dtype, device=coords.device)
-    above = torch.tensor(2.0, dtype=coords.dtype, device=coords.device)
+    worked out in float64; such coordinates are moved to the nearest float32 inside the cell, all
+    others are unchanged. Applied to every backend's output alike, so the backends still agree bit
+    for bit."""
 
-    def lower_edge(index, n):   # the smallest float32 at or above the exact edge index / n * 2 - 1
-        exact = index.double() / n * 2 - 1
-        edge = exact.to(coords.dtype)
-        return torch.where(edge.double() < exact, torch.nextafter(edge, above), edge)
+    def bounds(index, n):   # the float32 range of cell index of n: at or above its edge, strictly below the next
+        lo64, hi64 = index.double() / n * 2 - 1, (index + 1).double() / n * 2 - 1
+        lo, hi = lo64.to(coords.dtype), hi64.to(coords.dtype)
+        lo = torch.where(lo.double() < lo64, torch.nextafter(lo, torch.full_like(lo, 2.0)), lo)
+        hi = torch.where(hi.double() >= hi64, torch.nextafter(hi, torch.full_like(hi, -2.0)), hi)
+        return lo, hi
 
-    def upper_edge(index, n):   # the largest float32 strictly below the exact edge (index + 1) / n * 2 - 1
-        exact = (index + 1).double() / n * 2 - 1
-        edge = exact.to(coords.dtype)
-        return torch.where(edge.double() >= exact, torch.nextafter(edge, below), edge)
-
-    y = torch.minimum(torch.maximum(coords[..., 0], lower_edge(rows, height)), upper_edge(rows, height))
-    x = torch.minimum(torch.maximum(coords[..., 1], lower_edge(cols, width)), upper_edge(cols, width))
+    y = coords[..., 0].clamp(*bounds(cells // width, height))
+    x = coords[..., 1].clamp(*bounds(cells % width, width))
     return torch.stack([y, x], dim=-1)
 
 
