@@ -471,8 +471,11 @@ def test_surface_area_eps_must_be_finite_and_representable():
     for eps in [float("inf"), 1e-50]:
         with pytest.raises(ValueError, match="eps must be finite and at least"):
             surface_area_weights(depth, normals, K, eps)
+    # the sampler computes its weights in float64, whose smallest normal number is about 2.2e-308
+    for eps in [float("inf"), 1e-320]:
         with pytest.raises(ValueError, match="eps must be finite and at least"):
             surface_area_sample(depth, normals, K, 10, seed=0, eps=eps)
+    assert torch.isfinite(surface_area_sample(depth, normals, K, 10, seed=0, eps=1e-50)).all()
     w = surface_area_weights(depth, normals, K, 1e-30)
     assert torch.isfinite(w).all() and w[0, 2, 2] > 1e28 * w[0, 0, 0]  # the clamp: 1 / eps times a frontal pixel
     assert torch.isfinite(surface_area_weights(depth.double(), normals.double(), K, 1e-50)).all()  # float64 holds it
@@ -489,3 +492,18 @@ def test_hole_fraction_checks_size_and_baseline():
             hole_fraction(pts, K, bad, 0.0)
     with pytest.raises(ValueError, match="baseline must be finite"):
         hole_fraction(pts, K, (2, 4), float("nan"))
+
+
+def test_sampler_ignores_the_depth_unit_at_any_scale():
+    """Where the samples go depends on the areas' proportions only, so on no unit of depth. In float32
+    the squared depth overflowed at 2**64 (the sampler said its weights were infinite) and vanished at
+    2**-64 ("no positive value"); between, subnormal squares moved samples silently. Powers of two
+    scale the float32 depth exactly, so the samples must be identical."""
+    scene = standard_scenes((24, 32))[1]
+    depth, grad = dense_field(scene)
+    n = surface_normals(depth, grad, scene.intrinsics).float()
+    depth = depth.float()  # what a model predicts
+    want = surface_area_sample(depth, n, scene.intrinsics, 500, seed=3)
+    for scale in [2.0**-80, 2.0**-70, 2.0**70, 2.0**80]:
+        got = surface_area_sample(depth * scale, n, scene.intrinsics, 500, seed=3)
+        assert torch.equal(got, want), scale

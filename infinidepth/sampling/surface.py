@@ -35,6 +35,15 @@ DEFAULT_EPS = 2e-2
 def surface_area_weights(depth: torch.Tensor, normals: torch.Tensor, intrinsics, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """Surface area ``[B, H, W]`` (in squared depth units) seen by each pixel; 0 where depth <= 0."""
     depth = _as_map(depth, 1, "depth")
+    return _areas(depth, normals, intrinsics, eps, torch.promote_types(depth.dtype, torch.float32), relative=False)
+
+
+def _areas(depth: torch.Tensor, normals: torch.Tensor, intrinsics, eps: float, dtype: torch.dtype, relative: bool):
+    """The areas in ``dtype``; with ``relative``, only in proportion within each image (what the sampler
+    needs): each image's depth scaled to a largest value of 1 and ``1 / (fx fy)`` left out, so that
+    no depth is too large or too small for its square (in float32, a depth of 2**64 overflowed and one
+    of 2**-64 vanished)."""
+    depth = _as_map(depth, 1, "depth")
     normals = _as_map(normals, 3, "normals")
     B, _, H, W = depth.shape
     if normals.shape != (B, 3, H, W):
@@ -47,7 +56,6 @@ def surface_area_weights(depth: torch.Tensor, normals: torch.Tensor, intrinsics,
         raise ValueError("normals contain NaN or infinite values")
     if not eps > 0:
         raise ValueError(f"eps must be positive, got {eps}")
-    dtype = torch.promote_types(depth.dtype, torch.float32)  # the sampler quantises the weights anyway
     # an infinite eps zeroes every weight, and one below the dtype's smallest normal number clamps to 0
     # there: a surface seen exactly edge-on then got an infinite weight
     if not (math.isfinite(eps) and eps >= torch.finfo(dtype).tiny):
@@ -59,7 +67,11 @@ def surface_area_weights(depth: torch.Tensor, normals: torch.Tensor, intrinsics,
     n = normals.to(dtype).reshape(B, 3, -1).transpose(1, 2)
     d = depth.to(dtype).reshape(B, -1)
     cos_view = (n * v).sum(-1).abs()
-    area = d**2 * v[..., 2] / (cos_view.clamp_min(eps) * (K[:, None, 0, 0] * K[:, None, 1, 1]))
+    if relative:
+        d = d / d.amax(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+        area = d**2 * v[..., 2] / cos_view.clamp_min(eps)
+    else:
+        area = d**2 * v[..., 2] / (cos_view.clamp_min(eps) * (K[:, None, 0, 0] * K[:, None, 1, 1]))
     return torch.where(d > 0, area, torch.zeros_like(area)).reshape(B, H, W)
 
 
@@ -77,7 +89,9 @@ def surface_area_sample(
     cover the surfaces of ``depth`` ``[B, 1, H, W]`` evenly. ``normals`` ``[B, 3, H, W]`` (e.g. from
     :func:`surface_normals`), ``intrinsics`` in pixels of this grid. Deterministic for a given
     ``seed`` (``None``: drawn from torch's generator), identical cells on every backend."""
-    weights = surface_area_weights(depth, normals, intrinsics, eps)
+    # in float64 and relative: the sampler quantises proportions anyway (ops/inverse_cdf.py), and so
+    # the depth's scale, in any unit, changes no sample
+    weights = _areas(depth, normals, intrinsics, eps, torch.float64, relative=True)
     empty = (weights.reshape(weights.shape[0], -1) > 0).sum(dim=1) == 0
     if empty.any():
         raise ValueError(f"depth of image {int(empty.nonzero()[0])} has no positive value: no surface to sample")
