@@ -36,6 +36,7 @@ import torch
 from infinidepth.checkpoint import CheckpointError, load_bundled, load_model
 from infinidepth.data.datasets import DataError
 from infinidepth.eval.benchmarks import BENCHMARKS
+from infinidepth.models.official import MAX_PROMPT_SAMPLES
 from infinidepth.ops import PRECISIONS
 from infinidepth.ops.coords import MAX_SIDE
 from infinidepth.ops.gather import BACKENDS
@@ -456,8 +457,8 @@ def predict(args) -> list[dict]:
         args.max_prompt_points = MAX_PROMPT_POINTS
     elif not args.sparse_depth:   # (it would change nothing: better said than ignored)
         raise InputError("--max-prompt-points sets how many --sparse-depth samples prompt the model: give it with --sparse-depth")
-    if args.max_prompt_points < 1:
-        raise InputError(f"--max-prompt-points must be at least 1, got {args.max_prompt_points}")
+    if not 1 <= args.max_prompt_points <= MAX_PROMPT_SAMPLES:
+        raise InputError(f"--max-prompt-points must be in [1, {MAX_PROMPT_SAMPLES}], got {args.max_prompt_points}")
     camera = [f"--{n}" for n in ("fx", "fy", "cx", "cy") if getattr(args, n) is not None]
     if camera and not args.ply:
         raise InputError(f"{', '.join(camera)} describe the camera of the point cloud: give them with --ply")

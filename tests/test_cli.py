@@ -113,6 +113,8 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--points", "100"], "with --ply"),
         (["predict", img, "--fy", "300", "--cx", "10"], "--fy, --cx describe the camera of the point cloud: give them with --ply"),
         (["predict", img, "--max-prompt-points", "50"], "give it with --sparse-depth"),
+        (["predict", img, "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "small.npy"),
+          "--max-prompt-points", str(2**16 + 1)], "--max-prompt-points must be in [1, 65536]"),
         (["predict", img, "--ply", "--points", "0"], "--points must be"),
         (["predict", img, "--ply", "--points", str(2**30)], "GB of memory"),
         (["predict", img, "--ply", "--points", "100", "--checkpoint", "grid-tiny"], "grid baseline lacks"),

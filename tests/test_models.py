@@ -146,6 +146,21 @@ def test_sensor_bad_sparse_depth(models, mutate, match):
         models["sensor-tiny"].encode(image, sparse_depth=mutate(sparse_for(image)))
 
 
+def test_sensor_refuses_more_prompt_samples_than_it_attends_to(models, monkeypatch):
+    """A dense depth map as the prompt is one attention token per pixel (786k for the released
+    input): refused with the count and what to do, not hours of attention or an out-of-memory crash."""
+    from infinidepth.models import official
+
+    image = torch.rand(2, 3, 32, 32)
+    sparse = torch.zeros(2, 1, 32, 32)
+    sparse.view(2, -1)[0, :40] = 2.0
+    sparse.view(2, -1)[1, :41] = 3.0
+    monkeypatch.setattr(official, "MAX_PROMPT_SAMPLES", 40)
+    with pytest.raises(ValueError, match="image 1 has 41 valid samples; the prompt takes at most 40.*random subset"):
+        models["sensor-tiny"].encode(image, sparse_depth=sparse)
+    models["sensor-tiny"].encode(image[:1], sparse_depth=sparse[:1])  # the limit itself is taken
+
+
 def test_sensor_model_refuses_features_of_a_model_without_prompts(models):
     """Features from another model's encode carry no prompt scale: a sentence, not an AttributeError."""
     feats = models["official-tiny"].encode(torch.rand(1, 3, 32, 32))

@@ -35,6 +35,9 @@ DISPARITY_FLOOR = 5e-3  # the released depth = 1 / clamp(disparity, 5e-3)
 # 5 valid samples or fewer; here there is no dense input and the prompt's own median is used, so for such
 # prompts the normaliser, and with it the output, differs from the released one.
 PROMPT_MEDIAN_FLOOR = 1e-3
+# Most sparse samples per image: each is a token in the prompt's attention, whose cost grows with
+# their square (a dense 768x1024 map would be 786k tokens); the released model was trained on sparse ones.
+MAX_PROMPT_SAMPLES = 2**16
 COORD_CLAMP = 1e-6
 # The network input of the released inference script (its default, 768x1024): what a released file,
 # which records no input size, is run at by default (aspect kept, about as many pixels).
@@ -156,6 +159,10 @@ class InfiniDepthDepthSensor(InfiniDepth):
         for b in range(disp.shape[0]):
             valid = disp[b] > 0
             require(valid.any(), f"sparse_depth of image {b} has no valid (positive) value")
+            require(valid.sum() <= MAX_PROMPT_SAMPLES, lambda eager, b=b, valid=valid: (
+                f"sparse_depth of image {b} has {int(valid.sum()) if eager else 'too many'} valid samples; the prompt takes "
+                f"at most {MAX_PROMPT_SAMPLES} (its attention's cost grows with their square): keep a random subset, "
+                "as infinidepth predict --max-prompt-points does (default 1500)"))
             medians.append(median_of(disp[b][valid]))
         median = torch.stack(medians).clamp(min=PROMPT_MEDIAN_FLOOR)
         prompt = disp / median.view(-1, 1, 1, 1)  # the released "warp"
