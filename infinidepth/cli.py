@@ -461,7 +461,8 @@ def predict(args) -> list[dict]:
         raise InputError(f"--max-prompt-points must be in [1, {MAX_PROMPT_SAMPLES}], got {args.max_prompt_points}")
     camera = [f"--{n}" for n in ("fx", "fy", "cx", "cy") if getattr(args, n) is not None]
     if camera and not args.ply:
-        raise InputError(f"{', '.join(camera)} describe the camera of the point cloud: give them with --ply")
+        raise InputError(f"{', '.join(camera)} {'describes' if len(camera) == 1 else 'describe'} the camera of the "
+                         f"point cloud: give {'it' if len(camera) == 1 else 'them'} with --ply")
     for name in ("fx", "fy"):
         v = getattr(args, name)
         if v is not None and (not np.isfinite(v) or v <= 0):
@@ -894,6 +895,7 @@ def run_train_gs(args) -> dict:
     return result
 
 
+QUIET_HELP = "no progress bars or summaries (warnings and errors are still printed)"
 INPUT_SIZE_HELP = ("network input HxW, multiples of the model's ViT patch (16 for the released models, 8 for demo); default: "
                    "aspect kept, as many pixels as the model was trained at (768x1024 for a released file, what ours "
                    "record, 96x128 for demo), else the long side at most 1024")
@@ -935,7 +937,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--seed", type=int, default=0, help="seed of prompt subsampling, robust alignment and the --points "
                                                    "sampler (default 0)")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     data = sub.add_parser("data", help="datasets: render a procedural set")
     data_sub = data.add_subparsers(dest="data_command", required=True)
@@ -947,25 +949,25 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--baseline", type=float, default=0.3, help="largest sideways move of the extra views, metres (default 0.3)")
     r.add_argument("--seed", type=int, default=0, help="scene k has seed SEED + k")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    r.add_argument("--quiet", action="store_true")
+    r.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     e = sub.add_parser("eval", help="score a model on benchmarks: full image and high-frequency regions")
     e.add_argument("--dataset", action="append", required=True, help="benchmark name (repeatable): " + ", ".join(BENCHMARKS))
     e.add_argument("--root", action="append", required=True, help="its folder (one per --dataset, in order)")
     e.add_argument("--checkpoint", help=f"checkpoint file or preset name (default: {DEFAULT_CHECKPOINT})")
     e.add_argument("--output-resolution", choices=("native", "input"), default="native",
-                   help="native: query the decoder at every ground-truth pixel; input: predict at the network input and upsample bilinearly (baseline)")
+                   help="native (default): query the decoder at every ground-truth pixel; input: predict at the network input and upsample bilinearly (baseline)")
     e.add_argument("--input-size", help=INPUT_SIZE_HELP)
     e.add_argument("--align", choices=("auto", "lsq", "ransac", "none"), default="auto",
-                   help="scale-and-shift alignment (auto: RANSAC for relative models, none for metric ones)")
+                   help="scale-and-shift alignment (default auto: RANSAC for relative models, none for metric ones)")
     e.add_argument("--align-space", choices=("depth", "disparity", "log_depth"),
                    help="default: the model's own (disparity for InfiniDepth, log_depth for the paper model)")
-    e.add_argument("--hf-points", type=int, default=10_000, help="pixels in each high-frequency mask")
+    e.add_argument("--hf-points", type=int, default=10_000, help="pixels in each high-frequency mask (default 10000)")
     e.add_argument("--limit", type=int, help="evaluate only the first N images of each dataset")
     e.add_argument("--json", help="write every score (summary and per image) here")
-    e.add_argument("--seed", type=int, default=0, help="seed of the RANSAC fit and the high-frequency masks")
+    e.add_argument("--seed", type=int, default=0, help="seed of the RANSAC fit and the high-frequency masks (default 0)")
     e.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    e.add_argument("--quiet", action="store_true")
+    e.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     b = sub.add_parser("bench", help="end-to-end timings at large output sizes, every decoder path, ratios to the released-style path")
     b.add_argument("--checkpoint", help="checkpoint file or preset name (default: --preset's)")
@@ -974,20 +976,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--paths", help="comma list of decoder paths (default: released-style, torch and every fused backend here)")
     b.add_argument("--json", help="write the report here")
     b.add_argument("--precision", choices=tuple(PRECISIONS), default="fp32", help="as for predict")
-    b.add_argument("--repeats", type=int, default=1, help="runs per size and path; the median times are reported")
+    b.add_argument("--repeats", type=int, default=1, help="runs per size and path (default 1); the median times are reported")
     b.add_argument("--input-size", help="network input HxW, multiples of the ViT patch, 16 for the released models (default: the model's training input "
                                         "when the checkpoint records one, else 768x1024)")
     b.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-    b.add_argument("--quiet", action="store_true")
+    b.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     t = sub.add_parser("train", help="train a model (YAML config or preset; torchrun -m infinidepth.train for several processes)")
     t.add_argument("--config", required=True, help="a YAML file or a preset: paper, official, demo")
     t.add_argument("--out", help="run folder (checkpoint.pt, model.safetensors, log.jsonl); overrides the config's")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
-    t.add_argument("--quiet", action="store_true")
+    t.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     gs = sub.add_parser("gs", help="Gaussian splats of one image: a 3DGS .ply, a novel view, optionally a video")
-    gs.add_argument("image")
+    gs.add_argument("image", help="input image (PNG, JPEG, ...)")
     gs.add_argument("--checkpoint", help=f"depth checkpoint file or preset (default: {DEFAULT_CHECKPOINT})")
     gs.add_argument("--points", type=int, default=200_000, help="Gaussians, spread evenly over the surfaces (surface-area sampler; default 200000)")
     gs.add_argument("--video", choices=("orbit", "swing"), help="also write an MP4 of this camera path")
@@ -1003,7 +1005,7 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--seed", type=int, default=0, help="seed of the surface-area sampler (default 0)")
     gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs, or 'demo' (the one bundled with the demo "
                                       "model); default: plain splats sized by point spacing")
-    gs.add_argument("--quiet", action="store_true")
+    gs.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     tg = sub.add_parser("train-gs", help="train the paper's Gaussian head on multi-view procedural scenes (depth model frozen)")
     tg.add_argument("--depth-model", default=DEFAULT_CHECKPOINT, help=f"frozen depth checkpoint or preset (default: {DEFAULT_CHECKPOINT})")
@@ -1018,7 +1020,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--lpips-weight", type=float, default=0.05, help="weight of the LPIPS term (default 0.05)")
     tg.add_argument("--out", default="runs/gs", help="run folder (gs_head.pt, gs_checkpoint.pt, gs_log.jsonl; default runs/gs)")
     tg.add_argument("--resume", action="store_true", help="continue from OUT/gs_checkpoint.pt (same options)")
-    tg.add_argument("--quiet", action="store_true")
+    tg.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
     d.add_argument("--out", default="infinidepth_demo", help="output folder (default: ./infinidepth_demo)")
@@ -1038,9 +1040,24 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+def join_negative_region(argv: list[str]) -> list[str]:
+    """``--region -8,0,64,64`` as ``--region=-8,0,64,64``: argparse reads a value that starts with "-" as
+    an option and says only that --region expected one argument; joined, the region check names the problem."""
+    out, i = [], 0
+    while i < len(argv):
+        if argv[i] == "--region" and i + 1 < len(argv) and argv[i + 1][:1] == "-" and argv[i + 1][1:2].isdigit():
+            out.append(f"--region={argv[i + 1]}")
+            i += 2
+        else:
+            out.append(argv[i])
+            i += 1
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    args.argv = ["infinidepth", *(sys.argv[1:] if argv is None else argv)]  # what a report records as its command
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(join_negative_region(argv))
+    args.argv = ["infinidepth", *argv]  # what a report records as its command
     in_main_thread = threading.current_thread() is threading.main_thread()
     if in_main_thread:
         # A kill (a batch system's time limit, say) unwinds like Ctrl-C does: every atomic write

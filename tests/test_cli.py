@@ -122,6 +122,9 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--output-size", "99999999999999999999x1"], "sides of at most"),
         (["predict", img, "--output-size", "8x8", "--region", "0,0,9,9"], "--region"),
         (["predict", img, "--region", ""], "--region is empty"),
+        # a negative value reads like an option to argparse ("expected one argument"): the range is named instead
+        (["predict", img, "--output-size", "8x8", "--region", "-1,0,4,4"], "must satisfy 0 <= y0 < y1 <= 8"),
+        (["predict", img, "--fx", "400"], "--fx describes the camera of the point cloud: give it with --ply"),
         (["predict", img, "--seed=-1"], "--seed must be in"),
         (["predict", img, "--reference-depth", str(tmp_path / "one.npy")], "fewer than 2 valid samples"),
         (["gs", img, "--checkpoint", "grid-tiny"], "this checkpoint is GridBaseline"),
