@@ -167,7 +167,21 @@ def load_depth_input(path: str, what: str, allowed: dict[str, tuple[int, int]], 
     if tuple(depth.shape) not in allowed.values():
         sizes = ", ".join(f"{h}x{w} ({name})" for name, (h, w) in allowed.items())
         raise InputError(f"{what} {path} is {depth.shape[0]}x{depth.shape[1]}; expected {sizes}")
+    warn_if_unit_looks_wrong(depth, f"{what} {path}")
     return resize_nearest(depth, target)
+
+
+def warn_if_unit_looks_wrong(depth: np.ndarray, what: str) -> None:
+    """A note (the run goes on) when the median valid depth is beyond 1 km or under 1 cm: millimetres read as
+    metres (every depth but a 16-bit PNG's is read as metres) give depths in km and a saturated depth PNG."""
+    valid = depth[depth > 0]
+    median = float(np.median(valid)) if valid.size else None
+    if median is not None and median > 1000:
+        print(f"note: {what} has a median depth of {median:.4g} m; if it holds millimetres, divide by 1000 "
+              "(only 16-bit PNGs are read as millimetres)", file=sys.stderr)
+    elif median is not None and median < 0.01:
+        print(f"note: {what} has a median depth of {median:.4g} m; depth files are read as metres "
+              "(16-bit PNGs as millimetres)", file=sys.stderr)
 
 
 def subsample_prompt(depth: np.ndarray, max_points: int, seed: int) -> np.ndarray:
@@ -604,6 +618,9 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
         check_finite_output(points, f"{path}, point cloud")
 
     png16, encoding = depth_to_png16(depth, metric)
+    if metric and (far := float((depth > 65.535).mean())):
+        print(f"note: {path.name}: {far:.1%} of the depth is beyond 65.535 m, where the 16-bit PNG (millimetres) "
+              f"saturates; {stem}_depth.npy holds the exact values", file=sys.stderr)
     written = output_files(out, stem, args.ply)
     with atomic_paths(written) as tmps:  # the set is replaced together, or not at all
         write_npy(tmps[0], depth.astype(np.float32))

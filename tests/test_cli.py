@@ -81,6 +81,23 @@ def test_sensor_checkpoint_with_sparse_depth(tmp_path, image, capsys):
     png = np.asarray(Image.open(out / "scene_depth.png"))  # metric: millimetres
     depth = np.load(out / "scene_depth.npy")
     np.testing.assert_array_equal(png, np.clip(np.round(depth * 1000), 0, 65535).astype(np.uint16))
+    assert "median depth" not in err
+
+
+@pytest.mark.parametrize("value,hint", [(3000.0, "median depth of 3000 m; if it holds millimetres, divide by 1000"),
+                                        (0.003, "median depth of 0.003 m; depth files are read as metres")])
+def test_depth_in_the_wrong_unit_gets_a_note(tmp_path, image, capsys, value, hint):
+    """Millimetres in a .npy (read as metres) ran without a word, into depths of km and a saturated PNG."""
+    sparse = np.zeros((40, 56), np.float32)
+    sparse[::5, ::7] = value
+    np.save(tmp_path / "sparse.npy", sparse)
+    code, _, err = run(["predict", str(image), "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "sparse.npy"),
+                        "--out", str(tmp_path / "s"), "--quiet", "--input-size", "32x48"], capsys)
+    assert code == 0 and f"note: sparse depth {tmp_path / 'sparse.npy'} has a {hint}" in err, err
+    saturated = np.load(tmp_path / "s" / "scene_depth.npy") > 65.535
+    assert saturated.any() or value < 1   # (millimetres as metres: km)
+    assert (f"{saturated.mean():.1%} of the depth is beyond 65.535 m, where the 16-bit PNG (millimetres) saturates"
+            in err) == saturated.any()
 
 
 def bad_cases(tmp_path, image):
