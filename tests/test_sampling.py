@@ -84,6 +84,10 @@ def test_normals_reject_bad_input():
         surface_normals(bad, grad, K_of(4, 4, 5))
     with pytest.raises(ValueError, match="no skew"):
         surface_normals(depth, grad, torch.tensor([[4.0, 1.0, 2.5], [0, 4, 2], [0, 0, 1]]))
+    with pytest.raises(TypeError, match="grad must be a tensor .B, 2, H, W., got NoneType"):
+        surface_normals(depth, None, K_of(4, 4, 5))   # (was an AttributeError from inside)
+    with pytest.raises(TypeError, match="depth must be a tensor"):
+        surface_normals(depth.numpy(), grad, K_of(4, 4, 5))
 
 
 # -- weights and the sampler -------------------------------------------------------------------

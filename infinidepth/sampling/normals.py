@@ -20,6 +20,8 @@ from .camera import check_intrinsics, rays
 
 
 def _as_map(t: torch.Tensor, channels: int, what: str) -> torch.Tensor:
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{what} must be a tensor [B, {channels}, H, W], got {type(t).__name__}")
     if t.dim() == 3 and channels == 1:
         t = t[:, None]
     if t.dim() != 4 or t.shape[1] != channels:
