@@ -35,16 +35,16 @@ from infinidepth.sampling import check_intrinsics
 # -- sub-pixel pairs ----------------------------------------------------------------------------------
 def test_pairs_on_a_ramp_are_bilinear_inside_and_nearest_at_the_border():
     H, W = 12, 17
-    depth = (1.0 + 0.5 * torch.arange(W).float())[None].expand(H, W).contiguous()   # linear in the column
+    depth = 1.0 + 0.5 * torch.arange(W).float()[None] + 0.25 * torch.arange(H).float()[:, None]  # a plane in (row, column)
     valid = torch.ones(H, W, dtype=torch.bool)
     coords, values = sample_depth_pairs(depth, valid, 5000, torch.Generator().manual_seed(0))
     u = (coords[:, 1].double() + 1) / 2 * W                       # continuous column, pixel j spans [j, j + 1)
     v = (coords[:, 0].double() + 1) / 2 * H
     interior = (u > 0.5) & (u < W - 0.5) & (v > 0.5) & (v < H - 0.5)
-    expected = 1.0 + 0.5 * (u - 0.5)                              # the ramp through the pixel centres
+    expected = 1.0 + 0.5 * (u - 0.5) + 0.25 * (v - 0.5)          # the ramp through the pixel centres
     assert interior.sum() > 3000 and (~interior).sum() > 100
     torch.testing.assert_close(values[interior].double(), expected[interior], rtol=0, atol=1e-5)
-    nearest = 1.0 + 0.5 * u.floor()
+    nearest = 1.0 + 0.5 * u.floor() + 0.25 * v.floor()
     torch.testing.assert_close(values[~interior].double(), nearest[~interior], rtol=0, atol=1e-6)
 
 
@@ -116,6 +116,42 @@ def test_crop_flip_keep_intrinsics_image_and_ground_truth_consistent(seed):
     got = s["image"][0, 16].double() * 90
     assert (got - col_orig).abs().max() < 1.0                  # antialiased resize: within a pixel
     assert col_in_crop.min() >= 0 and col_in_crop.max() <= Wc
+
+
+def test_flips_come_about_half_the_time_and_never_when_off():
+    rgb, depth, K = plane_frame()
+    valid = torch.ones_like(depth, dtype=torch.bool)
+
+    def mirrored(seed, flip):
+        s = prepare(rgb, depth, valid, K, (60, 90), 4, Augment(scale=(1, 1), flip=flip, color=0),
+                    torch.Generator().manual_seed(seed))
+        red = s["image"][0, 30]                                  # codes the original column
+        return bool(red[0] > red[-1])                            # falling from left to right: mirrored
+
+    flips = [mirrored(seed, True) for seed in range(32)]
+    assert 8 <= sum(flips) <= 24
+    assert not any(mirrored(seed, False) for seed in range(8))
+
+
+def test_crops_keep_the_input_aspect_span_the_scale_range_and_move_about():
+    """On a 60x90 frame the largest crop of a square input is 60x60: crops are squares of side in
+    [0.5, 1] x 60 (to rounding), of several sizes at several places, holding the frame's own depth
+    there, at the offset the principal point moved by."""
+    rgb, depth, K = plane_frame()
+    valid = torch.ones_like(depth, dtype=torch.bool)
+    sides, corners = set(), set()
+    for seed in range(12):
+        s = prepare(rgb, depth, valid, K, (16, 16), 4, Augment(scale=(0.5, 1.0), flip=False, color=0),
+                    torch.Generator().manual_seed(seed))
+        side, width = s["depth"].shape[1:]
+        assert side == width and 30 <= side <= 60
+        x0, y0 = K[0, 2] - s["depth_intrinsics"][0, 2].item(), K[1, 2] - s["depth_intrinsics"][1, 2].item()
+        assert x0 == int(x0) and y0 == int(y0) and 0 <= x0 <= 90 - side and 0 <= y0 <= 60 - side
+        x0, y0 = int(x0), int(y0)
+        assert torch.equal(s["depth"][0], depth[y0:y0 + side, x0:x0 + side])
+        sides.add(side)
+        corners.add((y0, x0))
+    assert len(sides) >= 4 and len(corners) >= 6
 
 
 def test_without_augmentation_the_whole_frame_is_resized_and_intrinsics_scaled():
@@ -323,6 +359,23 @@ def test_irs_disparity_with_the_rig_baseline(tmp_path):
     np.testing.assert_allclose(d[0, 0].item(), 0.1 * f / 4.8, rtol=1e-6)
 
 
+def test_tartanair_and_urbansyn_scale_fx_by_the_width_and_fy_by_the_height(tmp_path):
+    """Frames of another shape than the camera's: fx follows the width, fy the height."""
+    img = tmp_path / "tartan" / "env" / "Easy" / "P001" / "image_left" / "000000_left.png"
+    write_rgb(img, 24, 64)                                     # 640x480 resized to 64x24
+    (img.parent.parent / "depth_left").mkdir()
+    np.save(img.parent.parent / "depth_left" / "000000_left_depth.npy", np.full((24, 64), 2.0, np.float32))
+    K = TartanAir(tmp_path / "tartan", size=(24, 64)).frame(0)["intrinsics"]
+    np.testing.assert_allclose(K, [[320 * 64 / 640, 0, 32], [0, 320 * 24 / 480, 12], [0, 0, 1]])
+    urban = tmp_path / "urban"
+    write_rgb(urban / "rgb" / "rgb_0001.png", 8, 16)
+    write_exr(urban / "depth" / "depth_0001.exr", {"Y": np.full((8, 16), 1e-4, np.float32)})
+    (urban / "camera_metadata.json").write_text(json.dumps(
+        {"parameters": [{"Camera": {"focalLength_mm": 20.0, "sensorWidth_mm": 32.0, "sensorHeight_mm": 24.0}}]}))
+    K = UrbanSyn(urban, size=(8, 16)).frame(0)["intrinsics"]
+    np.testing.assert_allclose(K, [[20 / 32 * 16, 0, 8], [0, 20 / 24 * 8, 4], [0, 0, 1]])
+
+
 def test_urbansyn_depth_scale_and_camera_json(tmp_path):
     write_rgb(tmp_path / "rgb" / "rgb_0042.png", 8, 16)
     depth = np.full((8, 16), 12.5e-5, np.float32)
@@ -416,6 +469,14 @@ def test_procedural_scenes_batch_through_a_dataloader():
     assert torch.equal(again["coords"], batch["coords"][1])                      # reproducible per index
     ds.set_epoch(1)
     assert not torch.equal(ds[1]["coords"], again["coords"])                     # new draws each epoch
+
+
+def test_the_dataset_seed_changes_the_draws_and_the_same_seed_repeats_them():
+    def first(seed):
+        return ProceduralScenes(1, render_size=(24, 32), size=(16, 16), n_pairs=50, augment=Augment(), seed=seed)[0]
+
+    a, b, c = first(0), first(0), first(1)
+    assert torch.equal(a["coords"], b["coords"]) and not torch.equal(a["coords"], c["coords"])
 
 
 # -- broken files: one clear skipped frame, never a traceback from inside a library -----------------------------

@@ -51,6 +51,19 @@ def test_metrics_match_hand_computed_values():
     assert m["pixels"] == 3
 
 
+def test_delta_thresholds_are_strict_and_two_sided():
+    """Ratios max(p / g, g / p) on both sides of each threshold, two of them exactly 1.25 and 1.25^2
+    (exact in binary): a ratio equal to a threshold does not count."""
+    ratios = [1.005, 1.015, 1.03, 1.1, 1.2, 1.25, 1.3, 1.5625, 1.6, 2.0]
+    over = [True, False, True, False, True, True, False, True, False, True]  # prediction too far, or too near
+    gt = np.full(len(ratios), 2.0)
+    pred = np.array([2.0 * r if o else 2.0 / r for r, o in zip(ratios, over)])
+    m = depth_metrics(pred, gt)
+    want = {"delta_1.01": 1, "delta_1.02": 2, "delta_1.04": 3, "delta_1.25^0.5": 4, "delta_1.25": 5, "delta_1.25^2": 7}
+    assert {k: m[k] for k in want} == {k: pytest.approx(v / 10) for k, v in want.items()}
+    assert m["abs_rel"] == pytest.approx(np.mean([r - 1 if o else 1 - 1 / r for r, o in zip(ratios, over)]))
+
+
 def test_metrics_reject_bad_input():
     gt = np.ones((2, 2))
     with pytest.raises(ValueError, match="shape"):
@@ -80,6 +93,20 @@ def test_ransac_alignment_recovers_scale_and_shift_under_outliers(space):
     _, la, _ = align(pred, gt, space=space, method="lsq")
     assert abs(la - a) > 1e-3                               # least squares is pulled by the outliers
 
+
+
+def test_ransac_searches_all_its_hypotheses():
+    """7% of the samples on a line, the rest uniform noise, a tight threshold: a pair of inliers turns up
+    about once in 200 trials, so only a search of all 1000 (not of the first few) finds the line, for
+    every seed."""
+    from infinidepth.align import fit_affine_robust
+
+    for seed in range(10):
+        rng = np.random.default_rng(100 + seed)
+        x, y = rng.uniform(0, 10, 1000), rng.uniform(0, 10, 1000)
+        y[:70] = 0.7 * x[:70] + 1.3
+        a, b = fit_affine_robust(x, y, seed=seed, threshold=0.01)
+        assert (a, b) == (pytest.approx(0.7, abs=1e-9), pytest.approx(1.3, abs=1e-8)), seed
 
 def test_alignment_does_not_clip_to_the_ground_truth_and_clip_depth_uses_a_fixed_range():
     gt = np.linspace(1, 5, 100).reshape(10, 10)
@@ -195,6 +222,33 @@ def test_images_and_hf_rows_with_too_few_pixels_are_skipped_and_logged(tmp_path,
         evaluate(Fixed(lambda H, W: full), ds, progress=False, min_pixels=1)
 
 
+
+def test_summary_is_the_mean_over_images_and_an_hf_row_of_exactly_min_pixels_counts(tmp_path):
+    """Three images scored 0.1, 0.2 and 0.5 (constant predictions against a flat 2 m): the summary is
+    their mean, not their median. A random-depth image with exactly min_pixels high-frequency points keeps its row."""
+    flat = [np.full((48, 64), 2.0)] * 3
+    preds = iter([2.2, 2.4, 3.0])
+    r = evaluate(Fixed(lambda H, W: np.full((H, W), next(preds))), nyu_set(tmp_path / "flat", flat), align_method=None,
+                 progress=False, hf_points=100)
+    assert [row["full"]["abs_rel"] for row in r["images"]] == [pytest.approx(v, rel=1e-6) for v in (0.1, 0.2, 0.5)]
+    assert r["summary"]["full"]["abs_rel"] == pytest.approx(0.8 / 3, rel=1e-6) and r["summary"]["full"]["images"] == 3
+    gt = np.random.default_rng(3).uniform(1, 9, (48, 64))
+    r = evaluate(Fixed(lambda H, W: gt), nyu_set(tmp_path / "rough", [gt]), align_method=None, progress=False,
+                 hf_points=100, min_pixels=100)
+    assert r["images"][0]["hf"]["pixels"] == 100 and r["summary"]["hf"]["images"] == 1
+
+
+def test_a_released_hf_mask_is_scored_only_on_valid_depth(tmp_path):
+    """The released mask also covers row 0, whose first three pixels have no valid depth (Synth4K's range):
+    those are not scored."""
+    mask = synth4k_game(tmp_path / "g")
+    hf = np.zeros((16, 24), np.uint8)
+    hf.reshape(-1)[:120] = 255                                             # rows 0-4: 3 of them invalid
+    Image.fromarray(hf).save(mask)
+    r = evaluate(Fixed(lambda H, W: np.full((H, W), 20.0)), Synth4K(tmp_path / "g"), align_method=None, progress=False,
+                 min_pixels=2)
+    assert r["images"][0]["hf"]["pixels"] == 117
+
 # -- high-frequency masks --------------------------------------------------------------------------------------
 def step_and_wire(H=64, W=96):
     depth = np.full((H, W), 10.0)
@@ -242,6 +296,23 @@ def test_hf_mask_ignores_holes_and_sharpening_follows_tau():
     with pytest.raises(ValueError, match="no valid"):
         high_frequency_map(np.zeros((4, 4)))
 
+
+
+def test_one_hf_point_is_drawn_with_probability_proportional_to_the_map():
+    """n = 1: a single draw picks pixel i with probability map_i / sum(map) (Gumbel-max). Over 1000 seeds
+    the strongest pixels' share matches their share of the map within 4.5 standard deviations."""
+    depth = np.full((16, 16), 5.0)
+    depth[:, 8:] = 3.0
+    depth[4, 3] = 2.0
+    w = high_frequency_map(depth).astype(np.float64)
+    strong = w >= 0.99
+    share = w[strong].sum() / w.sum()
+    assert 0.5 < share < 0.95 and (w[~strong] > 0).sum() > 20
+    picks = np.zeros(w.shape)
+    for seed in range(1000):
+        picks += high_frequency_mask(depth, n=1, seed=seed)
+    assert picks.sum() == 1000 and picks[w == 0].sum() == 0
+    assert abs(picks[strong].sum() / 1000 - share) < 4.5 * math.sqrt(share * (1 - share) / 1000)
 
 def test_hf_map_ignores_the_image_border_and_the_edges_of_holes():
     # a tilted plane has no detail: the smoothed scales' truncated windows at the border and at

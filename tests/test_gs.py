@@ -1029,7 +1029,6 @@ def test_render_refuses_gaussians_changed_to_bad_values_after_construction(backe
         render(g, torch.eye(4), K, (24, 32), backend=backend)
 
 
-
 def test_released_gs_head_file_loads_without_running_code_from_it(tmp_path):
     import argparse
 
@@ -1111,3 +1110,256 @@ def test_gs_resume_takes_the_run_folder_moved_or_spelt_differently(tmp_path):
     assert (tmp_path / "b" / "gs_head.pt").is_file()
     with pytest.raises(ValueError, match="differs from the checkpoint's in points$"):
         train_gs(cfg(tmp_path / "b", points=300), resume=True, progress=False)
+
+
+# -- closed forms written out here, independently of render.py's code --------------------------------------------
+def rodrigues(axis, angle):
+    """The rotation by ``angle`` about ``axis`` (float64 [3, 3]): I + sin K + (1 - cos) K^2."""
+    u = torch.nn.functional.normalize(torch.as_tensor(axis, dtype=torch.float64), dim=0)
+    Kx = torch.tensor([[0, -u[2], u[1]], [u[2], 0, -u[0]], [-u[1], u[0], 0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(angle) * Kx + (1 - math.cos(angle)) * Kx @ Kx
+
+
+def ewa_alpha(p_cam, cov_cam, opacity, f, c, size, jacobian_at=None):
+    """EWA splatting of one Gaussian by hand: the Jacobian of (f x / z + cx, f y / z + cy) at
+    ``jacobian_at`` (x, y, z; the centre unless given), J Sigma J^T + 0.3 I, alpha at pixel centres."""
+    x, y, z = p_cam.tolist()
+    jx, jy, jz = (x, y, z) if jacobian_at is None else jacobian_at
+    J = torch.tensor([[f / jz, 0, -f * jx / jz**2], [0, f / jz, -f * jy / jz**2]], dtype=torch.float64)
+    cov2d = J @ cov_cam @ J.T + 0.3 * torch.eye(2, dtype=torch.float64)       # gsplat's eps2d: 0.3 px^2
+    ys, xs = torch.meshgrid(torch.arange(size[0], dtype=torch.float64) + 0.5,
+                            torch.arange(size[1], dtype=torch.float64) + 0.5, indexing="ij")
+    d = torch.stack([xs - (f * x / z + c[0]), ys - (f * y / z + c[1])], -1)
+    a = opacity * torch.exp(-0.5 * torch.einsum("hwi,ij,hwj->hw", d, torch.linalg.inv(cov2d), d))
+    return torch.where(a >= 1 / 255, a, torch.zeros_like(a))
+
+
+def gaussian_at(mean, scales, quat, opacity, rgb):
+    d = torch.float64
+    sh = torch.zeros(1, 3, 1, dtype=d)
+    sh[0, :, 0] = (torch.tensor(rgb, dtype=d) - 0.5) / 0.28209479177387814
+    return Gaussians(torch.as_tensor(mean, dtype=d).reshape(1, 3), torch.tensor([scales], dtype=d),
+                     torch.tensor([quat], dtype=d), torch.tensor([opacity], dtype=d), sh)
+
+
+def test_an_off_axis_rotated_gaussian_seen_by_a_rotated_camera_matches_ewa_by_hand():
+    """Camera and Gaussian both rotated about skew axes, the Gaussian off the optical axis in x and y:
+    every term of the projection (the Jacobian's x/z and y/z columns, the camera's rotation of the
+    covariance, the quaternion's w, x, y, z, R S S^T R^T, the 0.3 px^2 dilation) shows in the footprint."""
+    Rc = rodrigues([0.3, -0.5, 0.8], 0.4)
+    C = torch.tensor([0.2, -0.1, -0.5], dtype=torch.float64)                 # camera centre in the world
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3], T[:3, 3] = Rc, -Rc @ C
+    p_cam = torch.tensor([0.7, -0.45, 3.0], dtype=torch.float64)
+    mean = Rc.T @ p_cam + C
+    axis, angle = [0.2, 0.9, -0.4], 1.1
+    u = torch.nn.functional.normalize(torch.tensor(axis, dtype=torch.float64), dim=0)
+    quat = [math.cos(angle / 2), *(math.sin(angle / 2) * u).tolist()]       # (w, x, y, z)
+    s = torch.tensor([0.25, 0.04, 0.12], dtype=torch.float64)
+    Rg = rodrigues(axis, angle)
+    cov_cam = Rc @ Rg @ torch.diag(s**2) @ Rg.T @ Rc.T
+    Kd = K.double()
+    want = ewa_alpha(p_cam, cov_cam, 0.8, 60.0, (32.0, 24.0), (48, 64))
+    assert want[:, :-1].max() > 0.5 and want[0].max() == 0 and want[:, -1].max() == 0     # well inside the frame
+    g = gaussian_at(mean, s.tolist(), quat, 0.8, [0.2, 0.6, 1.0])
+    for backend in ("torch", "cpp") if "cpp" in __import__("infinidepth.ops", fromlist=["x"]).available_backends(
+            torch.device("cpu")) else ("torch",):
+        from infinidepth.gs.render import render
+
+        out = render(g, T, Kd, (48, 64), backend=backend)
+        torch.testing.assert_close(out["alpha"], want, atol=1e-9, rtol=0, msg=backend)
+        torch.testing.assert_close(out["rgb"], want[..., None] * torch.tensor([0.2, 0.6, 1.0], dtype=torch.float64),
+                                   atol=1e-9, rtol=0, msg=backend)
+        torch.testing.assert_close(out["depth"], torch.where(want > 0, 3.0, 0.0).double(), atol=1e-9, rtol=0, msg=backend)
+
+
+def test_a_gaussian_beyond_the_image_edge_is_projected_with_gsplats_clamped_jacobian():
+    """Centred 16 px right of the image (x/z = 0.8): the Jacobian is taken at x/z clamped to the
+    image's extent plus 30% of its half field of view, (64 - 32) / 60 + 0.3 * 32 / 60 = 0.6933, as gsplat
+    does; its visible tail is the footprint of that Jacobian, not the unclamped (or unmargined) one."""
+    z = 4.0
+    p_cam = torch.tensor([0.8 * z, 0.15 * z, z], dtype=torch.float64)
+    sigma = 0.5
+    limit = (64 - 32) / 60 + 0.3 * 0.5 * 64 / 60
+    want = ewa_alpha(p_cam, sigma**2 * torch.eye(3, dtype=torch.float64), 0.9, 60.0, (32.0, 24.0), (48, 64),
+                     jacobian_at=(limit * z, 0.15 * z, z))
+    assert want[:, -1].max() > 0.1                                          # the tail reaches well into the image
+    out = render_torch(gaussian_at(p_cam, [sigma] * 3, [1.0, 0, 0, 0], 0.9, [1, 1, 1]), torch.eye(4, dtype=torch.float64),
+                       K.double(), (48, 64))
+    torch.testing.assert_close(out["alpha"], want, atol=1e-9, rtol=0)
+
+
+# real spherical harmonics (x, y, z unit), each with the sign the 3DGS code gives it (Condon-Shortley phase)
+REAL_SH = [
+    lambda x, y, z: 0.5 / math.sqrt(math.pi),
+    lambda x, y, z: -math.sqrt(3 / (4 * math.pi)) * y,
+    lambda x, y, z: math.sqrt(3 / (4 * math.pi)) * z,
+    lambda x, y, z: -math.sqrt(3 / (4 * math.pi)) * x,
+    lambda x, y, z: 0.5 * math.sqrt(15 / math.pi) * x * y,
+    lambda x, y, z: -0.5 * math.sqrt(15 / math.pi) * y * z,
+    lambda x, y, z: 0.25 * math.sqrt(5 / math.pi) * (2 * z * z - x * x - y * y),
+    lambda x, y, z: -0.5 * math.sqrt(15 / math.pi) * x * z,
+    lambda x, y, z: 0.25 * math.sqrt(15 / math.pi) * (x * x - y * y),
+    lambda x, y, z: -0.25 * math.sqrt(35 / (2 * math.pi)) * y * (3 * x * x - y * y),
+    lambda x, y, z: 0.5 * math.sqrt(105 / math.pi) * x * y * z,
+    lambda x, y, z: -0.25 * math.sqrt(21 / (2 * math.pi)) * y * (4 * z * z - x * x - y * y),
+    lambda x, y, z: 0.25 * math.sqrt(7 / math.pi) * z * (2 * z * z - 3 * x * x - 3 * y * y),
+    lambda x, y, z: -0.25 * math.sqrt(21 / (2 * math.pi)) * x * (4 * z * z - x * x - y * y),
+    lambda x, y, z: 0.25 * math.sqrt(105 / math.pi) * z * (x * x - y * y),
+    lambda x, y, z: -0.25 * math.sqrt(35 / (2 * math.pi)) * x * (x * x - 3 * y * y),
+]
+
+
+def test_spherical_harmonics_are_the_3dgs_basis_in_its_order_and_signs():
+    """Orthonormality holds for any order or sign of the 16 functions; the PLY files other tools
+    read fix both. Coefficient k of channel c weighs basis function k in that channel only."""
+    dirs = torch.nn.functional.normalize(torch.tensor([[0.3, -0.5, 0.81], [-0.7, 0.2, -0.4], [0.1, 0.9, 0.3]],
+                                                      dtype=torch.float64), dim=1)
+    for k in range(16):
+        for c in range(3):
+            sh = torch.zeros(3, 3, 16, dtype=torch.float64)
+            sh[:, c, k] = 0.2
+            got = eval_sh(sh, dirs)
+            want = torch.full((3, 3), 0.5, dtype=torch.float64)
+            want[:, c] += torch.tensor([0.2 * REAL_SH[k](*d.tolist()) for d in dirs], dtype=torch.float64)
+            torch.testing.assert_close(got, want.clamp_min(0), atol=1e-12, rtol=0, msg=f"coefficient {k}, channel {c}")
+
+
+def test_view_dependent_colour_uses_the_direction_from_the_camera_centre():
+    """A rotated, translated camera; a degree-1 Gaussian on its optical axis at 5 m. The colour is the
+    SH towards the world direction from the camera's centre to the Gaussian (here the optical axis, R^T e_z)."""
+    Rc = rodrigues([0.4, 1.0, -0.3], 0.9)
+    C = torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64)
+    T = torch.eye(4, dtype=torch.float64)
+    T[:3, :3], T[:3, 3] = Rc, -Rc @ C
+    v = Rc.T @ torch.tensor([0, 0, 1.0], dtype=torch.float64)            # the viewing direction in the world
+    g = gaussian_at(C + 5 * v, [0.2] * 3, [1.0, 0, 0, 0], 0.9, [0.5, 0.5, 0.5])
+    coef = torch.tensor([[0.3, -0.2, 0.1], [0.0, 0.4, -0.3], [-0.25, 0.15, 0.35]], dtype=torch.float64)
+    g.sh = torch.cat([g.sh, coef[None]], 2)                                 # channel c, band-1 coefficients 1..3
+    out = render_torch(g, T, K.double(), (48, 64))
+    basis = torch.tensor([REAL_SH[k](*v.tolist()) for k in (1, 2, 3)], dtype=torch.float64)
+    want = 0.5 + coef @ basis
+    assert (want - 0.5).abs().min() > 0.01                                 # each channel moved by the view
+    i, j = 23, 31                                                            # next to the principal point
+    torch.testing.assert_close(out["rgb"][i, j] / out["alpha"][i, j], want, atol=1e-9, rtol=0)
+
+
+def test_ply_columns_by_hand_both_ways(tmp_path):
+    """The layout other 3DGS tools write and read, by hand: rot_0..3 = w, x, y, z; opacity the logit;
+    scales the natural log; f_rest channel-major (red's band-1..n coefficients, then green's, then blue's)."""
+    from plyfile import PlyData, PlyElement
+
+    # read: a file written here property by property
+    names = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *[f"f_rest_{i}" for i in range(9)],
+             "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    row = [1.0, 2.0, 3.0, 0, 0, 0, 0.1, 0.2, 0.3, *[10.0 + i for i in range(9)],
+           math.log(3.0), math.log(0.2), math.log(0.05), math.log(1.5), 0.1, 0.7, -0.5, 0.5]
+    vertex = np.array([tuple(row)], dtype=[(n, "f4") for n in names])
+    PlyData([PlyElement.describe(vertex, "vertex")], text=False).write(str(tmp_path / "hand.ply"))
+    g = read_ply(tmp_path / "hand.ply")
+    assert g.degree == 1
+    torch.testing.assert_close(g.opacities, torch.tensor([0.75]))                 # sigmoid(ln 3)
+    torch.testing.assert_close(g.scales, torch.tensor([[0.2, 0.05, 1.5]]))
+    torch.testing.assert_close(g.rotations, torch.tensor([[0.1, 0.7, -0.5, 0.5]]))
+    torch.testing.assert_close(g.sh, torch.tensor([[[0.1, 10, 11, 12], [0.2, 13, 14, 15], [0.3, 16, 17, 18]]]))
+    # write: the columns of known Gaussians
+    sh = torch.zeros(1, 3, 4)
+    sh[0, :, 0] = torch.tensor([0.1, 0.2, 0.3])
+    sh[0, :, 1:] = torch.tensor([[10.0, 11, 12], [13, 14, 15], [16, 17, 18]])
+    write_ply(tmp_path / "ours.ply", Gaussians(torch.tensor([[1.0, 2, 3]]), torch.tensor([[0.2, 0.05, 1.5]]),
+                                               torch.tensor([[0.1, 0.7, -0.5, 0.5]]), torch.tensor([0.75]), sh))
+    v = PlyData.read(str(tmp_path / "ours.ply"))["vertex"]
+    got = [float(v[n][0]) for n in names]
+    np.testing.assert_allclose(got, row, rtol=1e-6, atol=1e-6)
+
+
+def test_point_head_activations_by_hand():
+    """Linear heads with zero weights output their biases: every activation of the module docstring is
+    then a number worked out here (offset 2 tanh(.) footprints, colour clamp(rgb + 0.5 tanh(.)),
+    scale footprint exp(clamp(., -4, 4)), opacity sigmoid, rotation normalise(. + (1, 0, 0, 0)))."""
+    from infinidepth.gs.heads import PointHead
+
+    head = PointHead(feature_dim=4).double()
+    biases = {"offset": [10.0, 0.0, -10.0], "color": [2.0, -1.0, 0.0], "scale": [0.5, -5.0, 0.0],
+              "opacity": [1.0], "rotation": [0.0, 0.0, 0.5, 0.0]}
+    with torch.no_grad():
+        for name, b in biases.items():
+            layer = getattr(head, name)
+            layer.weight.zero_()
+            layer.bias.copy_(torch.tensor(b, dtype=torch.float64))
+    pts = torch.tensor([[0.5, -0.2, 2.0], [0.0, 0.1, 8.0]], dtype=torch.float64)
+    colors = torch.tensor([[0.3, 0.6, 0.9], [0.9, 0.1, 0.5]], dtype=torch.float64)
+    g = head(pts, colors, torch.randn(2, 4, dtype=torch.float64), focal=100.0)
+    fp = pts[:, 2:] / 100.0                                                    # one pixel at each depth
+    t10 = math.tanh(10.0)
+    torch.testing.assert_close(g.means, pts + 2 * fp * torch.tensor([t10, 0.0, -t10], dtype=torch.float64))
+    rgb = (colors + 0.5 * torch.tensor([math.tanh(2.0), math.tanh(-1.0), 0.0], dtype=torch.float64)).clamp(0, 1)
+    assert rgb[1, 0] == 1.0                                                    # (0.9 + 0.48 clamped)
+    torch.testing.assert_close(g.sh[:, :, 0] * C0 + 0.5, rgb)
+    torch.testing.assert_close(g.scales, fp * torch.tensor([math.exp(0.5), math.exp(-4.0), 1.0], dtype=torch.float64))
+    torch.testing.assert_close(g.opacities, torch.full((2,), 1 / (1 + math.exp(-1.0)), dtype=torch.float64))
+    torch.testing.assert_close(g.rotations, torch.tensor([[1.0, 0, 0.5, 0]] * 2, dtype=torch.float64) / math.sqrt(1.25))
+
+
+def test_pixel_aligned_head_activations_by_hand():
+    """Constant attribute maps: every point reads the same raw values, so each released activation is a
+    number worked out here: channel 0 opacity (sigmoid), 1-2 unused, 3-5 scales softplus(x - 4) in
+    [1e-10, 5], 6-9 the unit quaternion, 10-36 the degree-2 SH (channel-major) damped by 0.1 * 0.25^band,
+    plus the point's colour on band 0."""
+    from infinidepth.gs.heads import PixelAlignedHead
+
+    head = PixelAlignedHead()
+    raw = torch.zeros(37, dtype=torch.float64)
+    raw[0], raw[1:3], raw[3:6], raw[6:10] = 0.7, torch.tensor([9.0, -9.0]), torch.tensor([4.0, 0.0, 20.0]), \
+        torch.tensor([2.0, 0.0, -1.0, 2.0])
+    raw[10:] = torch.arange(27, dtype=torch.float64) / 10 - 1
+    maps = raw[None, :, None, None].expand(1, 37, 4, 5).double()
+    colors = torch.tensor([[0.2, 0.5, 0.9], [1.0, 0.0, 0.3]], dtype=torch.float64)
+    pts = torch.tensor([[0.0, 0.0, 2.0], [0.3, 0.1, 5.0]], dtype=torch.float64)
+    g = head.double().at_points(maps, torch.tensor([[-0.9, 0.4], [0.5, -1.0]], dtype=torch.float64), pts, colors)
+    torch.testing.assert_close(g.means, pts)
+    torch.testing.assert_close(g.opacities, torch.full((2,), 1 / (1 + math.exp(-0.7)), dtype=torch.float64))
+    softplus = [math.log1p(math.exp(v - 4)) for v in (4.0, 0.0, 20.0)]         # ln 2, ln(1 + e^-4), 16 -> 5
+    torch.testing.assert_close(g.scales, torch.tensor([[softplus[0], softplus[1], 5.0]] * 2, dtype=torch.float64))
+    torch.testing.assert_close(g.rotations, torch.tensor([[2.0, 0, -1, 2]] * 2, dtype=torch.float64) / 3)
+    damp = torch.tensor([1.0] + [0.025] * 3 + [0.00625] * 5, dtype=torch.float64)
+    want = (raw[10:].reshape(3, 9) * damp).expand(2, 3, 9).clone()
+    want[:, :, 0] += (colors - 0.5) / C0
+    torch.testing.assert_close(g.sh, want)
+
+
+def test_ssim_of_a_cosine_against_a_flat_image_by_hand():
+    """b = 0.5 + 0.1 cos(w x) with w (W - 1) a multiple of 2 pi is its own reflection at both borders, so
+    the 11-tap Gaussian (sigma 1.5) blurs it to 0.5 + 0.1 G(w) cos(w x) at every pixel, with G the
+    window's cosine sum; against a flat a the covariance is 0 and SSIM is, pixel by pixel,
+    (2 a my + C1) C2 / ((a^2 + my^2 + C1)(vy + C2)) with C1 = 0.01^2, C2 = 0.03^2."""
+    from infinidepth.gs.metrics import ssim, ssim_map
+
+    H, W, w = 16, 33, math.pi / 4                                             # w (W - 1) = 8 pi
+    r = np.arange(-5, 6)
+    k = np.exp(-0.5 * (r / 1.5) ** 2)
+    k /= k.sum()
+    G1, G2 = float(np.sum(k * np.cos(w * r))), float(np.sum(k * np.cos(2 * w * r)))
+    x = np.arange(W)
+    my = 0.5 + 0.1 * G1 * np.cos(w * x)
+    vy = 0.255 + 0.1 * G1 * np.cos(w * x) + 0.005 * G2 * np.cos(2 * w * x) - my**2   # blur(b^2) - my^2
+    a0, c1, c2 = 0.4, 0.01**2, 0.03**2
+    want = (2 * a0 * my + c1) * c2 / ((a0**2 + my**2 + c1) * (vy + c2))
+    b = torch.from_numpy(np.broadcast_to((0.5 + 0.1 * np.cos(w * x))[None, :, None], (H, W, 3)).copy())
+    a = torch.full((H, W, 3), a0, dtype=torch.float64)
+    got = ssim_map(a, b)
+    torch.testing.assert_close(got, torch.from_numpy(np.broadcast_to(want, (H, W)).copy()), atol=1e-10, rtol=0)
+    assert want.max() < 0.5 and want.max() - want.min() > 0.05             # far from 1: the structure term counts
+    assert ssim(a, b) == pytest.approx(want.mean(), abs=1e-10)
+    mask = torch.zeros(H, W, dtype=torch.bool)
+    mask[:, ::8] = True                                                     # the crests of the cosine only
+    assert ssim(a, b, mask) == pytest.approx(want[::8].mean(), abs=1e-10)
+
+
+def test_hole_fraction_counts_only_alpha_below_the_threshold():
+    from infinidepth.gs.metrics import hole_fraction
+
+    alpha = torch.tensor([[0.0, 0.25, 0.5, 0.75], [0.3, 0.3, 1.0, 0.5]], dtype=torch.float64)
+    assert hole_fraction(alpha) == pytest.approx(4 / 8)                    # 0.5 itself is covered
+    assert hole_fraction(alpha, threshold=0.25) == pytest.approx(1 / 8)
+    assert hole_fraction(alpha, threshold=1.0) == pytest.approx(7 / 8)

@@ -148,6 +148,49 @@ def test_png16_encodings(depth):
     assert rel.min() == 0 and rel.max() == 65535 and "relative" in how
 
 
+def test_png16_metric_depth_rounds_to_the_nearest_millimetre_and_saturates():
+    depth = np.array([[0.0, 0.0004, 0.0016, 1.2344], [1.2346, 65.535, 70.0, 1e6]], np.float32)
+    mm, _ = depth_to_png16(depth, metric=True)
+    np.testing.assert_array_equal(mm, [[0, 0, 2, 1234], [1235, 65535, 65535, 65535]])      # not wrapped past 65535
+    rel, how = depth_to_png16(np.array([[1.0, 2.0], [3.0, 5.0]], np.float32), metric=False)
+    np.testing.assert_array_equal(rel, [[0, 16384], [32768, 65535]])        # (d - 1) / 4 of 65535, rounded
+    assert how == "relative depth, 0..65535 spans [1, 5]"
+
+
+def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        write_npy(tmp_path / "a.npy", np.ones(2))
+        with atomic_path(tmp_path / "b.bin") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    for name in ("a.npy", "b.bin"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640, name          # 0o666 less the umask, not 0o600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.bin"]
+
+
+def test_atomic_paths_replaces_the_set_only_once_every_file_is_written(tmp_path):
+    from infinidepth.io import atomic_paths
+
+    paths = [tmp_path / "a.txt", tmp_path / "b.txt"]
+    for p in paths:
+        p.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_paths(paths) as tmps:
+            tmps[0].write_text("new")
+            assert paths[0].read_text() == "old"                                 # not yet renamed
+            raise RuntimeError("stopped before the second file")
+    assert [p.read_text() for p in paths] == ["old", "old"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]   # no temporaries left
+    with atomic_paths(paths) as tmps:
+        for t in tmps:
+            t.write_text("new")
+    assert [p.read_text() for p in paths] == ["new", "new"]
+
+
 def test_backproject_and_ply_round_trip(tmp_path, depth):
     import torch
 

@@ -94,6 +94,18 @@ def test_views_of_one_scene_agree_in_3d():
     assert ok.sum() > 0.5 * H * W and agree.mean() > 0.8
 
 
+def test_the_other_views_are_moved_within_the_baseline_and_turned_a_few_degrees():
+    """generate_scene(views=...): each further camera is the first moved in its own image plane by up
+    to the baseline (never along its axis) and turned by at most 5 degrees in yaw and in pitch."""
+    scene = generate_scene(5, views=4, baseline=0.3)
+    R0, c0 = scene.cameras[0][:3, :3], scene.cameras[0][:3, 3]
+    for T in scene.cameras[1:]:
+        shift = R0.T @ (T[:3, 3] - c0)                                    # in the first camera's axes
+        assert 0 < np.linalg.norm(shift) and abs(shift[0]) <= 0.3 and abs(shift[1]) <= 0.3 and abs(shift[2]) < 1e-9
+        turn = math.degrees(math.acos(min(1.0, (np.trace(R0.T @ T[:3, :3]) - 1) / 2)))
+        assert 0 < turn <= 5 * math.sqrt(2) + 1e-6
+
+
 def test_normals_are_unit_and_face_the_camera():
     r = render(generate_scene(1), (48, 64))
     n = r.normals[r.valid]

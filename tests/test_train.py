@@ -5,6 +5,7 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -66,6 +67,44 @@ def test_targets_of_an_image_of_one_depth_stay_near_0(kind):
     pairs = torch.stack([wall, torch.nextafter(wall, torch.tensor(9.0)), torch.nextafter(wall, torch.tensor(0.0))])[None]
     t = make_targets(pairs, depth, depth > 0, kind)
     assert t.abs().max() < 1e-3
+
+
+@pytest.mark.parametrize("kind", ["log_depth", "disparity"])
+def test_each_step_is_the_l1_between_the_output_at_the_batch_queries_and_the_normalised_targets(scenes, tmp_path,
+                                                                                            monkeypatch, kind):
+    """The network sees the batch's image and its (y, x) queries, and the loss is the mean absolute
+    difference between its raw output there and each pair's target, normalised per image over its
+    valid ground truth (log-depth: 2% and 98% quantiles to 0 and 1; disparity: min and max to 0 and
+    1), computed here with NumPy from the batch."""
+    from infinidepth import data
+    from infinidepth.train import trainer
+
+    batches, calls, losses = [], [], []
+    real_collate, real_build = data.collate, trainer.build_model
+    monkeypatch.setattr(data, "collate", lambda samples: batches.append(real_collate(samples)) or batches[-1])
+
+    def build(cfg):
+        model = real_build(cfg)
+        model.register_forward_hook(lambda module, args, out: calls.append((args, out.detach().double().numpy())))
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", build)
+    train(small_config(scenes, tmp_path / "run", steps=2, target=kind), progress=False,
+          on_step=lambda step, loss: losses.append(loss))
+    assert len(batches) == len(calls) == len(losses) == 2
+    for batch, ((image, coords), pred), loss in zip(batches, calls, losses):
+        assert torch.equal(image, batch["image"]) and torch.equal(coords, batch["coords"])
+        targets = []
+        for b in range(len(coords)):
+            truth = batch["depth"][b][batch["valid"][b]].double().numpy()
+            pairs = batch["coord_depth"][b].double().numpy()
+            if kind == "log_depth":
+                lo, hi = np.quantile(np.log(truth), [0.02, 0.98])
+                targets.append((np.log(pairs) - lo) / (hi - lo))
+            else:
+                lo, hi = 1 / truth.max(), 1 / truth.min()
+                targets.append((1 / pairs - lo) / (hi - lo))
+        assert loss == pytest.approx(np.abs(pred - np.stack(targets)).mean(), rel=1e-5)
 
 
 def test_configs_from_presets_and_yaml(tmp_path):
@@ -217,6 +256,25 @@ def test_resume_after_sigterm_continues_bit_for_bit(scenes, tmp_path):
     assert log == list(range(1, 7))                                       # no duplicated lines after resume
 
 
+def test_a_resumed_run_continues_torchs_numpys_and_pythons_random_streams(scenes, tmp_path):
+    """The checkpoint keeps the global random states: draws made during training (here by on_step)
+    go on after a resume as in the uninterrupted run. Cut at the end of epoch 0 (3 steps): the next
+    epoch's DataLoader takes its one torch draw in both runs."""
+    def recording(into, stop_at=None):
+        def on_step(step, loss):
+            into.append((step, torch.rand(()).item(), float(np.random.rand()), random.random()))
+            if step == stop_at:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return on_step
+
+    whole, cut = [], []
+    train(small_config(scenes, tmp_path / "whole", steps=4), progress=False, on_step=recording(whole))
+    cfg = small_config(scenes, tmp_path / "cut", steps=4)
+    assert train(cfg, progress=False, on_step=recording(cut, stop_at=3))["step"] == 3
+    train(cfg, resume=True, progress=False, on_step=recording(cut))
+    assert [s for s, *_ in cut] == [1, 2, 3, 4] and cut == whole
+
+
 def test_a_moved_run_resumes_with_other_workers_and_saving_and_the_same_result(scenes, tmp_path):
     """out, num_workers, log_every and checkpoint_every change nothing the run computes: a run folder
     copied elsewhere continues there, on another number of data workers, to the same losses."""
@@ -301,6 +359,24 @@ def test_each_step_uses_and_logs_its_warm_up_and_cosine_rates_per_group(scenes, 
     assert [[r["lr_encoder"], r["lr"]] for r in log] == used
 
 
+def test_the_optimiser_steps_with_gradients_clipped_to_grad_clip(scenes, tmp_path, monkeypatch):
+    """The whole gradient's norm at each optimiser step is at most grad_clip; unclipped (grad_clip 0)
+    the same steps' norms are far above it, so the check can fail."""
+    norms, real_step = [], torch.optim.AdamW.step
+
+    def step(self, *a, **k):
+        grads = [p.grad.flatten() for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norms.append(float(torch.cat(grads).double().norm()))
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    train(small_config(scenes, tmp_path / "free", steps=2, grad_clip=0.0), progress=False)
+    free, norms[:] = list(norms), []
+    train(small_config(scenes, tmp_path / "clipped", steps=2, grad_clip=1e-3), progress=False)
+    assert len(free) == len(norms) == 2 and min(free) > 1e-2
+    assert max(norms) <= 1e-3 * (1 + 1e-5)
+
+
 def test_a_warm_up_as_long_as_the_run_is_said(scenes, tmp_path, caplog):
     """warmup_steps at or above steps (a short run on a preset's 100-step warm-up) trains, but the
     rates never reach their set values: the log says so, naming both numbers."""
@@ -348,7 +424,6 @@ def test_resume_refuses_missing_damaged_and_foreign_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="checkpoint.pt is damaged and cannot be read"):
         train(cfg, resume=True, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]     # nothing else written, nothing run
-
 
 
 def nan_targets_from(call: int, monkeypatch):
@@ -478,6 +553,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def test_ranks_take_disjoint_shares_of_each_epoch_and_every_epoch_is_reshuffled():
+    """The data order of K processes: in each epoch the ranks' shares are disjoint (11 frames, 2 ranks,
+    drop_last: 5 each), each epoch is another order, and a resume at batch k of an epoch goes on
+    with that epoch's batch k."""
+    from infinidepth.train.trainer import _Position
+
+    def share(rank, epoch, start=0):
+        sampler = _Position(11, 2, rank, seed=3, batch=2)
+        sampler.set_position(epoch, start)
+        return list(sampler)
+
+    for epoch in range(3):
+        a, b = share(0, epoch), share(1, epoch)
+        assert len(a) == len(b) == 5 and not set(a) & set(b) and set(a) | set(b) <= set(range(11))
+        assert share(0, epoch, start=1) == a[2:] and share(1, epoch, start=2) == b[4:]
+    assert len({tuple(share(0, epoch)) for epoch in range(3)}) == 3
+
+
 def test_two_process_ddp_on_gloo(scenes, tmp_path):
     import yaml
 
@@ -501,6 +594,7 @@ def test_two_process_ddp_on_gloo(scenes, tmp_path):
 ONE_RANK_SIGNALLED = """
 import os, signal, sys
 from infinidepth.train import load_config, train
+
 
 def on_step(step, loss):  # only rank 1 is told to stop, after step 2 (its loss already agreed on)
     if step == 2 and os.environ["RANK"] == "1":
@@ -566,19 +660,19 @@ def tiny_paper_model():
     return InfiniDepthPaper(PaperConfig(vit=ViTConfig(embed_dim=16, depth=2, num_heads=2), channels=(8, 8, 8), head=(8,)))
 
 
-@pytest.mark.parametrize("name,chunked", [("plain", False), ("reg4", False), ("plain", True)])
-def test_dinov2_backbone_loads_and_matches_dinov2s_own_outputs(tmp_path, name, chunked):
+@pytest.mark.parametrize("name,chunk", [("plain", 0), ("reg4", 0), ("plain", 1), ("plain", 2)])
+def test_dinov2_backbone_loads_and_matches_dinov2s_own_outputs(tmp_path, name, chunk):
     """A DINOv2 file rebuilds the encoder in DINOv2's layout (learned positions resized per input,
     registers, patch 14); its patch tokens match DINOv2's code at the grid's own size, larger,
     smaller and oblong inputs. fp32, within 2e-6 of their spread: DINOv2 runs the same ops, so only
     rounding may differ (LayerNorm eps 1e-5 instead of DINOv2's 1e-6 already exceeds it). Training
-    checkpoints chunk the blocks."""
+    checkpoints chunk the blocks (``chunk`` blocks per chunk; 0: not chunked)."""
     from infinidepth.checkpoint import load_model, save_model
 
     sd, cases = dinov2_backbone(name)
-    if chunked:  # FSDP chunks of one block each: blocks.<chunk>.<block index>
-        sd = {(k.replace(f"blocks.{k.split('.')[1]}.", f"blocks.{k.split('.')[1]}.{k.split('.')[1]}.", 1)
-               if k.startswith("blocks.") else k): v for k, v in sd.items()}
+    if chunk:  # FSDP chunks: blocks.<chunk>.<block index, counted over all chunks>
+        sd = {(f"blocks.{int(k.split('.')[1]) // chunk}.{k.split('.', 1)[1]}" if k.startswith("blocks.") else k): v
+              for k, v in sd.items()}
     torch.save({"teacher": {f"backbone.{k}": v for k, v in sd.items()}}, tmp_path / "dinov2.pth")
     model = tiny_paper_model()
     load_pretrained_encoder(model, tmp_path / "dinov2.pth")
@@ -600,7 +694,7 @@ def test_dinov2_backbone_loads_and_matches_dinov2s_own_outputs(tmp_path, name, c
     assert again.encoder.config == vit and torch.equal(again.predict(image, output_size=(20, 30)), depth)
     with pytest.raises(ValueError, match="multiples of 14"):
         model.predict(torch.rand(1, 3, 48, 64))
-    if name == "plain" and not chunked:  # bench's default input: 768x1024 to multiples of 14
+    if name == "plain" and not chunk:  # bench's default input: 768x1024 to multiples of 14
         from infinidepth.bench import bench
 
         assert bench(model, [("tiny", (14, 14))], torch.device("cpu"), ["torch"], warmup=False, progress=False)["input"] == [770, 1022]
@@ -611,6 +705,18 @@ def test_dinov2_backbone_loads_and_matches_dinov2s_own_outputs(tmp_path, name, c
         assert main(["predict", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "m.safetensors"),
                      "--out", str(tmp_path / "out"), "--quiet"]) == 0
         assert np.load(tmp_path / "out" / "pic_depth.npy").shape == (30, 40)
+
+
+def test_a_dinov2_file_without_layerscale_loads_as_layerscale_1(tmp_path):
+    """DINOv2 built without LayerScale (init_values None) saves no ls1/ls2 gammas: its blocks add the
+    attention and MLP outputs unscaled, which is LayerScale 1."""
+    sd, _ = dinov2_backbone("plain")
+    torch.save({k: v for k, v in sd.items() if ".ls1." not in k and ".ls2." not in k}, tmp_path / "no_layerscale.pth")
+    model = tiny_paper_model()
+    load_pretrained_encoder(model, tmp_path / "no_layerscale.pth")
+    gammas = {k: v for k, v in model.encoder.state_dict().items() if k.endswith(("ls1.gamma", "ls2.gamma"))}
+    assert len(gammas) == 4 and all(torch.equal(v, torch.ones(16)) for v in gammas.values())
+    assert torch.equal(model.encoder.blocks[1].mlp.fc2.weight, sd["blocks.1.mlp.fc2.weight"])
 
 
 def test_training_starts_from_a_dinov2_backbone(scenes, tmp_path):
