@@ -322,6 +322,7 @@ def test_atomic_paths_replace_a_set_together_or_not_at_all(tmp_path):
     with pytest.raises(RuntimeError):
         with atomic_paths(files) as tmps:
             tmps[0].write_text("new")
+            assert files[0].read_text() == "old"                                  # not renamed as it is written
             raise RuntimeError("stopped between the files")
     assert [f.read_text() for f in files] == ["old", "old"] and len(list(tmp_path.iterdir())) == 2
     with atomic_paths(files) as tmps:

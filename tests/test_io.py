@@ -172,25 +172,6 @@ def test_atomic_writes_get_the_permissions_open_would_give(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "b.bin"]
 
 
-def test_atomic_paths_replaces_the_set_only_once_every_file_is_written(tmp_path):
-    from infinidepth.io import atomic_paths
-
-    paths = [tmp_path / "a.txt", tmp_path / "b.txt"]
-    for p in paths:
-        p.write_text("old")
-    with pytest.raises(RuntimeError):
-        with atomic_paths(paths) as tmps:
-            tmps[0].write_text("new")
-            assert paths[0].read_text() == "old"                                 # not yet renamed
-            raise RuntimeError("stopped before the second file")
-    assert [p.read_text() for p in paths] == ["old", "old"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]   # no temporaries left
-    with atomic_paths(paths) as tmps:
-        for t in tmps:
-            t.write_text("new")
-    assert [p.read_text() for p in paths] == ["new", "new"]
-
-
 def test_backproject_and_ply_round_trip(tmp_path, depth):
     import torch
 
