@@ -238,16 +238,24 @@ def test_summary_is_the_mean_over_images_and_an_hf_row_of_exactly_min_pixels_cou
     assert r["images"][0]["hf"]["pixels"] == 100 and r["summary"]["hf"]["images"] == 1
 
 
-def test_a_released_hf_mask_is_scored_only_on_valid_depth(tmp_path):
-    """The released mask also covers row 0, whose first three pixels have no valid depth (Synth4K's range):
-    those are not scored."""
+def test_a_released_hf_mask_is_scored_only_inside_the_benchmarks_region(tmp_path):
+    """A benchmark with a scoring region (here rows 2 and below) and a released mask covering rows 0-4:
+    only the mask's pixels inside the region are scored, as for the full-image row."""
+
+    class Cropped(Synth4K):
+        def region(self, shape):
+            m = np.zeros(shape, bool)
+            m[2:] = True
+            return m
+
     mask = synth4k_game(tmp_path / "g")
     hf = np.zeros((16, 24), np.uint8)
-    hf.reshape(-1)[:120] = 255                                             # rows 0-4: 3 of them invalid
+    hf[:5] = 255                                                           # 120 pixels, 72 of them in rows 2-4
     Image.fromarray(hf).save(mask)
-    r = evaluate(Fixed(lambda H, W: np.full((H, W), 20.0)), Synth4K(tmp_path / "g"), align_method=None, progress=False,
+    r = evaluate(Fixed(lambda H, W: np.full((H, W), 20.0)), Cropped(tmp_path / "g"), align_method=None, progress=False,
                  min_pixels=2)
-    assert r["images"][0]["hf"]["pixels"] == 117
+    assert r["images"][0]["hf"]["pixels"] == 72 and r["images"][0]["full"]["pixels"] == 14 * 24
+
 
 # -- high-frequency masks --------------------------------------------------------------------------------------
 def step_and_wire(H=64, W=96):
