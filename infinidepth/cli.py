@@ -175,13 +175,14 @@ def warn_if_unit_looks_wrong(depth: np.ndarray, what: str) -> None:
     """A note (the run goes on) when the median valid depth is beyond 1 km or under 1 cm: millimetres read as
     metres (every depth but a 16-bit PNG's is read as metres) give depths in km and a saturated depth PNG."""
     valid = depth[depth > 0]
-    median = float(np.median(valid)) if valid.size else None
-    if median is not None and median > 1000:
-        print(f"note: {what} has a median depth of {median:.4g} m; if it holds millimetres, divide by 1000 "
-              "(only 16-bit PNGs are read as millimetres)", file=sys.stderr)
-    elif median is not None and median < 0.01:
-        print(f"note: {what} has a median depth of {median:.4g} m; depth files are read as metres "
-              "(16-bit PNGs as millimetres)", file=sys.stderr)
+    median = float(np.median(valid)) if valid.size else 1.0
+    if median > 1000:
+        hint = "if it holds millimetres, divide by 1000 (only 16-bit PNGs are read as millimetres)"
+    elif median < 0.01:
+        hint = "depth files are read as metres (16-bit PNGs as millimetres)"
+    else:
+        return
+    print(f"note: {what} has a median depth of {median:.4g} m; {hint}", file=sys.stderr)
 
 
 def subsample_prompt(depth: np.ndarray, max_points: int, seed: int) -> np.ndarray:

@@ -34,16 +34,16 @@ DEFAULT_EPS = 2e-2
 
 def surface_area_weights(depth: torch.Tensor, normals: torch.Tensor, intrinsics, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """Surface area ``[B, H, W]`` (in squared depth units) seen by each pixel; 0 where depth <= 0."""
-    depth = _as_map(depth, 1, "depth")
-    return _areas(depth, normals, intrinsics, eps, torch.promote_types(depth.dtype, torch.float32), relative=False)
+    return _areas(depth, normals, intrinsics, eps, relative=False)
 
 
-def _areas(depth: torch.Tensor, normals: torch.Tensor, intrinsics, eps: float, dtype: torch.dtype, relative: bool):
-    """The areas in ``dtype``; with ``relative``, only in proportion within each image (what the sampler
-    needs): each image's depth scaled to a largest value of 1 and ``1 / (fx fy)`` left out, so that
-    no depth is too large or too small for its square (in float32, a depth of 2**64 overflowed and one
-    of 2**-64 vanished)."""
+def _areas(depth: torch.Tensor, normals: torch.Tensor, intrinsics, eps: float, relative: bool):
+    """The areas, in the depth's dtype (at least float32); with ``relative``, in float64 and only in
+    proportion within each image (what the sampler needs): each image's depth scaled to a largest value
+    of 1 and ``1 / (fx fy)`` left out, so that no depth is too large or too small for its square (in
+    float32, a depth of 2**64 overflowed and one of 2**-64 vanished)."""
     depth = _as_map(depth, 1, "depth")
+    dtype = torch.float64 if relative else torch.promote_types(depth.dtype, torch.float32)
     normals = _as_map(normals, 3, "normals")
     B, _, H, W = depth.shape
     if normals.shape != (B, 3, H, W):
@@ -91,7 +91,7 @@ def surface_area_sample(
     ``seed`` (``None``: drawn from torch's generator), identical cells on every backend."""
     # in float64 and relative: the sampler quantises proportions anyway (ops/inverse_cdf.py), and so
     # the depth's scale, in any unit, changes no sample
-    weights = _areas(depth, normals, intrinsics, eps, torch.float64, relative=True)
+    weights = _areas(depth, normals, intrinsics, eps, relative=True)
     empty = (weights.reshape(weights.shape[0], -1) > 0).sum(dim=1) == 0
     if empty.any():
         raise ValueError(f"depth of image {int(empty.nonzero()[0])} has no positive value: no surface to sample")
