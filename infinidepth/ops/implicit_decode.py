@@ -12,7 +12,10 @@ Two decoder families share it (DESIGN.md section 1):
 backends (``cpp``, ``cuda``, ``triton``) fold the decoder into the maps (ops/fold.py) and run the
 folded program in one fused pass over the queries (csrc/fused_decode_*, kernels/fused_decode.py).
 The fold is done once per image: pass a dict as ``cache`` (models pass their ``Features``) and it
-is kept there.
+is kept there. It is made afresh when a map or a decoder tensor has changed since, as PyTorch's
+version counters see changes: an optimiser step, ``load_state_dict``, ``with torch.no_grad():
+p.mul_(2)``, ``p.data = ...``. A change written through ``p.data`` in place (``p.data.mul_(2)``)
+bumps no counter and is not seen; after one, pass a new cache (encode again).
 """
 
 from __future__ import annotations
