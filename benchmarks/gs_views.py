@@ -17,7 +17,8 @@ This isolates where the points are; no learned Gaussian head is involved.
 
 ``--gs-head DIR/gs_head.pt`` adds two rows per shift with the head's depth model: its surface-area
 points (aligned to the true depth, as in training) as plain splats (``model``) and through the
-trained head (``model+head``), at the same count: what the learned head adds.
+trained head (``model+head``), at the same count: what the learned head adds; and both again with
+four times the points (``model x4``, ``model+head x4``): a head trained at one count must hold at others.
 
 ``--lpips FILE`` adds LPIPS to every row (lower is better; the network weights as for
 ``infinidepth train-gs --lpips``: torchvision's VGG16 or AlexNet file, or a saved ``lpips.LPIPS``).
@@ -42,6 +43,7 @@ from infinidepth.ops import grid_coords  # noqa: E402
 from infinidepth.sampling import backproject, surface_area_sample  # noqa: E402
 
 SHIFTS = {"small": 0.05, "large": 0.25}
+DENSE = 4   # the head's rows again with this many times the points: a head must not depend on the count
 
 
 def nearest(values: torch.Tensor, coords: torch.Tensor) -> torch.Tensor:
@@ -103,15 +105,16 @@ def one_scene(seed: int, size, head=None, depth_model=None, perceptual=None):
         if head is not None:
             from infinidepth.gs.train import head_inputs
 
-            n = int(src.valid.sum())
             image = src.rgb.permute(2, 0, 1)[None]
-            p_in, c_in, feats = head_inputs(depth_model, image, K, n, seed, src.depth)
-            with torch.no_grad():
-                for kind, g in (("model", splats_from_points(p_in, c_in)),
-                                ("model+head", head(p_in, c_in, feats, focal=float(K[0, 0])))):
-                    out = render_torch(g, w2c, K, size)
-                    rows.append({"seed": seed, "shift": shift, "sampler": kind, "points": n,
-                                 **scores(out, truth, perceptual)})
+            for times, suffix in ((1, ""), (DENSE, f" x{DENSE}")):
+                n = times * int(src.valid.sum())
+                p_in, c_in, feats, _ = head_inputs(depth_model, image, K, n, seed, src.depth)
+                with torch.no_grad():
+                    for kind, g in (("model", splats_from_points(p_in, c_in)),
+                                    ("model+head", head(p_in, c_in, feats))):
+                        out = render_torch(g, w2c, K, size)
+                        rows.append({"seed": seed, "shift": shift, "sampler": kind + suffix, "points": n,
+                                     **scores(out, truth, perceptual)})
         views[(shift, "truth")] = truth.rgb
     return rows, views
 
@@ -142,14 +145,14 @@ def main() -> None:
         rows += r
         first_views = first_views or views
     summary = {}
-    print(f"{'shift':>6} {'sampler':>10} {'PSNR':>7} {'SSIM':>6} {'holes':>7}" + (f" {'LPIPS':>6}" if perceptual else ""))
-    kinds = ("pixel", "uniform") + (("model", "model+head") if head is not None else ())
+    print(f"{'shift':>6} {'sampler':>15} {'PSNR':>7} {'SSIM':>6} {'holes':>7}" + (f" {'LPIPS':>6}" if perceptual else ""))
+    kinds = ("pixel", "uniform") + (("model", "model+head", f"model x{DENSE}", f"model+head x{DENSE}") if head is not None else ())
     for shift in SHIFTS:
         for kind in kinds:
             sel = [r for r in rows if r["shift"] == shift and r["sampler"] == kind]
             m = {key: float(np.mean([r[key] for r in sel])) for key in metrics}
             summary[f"{shift}/{kind}"] = m
-            print(f"{shift:>6} {kind:>10} {m['psnr']:7.2f} {m['ssim']:6.3f} {m['hole_fraction']:7.4f}"
+            print(f"{shift:>6} {kind:>15} {m['psnr']:7.2f} {m['ssim']:6.3f} {m['hole_fraction']:7.4f}"
                   + (f" {m['lpips']:6.3f}" if perceptual else ""))
     write_report(args.json, {"benchmark": "novel views from splatted points", "device": device_name(torch.device("cpu")),
                              "size": list(size), "shifts_of_median_depth": SHIFTS, "scenes": args.scenes,

@@ -835,13 +835,13 @@ def run_gs(args) -> dict:
     try:  # one sampling either way (the sampler refuses a depth field of NaN or infinities: weights out of range, say)
         if head is None:
             points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
-        else:  # the same points, with the network input's colours and the encoder features the head reads
+        else:  # the same points, with the encoder features the head reads (colours: the original image's)
             from infinidepth.gs.train import head_inputs
             from infinidepth.sampling import scale_intrinsics
 
             K_in = scale_intrinsics(K, (H0, W0), input_size).float()
-            p_in, c_in, feats = head_inputs(model, image, K_in.to(device), args.points, args.seed)
-            points = p_in.numpy()
+            p_in, _, feats, coords = head_inputs(model, image, K_in.to(device), args.points, args.seed)
+            points, c_in = p_in.numpy(), torch.from_numpy(image_colors(rgb, coords[None])).float() / 255
     except ValueError as e:
         raise InputError(f"{args.image}: {e}; nothing was written (is the checkpoint sound?)") from None
     check_finite_output(points, args.image)
@@ -850,7 +850,7 @@ def run_gs(args) -> dict:
             raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feats.shape[-1]}: "
                              "train a head for this depth model with infinidepth train-gs --depth-model")
         with torch.no_grad():
-            g = head.to(device)(p_in.to(device), c_in.to(device), feats.to(device), focal=float(K_in[0, 0]))
+            g = head.to(device)(p_in.to(device), c_in.to(device), feats.to(device))
     else:
         g = splats_from_points(torch.from_numpy(points).to(device), torch.from_numpy(colors).to(device).float() / 255)
     depth = float(np.median(points[:, 2]))

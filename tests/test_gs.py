@@ -242,7 +242,7 @@ def test_splats_from_points_size_to_the_spacing_and_cover_a_plane():
     inner = render_torch(g, torch.eye(4), K, (48, 64))["alpha"][10:38, 18:46]       # the plane's inside
     assert inner.min() > 0.99                                                       # no holes between splats
     with pytest.raises(ValueError, match="more than 3"):
-        splats_from_points(pts[:3], pts[:3])
+        splats_from_points(pts[:3], torch.full_like(pts[:3], 0.5))
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)   # rotations and opacities used to follow it, the other fields not: refused
     try:
@@ -372,6 +372,37 @@ def test_gs_command_with_a_head_samples_the_points_once(tmp_path, monkeypatch):
     assert len(calls) == 1 and len(read_ply(tmp_path / "pic_gaussians.ply")) == 500
 
 
+def test_gs_command_gives_the_head_the_original_images_colours(tmp_path, monkeypatch):
+    """The head used to read its colours from the network input (96x128 for demo): fine detail of a
+    larger picture was averaged away before the head saw it (a blurry render). A picture of one-pixel
+    black and white stripes is uniform grey at the network input; its Gaussians, with the head's
+    colour offset zeroed, must still be black and white."""
+    from PIL import Image
+
+    import infinidepth.gs.train as gs_train
+    from infinidepth.cli import main
+
+    load = gs_train.load_gs_head
+
+    def no_colour_offset(path):
+        head, name = load(path)
+        with torch.no_grad():
+            head.color.weight.zero_()
+            head.color.bias.zero_()
+        return head, name
+
+    monkeypatch.setattr(gs_train, "load_gs_head", no_colour_offset)
+    stripes = np.zeros((384, 512, 3), np.uint8)
+    stripes[:, ::2] = 255
+    img = tmp_path / "stripes.png"
+    Image.fromarray(stripes).save(img)
+    assert main(["gs", str(img), "--gs-head", "demo", "--points", "2000", "--out", str(tmp_path), "--quiet"]) == 0
+    grey = (read_ply(tmp_path / "stripes_gaussians.ply").sh[:, :, 0] * C0 + 0.5).mean(1)
+    # read bilinearly between pixel centres a point may be any grey; half of them lie within a quarter
+    # pixel of a centre, so far from mid-grey (at the network input every one would be 0.5)
+    assert float((grey - 0.5).abs().median()) > 0.2
+
+
 def test_gs_command_with_a_model_answering_nan_is_one_error_line_and_writes_nothing(tmp_path, capsys):
     from PIL import Image
 
@@ -417,24 +448,38 @@ def test_psnr_ssim_and_holes_against_hand_values():
         psnr(a, b[..., :2])
 
 
-def test_point_head_outputs_have_the_documented_ranges_and_scale_with_depth():
+def _plane_grid(side: int, step: float, depth: float, dtype=torch.float32) -> torch.Tensor:
+    """``side x side`` points ``step`` apart on the plane z = ``depth``, centred on the optical axis."""
+    u = (torch.arange(side, dtype=dtype) - (side - 1) / 2) * step
+    y, x = torch.meshgrid(u, u, indexing="ij")
+    return torch.stack([x.reshape(-1), y.reshape(-1), torch.full((side * side,), depth, dtype=dtype)], -1)
+
+
+def test_point_head_outputs_have_the_documented_ranges_and_follow_the_point_spacing():
     from infinidepth.gs.heads import PointHead
 
     torch.manual_seed(0)
     head = PointHead(feature_dim=8)
-    pts = torch.tensor([[0.1, 0.2, 2.0], [0.1, 0.2, 20.0]])
-    g = head(pts, torch.full((2, 3), 0.5), torch.zeros(2, 8), focal=100.0)
-    assert g.sh.shape == (2, 3, 1) and (g.opacities > 0).all() and (g.opacities < 1).all()
-    assert torch.allclose(g.rotations.norm(dim=-1), torch.ones(2))
-    assert ((g.means - pts).abs().max(1).values <= 2 * pts[:, 2] / 100 + 1e-6).all()       # at most 2 footprints
-    # same features, ten times the depth: the same splat in pixels (scale x10 up to the Plücker input)
-    assert (g.scales[1] / g.scales[0]).min() > 5 and (g.scales[1] / g.scales[0]).max() < 20
-    for bad in (torch.empty(0, 3), torch.tensor([[0.0, 0, -1.0]])):
-        with pytest.raises(ValueError):
-            head(bad, torch.zeros(len(bad), 3), torch.zeros(len(bad), 8), 100.0)
-    for focal in (0.0, math.inf, math.nan):
-        with pytest.raises(ValueError, match="focal length must be positive and finite"):
-            head(pts, torch.zeros(2, 3), torch.zeros(2, 8), focal)
+    pts = _plane_grid(5, 0.1, 2.0)
+    colors, feats = torch.rand(25, 3), torch.randn(25, 8)
+    g = head(pts, colors, feats)
+    assert g.sh.shape == (25, 3, 1) and (g.opacities > 0).all() and (g.opacities < 1).all()
+    assert torch.allclose(g.rotations.norm(dim=-1), torch.ones(25))
+    # the centre point's 3 nearest neighbours are 0.1 away: its footprint is 0.1, its offset at most two
+    assert (g.means[12] - pts[12]).abs().max() <= 2 * 0.1 + 1e-6
+    # the same scene ten times as far (every ray the same): the same splats in pixels, scales exactly x10
+    far = head(pts * 10, colors, feats)
+    torch.testing.assert_close(far.scales, g.scales * 10)
+    torch.testing.assert_close(far.means, g.means * 10)
+    # the same plane sampled twice as densely, same colour and features: the centre point (on the
+    # optical axis in both) gets exactly half the scale
+    dense = head(_plane_grid(9, 0.05, 2.0), torch.full((81, 3), 0.5), feats[:1].expand(81, -1))
+    sparse = head(pts, torch.full((25, 3), 0.5), feats[:1].expand(25, -1))
+    torch.testing.assert_close(dense.scales[40], sparse.scales[12] / 2)
+    for bad, what in ((torch.empty(0, 3), "no points"), (torch.tensor([[0.0, 0, -1.0]] * 5), "in front of the camera"),
+                      (torch.tensor([[0.0, 0, 1.0]] * 5), "distinct points")):
+        with pytest.raises(ValueError, match=what):
+            head(bad, torch.zeros(len(bad), 3), torch.zeros(len(bad), 8))
 
 
 def test_pixel_aligned_head_has_the_released_layout_and_loads_it(tmp_path):
@@ -909,7 +954,7 @@ BAD_SPLATS = [  # (keyword changes, what the error must say)
     (dict(colors=torch.full((10, 3), 3.0)), r"colors must be finite and in \[0, 1\]"),
     (dict(colors=torch.full((10, 3), float("nan"))), r"colors must be finite and in \[0, 1\]"),
     (dict(points=torch.ones(10, 3, dtype=torch.long)), "points and colors must be floating point"),
-    (dict(points=torch.ones(10, 3)), r"need more than 3 distinct points to size the splats, got 1 \(of 10 points\)"),
+    (dict(points=torch.ones(10, 3)), r"need more than 3 distinct points to measure their spacing, got 1 \(of 10 points\)"),
 ]
 
 
@@ -1276,7 +1321,8 @@ def test_ply_columns_by_hand_both_ways(tmp_path):
 def test_point_head_activations_by_hand():
     """Linear heads with zero weights output their biases: every activation of the module docstring is
     then a number worked out here (offset 2 tanh(.) footprints, colour clamp(rgb + 0.5 tanh(.)),
-    scale footprint exp(clamp(., -4, 4)), opacity sigmoid, rotation normalise(. + (1, 0, 0, 0)))."""
+    scale footprint exp(clamp(., -4, 4)), opacity sigmoid, rotation normalise(. + (1, 0, 0, 0))), with
+    the footprint the points' spacing on a grid."""
     from infinidepth.gs.heads import PointHead
 
     head = PointHead(feature_dim=4).double()
@@ -1287,18 +1333,20 @@ def test_point_head_activations_by_hand():
             layer = getattr(head, name)
             layer.weight.zero_()
             layer.bias.copy_(torch.tensor(b, dtype=torch.float64))
-    pts = torch.tensor([[0.5, -0.2, 2.0], [0.0, 0.1, 8.0]], dtype=torch.float64)
-    colors = torch.tensor([[0.3, 0.6, 0.9], [0.9, 0.1, 0.5]], dtype=torch.float64)
-    g = head(pts, colors, torch.randn(2, 4, dtype=torch.float64), focal=100.0)
-    fp = pts[:, 2:] / 100.0                                                    # one pixel at each depth
+    pts = _plane_grid(3, 0.1, 2.0, torch.float64)[[0, 4, 1, 2, 3, 5, 6, 7, 8]]   # a corner, the centre, the rest
+    colors = torch.tensor([[0.3, 0.6, 0.9], [0.9, 0.1, 0.5]] + [[0.5, 0.5, 0.5]] * 7, dtype=torch.float64)
+    g = head(pts, colors, torch.randn(9, 4, dtype=torch.float64))
+    # footprints by hand: the corner's 3 nearest are 0.1, 0.1 and 0.1 sqrt 2 away, the centre's all 0.1
+    fp = torch.tensor([[(0.2 + 0.1 * math.sqrt(2)) / 3], [0.1]], dtype=torch.float64)
+    pts, colors = pts[:2], colors[:2]
     t10 = math.tanh(10.0)
-    torch.testing.assert_close(g.means, pts + 2 * fp * torch.tensor([t10, 0.0, -t10], dtype=torch.float64))
+    torch.testing.assert_close(g.means[:2], pts + 2 * fp * torch.tensor([t10, 0.0, -t10], dtype=torch.float64))
     rgb = (colors + 0.5 * torch.tensor([math.tanh(2.0), math.tanh(-1.0), 0.0], dtype=torch.float64)).clamp(0, 1)
     assert rgb[1, 0] == 1.0                                                    # (0.9 + 0.48 clamped)
-    torch.testing.assert_close(g.sh[:, :, 0] * C0 + 0.5, rgb)
-    torch.testing.assert_close(g.scales, fp * torch.tensor([math.exp(0.5), math.exp(-4.0), 1.0], dtype=torch.float64))
-    torch.testing.assert_close(g.opacities, torch.full((2,), 1 / (1 + math.exp(-1.0)), dtype=torch.float64))
-    torch.testing.assert_close(g.rotations, torch.tensor([[1.0, 0, 0.5, 0]] * 2, dtype=torch.float64) / math.sqrt(1.25))
+    torch.testing.assert_close(g.sh[:2][:, :, 0] * C0 + 0.5, rgb)
+    torch.testing.assert_close(g.scales[:2], fp * torch.tensor([math.exp(0.5), math.exp(-4.0), 1.0], dtype=torch.float64))
+    torch.testing.assert_close(g.opacities[:2], torch.full((2,), 1 / (1 + math.exp(-1.0)), dtype=torch.float64))
+    torch.testing.assert_close(g.rotations[:2], torch.tensor([[1.0, 0, 0.5, 0]] * 2, dtype=torch.float64) / math.sqrt(1.25))
 
 
 def test_pixel_aligned_head_activations_by_hand():

@@ -3,10 +3,14 @@
 - :class:`PointHead` (the paper's): per point, its colour, its viewing ray in Plücker coordinates and
   the encoder features bilinearly sampled there go through one shared MLP; separate linear heads give
   a position offset, a colour offset, the scale, the opacity and the rotation. Activations:
-  offset = tanh(.) * 2 * footprint (at most two pixel footprints), colour = clamp(rgb + 0.5 tanh(.), 0, 1),
+  offset = tanh(.) * 2 * footprint (at most two footprints), colour = clamp(rgb + 0.5 tanh(.), 0, 1),
   scale = footprint * exp(clamp(., -4, 4)) per axis, opacity = sigmoid(.), rotation = normalise(. + (1, 0, 0, 0)).
-  ``footprint = depth / focal`` is the size of one pixel at the point's depth, so the head's outputs
-  mean the same at 1 m and at 100 m.
+  ``footprint`` is the local spacing of the sampled points (mean distance to the 3 nearest, the size
+  rule of the plain splats, :func:`~infinidepth.gs.splats.point_spacing`). It grows with depth as
+  the scene does, so the head's outputs mean the same at 1 m and at 100 m; and unlike the size of a
+  pixel at the point's depth it also follows the point count and the sampler's density (the
+  surface-area sampler puts more points per pixel far away), so a head trained with a few thousand
+  points makes neither blur nor holes with hundreds of thousands.
 - :class:`PixelAlignedHead`: the released GS head (``GSPixelAlignPredictor``: convolutions over the
   image, the depth map and the ViT tokens, 37 channels per pixel), loadable from the released GS
   checkpoint (keys ``encoder.<name>``). Its per-pixel attributes are resampled bilinearly at the
@@ -18,8 +22,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -29,6 +31,7 @@ from infinidepth.ops.coords import clamp_to_pixel_centres
 from infinidepth.ops.gather import bilinear_gather_reference
 
 from .gaussians import Gaussians, rgb_to_sh0
+from .splats import point_spacing
 
 
 def plucker(rays: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
@@ -46,9 +49,9 @@ class PointHead(nn.Module):
         self.offset, self.color = nn.Linear(hidden, 3), nn.Linear(hidden, 3)
         self.scale, self.opacity, self.rotation = nn.Linear(hidden, 3), nn.Linear(hidden, 1), nn.Linear(hidden, 4)
 
-    def forward(self, points: torch.Tensor, colors: torch.Tensor, features: torch.Tensor, focal: float) -> Gaussians:
-        """``points [N, 3]`` camera frame, ``colors [N, 3]`` in [0, 1], ``features [N, feature_dim]``
-        (sampled at the points), ``focal`` in pixels of the grid the points were sampled on."""
+    def forward(self, points: torch.Tensor, colors: torch.Tensor, features: torch.Tensor) -> Gaussians:
+        """``points [N, 3]`` camera frame (at least 4 distinct ones: their spacing sizes the Gaussians),
+        ``colors [N, 3]`` in [0, 1], ``features [N, feature_dim]`` (sampled at the points)."""
         n = points.shape[0]
         if n == 0:
             raise ValueError("no points to turn into Gaussians")
@@ -57,12 +60,10 @@ class PointHead(nn.Module):
                              f"{tuple(points.shape)}, {tuple(colors.shape)}, {tuple(features.shape)}")
         if not (torch.isfinite(points).all() and (points[:, 2] > 0).all()):
             raise ValueError("points must be finite and in front of the camera (z > 0)")
-        if not (focal > 0 and math.isfinite(focal)):  # (an infinite one made every footprint, so every scale, 0)
-            raise ValueError(f"focal length must be positive and finite, got {focal}")
         if not (torch.isfinite(colors).all() and torch.isfinite(features).all()):
             raise ValueError("colors and features must be finite (they have NaN or infinite values)")
         h = self.mlp(torch.cat([colors, plucker(points), features], -1))
-        footprint = (points[:, 2] / focal)[:, None]
+        footprint = point_spacing(points).to(points)[:, None]
         means = points + 2 * footprint * torch.tanh(self.offset(h))
         rgb = (colors + 0.5 * torch.tanh(self.color(h))).clamp(0, 1)
         rot = F.normalize(self.rotation(h) + torch.tensor([1.0, 0, 0, 0], device=h.device), dim=-1)

@@ -16,14 +16,31 @@ import torch
 from .gaussians import Gaussians, rgb_to_sh0
 
 
-def splats_from_points(points: torch.Tensor, colors: torch.Tensor, opacity: float = 0.95, neighbours: int = 3,
-                       size: float = 0.75) -> Gaussians:
-    """``points [N, 3]`` and float ``colors [N, 3]`` in [0, 1] -> Gaussians (see the module docstring).
-
-    The spacing is measured between distinct positions: a point given several times is one splat's
-    place, its copies get the spacing of that place (not 0)."""
+def point_spacing(points: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
+    """The local spacing of ``points [N, 3]``: each one's mean distance to its ``neighbours`` nearest
+    (float64 ``[N]``, on the CPU). Measured between distinct positions: a point given several times is
+    one place, its copies get the spacing of that place (not 0)."""
     from scipy.spatial import cKDTree
 
+    if points.dim() != 2 or points.shape[1] != 3:
+        raise ValueError(f"points must be [N, 3], got {tuple(points.shape)}")
+    if points.shape[0] <= neighbours:
+        raise ValueError(f"need more than {neighbours} points to measure their spacing, got {points.shape[0]}")
+    if not torch.isfinite(points).all():
+        raise ValueError("points contain NaN or infinite values")
+    p = points.detach().double().cpu().numpy()
+    places, place_of = np.unique(p, axis=0, return_inverse=True)
+    if len(places) <= neighbours:
+        raise ValueError(f"need more than {neighbours} distinct points to measure their spacing, got {len(places)} "
+                         f"(of {points.shape[0]} points)")
+    dist, _ = cKDTree(places).query(places, k=neighbours + 1)
+    return torch.from_numpy(dist[:, 1:].mean(1)[place_of.reshape(-1)])
+
+
+def splats_from_points(points: torch.Tensor, colors: torch.Tensor, opacity: float = 0.95, neighbours: int = 3,
+                       size: float = 0.75) -> Gaussians:
+    """``points [N, 3]`` and float ``colors [N, 3]`` in [0, 1] -> Gaussians (see the module docstring;
+    the spacing as :func:`point_spacing` measures it)."""
     if points.dim() != 2 or points.shape[1] != 3 or colors.shape != points.shape:
         raise ValueError(f"points and colors must both be [N, 3], got {tuple(points.shape)} and {tuple(colors.shape)}")
     if not (points.is_floating_point() and colors.is_floating_point()):
@@ -34,19 +51,9 @@ def splats_from_points(points: torch.Tensor, colors: torch.Tensor, opacity: floa
         raise ValueError(f"size must be a positive finite number (a fraction of the point spacing), got {size!r}")
     if not (isinstance(opacity, (int, float, np.number)) and 0 < opacity <= 1):
         raise ValueError(f"opacity must be in (0, 1], got {opacity!r}")
-    if points.shape[0] <= neighbours:
-        raise ValueError(f"need more than {neighbours} points to size the splats, got {points.shape[0]}")
-    if not torch.isfinite(points).all():
-        raise ValueError("points contain NaN or infinite values")
     if not torch.isfinite(colors).all() or colors.min() < 0 or colors.max() > 1:
         raise ValueError(f"colors must be finite and in [0, 1], got values in [{float(colors.min())}, {float(colors.max())}]")
-    p = points.detach().double().cpu().numpy()
-    places, place_of = np.unique(p, axis=0, return_inverse=True)
-    if len(places) <= neighbours:
-        raise ValueError(f"need more than {neighbours} distinct points to size the splats, got {len(places)} "
-                         f"(of {points.shape[0]} points)")
-    dist, _ = cKDTree(places).query(places, k=neighbours + 1)
-    spacing = torch.from_numpy(dist[:, 1:].mean(1)[place_of.reshape(-1)])
+    spacing = point_spacing(points, neighbours)
     # positive in float32 too (distinct points closer than float32's smallest normal number stay visible specks)
     scale = (size * spacing).float().clamp_min(torch.finfo(torch.float32).tiny).to(points.device)
     n = points.shape[0]

@@ -98,8 +98,9 @@ def feature_dim(depth_model) -> int:
 
 
 def head_inputs(depth_model, image, K, n, seed, true_depth=None):
-    """Points (camera frame), colours and sampled features of ``image`` ``[1, 3, H, W]``; with
-    ``true_depth`` ``[H, W]`` the depth is first aligned to it (log-depth RANSAC)."""
+    """Points (camera frame), colours, sampled features and normalised ``(y, x)`` coordinates of
+    ``image`` ``[1, 3, H, W]``; with ``true_depth`` ``[H, W]`` the depth is first aligned to it
+    (log-depth RANSAC)."""
     from infinidepth.align import fit_affine_robust
     from infinidepth.ops.gather import bilinear_gather_reference
     from infinidepth.sampling import backproject
@@ -120,7 +121,7 @@ def head_inputs(depth_model, image, K, n, seed, true_depth=None):
             a, b = fit_affine_robust(depth[ok].log().numpy(), t[ok].log().numpy(), seed=seed)
             depth = torch.exp(a * depth.clamp_min(1e-9).log() + b)
     points = backproject(depth.float()[None], coords[None], K.float()[None].cpu(), (H, W))[0]
-    return points, sp.colors[0].cpu().float(), f.cpu()
+    return points, sp.colors[0].cpu().float(), f.cpu(), coords
 
 
 def _scene_views(cfg: GSTrainConfig, step: int):
@@ -198,9 +199,9 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
             scene, views = _scene_views(cfg, step)
             K = views[0].intrinsics.float()
             image = views[0].rgb.permute(2, 0, 1)[None].to(depth_model.device)
-            points, colors, feats = head_inputs(depth_model, image, K.to(depth_model.device), cfg.points, cfg.seed + step,
-                                                views[0].depth)
-            g = head(points, colors, feats, focal=float(K[0, 0]))
+            points, colors, feats, _ = head_inputs(depth_model, image, K.to(depth_model.device), cfg.points,
+                                                   cfg.seed + step, views[0].depth)
+            g = head(points, colors, feats)
             loss = 0.0
             for v in range(1, cfg.views):
                 w2c = torch.from_numpy(np.linalg.inv(scene.cameras[v]) @ scene.cameras[0]).float()
