@@ -18,9 +18,9 @@ from .gaussians import Gaussians, rgb_to_sh0
 
 def point_spacing(points: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
     """The local spacing of ``points [N, 3]``: each one's mean distance to its ``neighbours`` nearest
-    (float64 ``[N]``, on the CPU). Measured between distinct positions: a point given several times is
-    one place, its copies get the spacing of that place (not 0)."""
-    from scipy.spatial import cKDTree
+    (float64 ``[N]``, on the CPU; :func:`~infinidepth.sampling.knn_spacing`). Measured between distinct
+    positions: a point given several times is one place, its copies get the spacing of that place (not 0)."""
+    from infinidepth.sampling import knn_spacing
 
     if points.dim() != 2 or points.shape[1] != 3:
         raise ValueError(f"points must be [N, 3], got {tuple(points.shape)}")
@@ -28,13 +28,11 @@ def point_spacing(points: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
         raise ValueError(f"need more than {neighbours} points to measure their spacing, got {points.shape[0]}")
     if not torch.isfinite(points).all():
         raise ValueError("points contain NaN or infinite values")
-    p = points.detach().double().cpu().numpy()
-    places, place_of = np.unique(p, axis=0, return_inverse=True)
+    places, place_of = np.unique(points.detach().double().cpu().numpy(), axis=0, return_inverse=True)
     if len(places) <= neighbours:
         raise ValueError(f"need more than {neighbours} distinct points to measure their spacing, got {len(places)} "
                          f"(of {points.shape[0]} points)")
-    dist, _ = cKDTree(places).query(places, k=neighbours + 1)
-    return torch.from_numpy(dist[:, 1:].mean(1)[place_of.reshape(-1)])
+    return torch.from_numpy(knn_spacing(places, neighbours)[place_of.reshape(-1)])
 
 
 def splats_from_points(points: torch.Tensor, colors: torch.Tensor, opacity: float = 0.95, neighbours: int = 3,
