@@ -127,6 +127,60 @@ def test_fronto_parallel_plane_gets_uniform_samples():
     assert counts.min() == 5 and counts.max() == 5
 
 
+def test_hilbert_order_visits_every_cell_once_in_steps_to_a_neighbour():
+    from infinidepth.sampling.surface import hilbert_order
+
+    for side in (1, 2, 8, 32):
+        order = hilbert_order(side, side)
+        assert torch.equal(order.sort().values, torch.arange(side * side))
+        y, x = order // side, order % side
+        assert bool(((y.diff().abs() + x.diff().abs()) == 1).all())      # one pixel at a time, never a jump
+    for h, w in ((3, 5), (12, 16), (7, 1)):
+        assert torch.equal(hilbert_order(h, w).sort().values, torch.arange(h * w))
+
+
+def _uniform_plane(h: int, w: int):
+    depth = torch.full((1, 1, h, w), 3.0)
+    normals = torch.zeros(1, 3, h, w)
+    normals[:, 2] = -1
+    return depth, normals, torch.tensor([[float(w), 0, w / 2], [0, float(w), h / 2], [0, 0, 1]])
+
+
+@pytest.mark.parametrize("backend", available_backends("cpu"))
+def test_samples_are_stratified_in_2d_at_any_density(backend):
+    """Row by row, a quarter of a sample per pixel of a plane went to every fourth pixel of every row
+    (columns of samples, splats with holes between them), and several samples in one pixel were
+    jittered independently (clumps). Along the Hilbert curve each aligned 2x2 block of pixels gets
+    one sample of four; with four per pixel, each gets one in every quarter of the pixel."""
+    depth, normals, K = _uniform_plane(16, 24)
+    sparse = surface_area_sample(depth, normals, K, 16 * 24 // 4, seed=3, backend=backend)[0]
+    i, j = ((sparse[:, 0] + 1) / 2 * 16).floor().long(), ((sparse[:, 1] + 1) / 2 * 24).floor().long()
+    assert torch.equal(torch.bincount((i // 2) * 12 + j // 2, minlength=8 * 12), torch.ones(8 * 12, dtype=torch.int64))
+    dense = surface_area_sample(depth, normals, K, 16 * 24 * 4, seed=3, backend=backend)[0]
+    i, j = ((dense[:, 0] + 1) / 2 * 32).floor().long(), ((dense[:, 1] + 1) / 2 * 48).floor().long()  # half pixels
+    assert torch.equal(torch.bincount(i * 48 + j, minlength=32 * 48), torch.ones(32 * 48, dtype=torch.int64))
+
+
+def test_inverse_cdf_order_returns_the_cells_of_the_layout():
+    """Weights laid out in another order sample the same cells as the identity layout's positions
+    map to, and each coordinate lies in its returned cell."""
+    from infinidepth.ops.inverse_cdf import inverse_cdf_sample
+
+    g = torch.Generator().manual_seed(0)
+    w = torch.rand(2, 5, 7, generator=g)
+    order = torch.randperm(35, generator=g)
+    plain_coords, plain_cells = inverse_cdf_sample(w.reshape(2, 35)[:, order].reshape(2, 5, 7), 300, seed=1)
+    coords, cells = inverse_cdf_sample(w.reshape(2, 35)[:, order].reshape(2, 5, 7), 300, seed=1, order=order)
+    assert torch.equal(cells, order[plain_cells])
+    i, j = ((coords[..., 0] + 1) / 2 * 5).floor().long(), ((coords[..., 1] + 1) / 2 * 7).floor().long()
+    assert torch.equal(i * 7 + j, cells)
+    same = inverse_cdf_sample(w, 300, seed=1, order=torch.arange(35))
+    torch.testing.assert_close(same[0], inverse_cdf_sample(w, 300, seed=1)[0], rtol=0, atol=0)
+    for bad in (torch.arange(34), torch.arange(35).int(), [0] * 35):
+        with pytest.raises(ValueError, match="order must be an int64 tensor"):
+            inverse_cdf_sample(w, 10, order=bad)
+
+
 def test_grazing_plane_sample_density_follows_the_area():
     """On a plane at a grazing angle the samples per pixel follow d^2 cos(alpha) / cos(theta): per
     column of the image, the ratio of counts matches the ratio of the analytic pixel areas."""

@@ -117,10 +117,15 @@ def resolve_seed(seed: int | None) -> int:
 
 
 def inverse_cdf_sample(
-    weights: torch.Tensor, n: int, seed: int | None = None, jitter: bool = True, backend: str = "auto"
+    weights: torch.Tensor, n: int, seed: int | None = None, jitter: bool = True, backend: str = "auto",
+    order: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stratified samples of the cells of ``weights`` ``[B, H, W]`` (non-negative, finite, with a
-    positive entry per image) -> ``(coords [B, n, 2] float32 in normalised (y, x), cells [B, n] int64)``."""
+    positive entry per image) -> ``(coords [B, n, 2] float32 in normalised (y, x), cells [B, n] int64)``.
+
+    ``order`` (int64 ``[H * W]``, a permutation of the flat indices): the cells enter the CDF in this
+    order, ``weights`` laid out in it (cell ``order[p]``'s weight at flat position ``p``); the cells
+    returned are then ``order``'s. Default: row by row."""
     if not isinstance(weights, torch.Tensor) or weights.dim() != 3:
         raise ValueError(f"weights must be a tensor [B, H, W], got {getattr(weights, 'shape', type(weights))}")
     n = check_sample_count(n)
@@ -135,6 +140,10 @@ def inverse_cdf_sample(
     empty = (weights.reshape(B, -1) > 0).sum(dim=1) == 0
     if empty.any():
         raise ValueError(f"image {int(empty.nonzero()[0])} has no positive weight: nothing to sample")
+    if order is not None and (not isinstance(order, torch.Tensor) or order.shape != (H * W,)
+                              or order.dtype != torch.int64 or order.device != weights.device):
+        raise ValueError(f"order must be an int64 tensor [{H * W}] (a permutation of the cells) on {weights.device}, "
+                         f"got {getattr(order, 'dtype', type(order))} {tuple(getattr(order, 'shape', ()))}")
     backend = resolve_backend(backend, weights.device)
     quantized = quantize_weights(weights.reshape(B, H * W)).contiguous()
     if backend == "torch":
@@ -145,6 +154,10 @@ def inverse_cdf_sample(
         coords, cells = inverse_cdf_triton(quantized, H, W, n, seed, jitter)
     else:
         coords, cells = torch.ops.infinidepth.inverse_cdf_sample(quantized, H, W, n, seed, jitter)
+    if order is not None:   # each sample moved by whole cells, from its place in the layout to its cell's
+        placed, cells = cells, order[cells]
+        coords = coords + torch.stack([(cells // W - placed // W).float() * (2.0 / H),
+                                       (cells % W - placed % W).float() * (2.0 / W)], -1)
     return keep_inside_cells(coords, cells, H, W), cells
 
 
