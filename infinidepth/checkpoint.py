@@ -91,20 +91,56 @@ _inert_pickle.load = lambda f, **kw: _InertUnpickler(f, **kw).load()
 _inert_pickle.__version__ = pickle.format_version
 
 
-def torch_load_inert(path) -> object:
+class RefusedPickle(CheckpointError):
+    """A PyTorch file that pickles objects (classes, functions) torch's weights-only loader refuses."""
+
+
+def torch_load_weights_only(path, what: str = "PyTorch checkpoint") -> object:
+    """What a PyTorch file holds, on the CPU, read by torch's weights-only loader (tensors, numbers,
+    strings and containers; no code named by the file runs). A CheckpointError naming the file, that it
+    is not a readable ``what`` and why, for one that is not a PyTorch file or a damaged one;
+    :class:`RefusedPickle` for one that pickles other objects (torch's own error advises
+    ``weights_only=False``, which would run them)."""
+    try:
+        return torch.load(str(path), map_location="cpu", weights_only=True)
+    except OSError as e:
+        raise CheckpointError(f"{path}: not a readable {what} ({one_line(e)})") from e
+    except Exception as e:
+        error = e
+    with open(path, "rb") as f:
+        start = f.read(4)
+    text, zipped = str(error), start == b"PK\x03\x04"
+    if not (zipped or start[:1] == b"\x80"):  # torch.save writes a zip archive, its legacy format a pickle
+        problem = "an empty file" if not start else \
+            f"not a PyTorch file: those are zip archives or pickles, and it starts with {start!r}"
+    elif "Weights only load failed" in text:
+        found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+        why = f"it pickles {found.group(1)}, which is not rebuilt (that could run code)" if found else \
+            f"torch's weights-only loader refuses it ({detail.group(1).strip() if detail else 'unknown pickle content'})"
+        raise RefusedPickle(f"{path}: not a readable {what}: {why}") from error
+    elif zipped:
+        detail = re.sub(r"\[enforce fail at \S+\] \. ", "", one_line(error).split(". This is an internal")[0])
+        problem = f"a truncated or damaged PyTorch file, or another kind of zip archive ({detail})"
+    else:
+        problem = f"a truncated or damaged pickle ({one_line(error)})"
+    raise CheckpointError(f"{path}: not a readable {what} ({problem})") from error
+
+
+def torch_load_inert(path, what: str = "PyTorch checkpoint") -> object:
     """What a PyTorch file holds, on the CPU, with no code named by the file run: torch's weights-only
     loader, else (Lightning files may pickle hyper-parameter objects, argparse.Namespace or config
     classes, that it refuses) a load with every such class replaced by an inert stand-in, so that the
-    tensors come out and nothing else does anything. A CheckpointError for a file that is neither."""
+    tensors come out and nothing else does anything. A CheckpointError saying the file is not a
+    readable ``what`` (and why) for a file that is neither."""
     try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        if "Weights only load failed" not in str(e):
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e)})") from e
+        return torch_load_weights_only(path, what)
+    except RefusedPickle:
+        pass
     try:
         return torch.load(str(path), map_location="cpu", weights_only=False, pickle_module=_inert_pickle)
     except Exception as e2:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({one_line(e2)})") from e2
+        raise CheckpointError(f"{path}: not a readable {what} ({one_line(e2)})") from e2
 
 
 def load_training_state(path) -> object:

@@ -9,7 +9,8 @@ import torch
 from conftest import RunsCode
 
 import infinidepth
-from infinidepth.checkpoint import CheckpointError, infer_architecture
+from infinidepth.checkpoint import (CheckpointError, RefusedPickle, infer_architecture, read_torch_weights,
+                                    torch_load_weights_only)
 from infinidepth.models import build_model, from_preset
 
 DATA = Path(__file__).parent / "data"
@@ -57,6 +58,7 @@ def test_save_and_reload_without_loss(tmp_path, preset):
     path = infinidepth.save_model(model, tmp_path / "m.safetensors")
     again = infinidepth.load_model(path)
     assert type(again) is type(model) and again.config == model.config
+    assert not any(m.training for m in again.modules())   # ready to use: eval mode
     for k, v in model.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
     assert torch.equal(outputs(model), outputs(again))
@@ -195,10 +197,12 @@ def test_lightning_objects_load_inert_and_run_no_code(tmp_path):
     model = from_preset("official-tiny", seed=2)
     marker = tmp_path / "code_ran"
     path = tmp_path / "m.ckpt"
-    torch.save({"state_dict": {f"pipeline.{k}": v for k, v in model.state_dict().items()},
+    torch.save({"state_dict": {**{f"pipeline.{k}": v for k, v in model.state_dict().items()},
+                               "pipeline.aux._extra_state": {"note": "x"}},   # not a tensor: no weight, skipped
                 "hyper_parameters": argparse.Namespace(lr=1e-4, trap=RunsCode(marker))}, path)
-    with pytest.raises(Exception):
-        torch.load(path, weights_only=True)  # what forces the fallback
+    with pytest.raises(RefusedPickle, match=f"{path}: not a readable PyTorch checkpoint: it pickles argparse.Namespace, "
+                                            "which is not rebuilt"):
+        torch_load_weights_only(path)  # what forces the fallback
     loaded = infinidepth.load_model(path)
     assert not marker.exists()
     assert torch.equal(outputs(model), outputs(loaded))
@@ -226,6 +230,8 @@ def _ours_with(tmp_path, edit):
     (lambda m, sd: {"infinidepth": json.dumps({**json.loads(m["infinidepth"]), "config": {"bogus": 1}})}, "does not fit"),
     (lambda m, sd: {"infinidepth": json.dumps({**json.loads(m["infinidepth"]), "input_size": "abc"})}, "input_size"),
     (lambda m, sd: (sd["decoder.mlp.0.bias"].fill_(float("nan")), m)[1], "NaN or infinite values: decoder.mlp.0.bias"),
+    (lambda m, sd: (sd["decoder.mlp.0.weight"][0, 0].fill_(-float("inf")), m)[1], "NaN or infinite values: decoder.mlp.0.weight"),
+    (lambda m, sd: {"infinidepth": json.dumps([json.loads(m["infinidepth"])])}, "metadata is not a JSON object"),
 ])
 def test_damaged_files_are_checkpoint_errors_naming_the_file(tmp_path, edit, match):
     path = _ours_with(tmp_path, edit)
@@ -249,3 +255,155 @@ def test_a_file_named_like_a_preset_says_it_shadows_it(tmp_path, monkeypatch):
         infinidepth.load_model("tiny")
     with pytest.raises(FileNotFoundError, match="bundled: .'demo'"):
         infinidepth.load_model("no-such-model")
+
+
+def _not_pytorch_files(tmp_path):
+    """(file, what its error must say) for files that are not PyTorch checkpoints, or damaged ones."""
+    torch.save({"w": torch.arange(64.0)}, tmp_path / "whole.pt")
+    torch.save({"w": torch.arange(64.0)}, tmp_path / "legacy.pt", _use_new_zipfile_serialization=False)
+    zipped, legacy = (tmp_path / "whole.pt").read_bytes(), (tmp_path / "legacy.pt").read_bytes()
+    cases = {"garbage.pt": (bytes(range(7, 256)) * 4, "not a PyTorch file: those are zip archives or pickles, and it "
+                                                      r"starts with b'\\x07\\x08\\t\\n'"),
+             "notes.pt": (b"PKG-INFO\nName: x\n", "not a PyTorch file: .* it starts with b'PKG-'"),  # "PK", not a zip
+             "cut.pt": (zipped[: len(zipped) // 2], "truncated or damaged PyTorch file.*failed finding central directory"),
+             "cut_legacy.pt": (legacy[: len(legacy) // 2], "a truncated or damaged pickle"),
+             "empty.pt": (b"", "an empty file")}
+    for name, (data, _) in cases.items():
+        (tmp_path / name).write_bytes(data)
+    return [(tmp_path / name, match) for name, (_, match) in cases.items()]
+
+
+def test_a_file_that_is_not_a_pytorch_checkpoint_is_one_line_naming_it_and_why(tmp_path):
+    """Random bytes, text, a cut download, an empty file: the file and what is wrong with it, on one
+    line; not torch's error (its advice on weights_only, miniz, a KeyError of a byte's value)."""
+    from infinidepth.gs.train import load_gs_head
+
+    for path, match in _not_pytorch_files(tmp_path):
+        for load, what in ((infinidepth.load_model, "PyTorch checkpoint"), (load_gs_head, "GS head")):
+            with pytest.raises(CheckpointError, match=match) as err:
+                load(path)
+            msg = str(err.value)
+            assert msg.startswith(f"{path}: not a readable {what} (") and "\n" not in msg, msg
+            assert "weights_only" not in msg and "miniz" not in msg, msg
+    with pytest.raises(CheckpointError, match=f"{tmp_path}: not a readable PyTorch checkpoint .IsADirectoryError"):
+        read_torch_weights(tmp_path)   # e.g. --lpips or a pretrained encoder given a folder
+
+
+def test_a_pytorch_file_that_is_not_a_gs_head_names_what_it_lacks_and_holds(tmp_path):
+    """A depth model's state dict or Lightning file (its hyper-parameters pickled) given as a GS head:
+    what a head file has that it lacks, and what it holds; a head of other layers: the keys and shapes."""
+    from infinidepth.gs.heads import PointHead
+    from infinidepth.gs.train import load_gs_head
+
+    sd = from_preset("tiny").state_dict()
+    torch.save(sd, tmp_path / "depth.pt")
+    torch.save({"state_dict": {f"pipeline.{k}": v for k, v in sd.items()},
+                "hyper_parameters": argparse.Namespace(lr=1e-4)}, tmp_path / "depth.ckpt")
+    lacks = "not a GS head written by infinidepth train-gs: it lacks depth_model, feature_dim, head, hidden"
+    with pytest.raises(ValueError, match=f"depth.pt: {lacks} \\(it holds _mean, _std, decoder.mlp.0.bias, .*, \\.\\.\\.\\)"):
+        load_gs_head(tmp_path / "depth.pt")
+    with pytest.raises(ValueError, match=f"depth.ckpt: {lacks} \\(it holds hyper_parameters, state_dict\\)$"):
+        load_gs_head(tmp_path / "depth.ckpt")
+    head = PointHead(8, 4).state_dict()
+    head["extra.weight"] = head.pop("mlp.0.weight")
+    head["color.bias"] = torch.zeros(5)
+    torch.save({"head": head, "feature_dim": 8, "hidden": 4, "depth_model": "demo"}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError) as err:
+        load_gs_head(tmp_path / "other.pt")
+    msg = str(err.value)
+    assert "1 missing keys: mlp.0.weight" in msg and "1 unexpected keys: extra.weight" in msg
+    assert "color.bias: file (5,) vs model (3,)" in msg and str(tmp_path / "other.pt") in msg
+
+
+def test_a_file_with_only_an_extra_key_or_only_a_reshaped_weight_is_refused_naming_it(tmp_path):
+    """Strict loading: an extra tensor alone, or a weight of the right size in another shape (a
+    transposed matrix), is an error naming it, not ignored nor left to torch's load_state_dict."""
+    sd = from_preset("official-tiny").state_dict()
+    torch.save({**sd, "pipeline.extra": torch.zeros(2)}, tmp_path / "extra.pt")   # the prefix on one key only
+    with pytest.raises(CheckpointError, match="extra.pt does not fit InfiniDepth:\n  1 unexpected keys: pipeline.extra$"):
+        infinidepth.load_model(tmp_path / "extra.pt")
+    key = "pretrained.blocks.1.mlp.fc2.weight"   # (no key the architecture is read from)
+    rows, cols = sd[key].shape
+    assert rows != cols
+    torch.save({**sd, key: sd[key].t().contiguous()}, tmp_path / "transposed.pt")
+    with pytest.raises(CheckpointError, match=f"1 shape mismatches: {key}: file \\({cols}, {rows}\\) vs model \\({rows}, {cols}\\)$"):
+        infinidepth.load_model(tmp_path / "transposed.pt")
+
+
+def test_the_architecture_is_read_back_from_keys_beyond_the_released_shapes():
+    """A ViT with a feed-forward ratio that is not a whole number, and a head of 11 hidden layers (its
+    layer numbers past 9, so ordered as numbers, not text)."""
+    from infinidepth.models import OfficialConfig, ViTConfig
+
+    cfg = OfficialConfig(vit=ViTConfig(embed_dim=64, depth=2, num_heads=2, ffn_ratio=1.5), cnn_dim=32,
+                         hidden=tuple(range(20, 31)))
+    with torch.device("meta"):
+        sd = build_model("InfiniDepth", cfg).state_dict()
+    assert infer_architecture(sd) == ("InfiniDepth", cfg)
+
+
+def test_save_model_replaces_a_file_only_once_the_new_one_is_whole(tmp_path, monkeypatch):
+    """Written beside the target under another name, then renamed: a write that fails midway (a full
+    disk) leaves the old file as it was and no temporary; the file gets the mode open() would give."""
+    import os
+
+    import safetensors.torch
+
+    old = from_preset("tiny", seed=1)
+    umask = os.umask(0o027)
+    try:
+        path = infinidepth.save_model(old, tmp_path / "m.safetensors")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o640
+    written = []
+
+    def disk_full(tensors, filename, metadata=None):
+        written.append(Path(filename))
+        Path(filename).write_bytes(b"half a fi")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        infinidepth.save_model(from_preset("tiny", seed=2), path)
+    assert len(written) == 1 and written[0].parent == tmp_path and written[0].name != path.name
+    assert [p.name for p in tmp_path.iterdir()] == ["m.safetensors"]
+    monkeypatch.undo()
+    assert torch.equal(outputs(infinidepth.load_model(path)), outputs(old))
+
+
+def _legacy_torch_file(path, payload: bytes):
+    """A file in torch's legacy (pre-zip) format whose object is the raw pickle ``payload``."""
+    import pickle
+
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+
+    head = b"".join(pickle.dumps(v, protocol=2) for v in (MAGIC_NUMBER, PROTOCOL_VERSION, {"little_endian": True}))
+    path.write_bytes(head + payload + pickle.dumps([], protocol=2))
+
+
+def test_inert_loading_calls_no_torch_function_named_by_the_file(tmp_path):
+    """The inert fallback rebuilds tensors, and names torch functions only to make stand-ins of them:
+    a file that names torch.save, or torch._utils's importer (to reach os.mkdir), runs neither."""
+    model = from_preset("official-tiny", seed=2)
+    saved = tmp_path / "torch_save_ran"
+
+    class CallsTorchSave:
+        def __reduce__(self):
+            return torch.save, ({}, str(saved))
+
+    torch.save({"state_dict": {f"pipeline.{k}": v for k, v in model.state_dict().items()},
+                "hyper_parameters": {"trap": CallsTorchSave()}}, tmp_path / "m.ckpt")
+    assert torch.equal(outputs(infinidepth.load_model(tmp_path / "m.ckpt")), outputs(model))
+    assert not saved.exists()
+    made = tmp_path / "mkdir_ran"
+
+    def text(s):
+        return b"X" + len(s.encode()).to_bytes(4, "little") + s.encode()
+
+    # torch._utils._import_dotted_name("os.mkdir")(made)
+    _legacy_torch_file(tmp_path / "evil.pt", b"\x80\x02ctorch._utils\n_import_dotted_name\n" + text("os.mkdir") + b"\x85R"
+                       + text(str(made)) + b"\x85R.")
+    with pytest.raises(CheckpointError, match="evil.pt: not a readable PyTorch checkpoint"):
+        infinidepth.load_model(tmp_path / "evil.pt")
+    assert not made.exists()

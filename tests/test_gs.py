@@ -1411,3 +1411,26 @@ def test_hole_fraction_counts_only_alpha_below_the_threshold():
     assert hole_fraction(alpha) == pytest.approx(4 / 8)                    # 0.5 itself is covered
     assert hole_fraction(alpha, threshold=0.25) == pytest.approx(1 / 8)
     assert hole_fraction(alpha, threshold=1.0) == pytest.approx(7 / 8)
+
+
+def test_gs_command_with_a_gs_head_that_is_no_head_file_is_one_error_line_naming_it(tmp_path, capsys):
+    import argparse
+
+    from PIL import Image
+
+    from infinidepth.cli import main
+    from infinidepth.models import from_preset
+
+    img = tmp_path / "pic.png"
+    Image.fromarray(np.zeros((32, 48, 3), dtype=np.uint8)).save(img)
+    (tmp_path / "noise.pt").write_bytes(bytes(range(7, 256)) * 4)
+    torch.save({"state_dict": {f"pipeline.{k}": v for k, v in from_preset("official-tiny").state_dict().items()},
+                "hyper_parameters": argparse.Namespace(lr=1e-4)}, tmp_path / "depth.ckpt")   # a released-style file
+    for name, says in (("noise.pt", "not a readable GS head (not a PyTorch file"),
+                       ("depth.ckpt", "not a GS head written by infinidepth train-gs: it lacks depth_model, feature_dim, "
+                                      "head, hidden (it holds hyper_parameters, state_dict)")):
+        assert main(["gs", str(img), "--gs-head", str(tmp_path / name), "--out", str(tmp_path / "never")]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"infinidepth: error: --gs-head: {tmp_path / name}: {says}"), err
+        assert err.count("\n") == 1 and "weights_only" not in err
+    assert not (tmp_path / "never").exists()

@@ -249,21 +249,25 @@ def load_gs_head(path) -> tuple[PointHead, str]:
         with resources.as_file(resources.files("infinidepth") / "assets" / "demo_gs_head.pt") as bundled:
             head, _ = load_gs_head(bundled)
             return head, "demo"
-    from infinidepth.checkpoint import one_line
+    from infinidepth.checkpoint import load_state_dict_strict, torch_load_inert
 
     if not Path(path).is_file():
         raise ValueError(f"no GS head file {str(path)!r} (train one with infinidepth train-gs, or pass demo)")
-    try:  # a head file holds tensors, two ints and a name: nothing that needs pickled code
-        obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path}: not a readable GS head ({one_line(e)})") from None
-    if not isinstance(obj, dict) or not {"head", "feature_dim", "hidden", "depth_model"} <= set(obj) \
-            or not all(type(obj[k]) is int and obj[k] > 0 for k in ("feature_dim", "hidden")) \
+    obj = torch_load_inert(path, "GS head")   # a clear error for a file that is not a PyTorch one; runs no code
+    what = f"{path}: not a GS head written by infinidepth train-gs"
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what} (it holds a {type(obj).__name__}, not a dict)")
+    missing = sorted({"head", "feature_dim", "hidden", "depth_model"} - set(obj))
+    if missing:
+        held = sorted(map(str, obj))
+        raise ValueError(f"{what}: it lacks {', '.join(missing)} (it holds {', '.join(held[:5]) or 'nothing'}"
+                         f"{', ...' if len(held) > 5 else ''})")
+    if not all(type(obj[k]) is int and obj[k] > 0 for k in ("feature_dim", "hidden")) \
             or not isinstance(obj["depth_model"], str):
-        raise ValueError(f"{path}: not a GS head written by infinidepth train-gs")
+        raise ValueError(f"{what} (feature_dim {obj['feature_dim']!r}, hidden {obj['hidden']!r}: positive ints; "
+                         f"depth_model {obj['depth_model']!r}: a name)")
+    if not (isinstance(obj["head"], dict) and all(isinstance(v, torch.Tensor) for v in obj["head"].values())):
+        raise ValueError(f"{what} (its head is not a dict of tensors)")
     head = PointHead(obj["feature_dim"], obj["hidden"])
-    try:
-        head.load_state_dict(obj["head"])
-    except RuntimeError as e:
-        raise ValueError(f"{path}: its weights do not fit a GS head ({one_line(e)})") from None
+    load_state_dict_strict(head, obj["head"], source=f"GS head {path}")
     return head.eval(), obj["depth_model"]
