@@ -5,6 +5,7 @@
 // exceeds t_j = floor((j + 0.5) * T / n) (IEEE float64), jittered by a counter-based hash. Every
 // backend therefore picks the same cells. No torch or CUDA includes: .cu files stay cheap to compile.
 #pragma once
+#include <cstddef>
 #include <cstdint>
 
 #include "host_device.h"
