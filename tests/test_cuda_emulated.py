@@ -137,6 +137,27 @@ def test_emulated_cuda_gather(lib):
         assert rel_err(torch.from_numpy(out), want) < 1e-5, (B, C, H, W, N)
 
 
+def test_emulated_cuda_gather_reads_nothing_outside_the_map(lib):
+    """A tap outside the map has index -1: read as a cell, it would be the cell just before the
+    image in memory, the previous image's last one (0 x inf = NaN). With that cell infinite, image
+    1's queries across its top and left borders stay finite, as the reference's."""
+    from infinidepth.ops.gather import bilinear_gather_reference
+
+    B, C, H, W, N = 2, 5, 4, 5, 40
+    feat = torch.randn(B, C, H, W)
+    feat[0, :, -1, -1] = float("inf")
+    coords = torch.rand(B, N, 2) * 0.6 - 0.3  # image 0: well inside, away from the infinite cell
+    coords[1] = torch.rand(N, 2) * 0.3 - 1.2  # image 1: its first row and column and beyond
+    f = np.ascontiguousarray(feat.permute(0, 2, 3, 1).numpy())
+    q = np.ascontiguousarray(coords.numpy())
+    out = np.full((B, N, C), np.nan, dtype=np.float32)
+    lib.emulated_bilinear_gather(*(a.ctypes.data_as(ctypes.c_void_p) for a in (f, q, out)),
+                                 *(ctypes.c_int64(v) for v in (B, H, W, C, N)))
+    want = bilinear_gather_reference(feat.double(), coords.double())
+    assert torch.isfinite(want).all() and np.isfinite(out).all()
+    assert rel_err(torch.from_numpy(out), want) < 1e-5
+
+
 def wide_concat(rng, narrow):
     """A first layer wider than the kernel keeps whole: streamed into the next, in chunks with a
     partial last one."""

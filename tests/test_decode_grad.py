@@ -111,6 +111,36 @@ def test_derivatives_stay_fp32_whatever_the_precision():
     assert not torch.equal(implicit_decode(maps, coords, decoder32, backend="triton", precision="fp16"), fp32[0])
 
 
+@pytest.mark.skipif("triton" not in KERNEL_BACKENDS, reason="triton is not available")
+def test_triton_tail_runs_every_activation_with_its_derivative():
+    """The Triton decoder's tail (the layers after its streamed pairs) picks each layer's activation
+    at run time, and the fold only ever puts ReLU and ELU there: a hand-made program puts each
+    activation in the tail, value and derivative against autograd through the folded reference."""
+    from infinidepth.kernels.fused_decode import fused_decode_triton
+    from infinidepth.ops.fold import ACTIVATIONS, FoldedDecoder, FoldedLayer, run_folded_reference
+
+    g = torch.Generator().manual_seed(5)
+
+    def dense(cin, cout, act):
+        return FoldedLayer(torch.randn(cout, cin, generator=g, dtype=torch.float64) / cin**0.5,
+                           torch.randn(cout, generator=g, dtype=torch.float64) * 0.3, act=act)
+
+    first = FoldedLayer(None, torch.zeros(6, dtype=torch.float64), [torch.randn(2, 4, 5, 6, generator=g, dtype=torch.float64)], "relu")
+    coords = fuzz_coords(2, 20, 7)
+    for act in ACTIVATIONS:
+        # pair 1 (the gathers, then 5 wide), pair 3 (7 then 5 wide), tail: 6 wide with act, then 1
+        folded = FoldedDecoder([first, dense(6, 5, "none"), dense(5, 7, "gelu"), dense(7, 5, "relu"),
+                                dense(5, 6, act), dense(6, 1, "elu")])
+        c = coords.clone().requires_grad_(True)
+        want_v = run_folded_reference(folded, c)
+        (want_g,) = torch.autograd.grad(want_v.sum(), c)
+        folded32 = FoldedDecoder([FoldedLayer(None if l.weight is None else l.weight.float(), l.bias.float(),
+                                              [m.float() for m in l.maps], l.act) for l in folded.layers])
+        got = fused_decode_triton(folded32, coords.float(), with_grad=True)
+        assert rel_err(got[..., 0], want_v.detach()) < 1e-5, act
+        assert rel_err(got[..., 1:], want_g) < 2e-5, act
+
+
 def test_empty_query_set_with_grad():
     rng = random.Random(3)
     chans, decoder = random_concat(rng)

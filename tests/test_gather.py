@@ -130,3 +130,32 @@ def test_16_bit_maps_read_at_the_float32_queries(dtype, tol):
     for backend in ["torch", *KERNEL_BACKENDS]:
         got = bilinear_gather(feat, coords, backend=backend)
         assert got.dtype == dtype and rel_err(got, want) < tol, backend
+
+
+def test_coordinate_limit_is_inclusive_and_named():
+    """check_coords with a limit (the models pass 2): coordinates up to the limit itself pass;
+    beyond it, NaN or infinite values get a ValueError naming the problem."""
+    from infinidepth.ops.gather import check_coords
+
+    edge = torch.tensor([[[2.0, -2.0], [0.0, 1.5]]])
+    check_coords(edge, 1, limit=2.0)
+    for bad, match in ((2.001, "more than 2"), (-40.0, "magnitude 40"), (float("nan"), "NaN"), (float("inf"), "infinite")):
+        coords = edge.clone()
+        coords[0, 1, 1] = bad
+        with pytest.raises(ValueError, match=match):
+            check_coords(coords, 1, limit=2.0)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_taps_outside_the_map_read_nothing_of_the_image_before(backend):
+    """A tap outside the map has index -1: read as a cell, it would be the cell just before the
+    image in memory, the previous image's last one. With that cell infinite, image 1's queries
+    across its top and left borders stay finite, as the reference's (zero padding)."""
+    feat = torch.randn(2, 3, 4, 5)
+    feat[0, :, -1, -1] = float("inf")
+    coords = torch.rand(2, 64, 2) * 0.6 - 0.3  # image 0: well inside, away from the infinite cell
+    coords[1] = torch.rand(64, 2) * 0.3 - 1.2  # image 1: its first row and column and beyond
+    want = bilinear_gather_reference(feat, coords)
+    assert torch.isfinite(want).all() and want[1].abs().sum() > 0
+    got = bilinear_gather(feat, coords, backend=backend)
+    assert torch.isfinite(got).all() and rel_err(got, want) < 1e-5

@@ -148,8 +148,13 @@ def test_chunking_does_not_change_the_result():
     maps = random_maps(rng, chans, batch=2)
     coords = torch.rand(2, 101, 2, dtype=torch.float64) * 2 - 1
     whole = implicit_decode(maps, coords, decoder, backend="torch")
-    chunked = implicit_decode(maps, coords, decoder, backend="torch", chunk=7)
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)  # BLAS may sum in another order
+    value, grad = implicit_decode(maps, coords, decoder, backend="torch", with_grad=True)
+    for chunk in (1, 7):  # one query per piece (of every image), and a last piece of 3
+        chunked = implicit_decode(maps, coords, decoder, backend="torch", chunk=chunk)
+        torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-12)  # BLAS may sum in another order
+        chunked_value, chunked_grad = implicit_decode(maps, coords, decoder, backend="torch", chunk=chunk, with_grad=True)
+        torch.testing.assert_close(chunked_value, value, rtol=0, atol=1e-12)
+        torch.testing.assert_close(chunked_grad, grad, rtol=0, atol=1e-12)
 
 
 def test_mismatched_channels_are_reported():
@@ -412,6 +417,31 @@ def test_cpp_bf16_keeps_nans_of_any_payload():
 
 
 
+@pytest.mark.skipif(not cpu_supports_bf16(), reason="this CPU has no AVX512_BF16")
+def test_cpp_bf16_rounds_ties_to_even():
+    """The CPU kernel rounds to bf16 as torch does: to nearest, ties to even. Random weights almost
+    never lie halfway between two bf16 values, so these do: +-2**e * (1 + 2**-8), halfway between
+    2**e and 2**e * (1 + 2**-7), which rounds down to even (ties away from zero would move every
+    weight by 0.8%)."""
+    from infinidepth.ops.fold import fold_decoder, run_folded_reference, run_fused
+
+    rng = random.Random(6)
+    chans, decoder = random_concat(rng)
+    decoder = cast(decoder, torch.float32)
+    w, b = decoder.layers[1]
+    g = torch.Generator().manual_seed(6)
+    signs = torch.randint(0, 2, w.shape, generator=g) * 2.0 - 1.0
+    ties = signs * 2.0 ** torch.randint(-4, 1, w.shape, generator=g).float() * (1 + 2**-8)
+    assert not torch.equal(ties.bfloat16().float(), ties)  # not bf16 values themselves
+    decoder.layers[1] = (ties, b)
+    maps = [torch.randn(1, c, 5, 6) for c in chans]
+    coords = torch.rand(1, 200, 2) * 2 - 1
+    folded = fold_decoder(maps, decoder)
+    got = run_fused(folded, coords, "cpp", "bf16").double()
+    want = run_folded_reference(folded, coords, "bf16").double()
+    assert ((got - want).norm() / want.norm()).item() < 1e-4
+
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_fused_backends_take_non_contiguous_inputs_and_reject_nan(backend):
     rng = random.Random(13)
@@ -515,6 +545,10 @@ def test_malformed_maps_and_decoders_are_refused_before_any_kernel(backend):
     wide.head[-1] = (torch.cat([w, w]), torch.cat([b, b]))
     with pytest.raises(ValueError, match="last layer must have 1 output"):
         implicit_decode(maps, coords, wide, backend=backend)
+    one_gate = cast(decoder, torch.float32)  # one gate for map 2's 5 channels: it would broadcast, silently
+    one_gate.gates[1] = one_gate.gates[1][:1]
+    with pytest.raises(ValueError, match="stage 1: lateral and gate must have map 2's 5 channels"):
+        implicit_decode(maps, coords, one_gate, backend=backend)
     from infinidepth.ops import bilinear_gather
 
     with pytest.raises(ValueError, match="no cells"):
@@ -530,6 +564,27 @@ def test_malformed_maps_and_decoders_are_refused_before_any_kernel(backend):
     assert torch.isnan(want).any() and torch.isinf(want).any()
     with pytest.raises(TypeError, match="float tensor"):
         bilinear_gather(torch.arange(8).reshape(2, 1, 2, 2), torch.zeros(2, 1, 2), backend=backend)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_taps_outside_the_maps_read_nothing_of_the_image_before(backend):
+    """A tap outside a map has index -1: read as a cell, it would be the cell just before the image
+    in memory, the previous image's last one. With those cells infinite in image 0, image 1's
+    queries across its top and left borders stay finite, as the reference's (zero padding). The
+    hierarchical decoder gathers in its first layer and in a later one."""
+    chans, decoder = random_hierarchical(random.Random(47))
+    decoder = cast(decoder, torch.float32)
+    maps = [torch.randn(2, c, 4, 5) for c in chans]
+    for m in maps:
+        m[0, :, -1, -1] = float("inf")
+    coords = torch.rand(2, 40, 2) * 0.6 - 0.3  # image 0: well inside, away from its last cells
+    coords[1] = torch.rand(40, 2) * 0.3 - 1.2  # image 1: its first row and column and beyond
+    want = implicit_decode(maps, coords, decoder, backend="torch")
+    assert torch.isfinite(want).all()
+    for with_grad in (False, True):
+        got = implicit_decode(maps, coords, decoder, backend=backend, with_grad=with_grad)
+        got = got[0] if with_grad else got
+        assert torch.isfinite(got).all() and rel_err(got, want) < 1e-4, with_grad
 
 
 @pytest.mark.parametrize("backend", ["torch"] + KERNEL_BACKENDS)
@@ -587,6 +642,14 @@ def test_fused_backends_give_the_reference_gradients(backend):
     got = torch.autograd.grad(out.sum(), inputs)
     for g, w in zip(got, want):
         assert rel_err(g, w) < 1e-5
+    # the coordinates alone requiring grad (a loss on where the field is read) record the call too
+    plain_maps = [m.detach() for m in maps]
+    plain = ConcatDecoder([(w.detach(), b.detach()) for w, b in decoder.layers])
+    c = coords.detach().requires_grad_()
+    want_c = torch.autograd.grad(implicit_decode(plain_maps, c, plain, backend="torch").sum(), c)[0]
+    out = implicit_decode(plain_maps, c, plain, backend=backend)
+    assert out.requires_grad
+    assert rel_err(torch.autograd.grad(out.sum(), c)[0], want_c) < 1e-5
     with torch.no_grad():  # without autograd the kernel runs (and folds into the cache)
         cache = {}
         implicit_decode(maps, coords, decoder, backend=backend, cache=cache)
@@ -596,8 +659,8 @@ def test_fused_backends_give_the_reference_gradients(backend):
 @pytest.mark.parametrize("family", [random_concat, random_hierarchical])
 def test_fold_cache_follows_the_maps(family):
     """The fold kept in ``cache`` was keyed on the decoder only: maps changed in place, other maps
-    under the same dict, or a weight whose ``.data`` was swapped got the stale fold (errors of the
-    order of the output's spread)."""
+    under the same dict (also views of the same memory), or a weight whose ``.data`` was swapped got
+    the stale fold (errors of the order of the output's spread)."""
     rng = random.Random(37)
     chans, decoder = family(rng)
     decoder = cast(decoder, torch.float32)
@@ -612,10 +675,11 @@ def test_fold_cache_follows_the_maps(family):
     check(maps)
     maps[0].mul_(2.0)
     check(maps)
-    check([m.flip(-1).contiguous() for m in maps])
     last = decoder.layers[-1] if family is random_concat else decoder.head[-1]
     last[0].data = last[0].data * -3.0
-    check(maps)
+    check(maps)  # the same maps: only the weight's new storage tells
+    check([m.transpose(-2, -1) for m in maps])  # views of the same storage and version: only identity tells
+    check([m.flip(-1).contiguous() for m in maps])
     assert len(cache) == 1
 
 
@@ -634,3 +698,22 @@ def test_decoders_beyond_the_cpu_kernel_are_computed_by_auto_and_named_by_cpp():
         assert rel_err(implicit_decode(maps, coords, decoder), want) < 1e-5
         with pytest.raises(ValueError, match="backend .cpp.: this decoder folds into .* where the kernel takes 8 layers and 8 maps"):
             implicit_decode(maps, coords, decoder, backend="cpp")
+    # a decoder of exactly the kernel's limits (8 maps into the first of 8 layers) runs on cpp
+    edge = cast(ConcatDecoder([lin(8, 5)] + [lin(5, 5) for _ in range(6)] + [lin(5, 1)]), torch.float32)
+    maps = [m.float() for m in random_maps(rng, [1] * 8, batch=2)]
+    coords = torch.rand(2, 30, 2) * 2 - 1
+    want = implicit_decode([m.double() for m in maps], coords.double(), edge, backend="torch")
+    assert rel_err(implicit_decode(maps, coords, edge, backend="cpp"), want) < 1e-5
+
+
+@pytest.mark.skipif("cpp" not in KERNEL_BACKENDS, reason="extension not built")
+def test_single_layer_decoder_ends_in_elu_on_cpp():
+    """A concat decoder of one layer folds into one layer that is both the gathers' and the output's:
+    ELU, as the reference (never ReLU, the hidden layers' activation: negative answers would be 0)."""
+    rng = random.Random(43)
+    decoder = cast(ConcatDecoder([lin(5, 1)]), torch.float32)
+    maps = [m.float() for m in random_maps(rng, [2, 3], batch=2)]
+    coords = torch.rand(2, 60, 2) * 2.4 - 1.2
+    want = implicit_decode([m.double() for m in maps], coords.double(), decoder, backend="torch")
+    assert (want < 0).any()
+    assert rel_err(implicit_decode(maps, coords, decoder, backend="cpp"), want) < 1e-5

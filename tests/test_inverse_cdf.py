@@ -6,7 +6,11 @@ inside the cell, determinism by seed. Every kernel backend must then pick *exact
 cells (integer arithmetic by construction) and coordinates within 1e-6 (float32).
 """
 
+import ctypes
 import random
+import shutil
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,6 +153,17 @@ def test_kernels_pick_exactly_the_reference_cells(backend):
             torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_kernels_scan_grids_of_several_chunks(backend):
+    """Grids of more than 2**16 cells, every cell weighted: the CPU kernel scans them in chunks of
+    2**16 cells (Triton in blocks of 1024) whose sums offset the next ones; the large-grid tests
+    above weight two cells only, so an offset that missed a chunk's first cell went unseen."""
+    w = torch.rand(2, 300, 230, generator=torch.Generator().manual_seed(4)) + 0.01
+    want = inverse_cdf_sample(w, 3000, seed=2, backend="torch")
+    got = inverse_cdf_sample(w, 3000, seed=2, backend=backend)
+    assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0])
+
+
 @pytest.mark.skipif("cpp" not in KERNEL_BACKENDS, reason="extension not built")
 def test_ten_million_samples_on_the_cpu():
     """The issue's largest budget: 10 M samples of a 96 x 128 grid, identical to the reference."""
@@ -177,6 +192,9 @@ def test_bad_input_is_reported(backend):
         inverse_cdf_sample(w, 10.0, backend=backend)
     with pytest.raises(ValueError, match="seed"):
         inverse_cdf_sample(w, 10, seed=-1, backend=backend)
+    with pytest.raises(ValueError, match="seed"):  # 2**32 would wrap to seed 0 in the hash
+        inverse_cdf_sample(w, 10, seed=2**32, backend=backend)
+    inverse_cdf_sample(w, 10, seed=2**32 - 1, backend=backend)  # the largest seed is one
     bad = w.clone()
     bad[0, 1, 1] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
@@ -237,3 +255,56 @@ def test_jittered_samples_stay_above_their_cells_lower_edge(backend):
     rounded to just below it, into the previous cell (22 of 400 000), which may be a hole; and an
     upper edge computed in float32 could lie above the exact one."""
     assert_every_sample_in_its_cell(torch.ones(1, 3000, 3), 400_000, 1, backend)
+
+
+def test_sample_count_limit_is_inclusive():
+    """2**30 samples per image is the limit itself, allowed; one more is refused (checked without
+    sampling: 2**30 samples would take 8 GiB)."""
+    from infinidepth.ops.inverse_cdf import MAX_SAMPLES, check_sample_count
+
+    assert MAX_SAMPLES == 2**30 and check_sample_count(2**30) == 2**30
+    with pytest.raises(ValueError, match="limit"):
+        check_sample_count(2**30 + 1)
+
+
+# What one thread of csrc/inverse_cdf_cuda.cu's place_samples computes, for every sample of image 0.
+SEARCH_SHIM = r"""
+#include <cstddef>  // inverse_cdf.h uses size_t without including it
+#include "inverse_cdf.h"
+extern "C" void place_by_search(const int64_t* cdf, int64_t M, int64_t H, int64_t W, int64_t n, uint32_t seed,
+                                int jitter, float* coords, int64_t* cells) {
+  const uint32_t stream = infinidepth::jitter_stream(seed, 0);
+  for (int64_t j = 0; j < n; ++j)
+    infinidepth::write_sample(infinidepth::upper_bound_index(cdf, M, infinidepth::sample_target(j, cdf[M - 1], n)), j,
+                              0, n, H, W, stream, jitter != 0, coords, cells);
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="no C++ compiler")
+def test_the_cuda_samplers_search_picks_the_reference_cells(tmp_path):
+    """The CUDA sampler places every sample by one binary search (upper_bound_index), where the CPU
+    kernel searches once per block of samples and then walks forward, which would hide a search
+    that stops one cell early. CI has no GPU: the shared header's functions, compiled for the host,
+    against the reference, on CDF boundaries (equal cells) and runs of empty cells."""
+    src = tmp_path / "search.cpp"
+    src.write_text(SEARCH_SHIM)
+    csrc = Path(__file__).resolve().parents[1] / "csrc"
+    subprocess.run(["g++", "-O2", "-std=c++17", "-shared", "-fPIC", f"-I{csrc}", str(src), "-o", str(tmp_path / "s.so")],
+                   check=True)
+    lib = ctypes.CDLL(str(tmp_path / "s.so"))
+    holes = torch.rand(1, 6, 7, generator=torch.Generator().manual_seed(3))
+    holes[holes < 0.5] = 0
+    for w, n in ((torch.ones(1, 4, 4), 8), (torch.ones(1, 4, 4), 48), (holes, 5), (holes, 300)):
+        H, W = w.shape[1:]
+        q = quantize_weights(w.reshape(1, -1))
+        cdf = np.ascontiguousarray(q.cumsum(1)[0].numpy())
+        for jitter in (False, True):
+            coords = np.zeros((n, 2), dtype=np.float32)
+            cells = np.zeros(n, dtype=np.int64)
+            lib.place_by_search(cdf.ctypes.data_as(ctypes.c_void_p), *(ctypes.c_int64(v) for v in (H * W, H, W, n)),
+                                ctypes.c_uint32(9), ctypes.c_int(int(jitter)), coords.ctypes.data_as(ctypes.c_void_p),
+                                cells.ctypes.data_as(ctypes.c_void_p))
+            want_coords, want_cells = inverse_cdf_reference(q, H, W, n, 9, jitter)
+            assert torch.equal(torch.from_numpy(cells), want_cells[0]), (n, jitter)
+            torch.testing.assert_close(torch.from_numpy(coords), want_coords[0], rtol=0, atol=1e-6)
