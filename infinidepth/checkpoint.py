@@ -114,7 +114,7 @@ def torch_load_weights_only(path, what: str = "PyTorch checkpoint") -> object:
         problem = "an empty file" if not start else \
             f"not a PyTorch file: those are zip archives or pickles, and it starts with {start!r}"
     elif "Weights only load failed" in text:
-        found = re.search(r"GLOBAL (\S+) was not an allowed global", text)
+        found = re.search(r"GLOBAL (\S+) (?:was not an allowed global|whose module \S+ is blocked)", text)
         detail = re.search(r"WeightsUnpickler error:\s*(.+)", text)
         why = f"it pickles {found.group(1)}, which is not rebuilt (that could run code)" if found else \
             f"torch's weights-only loader refuses it ({detail.group(1).strip() if detail else 'unknown pickle content'})"
@@ -146,14 +146,15 @@ def torch_load_inert(path, what: str = "PyTorch checkpoint") -> object:
 def load_training_state(path) -> object:
     """A training checkpoint as :func:`infinidepth.train.trainer.save_checkpoint` writes it (tensors,
     numbers, strings, containers, and NumPy's RNG state, an array), read with torch's weights-only
-    loader: a file that names any other code to run is refused, not run."""
+    loader: a file that names any other code to run is refused, not run (a CheckpointError naming the
+    file and why, as :func:`torch_load_weights_only` words it)."""
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # NumPy 1.x
         from numpy.core.multiarray import _reconstruct
     allowed = [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     with torch.serialization.safe_globals(allowed):
-        return torch.load(str(path), map_location="cpu", weights_only=True)
+        return torch_load_weights_only(path, "training checkpoint")
 
 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from infinidepth.checkpoint import load_training_state, one_line
+from infinidepth.checkpoint import CheckpointError, load_training_state, one_line
 from infinidepth.ops import PRECISIONS
 
 from .config import TrainConfig
@@ -205,9 +205,8 @@ def read_resume_checkpoint(path: Path, cfg: TrainConfig) -> dict:
         raise ValueError(f"--resume: no checkpoint at {path} (nothing to continue: run without --resume to start)")
     try:
         state = load_training_state(path)   # runs no code named by the file
-    except Exception as e:  # truncated or overwritten files fail in many ways (zip reader, unpickler, EOF)
-        raise ValueError(f"--resume: {path} is damaged and cannot be read ({one_line(e)}); "
-                         "restore a copy, or delete it to start the run over") from e
+    except CheckpointError as e:  # truncated, overwritten or foreign: the error says which
+        raise ValueError(f"--resume: {e}; restore a copy, or delete it to start the run over") from e
     missing = [k for k in RESUME_KEYS if k not in state] if isinstance(state, dict) else list(RESUME_KEYS)
     if missing:
         raise ValueError(f"--resume: {path} is not a checkpoint of infinidepth train (it lacks {', '.join(missing)})")
