@@ -21,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from common import device_name, write_report  # noqa: E402
 
-from infinidepth.gs import render, splats_from_points  # noqa: E402
+from infinidepth.gs import hole_fraction, render, splats_from_points  # noqa: E402
 from infinidepth.sampling import backproject, surface_area_sample  # noqa: E402
 
 H, W, DEPTH, UP = 96, 128, 2.7, 4
@@ -39,8 +39,8 @@ def coverage(per_pixel: float, seed: int) -> dict:
     K_up[:2] *= UP
     alpha = render(splats_from_points(points, torch.full_like(points, 0.5)), torch.eye(4), K_up, (H * UP, W * UP))["alpha"]
     inner = alpha[2 * UP:-2 * UP, 2 * UP:-2 * UP]
-    return {"samples_per_pixel": per_pixel, "points": n, "alpha_below_0.9": float((inner < 0.9).float().mean()),
-            "alpha_below_0.5": float((inner < 0.5).float().mean())}
+    return {"samples_per_pixel": per_pixel, "points": n, "alpha_below_0.9": hole_fraction(inner, threshold=0.9),
+            "alpha_below_0.5": hole_fraction(inner)}
 
 
 def main() -> None:
