@@ -257,6 +257,35 @@ def test_jittered_samples_stay_above_their_cells_lower_edge(backend):
     assert_every_sample_in_its_cell(torch.ones(1, 3000, 3), 400_000, 1, backend)
 
 
+@pytest.mark.parametrize("cells", [3, 3000, 2**20 + 7])
+def test_keep_inside_cell_moves_exactly_the_coordinates_outside_their_cell(cells):
+    """Coordinates on, and one or two float32 steps either side of, each edge of their cell (where
+    only an exact float64 test can tell), and well inside it: those inside are kept bit for bit, the
+    others moved to the nearest float32 inside; against a float64 oracle written out here."""
+    from infinidepth.ops.inverse_cdf import keep_inside_cell
+
+    g = torch.Generator().manual_seed(cells)
+    index = torch.randint(0, cells, (400,), generator=g)
+    lo64, hi64 = index.double() / cells * 2 - 1, (index + 1).double() / cells * 2 - 1
+    near = []
+    for edge in (lo64, hi64):
+        f = edge.float()
+        near += [f, torch.nextafter(f, torch.full_like(f, 2.0)), torch.nextafter(f, torch.full_like(f, -2.0))]
+        near += [torch.nextafter(near[-2], torch.full_like(f, 2.0)), torch.nextafter(near[-1], torch.full_like(f, -2.0))]
+    inside = (lo64 + (hi64 - lo64) * torch.rand(400, generator=g, dtype=torch.float64) * 0.99 + 0.005).float()
+    coord, index = torch.cat(near + [inside]), index.repeat(len(near) + 1)
+    got = keep_inside_cell(coord, index, cells)
+    lo64, hi64, c = lo64.repeat(len(near) + 1).numpy(), hi64.repeat(len(near) + 1).numpy(), coord.numpy()
+    first = np.where(lo64.astype(np.float32) < lo64, np.nextafter(lo64.astype(np.float32), np.float32(2)),
+                     lo64.astype(np.float32))
+    last = np.where(hi64.astype(np.float32) >= hi64, np.nextafter(hi64.astype(np.float32), np.float32(-2)),
+                    hi64.astype(np.float32))
+    want = np.where(c.astype(np.float64) < lo64, first, np.where(c.astype(np.float64) >= hi64, last, c))
+    assert np.array_equal(got.numpy(), want)
+    assert ((got.double().numpy() >= lo64) & (got.double().numpy() < hi64)).all()
+    assert 0 < (got != coord).sum() < len(near) * 400   # the test has coordinates of both kinds
+
+
 def test_sample_count_limit_is_inclusive():
     """2**30 samples per image is the limit itself, allowed; one more is refused (checked without
     sampling: 2**30 samples would take 8 GiB)."""

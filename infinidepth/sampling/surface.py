@@ -33,7 +33,7 @@ import math
 import torch
 
 from infinidepth.ops import grid_coords
-from infinidepth.ops.inverse_cdf import check_sample_count, inverse_cdf_sample
+from infinidepth.ops.inverse_cdf import check_sample_count, quantize_weights, resolve_seed, sample_quantized
 
 from .camera import check_intrinsics, rays
 from .normals import _as_map
@@ -109,9 +109,10 @@ def surface_area_sample(
     r = subdivision(check_sample_count(n), H0 * W0)   # several samples per pixel: r x r sub-pixels each
     H, W = H0 * r, W0 * r
     order, source = hilbert_layout(H0, W0, r, weights.device)
-    # the (sub-)pixels' weights in Hilbert order: position p holds sub-pixel order[p], of pixel source[p]
-    coords, _ = inverse_cdf_sample(weights.reshape(B, H0 * W0)[:, source].reshape(B, H, W), n, seed=seed,
-                                   jitter=jitter, backend=backend, order=order)
+    # the sub-pixels' weights in Hilbert order: position p holds sub-pixel order[p], of pixel source[p];
+    # each pixel's quantised once (the weights are finite and non-negative by construction)
+    quantized = quantize_weights(weights.reshape(B, H0 * W0), cells=H * W)[:, source]
+    coords, _ = sample_quantized(quantized, H, W, n, resolve_seed(seed), jitter, backend, order)
     return coords
 
 
