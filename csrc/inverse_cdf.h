@@ -7,6 +7,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <math.h>  // nextafterf, on the host and the device
 
 #include "host_device.h"
 
@@ -52,15 +53,32 @@ INFINIDEPTH_HOST_DEVICE int64_t upper_bound_index(const int64_t* cdf, int64_t M,
   return lo;
 }
 
-// Normalised coordinate of position `cell_index + u` (u in [0, 1)) along an axis of `size` cells.
-INFINIDEPTH_HOST_DEVICE float cell_coordinate(int64_t cell_index, float u, int64_t size) {
-  return (static_cast<float>(cell_index) + u) / static_cast<float>(size) * 2.f - 1.f;
+// Normalised coordinate of `index + u` (u in [0, 1)) along an axis of `size` cells, kept inside the
+// cell: at or above its lower edge and strictly below its upper one, both edges in float64. In
+// float32, index + u rounds up to index + 1 for u near 1 once index is in the thousands, and an edge
+// is rarely a float32, so a coordinate just above it can round to just below it; such coordinates
+// go to the nearest float32 inside the cell.
+INFINIDEPTH_HOST_DEVICE float cell_coordinate(int64_t index, float u, int64_t size) {
+  const float c = (static_cast<float>(index) + u) / static_cast<float>(size) * 2.f - 1.f;
+  const double lo = static_cast<double>(index) / static_cast<double>(size) * 2.0 - 1.0;
+  const double hi = static_cast<double>(index + 1) / static_cast<double>(size) * 2.0 - 1.0;
+  if (static_cast<double>(c) < lo) {
+    const float f = static_cast<float>(lo);
+    return static_cast<double>(f) < lo ? nextafterf(f, 2.f) : f;
+  }
+  if (static_cast<double>(c) >= hi) {
+    const float f = static_cast<float>(hi);
+    return static_cast<double>(f) >= hi ? nextafterf(f, -2.f) : f;
+  }
+  return c;
 }
 
-// Writes sample j of image b (of n per image) placed in `cell` of an H x W grid: its cell index and
-// its normalised (y, x), jittered inside the cell or at its centre.
-INFINIDEPTH_HOST_DEVICE void write_sample(int64_t cell, int64_t j, int64_t b, int64_t n, int64_t H, int64_t W,
-                                          uint32_t stream, bool jitter, float* coords, int64_t* cells) {
+// Writes sample j of image b (of n per image) placed at position `pos` of the CDF: its cell (`pos`, or
+// `order[pos]` when the cells entered the CDF in that order) of an H x W grid, and its normalised
+// (y, x), jittered inside the cell or at its centre.
+INFINIDEPTH_HOST_DEVICE void write_sample(int64_t pos, const int64_t* order, int64_t j, int64_t b, int64_t n, int64_t H,
+                                          int64_t W, uint32_t stream, bool jitter, float* coords, int64_t* cells) {
+  const int64_t cell = order ? order[pos] : pos;
   const float uy = jitter ? jitter_uniform(stream, j, 0) : 0.5f;
   const float ux = jitter ? jitter_uniform(stream, j, 1) : 0.5f;
   const int64_t o = b * n + j;
@@ -69,15 +87,16 @@ INFINIDEPTH_HOST_DEVICE void write_sample(int64_t cell, int64_t j, int64_t b, in
   coords[2 * o + 1] = cell_coordinate(cell % W, ux, W);
 }
 
-// CPU: weights [B, M] int64 -> coords [B, n, 2] (y, x), cells [B, n].
-void inverse_cdf_sample_cpu(const int64_t* weights, int64_t B, int64_t H, int64_t W, int64_t n, uint32_t seed,
-                            bool jitter, float* coords, int64_t* cells);
+// CPU: weights [B, M] int64 (laid out in `order`, [M], or row by row when it is null) -> coords
+// [B, n, 2] (y, x), cells [B, n].
+void inverse_cdf_sample_cpu(const int64_t* weights, const int64_t* order, int64_t B, int64_t H, int64_t W, int64_t n,
+                            uint32_t seed, bool jitter, float* coords, int64_t* cells);
 
 // CUDA: scratch bytes the scan needs for M cells, then the sampler (stream is a cudaStream_t as void*).
 // cdf is [M] int64 scratch, reused per image.
 size_t inverse_cdf_scan_bytes(int64_t M);
-void inverse_cdf_sample_cuda(const int64_t* weights, int64_t B, int64_t H, int64_t W, int64_t n, uint32_t seed,
-                             bool jitter, int64_t* cdf, void* scratch, size_t scratch_bytes, float* coords,
-                             int64_t* cells, void* stream);
+void inverse_cdf_sample_cuda(const int64_t* weights, const int64_t* order, int64_t B, int64_t H, int64_t W, int64_t n,
+                             uint32_t seed, bool jitter, int64_t* cdf, void* scratch, size_t scratch_bytes,
+                             float* coords, int64_t* cells, void* stream);
 
 }  // namespace infinidepth

@@ -37,8 +37,8 @@ void parallel_inclusive_scan(const int64_t* w, int64_t M, int64_t* cdf) {
 
 }  // namespace
 
-void inverse_cdf_sample_cpu(const int64_t* weights, int64_t B, int64_t H, int64_t W, int64_t n, uint32_t seed,
-                            bool jitter, float* coords, int64_t* cells) {
+void inverse_cdf_sample_cpu(const int64_t* weights, const int64_t* order, int64_t B, int64_t H, int64_t W, int64_t n,
+                            uint32_t seed, bool jitter, float* coords, int64_t* cells) {
   const int64_t M = H * W;
   std::vector<int64_t> cdf(M);
   for (int64_t b = 0; b < B; ++b) {
@@ -46,11 +46,11 @@ void inverse_cdf_sample_cpu(const int64_t* weights, int64_t B, int64_t H, int64_
     const int64_t total = cdf[M - 1];
     const uint32_t stream = jitter_stream(seed, static_cast<uint32_t>(b));
     at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
-      int64_t cell = upper_bound_index(cdf.data(), M, sample_target(begin, total, n));
+      int64_t pos = upper_bound_index(cdf.data(), M, sample_target(begin, total, n));
       for (int64_t j = begin; j < end; ++j) {
         const int64_t target = sample_target(j, total, n);
-        while (cdf[cell] <= target) ++cell;  // first cell whose prefix sum exceeds the target
-        write_sample(cell, j, b, n, H, W, stream, jitter, coords, cells);
+        while (cdf[pos] <= target) ++pos;  // first position whose prefix sum exceeds the target
+        write_sample(pos, order, j, b, n, H, W, stream, jitter, coords, cells);
       }
     });
   }

@@ -12,13 +12,14 @@ namespace {
 
 constexpr int kThreads = 256;
 
-__global__ void place_samples(const int64_t* __restrict__ cdf, int64_t M, int64_t H, int64_t W, int64_t n,
-                              int64_t image, uint32_t stream, bool jitter, float* __restrict__ coords,
+__global__ void place_samples(const int64_t* __restrict__ cdf, const int64_t* __restrict__ order, int64_t M,
+                              int64_t H, int64_t W, int64_t n, int64_t image, uint32_t stream, bool jitter, float* __restrict__ coords,
                               int64_t* __restrict__ cells) {
   const int64_t j = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (j >= n) return;
   const int64_t total = cdf[M - 1];
-  write_sample(upper_bound_index(cdf, M, sample_target(j, total, n)), j, image, n, H, W, stream, jitter, coords, cells);
+  write_sample(upper_bound_index(cdf, M, sample_target(j, total, n)), order, j, image, n, H, W, stream, jitter, coords,
+               cells);
 }
 
 }  // namespace
@@ -29,17 +30,17 @@ size_t inverse_cdf_scan_bytes(int64_t M) {
   return bytes;
 }
 
-void inverse_cdf_sample_cuda(const int64_t* weights, int64_t B, int64_t H, int64_t W, int64_t n, uint32_t seed,
-                             bool jitter, int64_t* cdf, void* scratch, size_t scratch_bytes, float* coords,
-                             int64_t* cells, void* stream) {
+void inverse_cdf_sample_cuda(const int64_t* weights, const int64_t* order, int64_t B, int64_t H, int64_t W, int64_t n,
+                             uint32_t seed, bool jitter, int64_t* cdf, void* scratch, size_t scratch_bytes,
+                             float* coords, int64_t* cells, void* stream) {
   const int64_t M = H * W;
   auto s = static_cast<cudaStream_t>(stream);
   const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
   for (int64_t b = 0; b < B; ++b) {
     size_t bytes = scratch_bytes;
     cub::DeviceScan::InclusiveSum(scratch, bytes, weights + b * M, cdf, M, s);
-    place_samples<<<blocks, kThreads, 0, s>>>(cdf, M, H, W, n, b, jitter_stream(seed, static_cast<uint32_t>(b)), jitter,
-                                              coords, cells);
+    place_samples<<<blocks, kThreads, 0, s>>>(cdf, order, M, H, W, n, b, jitter_stream(seed, static_cast<uint32_t>(b)),
+                                              jitter, coords, cells);
   }
 }
 

@@ -29,14 +29,25 @@ void check_gather_args(const at::Tensor& feat, const at::Tensor& coords) {
   TORCH_CHECK(feat.device() == coords.device(), "bilinear_gather: feat and coords on different devices");
 }
 
-// Python quantises and validates the weights (infinidepth/ops/inverse_cdf.py); this guards direct callers.
-void check_inverse_cdf_args(const at::Tensor& weights, int64_t height, int64_t width, int64_t n, int64_t seed) {
+// Python quantises and validates the weights (infinidepth/ops/inverse_cdf.py); this guards direct callers,
+// and returns the layout's data (nullptr: row by row) once its cells are known to be in range.
+const int64_t* check_inverse_cdf_args(const at::Tensor& weights, const std::optional<at::Tensor>& order, int64_t height,
+                                      int64_t width, int64_t n, int64_t seed) {
   TORCH_CHECK(weights.dim() == 2 && weights.scalar_type() == at::kLong,
               "inverse_cdf_sample: weights must be int64 [B, H * W], got ", weights.sizes(), " ", weights.scalar_type());
   TORCH_CHECK(height > 0 && width > 0 && weights.size(1) == height * width, "inverse_cdf_sample: weights have ",
               weights.size(1), " cells, not ", height, " x ", width);
   TORCH_CHECK(n >= 0 && n <= (int64_t{1} << 30), "inverse_cdf_sample: n must be in [0, 2**30], got ", n);
   TORCH_CHECK(seed >= 0 && seed <= 0xFFFFFFFFLL, "inverse_cdf_sample: seed must be in [0, 2**32), got ", seed);
+  if (!order) return nullptr;
+  TORCH_CHECK(order->dim() == 1 && order->size(0) == weights.size(1) && order->scalar_type() == at::kLong &&
+                  order->is_contiguous() && order->device() == weights.device(),
+              "inverse_cdf_sample: order must be a contiguous int64 [", weights.size(1), "] on the weights' device, got ",
+              order->sizes(), " ", order->scalar_type());
+  const auto [lo, hi] = at::aminmax(*order);
+  TORCH_CHECK(lo.item<int64_t>() >= 0 && hi.item<int64_t>() < weights.size(1),
+              "inverse_cdf_sample: order holds cells outside [0, ", weights.size(1), ")");
+  return order->data_ptr<int64_t>();
 }
 
 // Checks the program's tensors and fills the plain description the kernels read. Tensors that
@@ -145,13 +156,14 @@ at::Tensor fused_decode_with_grad_cpu_impl(const at::Tensor& coords, at::TensorL
 }
 
 std::tuple<at::Tensor, at::Tensor> inverse_cdf_sample_cpu_impl(const at::Tensor& weights, int64_t height, int64_t width,
-                                                               int64_t n, int64_t seed, bool jitter) {
-  check_inverse_cdf_args(weights, height, width, n, seed);
+                                                               int64_t n, int64_t seed, bool jitter,
+                                                               const std::optional<at::Tensor>& order) {
+  const int64_t* layout = check_inverse_cdf_args(weights, order, height, width, n, seed);
   const at::Tensor w = weights.contiguous();
   const int64_t B = w.size(0);
   at::Tensor coords = at::empty({B, n, 2}, w.options().dtype(at::kFloat));
   at::Tensor cells = at::empty({B, n}, w.options());
-  inverse_cdf_sample_cpu(w.data_ptr<int64_t>(), B, height, width, n, static_cast<uint32_t>(seed), jitter,
+  inverse_cdf_sample_cpu(w.data_ptr<int64_t>(), layout, B, height, width, n, static_cast<uint32_t>(seed), jitter,
                          coords.data_ptr<float>(), cells.data_ptr<int64_t>());
   return {coords, cells};
 }
@@ -228,8 +240,9 @@ TORCH_LIBRARY(infinidepth, m) {
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
   m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
   // The same program carrying the forward-mode tangents: [B, N, 3] = (value, d/dy, d/dx) per query.
-  // Stratified inverse-CDF samples of integer cell weights: (coords [B, n, 2] float32, cells [B, n] int64).
-  m.def("inverse_cdf_sample(Tensor weights, int height, int width, int n, int seed, bool jitter) -> (Tensor, Tensor)");
+  // Stratified inverse-CDF samples of integer cell weights: (coords [B, n, 2] float32, cells [B, n] int64);
+  // with order, the weights are laid out in it (cell order[p]'s weight at position p).
+  m.def("inverse_cdf_sample(Tensor weights, int height, int width, int n, int seed, bool jitter, Tensor? order=None) -> (Tensor, Tensor)");
   m.def("fused_decode_with_grad(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
   // Front-to-back compositing of projected, tile-binned Gaussians: (rgb [H, W, 3], depth [H, W], alpha [H, W]).
   m.def("gs_composite(Tensor mean2d, Tensor conic, Tensor opacity, Tensor color, Tensor depth, Tensor tile_first, Tensor tile_count, Tensor order, int height, int width, int tile, Tensor background) -> (Tensor, Tensor, Tensor)");

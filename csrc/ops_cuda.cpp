@@ -11,7 +11,8 @@
 namespace infinidepth {
 
 void check_gather_args(const at::Tensor& feat, const at::Tensor& coords);
-void check_inverse_cdf_args(const at::Tensor& weights, int64_t height, int64_t width, int64_t n, int64_t seed);
+const int64_t* check_inverse_cdf_args(const at::Tensor& weights, const std::optional<at::Tensor>& order, int64_t height,
+                                      int64_t width, int64_t n, int64_t seed);
 FusedProgram make_program(const at::Tensor& coords, const std::vector<at::Tensor>& maps, at::IntArrayRef map_layer,
                           const std::vector<std::optional<at::Tensor>>& weights, const std::vector<at::Tensor>& biases,
                           at::IntArrayRef acts, std::vector<at::Tensor>& keep_alive);
@@ -19,9 +20,10 @@ FusedProgram make_program(const at::Tensor& coords, const std::vector<at::Tensor
 namespace {
 
 std::tuple<at::Tensor, at::Tensor> inverse_cdf_sample_cuda_impl(const at::Tensor& weights, int64_t height, int64_t width,
-                                                                int64_t n, int64_t seed, bool jitter) {
-  check_inverse_cdf_args(weights, height, width, n, seed);
+                                                                int64_t n, int64_t seed, bool jitter,
+                                                                const std::optional<at::Tensor>& order) {
   const c10::cuda::CUDAGuard guard(weights.device());
+  const int64_t* layout = check_inverse_cdf_args(weights, order, height, width, n, seed);
   const at::Tensor w = weights.contiguous();
   const int64_t B = w.size(0), M = w.size(1);
   at::Tensor coords = at::empty({B, n, 2}, w.options().dtype(at::kFloat));
@@ -30,7 +32,7 @@ std::tuple<at::Tensor, at::Tensor> inverse_cdf_sample_cuda_impl(const at::Tensor
   at::Tensor cdf = at::empty({M}, w.options());
   const size_t bytes = inverse_cdf_scan_bytes(M);
   at::Tensor scratch = at::empty({static_cast<int64_t>(bytes) + 1}, w.options().dtype(at::kByte));
-  inverse_cdf_sample_cuda(w.data_ptr<int64_t>(), B, height, width, n, static_cast<uint32_t>(seed), jitter,
+  inverse_cdf_sample_cuda(w.data_ptr<int64_t>(), layout, B, height, width, n, static_cast<uint32_t>(seed), jitter,
                           cdf.data_ptr<int64_t>(), scratch.data_ptr(), bytes, coords.data_ptr<float>(),
                           cells.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream().stream());
   C10_CUDA_KERNEL_LAUNCH_CHECK();

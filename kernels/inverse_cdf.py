@@ -72,8 +72,39 @@ def _upper_bound(ptr, lo, hi, target, live, steps):
 
 
 @triton.jit
-def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M, W, H_float, W_float, n, n_blocks,
-                   block_steps, cell_steps, JITTER: tl.constexpr, BLOCK: tl.constexpr, BLOCK_N: tl.constexpr):
+def _step(f, UP: tl.constexpr):
+    """The next float32 after ``f`` towards +inf (``UP``) or -inf, by its bits (no nextafter in tl)."""
+    bits = f.to(tl.int32, bitcast=True)
+    if UP:   # away from zero: one more in the magnitude's bits; from +-0: the smallest subnormal of that sign
+        away = f > 0
+        zero = 1
+    else:
+        away = f < 0
+        zero = -2147483647   # 0x80000001
+    return tl.where(f == 0, zero, tl.where(away, bits + 1, bits - 1)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _cell_coordinate(index, u, size):
+    """csrc/inverse_cdf.h's cell_coordinate: ``index + u`` of ``size`` cells, normalised, kept inside
+    the cell by edges worked out in float64."""
+    # size as a tensor: Triton specialises an int argument equal to 1 into a constant, which has no .to()
+    size = index * 0 + size
+    # IEEE division, as the C++ and CUDA kernels and torch compute it
+    c = tl.math.div_rn(index.to(tl.float32) + u, size.to(tl.float32)) * 2.0 - 1.0
+    lo = index.to(tl.float64) / size.to(tl.float64) * 2.0 - 1.0
+    hi = (index + 1).to(tl.float64) / size.to(tl.float64) * 2.0 - 1.0
+    lo32, hi32 = lo.to(tl.float32), hi.to(tl.float32)
+    lo32 = tl.where(lo32.to(tl.float64) < lo, _step(lo32, True), lo32)
+    hi32 = tl.where(hi32.to(tl.float64) >= hi, _step(hi32, False), hi32)
+    c64 = c.to(tl.float64)
+    return tl.where(c64 < lo, lo32, tl.where(c64 >= hi, hi32, c))
+
+
+@triton.jit
+def _place_samples(local_ptr, prefix_ptr, streams_ptr, order_ptr, coords_ptr, cells_ptr, M, H, W, n, n_blocks,
+                   block_steps, cell_steps, JITTER: tl.constexpr, ORDER: tl.constexpr, BLOCK: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
     b = tl.program_id(1).to(tl.int64)
     j = tl.program_id(0).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     live = j < n
@@ -85,8 +116,10 @@ def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M,
     blk = _upper_bound(prefix_ptr + b * n_blocks, zero, zero + n_blocks, t, live, block_steps)
     offset = tl.where(blk > 0, tl.load(prefix_ptr + b * n_blocks + blk - 1, mask=live & (blk > 0), other=0), 0)
     rest = t - offset
-    # level 2: first cell of the block whose local prefix exceeds the rest
+    # level 2: first position of the block whose local prefix exceeds the rest, then its cell
     cell = _upper_bound(local_ptr + b * M, blk * BLOCK, tl.minimum(blk * BLOCK + BLOCK, M), rest, live, cell_steps)
+    if ORDER:
+        cell = tl.load(order_ptr + cell, mask=live, other=0)
     if JITTER:
         stream = tl.load(streams_ptr + b).to(tl.uint64)
         uy = _jitter(stream, j, 0)
@@ -94,20 +127,16 @@ def _place_samples(local_ptr, prefix_ptr, streams_ptr, coords_ptr, cells_ptr, M,
     else:
         uy = tl.full([BLOCK_N], 0.5, tl.float32)
         ux = tl.full([BLOCK_N], 0.5, tl.float32)
-    row = (cell // W).to(tl.float32)
-    col = (cell % W).to(tl.float32)
-    # IEEE division, as the C++ and CUDA kernels and torch compute it. The sizes come as floats:
-    # Triton specialises an int argument equal to 1 into a constant, which has no .to().
-    y = tl.math.div_rn(row + uy, H_float) * 2.0 - 1.0
-    x = tl.math.div_rn(col + ux, W_float) * 2.0 - 1.0
     o = b * n + j
     tl.store(cells_ptr + o, cell, mask=live)
-    tl.store(coords_ptr + 2 * o, y, mask=live)
-    tl.store(coords_ptr + 2 * o + 1, x, mask=live)
+    tl.store(coords_ptr + 2 * o, _cell_coordinate(cell // W, uy, H), mask=live)
+    tl.store(coords_ptr + 2 * o + 1, _cell_coordinate(cell % W, ux, W), mask=live)
 
 
-def inverse_cdf_triton(quantized: torch.Tensor, height: int, width: int, n: int, seed: int, jitter: bool):
-    """``quantized`` [B, H*W] int64 -> (coords [B, n, 2] float32, cells [B, n] int64)."""
+def inverse_cdf_triton(quantized: torch.Tensor, height: int, width: int, n: int, seed: int, jitter: bool,
+                       order: torch.Tensor | None = None):
+    """``quantized`` [B, H*W] int64 (laid out in ``order`` [H*W] if given) -> (coords [B, n, 2] float32,
+    cells [B, n] int64)."""
     B, M = quantized.shape
     dev = quantized.device
     n_blocks = triton.cdiv(M, BLOCK)
@@ -121,7 +150,8 @@ def inverse_cdf_triton(quantized: torch.Tensor, height: int, width: int, n: int,
     _scan_block_sums[(B,)](sums, prefix, n_blocks, CHUNK=1024)
     block_n = 256
     _place_samples[(triton.cdiv(n, block_n), B)](
-        local, prefix, streams, coords, cells, M, width, float(height), float(width), n, n_blocks,
-        max(1, n_blocks.bit_length()), BLOCK.bit_length(), JITTER=jitter, BLOCK=BLOCK, BLOCK_N=block_n,
+        local, prefix, streams, cells if order is None else order, coords, cells, M, height, width, n, n_blocks,
+        max(1, n_blocks.bit_length()), BLOCK.bit_length(), JITTER=jitter, ORDER=order is not None, BLOCK=BLOCK,
+        BLOCK_N=block_n,
     )
     return coords, cells

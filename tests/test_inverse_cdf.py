@@ -7,9 +7,11 @@ cells (integer arithmetic by construction) and coordinates within 1e-6 (float32)
 """
 
 import ctypes
+import os
 import random
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -146,11 +148,11 @@ def test_kernels_pick_exactly_the_reference_cells(backend):
         w[w < 0.05] = 0
         w.view(B, -1)[:, rng.randrange(H * W)] = 1.0  # at least one positive cell per image
         n = rng.choice([1, 2, 7, H * W, 3 * H * W + 1, rng.randint(1, 5000)])
+        order = torch.randperm(H * W, generator=g) if trial % 2 else None   # weights laid out in another order
         for jitter in (True, False):
-            want = inverse_cdf_sample(w, n, seed=trial, jitter=jitter, backend="torch")
-            got = inverse_cdf_sample(w, n, seed=trial, jitter=jitter, backend=backend)
-            assert torch.equal(got[1], want[1]), (trial, jitter)
-            torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
+            want = inverse_cdf_sample(w, n, seed=trial, jitter=jitter, backend="torch", order=order)
+            got = inverse_cdf_sample(w, n, seed=trial, jitter=jitter, backend=backend, order=order)
+            assert torch.equal(got[1], want[1]) and torch.equal(got[0], want[0]), (trial, jitter)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
@@ -205,6 +207,9 @@ def test_bad_input_is_reported(backend):
         inverse_cdf_sample(torch.stack([w[0], torch.zeros(4, 4)]), 10, backend=backend)
     with pytest.raises(ValueError, match=r"\[B, H, W\]"):
         inverse_cdf_sample(w[0], 10, backend=backend)
+    for cell in (-1, 16):   # a kernel would read outside the weights
+        with pytest.raises(ValueError, match=rf"order holds cells outside \[0, 16\): .*{cell}"):
+            inverse_cdf_sample(w, 10, backend=backend, order=torch.cat([torch.arange(15), torch.tensor([cell])]))
 
 
 def test_op_guards_direct_callers_and_contract():
@@ -217,11 +222,16 @@ def test_op_guards_direct_callers_and_contract():
         op(torch.rand(1, 6), 2, 3, 5, 0, True)
     with pytest.raises(RuntimeError, match="6 cells, not 2 x 4"):
         op(torch.ones(1, 6, dtype=torch.int64), 2, 4, 5, 0, True)
-    args = (torch.ones(2, 6, dtype=torch.int64), 2, 3, 11, 5, True)
-    torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
-    coords, cells = op(*args)
-    ref = inverse_cdf_reference(*args)
-    assert torch.equal(cells, ref[1])
+    with pytest.raises(RuntimeError, match="order must be a contiguous int64 \\[6\\]"):
+        op(torch.ones(1, 6, dtype=torch.int64), 2, 3, 5, 0, True, torch.arange(6).int())
+    with pytest.raises(RuntimeError, match="order holds cells outside \\[0, 6\\)"):
+        op(torch.ones(1, 6, dtype=torch.int64), 2, 3, 5, 0, True, torch.tensor([0, 1, 2, 3, 4, 6]))
+    for order in (None, torch.tensor([5, 0, 4, 1, 3, 2])):
+        args = (torch.arange(1, 13).reshape(2, 6), 2, 3, 11, 5, True, order)
+        torch.library.opcheck(op.default, args, test_utils=("test_schema", "test_faketensor"))
+        coords, cells = op(*args)
+        ref = inverse_cdf_reference(*args)
+        assert torch.equal(cells, ref[1]) and torch.equal(coords, ref[0])
 
 
 def assert_every_sample_in_its_cell(w, n, seed, backend):
@@ -258,32 +268,26 @@ def test_jittered_samples_stay_above_their_cells_lower_edge(backend):
 
 
 @pytest.mark.parametrize("cells", [3, 3000, 2**20 + 7])
-def test_keep_inside_cell_moves_exactly_the_coordinates_outside_their_cell(cells):
-    """Coordinates on, and one or two float32 steps either side of, each edge of their cell (where
-    only an exact float64 test can tell), and well inside it: those inside are kept bit for bit, the
-    others moved to the nearest float32 inside; against a float64 oracle written out here."""
-    from infinidepth.ops.inverse_cdf import keep_inside_cell
+def test_cell_coordinate_moves_exactly_the_coordinates_outside_their_cell(cells):
+    """Jitters at both ends of [0, 1) put float32 ``(index + u) / cells * 2 - 1`` on or past an edge
+    of the cell on large grids: every result lies inside the cell in float64, those already inside
+    are kept bit for bit, and the others are the float32 inside nearest to where they fell."""
+    from infinidepth.ops.inverse_cdf import cell_coordinate
 
     g = torch.Generator().manual_seed(cells)
-    index = torch.randint(0, cells, (400,), generator=g)
-    lo64, hi64 = index.double() / cells * 2 - 1, (index + 1).double() / cells * 2 - 1
-    near = []
-    for edge in (lo64, hi64):
-        f = edge.float()
-        near += [f, torch.nextafter(f, torch.full_like(f, 2.0)), torch.nextafter(f, torch.full_like(f, -2.0))]
-        near += [torch.nextafter(near[-2], torch.full_like(f, 2.0)), torch.nextafter(near[-1], torch.full_like(f, -2.0))]
-    inside = (lo64 + (hi64 - lo64) * torch.rand(400, generator=g, dtype=torch.float64) * 0.99 + 0.005).float()
-    coord, index = torch.cat(near + [inside]), index.repeat(len(near) + 1)
-    got = keep_inside_cell(coord, index, cells)
-    lo64, hi64, c = lo64.repeat(len(near) + 1).numpy(), hi64.repeat(len(near) + 1).numpy(), coord.numpy()
-    first = np.where(lo64.astype(np.float32) < lo64, np.nextafter(lo64.astype(np.float32), np.float32(2)),
-                     lo64.astype(np.float32))
-    last = np.where(hi64.astype(np.float32) >= hi64, np.nextafter(hi64.astype(np.float32), np.float32(-2)),
-                    hi64.astype(np.float32))
-    want = np.where(c.astype(np.float64) < lo64, first, np.where(c.astype(np.float64) >= hi64, last, c))
-    assert np.array_equal(got.numpy(), want)
-    assert ((got.double().numpy() >= lo64) & (got.double().numpy() < hi64)).all()
-    assert 0 < (got != coord).sum() < len(near) * 400   # the test has coordinates of both kinds
+    index = torch.randint(0, cells, (2000,), generator=g)
+    ends = torch.tensor([0.0, 2.0**-24, 0.5, 1 - 2.0**-23, 1 - 2.0**-24]).repeat(400)
+    u = torch.where(torch.arange(2000) % 7 == 0, torch.rand(2000, generator=g), ends)
+    got = cell_coordinate(index, u, cells).numpy().astype(np.float64)
+    raw = ((index.float() + u) / cells * 2 - 1).numpy()
+    lo, hi = (index.double() / cells * 2 - 1).numpy(), ((index + 1).double() / cells * 2 - 1).numpy()
+    assert ((got >= lo) & (got < hi)).all()
+    inside = (raw >= lo) & (raw < hi)
+    assert (got[inside] == raw[inside]).all()
+    moved = np.nextafter(got.astype(np.float32), raw).astype(np.float64)   # one float32 step back towards raw
+    assert ((moved[~inside] < lo[~inside]) | (moved[~inside] >= hi[~inside])).all()
+    if cells > 3:
+        assert (raw < lo).any() and (raw >= hi).any()    # both edges were crossed
 
 
 def test_sample_count_limit_is_inclusive():
@@ -298,14 +302,13 @@ def test_sample_count_limit_is_inclusive():
 
 # What one thread of csrc/inverse_cdf_cuda.cu's place_samples computes, for every sample of image 0.
 SEARCH_SHIM = r"""
-#include <cstddef>  // inverse_cdf.h uses size_t without including it
 #include "inverse_cdf.h"
-extern "C" void place_by_search(const int64_t* cdf, int64_t M, int64_t H, int64_t W, int64_t n, uint32_t seed,
-                                int jitter, float* coords, int64_t* cells) {
+extern "C" void place_by_search(const int64_t* cdf, const int64_t* order, int64_t M, int64_t H, int64_t W, int64_t n,
+                                uint32_t seed, int jitter, float* coords, int64_t* cells) {
   const uint32_t stream = infinidepth::jitter_stream(seed, 0);
   for (int64_t j = 0; j < n; ++j)
-    infinidepth::write_sample(infinidepth::upper_bound_index(cdf, M, infinidepth::sample_target(j, cdf[M - 1], n)), j,
-                              0, n, H, W, stream, jitter != 0, coords, cells);
+    infinidepth::write_sample(infinidepth::upper_bound_index(cdf, M, infinidepth::sample_target(j, cdf[M - 1], n)),
+                              order, j, 0, n, H, W, stream, jitter != 0, coords, cells);
 }
 """
 
@@ -315,7 +318,8 @@ def test_the_cuda_samplers_search_picks_the_reference_cells(tmp_path):
     """The CUDA sampler places every sample by one binary search (upper_bound_index), where the CPU
     kernel searches once per block of samples and then walks forward, which would hide a search
     that stops one cell early. CI has no GPU: the shared header's functions, compiled for the host,
-    against the reference, on CDF boundaries (equal cells) and runs of empty cells."""
+    against the reference, on CDF boundaries (equal cells), runs of empty cells, a layout order, and a
+    3000-row grid where float32 puts jittered samples on their cells' edges."""
     src = tmp_path / "search.cpp"
     src.write_text(SEARCH_SHIM)
     csrc = Path(__file__).resolve().parents[1] / "csrc"
@@ -324,16 +328,56 @@ def test_the_cuda_samplers_search_picks_the_reference_cells(tmp_path):
     lib = ctypes.CDLL(str(tmp_path / "s.so"))
     holes = torch.rand(1, 6, 7, generator=torch.Generator().manual_seed(3))
     holes[holes < 0.5] = 0
-    for w, n in ((torch.ones(1, 4, 4), 8), (torch.ones(1, 4, 4), 48), (holes, 5), (holes, 300)):
+    shuffled = torch.randperm(42, generator=torch.Generator().manual_seed(4))
+    cases = ((torch.ones(1, 4, 4), 8, None), (torch.ones(1, 4, 4), 48, None), (holes, 5, None), (holes, 300, None),
+             (holes, 300, shuffled), (torch.ones(1, 3000, 3), 20_000, None))
+    for w, n, order in cases:
         H, W = w.shape[1:]
         q = quantize_weights(w.reshape(1, -1))
         cdf = np.ascontiguousarray(q.cumsum(1)[0].numpy())
+        layout = None if order is None else np.ascontiguousarray(order.numpy())
         for jitter in (False, True):
             coords = np.zeros((n, 2), dtype=np.float32)
             cells = np.zeros(n, dtype=np.int64)
-            lib.place_by_search(cdf.ctypes.data_as(ctypes.c_void_p), *(ctypes.c_int64(v) for v in (H * W, H, W, n)),
-                                ctypes.c_uint32(9), ctypes.c_int(int(jitter)), coords.ctypes.data_as(ctypes.c_void_p),
+            lib.place_by_search(cdf.ctypes.data_as(ctypes.c_void_p),
+                                None if layout is None else layout.ctypes.data_as(ctypes.c_void_p),
+                                *(ctypes.c_int64(v) for v in (H * W, H, W, n)), ctypes.c_uint32(9),
+                                ctypes.c_int(int(jitter)), coords.ctypes.data_as(ctypes.c_void_p),
                                 cells.ctypes.data_as(ctypes.c_void_p))
-            want_coords, want_cells = inverse_cdf_reference(q, H, W, n, 9, jitter)
+            want_coords, want_cells = inverse_cdf_reference(q, H, W, n, 9, jitter, order)
             assert torch.equal(torch.from_numpy(cells), want_cells[0]), (n, jitter)
-            torch.testing.assert_close(torch.from_numpy(coords), want_coords[0], rtol=0, atol=1e-6)
+            assert torch.equal(torch.from_numpy(coords), want_coords[0]), (n, jitter)
+
+
+# Compiles the Triton sampler's kernels for sm_90 with Triton's own compiler and ptxas (run with
+# TRITON_INTERPRET unset, hence a subprocess), with the argument types a GPU launch passes them.
+AOT_SAMPLER = r"""
+import inspect
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from infinidepth.kernels import inverse_cdf as k
+
+def build(fn, types, **consts):
+    names = list(inspect.signature(fn.fn).parameters)
+    sig = dict(zip(names, types)) | {c: "constexpr" for c in consts}
+    triton.compile(ASTSource(fn=fn, signature=sig, constexprs={(names.index(c),): v for c, v in consts.items()}),
+                   target=GPUTarget("cuda", 90, 32))
+
+build(k._block_scan, ["*i64", "*i64", "*i64", "i64", "i32"], BLOCK=k.BLOCK)
+build(k._scan_block_sums, ["*i64", "*i64", "i32"], CHUNK=1024)
+for order in (False, True):
+    for jitter in (False, True):
+        build(k._place_samples, ["*i64"] * 4 + ["*fp32", "*i64", "i64"] + ["i32"] * 6, JITTER=jitter, ORDER=order,
+              BLOCK=k.BLOCK, BLOCK_N=256)
+print("compiled")
+"""
+
+
+def test_the_triton_sampler_compiles_for_hopper():
+    """The interpreter, which checks the Triton sampler against the reference in CI, accepts programs
+    that the GPU compiler rejects; this builds the real sm_90 binaries of every kernel variant."""
+    pytest.importorskip("triton")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, "-c", AOT_SAMPLER], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0 and "compiled" in done.stdout, done.stderr[-3000:]

@@ -14,7 +14,12 @@ bit, for the same weights and seed. That is by construction, not by luck of roun
   multiply, one divide: no contraction to FMA is possible) and its cell is the first whose
   inclusive prefix sum exceeds ``t_j``;
 * the jitter is a counter-based hash of ``(seed, image, j, axis)`` (:func:`jitter_hash`), not a
-  stateful generator, so it does not depend on how the work is split across threads.
+  stateful generator, so it does not depend on how the work is split across threads;
+* each coordinate is :func:`cell_coordinate`'s, the same IEEE expression in every kernel, so the
+  coordinates agree bit for bit too, and each lies inside its cell.
+
+With ``order``, the weights come laid out in another order of the cells (the surface-area sampler's
+Hilbert curve); the kernels read the cell of each CDF position from it.
 
 Cells are returned as flat indices ``i * W + j``; coordinates as normalised ``(y, x)`` with the
 project's convention (ops/coords.py): a cell ``(i, j)`` spans ``[i, i + 1) x [j, j + 1)`` in pixels,
@@ -80,7 +85,8 @@ def jitter_hash(seed: int, image: int, j: torch.Tensor, axis: int) -> torch.Tens
     return (h >> 8).to(torch.float32) * (1.0 / 16777216.0)
 
 
-def inverse_cdf_reference(quantized: torch.Tensor, height: int, width: int, n: int, seed: int, jitter: bool):
+def inverse_cdf_reference(quantized: torch.Tensor, height: int, width: int, n: int, seed: int, jitter: bool,
+                          order: torch.Tensor | None = None):
     """The oracle in plain PyTorch: ``(coords [B, n, 2] float32, cells [B, n] int64)``."""
     B = quantized.shape[0]
     device = quantized.device
@@ -90,15 +96,34 @@ def inverse_cdf_reference(quantized: torch.Tensor, height: int, width: int, n: i
     targets = torch.floor((j.double() + 0.5)[None] * total / n).to(torch.int64)
     targets = torch.minimum(targets, cdf[:, -1:] - 1)
     cells = torch.searchsorted(cdf, targets, right=True)
+    if order is not None:
+        cells = order[cells]
     rows, cols = cells // width, cells % width
     if jitter:
         uy = torch.stack([jitter_hash(seed, b, j, 0) for b in range(B)])
         ux = torch.stack([jitter_hash(seed, b, j, 1) for b in range(B)])
     else:
         uy = ux = torch.full((B, n), 0.5, device=device)
-    y = (rows.float() + uy) / height * 2 - 1
-    x = (cols.float() + ux) / width * 2 - 1
-    return torch.stack([y, x], dim=-1), cells
+    return torch.stack([cell_coordinate(rows, uy, height), cell_coordinate(cols, ux, width)], dim=-1), cells
+
+
+def cell_coordinate(index: torch.Tensor, u: torch.Tensor, cells: int) -> torch.Tensor:
+    """Normalised float32 coordinates of ``index + u`` along an axis of ``cells`` cells, kept inside
+    their cell: at or above its lower edge, strictly below its upper one.
+
+    In float32, ``row + u`` with ``u`` within 2**-24 of 1 rounds up to ``row + 1`` once ``row`` is in
+    the thousands: the sample then sat on the next cell's edge, and in the last row at y = 1.0, the
+    image's edge (about 1 sample in 20 000 at 2048 rows). At the other end, a cell's lower edge
+    ``row / H * 2 - 1`` is rarely a float32: a sample just above it can round to just below it, into
+    the previous cell (22 of 400 000 samples at 3000 rows), which may be a hole. Both edges are
+    worked out in float64; such coordinates are moved to the nearest float32 inside the cell, all
+    others are unchanged. The kernels compute exactly this (csrc/inverse_cdf.h's cell_coordinate)."""
+    c = (index.float() + u) / cells * 2 - 1
+    lo64, hi64 = index.double() / cells * 2 - 1, (index + 1).double() / cells * 2 - 1
+    lo, hi = lo64.float(), hi64.float()
+    lo = torch.where(lo.double() < lo64, torch.nextafter(lo, torch.full_like(lo, 2.0)), lo)
+    hi = torch.where(hi.double() >= hi64, torch.nextafter(hi, torch.full_like(hi, -2.0)), hi)
+    return torch.where(c.double() < lo64, lo, torch.where(c.double() >= hi64, hi, c))
 
 
 def check_sample_count(n) -> int:
@@ -148,65 +173,32 @@ def inverse_cdf_sample(
                               or order.dtype != torch.int64 or order.device != weights.device):
         raise ValueError(f"order must be an int64 tensor [{H * W}] (a permutation of the cells) on {weights.device}, "
                          f"got {getattr(order, 'dtype', type(order))} {tuple(getattr(order, 'shape', ()))}")
+    if order is not None:
+        lo, hi = torch.aminmax(order)
+        if lo < 0 or hi >= H * W:
+            raise ValueError(f"order holds cells outside [0, {H * W}): {int(lo)} .. {int(hi)}")
+        order = order.contiguous()
     return sample_quantized(quantize_weights(weights.reshape(B, H * W)), H, W, n, seed, jitter, backend, order)
 
 
 def sample_quantized(quantized: torch.Tensor, height: int, width: int, n: int, seed: int, jitter: bool,
                      backend: str, order: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`inverse_cdf_sample` on weights already checked and quantised (``quantize_weights``),
-    ``[B, height * width]`` int64, with ``n`` and ``seed`` already checked."""
+    ``[B, height * width]`` int64, with ``n``, ``seed`` and ``order`` already checked."""
     backend = resolve_backend(backend, quantized.device)
     quantized = quantized.contiguous()
     if backend == "torch":
-        coords, cells = inverse_cdf_reference(quantized, height, width, n, seed, jitter)
-    elif backend == "triton":
+        return inverse_cdf_reference(quantized, height, width, n, seed, jitter, order)
+    if backend == "triton":
         from infinidepth.kernels.inverse_cdf import inverse_cdf_triton
 
-        coords, cells = inverse_cdf_triton(quantized, height, width, n, seed, jitter)
-    else:
-        coords, cells = torch.ops.infinidepth.inverse_cdf_sample(quantized, height, width, n, seed, jitter)
-    rows, cols = cells // width, cells % width
-    y, x = coords[..., 0], coords[..., 1]
-    if order is not None:   # each sample moved by whole cells, from its place in the layout to its cell's
-        cells = order[cells]
-        y = y + (cells // width - rows).float() * (2.0 / height)
-        x = x + (cells % width - cols).float() * (2.0 / width)
-        rows, cols = cells // width, cells % width
-    return torch.stack([keep_inside_cell(y, rows, height), keep_inside_cell(x, cols, width)], dim=-1), cells
-
-
-def keep_inside_cell(coord: torch.Tensor, index: torch.Tensor, cells: int) -> torch.Tensor:
-    """Jittered coordinates ``coord`` (one axis) inside their cell ``index`` of ``cells``: at or above its
-    lower edge, strictly below its upper one.
-
-    In float32, ``row + u`` with ``u`` within 2**-24 of 1 rounds up to ``row + 1`` once ``row`` is in
-    the thousands: the sample then sat on the next cell's edge, and in the last row at y = 1.0, the
-    image's edge (about 1 sample in 20 000 at 2048 rows). At the other end, a cell's lower edge
-    ``row / H * 2 - 1`` is rarely a float32: a sample just above it can round to just below it, into
-    the previous cell (22 of 400 000 samples at 3000 rows), which may be a hole. Both edges are
-    worked out in float64; such coordinates are moved to the nearest float32 inside the cell, all
-    others are unchanged. Applied to every backend's output alike, so the backends still agree bit
-    for bit.
-
-    Only samples within a thousandth of a cell of an edge can be on the wrong side of it (float64's
-    rounding here is below 2**-22 cells even at 2**30 cells), so only those get the exact test: most
-    of the sampler's time went to it when every sample did."""
-    near = ((coord.double() + 1) * (cells / 2) - index - 0.5).abs() > 0.5 - 1e-3
-    if not near.any():
-        return coord
-    c, i = coord[near], index[near]
-    lo64, hi64 = i.double() / cells * 2 - 1, (i + 1).double() / cells * 2 - 1
-    lo, hi = lo64.to(coord.dtype), hi64.to(coord.dtype)
-    lo = torch.where(lo.double() < lo64, torch.nextafter(lo, torch.full_like(lo, 2.0)), lo)
-    hi = torch.where(hi.double() >= hi64, torch.nextafter(hi, torch.full_like(hi, -2.0)), hi)
-    coord = coord.clone()
-    coord[near] = c.clamp(lo, hi)
-    return coord
+        return inverse_cdf_triton(quantized, height, width, n, seed, jitter, order)
+    return torch.ops.infinidepth.inverse_cdf_sample(quantized, height, width, n, seed, jitter, order)
 
 
 if HAS_EXTENSION:
 
     @torch.library.register_fake("infinidepth::inverse_cdf_sample")
-    def _inverse_cdf_sample_fake(weights, height, width, n, seed, jitter):
+    def _inverse_cdf_sample_fake(weights, height, width, n, seed, jitter, order=None):
         B = weights.shape[0]
         return weights.new_empty((B, n, 2), dtype=torch.float32), weights.new_empty((B, n))
