@@ -138,6 +138,17 @@ def test_cells_do_not_depend_on_the_weights_scale():
         assert torch.equal(inverse_cdf_sample(w * scale, 50, seed=1)[1], want), scale
 
 
+
+def test_quantising_pixels_for_their_sub_pixels_equals_quantising_the_sub_pixels():
+    """The surface-area sampler quantises each pixel once, for the cell count of its sub-pixels, and
+    repeats the integers: exactly what quantising the repeated weights gives. The bits kept depend on
+    the cell count (40 for 3,000 cells, 30 for 1,024 times as many), so the count matters."""
+    w = torch.rand(2, 3000, generator=torch.Generator().manual_seed(5)) ** 3 + 1e-9
+    for r2 in (4, 16, 1024):
+        want = quantize_weights(w.repeat_interleave(r2, dim=1))
+        assert torch.equal(quantize_weights(w, cells=w.shape[1] * r2).repeat_interleave(r2, dim=1), want), r2
+    assert not torch.equal(quantize_weights(w, cells=w.shape[1] * 1024), quantize_weights(w))
+
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 def test_kernels_pick_exactly_the_reference_cells(backend):
     rng = random.Random(31)
