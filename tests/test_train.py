@@ -415,8 +415,9 @@ def test_resume_refuses_missing_damaged_and_foreign_checkpoints(tmp_path):
     opt = torch.optim.AdamW(model.parameters())
     save_checkpoint(path, model, opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0), 5, cfg)
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])             # truncated
-    with pytest.raises(ValueError, match=r"--resume: .*checkpoint.pt: not a readable training checkpoint \(a truncated or damaged"):
+    with pytest.raises(ValueError, match=r"--resume: .*checkpoint.pt: not a readable training checkpoint \(a truncated or damaged") as damaged:
         train(cfg, resume=True, progress=False)
+    assert str(damaged.value).count(str(path)) == 1 and "\n" not in str(damaged.value)   # the file named once, on one line
     torch.save({"model": {}}, path)
     with pytest.raises(ValueError, match="checkpoint.pt is not a checkpoint of infinidepth train \\(it lacks optimizer"):
         train(cfg, resume=True, progress=False)
@@ -424,7 +425,7 @@ def test_resume_refuses_missing_damaged_and_foreign_checkpoints(tmp_path):
     with pytest.raises(ValueError, match="checkpoint.pt: not a readable training checkpoint: it pickles \\S*mkdir, which "
                                          "is not rebuilt") as refused:   # (not torch's advice to load it with weights_only=False)
         train(cfg, resume=True, progress=False)
-    assert "weights_only" not in str(refused.value)
+    assert "weights_only" not in str(refused.value) and str(refused.value).count(str(path)) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]     # nothing else written, nothing run
 
 

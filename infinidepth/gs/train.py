@@ -68,10 +68,14 @@ class GSTrainConfig:
         from infinidepth.train.config import check_int, check_number, check_size, check_text
 
         problems = []
-        for k in ("scenes", "steps", "checkpoint_every", "log_every", "hidden"):
+        for k in ("steps", "checkpoint_every", "log_every", "hidden"):
             check_int(problems, k, getattr(self, k), 1)
+        # scenes and views bounded as infinidepth data render's: every step draws from a permutation of
+        # the scenes and renders all views of one
+        check_int(problems, "scenes", self.scenes, 1, 10**6)
         check_int(problems, "points", self.points, 4, 2**26)           # as infinidepth gs --points
-        check_int(problems, "views", self.views, 2, why=" (a source and a moved view)")
+        if check_int(problems, "views", self.views, 2, why=" (a source and a moved view)") and self.views > 1000:
+            problems.append(f"views must be at most 1000, got {self.views}")
         check_int(problems, "seed_offset", self.seed_offset, 0)
         check_int(problems, "seed", self.seed, 0, 2**32 - 1)
         check_size(problems, "size", self.size, multiple=16)
@@ -90,6 +94,7 @@ class GSTrainConfig:
 
 
 FREE_ON_RESUME = ("out", "log_every", "checkpoint_every")   # as infinidepth.train.trainer's
+RESUME_KEYS = ("head", "optimizer", "step", "config", "rng")   # what save() writes
 
 
 def feature_dim(depth_model) -> int:
@@ -145,6 +150,8 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
     ckpt = out / "gs_checkpoint.pt"
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) or choose another out folder")
+    if resume and not ckpt.is_file():
+        raise ValueError(f"--resume: no checkpoint at {ckpt} (nothing to continue: run without --resume to start)")
     torch.manual_seed(cfg.seed)
     depth_model = load_model(cfg.depth_model).eval()
     if depth_model.arch in ("InfiniDepth_DepthSensor", "GridBaseline"):
@@ -156,15 +163,17 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=0.0)
     step = 0
     if resume:
-        from infinidepth.checkpoint import load_training_state, one_line
+        from infinidepth.checkpoint import CheckpointError, load_training_state, one_line
 
-        if not ckpt.is_file():
-            raise ValueError(f"--resume: no checkpoint at {ckpt} (nothing to continue: run without --resume to start)")
         try:
             state = load_training_state(ckpt)   # runs no code named by the file
-            saved = state["config"]
-        except Exception as e:  # truncated or foreign files fail in many ways
-            raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint ({one_line(e)})") from None
+        except CheckpointError as e:  # truncated, overwritten or foreign: the error names the file and says which
+            raise ValueError(f"--resume: {e}; it is damaged or not a train-gs checkpoint: restore a copy, or delete "
+                             "it to start the run over") from None
+        missing = [k for k in RESUME_KEYS if k not in state] if isinstance(state, dict) else list(RESUME_KEYS)
+        if "config" in missing:
+            raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint (it lacks {', '.join(missing)})")
+        saved = state["config"]
         # where the run folder is and how often it logs and saves change nothing the run computes: a
         # resume may change them (a folder moved, or spelt "runs/gs/" instead of "runs/gs")
         saved = {k: v for k, v in saved.items() if k not in FREE_ON_RESUME} if isinstance(saved, dict) else {}
@@ -172,11 +181,17 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
         if saved != now:
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"--resume: the config differs from the checkpoint's in {', '.join(changed)}")
-        head.load_state_dict(state["head"])
-        opt.load_state_dict(state["optimizer"])
-        step = state["step"]
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
+        if missing:  # (after the config: a run's config that differs is the likelier news)
+            raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint (it lacks {', '.join(missing)})")
+        try:
+            head.load_state_dict(state["head"])
+            opt.load_state_dict(state["optimizer"])
+            step = int(state["step"])
+            torch.set_rng_state(state["rng"]["torch"])
+            random.setstate(state["rng"]["python"])
+        except (RuntimeError, KeyError, TypeError, ValueError) as e:   # the head's shapes come from the depth model's features
+            raise ValueError(f"--resume: {ckpt} does not fit this run (was the depth model {cfg.depth_model} replaced "
+                             f"since?): {one_line(e)}") from None
     trim_log(out / "gs_log.jsonl", step)   # lines past the checkpoint (a killed run's) are logged again
 
     def save(path=ckpt):
