@@ -811,6 +811,8 @@ def run_gs(args) -> dict:
     else:
         s = min(1.0, 512 / max(H0, W0))
         rs = (max(1, round(H0 * s)), max(1, round(W0 * s)))
+    # a rendered view and its picture: ~40 bytes per pixel (the C++ rasteriser at 4096x4096)
+    require_memory(48 * rs[0] * rs[1], f"--render-size {rs[0]}x{rs[1]}: rendering a view")
     check_output_folder(Path(args.out))
     check_no_folder_in_the_way(gs_outputs(args), args.image)
     device = pick_device(args.device)
@@ -900,6 +902,10 @@ def run_train_gs(args) -> dict:
         cfg = GSTrainConfig(depth_model=args.depth_model, scenes=args.scenes, steps=args.steps, points=args.points,
                             size=parse_size(args.size, "--size"), views=args.views, lpips=args.lpips,
                             lpips_weight=args.lpips_weight, out=args.out).validate()
+        check_output_folder(Path(args.out))
+        # the scenes' views are ray cast as infinidepth data render's are: ~570 bytes per pixel at 1024x768
+        require_memory(600 * cfg.size[0] * cfg.size[1], f"--size {args.size}: rendering a view")
+        check_memory_for_points(cfg.points)
         if not args.quiet:
             print(cfg.loss_description())
         result = train_gs(cfg, resume=args.resume, progress=not args.quiet)
