@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from infinidepth.ops.fold import ACT_CODES
+from infinidepth.ops.fold import ACT_CODES, FoldedLayer
 from infinidepth.ops.implicit_decode import PRECISIONS
 
 from .bilinear_gather import bilerp_block, bilerp_block_grad, map_position
@@ -353,7 +353,16 @@ def _pad16(n: int) -> int:
 def _split(folded):
     """The program as (pair1, pair2 or None, pair3 or None, tail layers), or a clear error."""
     layers = folded.layers
-    if len(layers) < 2 or layers[0].weight is not None or not 1 <= len(layers[0].maps) <= 2 or layers[1].maps:
+    if layers and len(layers[0].maps) > 2:
+        raise ValueError(f"backend 'triton' gathers at most 2 feature maps in the decoder's first layer, this one has "
+                         f"{len(layers[0].maps)}; use backend 'torch' or 'cpp'")
+    if len(layers) == 1 and layers[0].weight is None and layers[0].width == 1:
+        # A decoder of one layer (the maps straight to the value): the first pair's layer B is then an
+        # identity of width 1, with no activation (in 16 bits, its product rounds the value to 16 bits).
+        one = layers[0]
+        layers = [one, FoldedLayer(torch.ones(1, 1, dtype=one.bias.dtype, device=one.bias.device),
+                                   torch.zeros_like(one.bias))]
+    if len(layers) < 2 or layers[0].weight is not None or not layers[0].maps or layers[1].maps:
         raise ValueError("the triton decoder expects a first layer of 1-2 gathered maps followed by a dense layer")
     pair1, rest = (layers[0], layers[1]), layers[2:]
     pair2 = None

@@ -246,6 +246,39 @@ def test_fused_op_contract():
     torch.library.opcheck(torch.ops.infinidepth.fused_decode.default, args, test_utils=("test_schema", "test_faketensor"))
 
 
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+def test_a_decoder_of_one_layer_runs_on_every_backend(backend):
+    """A ConcatDecoder of only its output layer (the maps straight to the value): the Triton kernel
+    refused it (its first pair needs a dense layer after the gathers); the value and its derivatives
+    match the float64 reference on every backend, and in fp16 on Triton within its tolerance."""
+    rng = random.Random(4)
+    for chans in ([3, 5], [4]):
+        maps = [m.float() for m in random_maps(rng, chans, batch=2)]
+        decoder = ConcatDecoder([lin(sum(chans), 1, gain=3.0)])
+        coords = torch.rand(2, 40, 2) * 2.4 - 1.2
+        maps64, decoder64 = [m.double() for m in maps], cast(cast(decoder, torch.float32), torch.float64)
+        want_v, want_g = implicit_decode(maps64, coords.double(), decoder64, backend="torch", with_grad=True)
+        f32 = cast(decoder, torch.float32)
+        assert rel_err(implicit_decode(maps, coords, f32, backend=backend), want_v) < 1e-5
+        got_v, got_g = implicit_decode(maps, coords, f32, backend=backend, with_grad=True)
+        assert rel_err(got_v, want_v) < 1e-5 and rel_err(got_g, want_g) < 1e-5
+        if backend == "triton":
+            from infinidepth.kernels.fused_decode import fused_decode_triton
+            from infinidepth.ops.fold import fold_decoder
+
+            got = fused_decode_triton(fold_decoder(maps, f32), coords, precision="fp16")
+            assert rel_err(got, want_v) < 1e-2
+
+
+@pytest.mark.skipif("triton" not in KERNEL_BACKENDS, reason="triton is not available")
+def test_triton_names_a_first_layer_of_more_maps_than_it_gathers():
+    maps = [torch.randn(1, c, 4, 4) for c in (2, 3, 4)]
+    decoder = ConcatDecoder([(torch.randn(4, 9), torch.randn(4)), (torch.randn(1, 4), torch.randn(1))])
+    with pytest.raises(ValueError, match="^backend 'triton' gathers at most 2 feature maps in the decoder's first "
+                                         "layer, this one has 3; use backend 'torch' or 'cpp'$"):
+        implicit_decode(maps, torch.zeros(1, 5, 2), decoder, backend="triton")
+
+
 @pytest.mark.skipif("triton" not in KERNEL_BACKENDS, reason="triton is not available")
 def test_triton_16bit_path_within_its_tolerance():
     """fp16 operands here: the Triton interpreter computes bf16 dots wrongly (its numpy has no
