@@ -31,6 +31,8 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not an image file")
     if not path.is_file():
         raise InputError(f"image not found: {path}")
     try:

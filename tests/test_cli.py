@@ -115,6 +115,7 @@ def bad_cases(tmp_path, image):
     return [
         (["predict", str(tmp_path / "missing.png")], "image not found"),
         (["predict", str(tmp_path / "text.png")], "cannot read image"),
+        (["gs", str(tmp_path)], "is a folder, not an image file"),     # (predict takes folders of images)
         (["predict", img, "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "small.npy")], "is 10x10; expected"),
         (["predict", img, "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "nan.npy")], "NaN"),
         (["predict", img, "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "neg.npy")], "negative"),
