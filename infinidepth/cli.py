@@ -788,6 +788,10 @@ def run_train(args) -> dict:
     return result
 
 
+#: the longest video infinidepth gs renders
+MAX_VIDEO_FRAMES = 108_000
+
+
 def run_gs(args) -> dict:
     from infinidepth.gs.gaussians import write_ply as write_gaussians
     from infinidepth.gs.render import render
@@ -801,6 +805,8 @@ def run_gs(args) -> dict:
         raise InputError(f"--points must be in [4, 2**26], got {args.points}")
     if args.frames <= 0 or args.fps <= 0 or not (np.isfinite(args.move) and 0 < args.move <= 100):
         raise InputError("--frames and --fps must be positive, --move in (0, 100] (a fraction of the median depth)")
+    if args.frames > MAX_VIDEO_FRAMES:   # the camera path is built before the first frame
+        raise InputError(f"--frames must be at most {MAX_VIDEO_FRAMES:,} (an hour at 30 fps), got {args.frames:,}")
     check_seed(args.seed)
     check_memory_for_points(args.points)
     fx = args.fx if args.fx is not None else float(max(H0, W0))

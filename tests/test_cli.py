@@ -147,6 +147,7 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--reference-depth", str(tmp_path / "one.npy")], "fewer than 2 valid samples"),
         (["gs", img, "--checkpoint", "grid-tiny"], "this checkpoint is GridBaseline"),
         (["gs", img, "--move", "inf"], "--move in"),
+        (["gs", img, "--video", "orbit", "--frames", "100000000"], "--frames must be at most 108,000"),
     ]
 
 
