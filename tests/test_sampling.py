@@ -114,6 +114,29 @@ def test_weights_are_the_surface_area_each_pixel_sees(degrees):
     assert w.sum().item() == pytest.approx(plane_patch_area(scene), rel=3e-3)  # midpoint rule over the pixels
 
 
+def test_weights_clamp_the_tilt_of_grazing_pixels_to_eps():
+    """A surface seen edge-on at every pixel of a wide camera (normals at right angles to each ray):
+    the tilt is clamped to eps, so each pixel weighs d^2 cos(alpha) / (eps fx fy), with cos(alpha)
+    the ray's angle to the optical axis (below 0.5 in a corner here); and at random tilts
+    d^2 cos(alpha) / (max(|n . v|, eps) fx fy), worked out per pixel in numpy."""
+    H, W, eps = 9, 12, 0.05
+    K = np.array([[4.0, 0, 5.5], [0, 5.0, 4.0], [0, 0, 1]])
+    v, u = np.meshgrid(np.arange(H) + 0.5, np.arange(W) + 0.5, indexing="ij")
+    r = np.stack([(u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)], -1)
+    ray = r / np.linalg.norm(r, axis=-1, keepdims=True)
+    d = np.random.default_rng(0).uniform(0.5, 3.0, (H, W))
+    edge_on = np.cross(ray, [0.0, 1.0, 0.0])
+    edge_on /= np.linalg.norm(edge_on, axis=-1, keepdims=True)
+    tilted = np.random.default_rng(1).normal(size=(H, W, 3))
+    tilted /= np.linalg.norm(tilted, axis=-1, keepdims=True)
+    for normals in (edge_on, tilted):
+        want = d**2 * ray[..., 2] / (np.maximum(np.abs((normals * ray).sum(-1)), eps) * K[0, 0] * K[1, 1])
+        got = surface_area_weights(torch.from_numpy(d)[None, None], torch.from_numpy(normals).permute(2, 0, 1)[None],
+                                   torch.from_numpy(K), eps=eps)
+        np.testing.assert_allclose(got[0].numpy(), want, rtol=1e-12)
+    assert ray[..., 2].min() < 0.5
+
+
 def test_fronto_parallel_plane_gets_uniform_samples():
     scene = tilted_plane(0, size=(12, 16))
     depth, grad = dense_field(scene)

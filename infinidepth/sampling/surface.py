@@ -32,10 +32,9 @@ import math
 
 import torch
 
-from infinidepth.ops import grid_coords
 from infinidepth.ops.inverse_cdf import check_sample_count, quantize_weights, resolve_seed, sample_quantized
 
-from .camera import check_intrinsics, rays
+from .camera import check_intrinsics
 from .normals import _as_map
 
 DEFAULT_EPS = 2e-2
@@ -71,17 +70,20 @@ def _areas(depth: torch.Tensor, normals: torch.Tensor, intrinsics, eps: float, r
         raise ValueError(f"eps must be finite and at least {torch.finfo(dtype).tiny:.3g} "
                          f"(the smallest normal {dtype}), got {eps}")
     K = check_intrinsics(intrinsics, B, depth.device, dtype)
-    r = rays(grid_coords(H, W, B, depth.device).to(dtype), K, (H, W))
-    v = r / r.norm(dim=-1, keepdim=True)
-    n = normals.to(dtype).reshape(B, 3, -1).transpose(1, 2)
-    d = depth.to(dtype).reshape(B, -1)
-    cos_view = (n * v).sum(-1).abs()
+    # the ray r = (x, y, 1) of pixel (i, j) has x from the column and y from the row: with v = r / |r|,
+    # cos(alpha) = v_z = 1 / |r| and |n . v| = |n . r| / |r|, so d^2 cos(alpha) / max(|n . v|, eps) is
+    # d^2 / max(|n . r|, eps |r|), on [B, H, W] planes without a [B, H * W, 3] ray array
+    x = ((torch.arange(W, device=depth.device, dtype=dtype) + 0.5) - K[:, 0, 2, None]) / K[:, 0, 0, None]
+    y = ((torch.arange(H, device=depth.device, dtype=dtype) + 0.5) - K[:, 1, 2, None]) / K[:, 1, 1, None]
+    x, y = x[:, None, :], y[:, :, None]
+    n = normals.to(dtype)
+    tilt = torch.maximum((n[:, 0] * x + n[:, 1] * y + n[:, 2]).abs(), eps * torch.sqrt(x * x + y * y + 1))
+    d = depth[:, 0].to(dtype)
     if relative:
-        d = d / d.amax(dim=1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
-        area = d**2 * v[..., 2] / cos_view.clamp_min(eps)
+        d = d / d.reshape(B, -1).amax(dim=1)[:, None, None].clamp_min(torch.finfo(dtype).tiny)
     else:
-        area = d**2 * v[..., 2] / (cos_view.clamp_min(eps) * (K[:, None, 0, 0] * K[:, None, 1, 1]))
-    return torch.where(d > 0, area, torch.zeros_like(area)).reshape(B, H, W)
+        tilt = tilt * (K[:, 0, 0] * K[:, 1, 1])[:, None, None]
+    return torch.where(d > 0, d * d / tilt, torch.zeros_like(d))
 
 
 def surface_area_sample(
