@@ -162,6 +162,33 @@ def test_hilbert_order_visits_every_cell_once_in_steps_to_a_neighbour():
         assert torch.equal(hilbert_order(h, w).sort().values, torch.arange(h * w))
 
 
+def _hilbert_distance(x: int, y: int, side: int) -> int:
+    """Position of cell (x, y) along the Hilbert curve of a side x side square, one cell at a time:
+    each level's quadrant gives two digits, then the cell is carried into that quadrant's frame."""
+    d, s = 0, side // 2
+    while s:
+        rx, ry = int(x & s > 0), int(y & s > 0)
+        d += s * s * ((3 * rx) ^ ry)
+        if not ry:
+            if rx:
+                x, y = side - 1 - x, side - 1 - y
+            x, y = y, x
+        s //= 2
+    return d
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (1, 6), (5, 1), (3, 5), (8, 8), (12, 16), (13, 9), (17, 33), (64, 40)])
+def test_hilbert_order_is_the_curve_cut_to_the_grid(h, w):
+    """Against the curve's distance worked out cell by cell (the order is built level by level, with
+    quadrants outside the grid dropped): at sizes that are and are not powers of two or multiples of
+    the quadrants, where the drop is skipped."""
+    from infinidepth.sampling.surface import hilbert_order
+
+    side = 1 << max(0, math.ceil(math.log2(max(h, w))))
+    want = sorted(range(h * w), key=lambda i: _hilbert_distance(i % w, i // w, side))
+    assert hilbert_order(h, w).tolist() == want
+
+
 def _uniform_plane(h: int, w: int):
     depth = torch.full((1, 1, h, w), 3.0)
     normals = torch.zeros(1, 3, h, w)

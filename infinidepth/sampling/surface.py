@@ -145,22 +145,28 @@ def hilbert_order(height: int, width: int, device: torch.device = torch.device("
     """The flat indices ``i * width + j`` of an ``height x width`` grid in the order a Hilbert curve
     over the enclosing power-of-two square visits them (int64 ``[height * width]`` on ``device``).
 
-    Each cell's distance along the curve is built from its coordinates two bits at a time, from the
-    top: the quadrant ``(x bit, y bit)`` it is in at this level gives the next two digits, then the
-    coordinates are turned into that quadrant's frame (the two quadrants of y bit 0 are entered
-    transposed, the one of x bit 1 among them also reflected), so that the next level reads them
-    like the first."""
+    Built from the top, one level of the quadtree at a time: each square of the curve is split into
+    its four quadrants in the order the curve visits them, and quadrants wholly outside the grid are
+    dropped, so the work is about 4/3 of the cell count and nothing is sorted. The order depends on
+    the square's frame, one of four: the curve's own, transposed, reflected (both coordinates
+    complemented), or both. In its frame a square's quadrants are visited at (x bit, y bit) = (0, 0),
+    (0, 1), (1, 1), (1, 0); the first is entered transposed, the last transposed and reflected. Each
+    square travels as one int64: x in bits 34-63, y in bits 4-33, its frame in bits 0-1."""
+    if max(height, width) >= 2**30:
+        raise ValueError(f"a Hilbert order of a {height}x{width} grid: sides must be below 2**30")
     side = 1 << max(0, math.ceil(math.log2(max(height, width, 1))))
-    flat = torch.arange(height * width, dtype=torch.int64, device=device)
-    y, x = flat // width, flat % width
-    d = torch.zeros_like(flat)
+    frame = torch.arange(4, device=device)[:, None]
+    in_frame = torch.tensor([[0, 0], [0, 1], [1, 1], [1, 0]], device=device)       # (x bit, y bit) per quadrant
+    transposed, reflected = frame & 1, frame >> 1
+    x_bit = torch.where(transposed.bool(), in_frame[:, 1], in_frame[:, 0]) ^ reflected   # [frame, quadrant]
+    y_bit = torch.where(transposed.bool(), in_frame[:, 0], in_frame[:, 1]) ^ reflected
+    next_frame = frame ^ torch.tensor([1, 0, 0, 3], device=device)
+    squares = torch.zeros(1, dtype=torch.int64, device=device)
     s = side // 2
     while s > 0:
-        rx, ry = (x & s) > 0, (y & s) > 0
-        d += s * s * ((3 * rx.long()) ^ ry.long())
-        reflect = (rx & ~ry).long() * (side - 1)     # side - 1 - v is v ^ (side - 1) for v in [0, side)
-        x, y = x ^ reflect, y ^ reflect
-        swap = (x ^ y) * (~ry).long()
-        x, y = x ^ swap, y ^ swap
+        step = ((s * x_bit) << 34) + ((s * y_bit) << 4) + (next_frame - frame)    # [frame, quadrant]
+        squares = (squares[:, None] + step[squares & 3]).reshape(-1)
+        if width % (2 * s) or height % (2 * s):   # else every quadrant of a square in the grid is in it
+            squares = squares[((squares >> 34) < width) & (((squares >> 4) & (2**30 - 1)) < height)]
         s //= 2
-    return torch.argsort(d)
+    return ((squares >> 4) & (2**30 - 1)) * width + (squares >> 34)
