@@ -6,8 +6,9 @@ the released triangle-area sampler, in one run.
 The depth field is the analytic corridor scene (exact depth and normals) at --size. Timed per
 backend: the whole sampler from depth and normals (surface_area_sample: area weights, quantisation,
 scan, search, jitter), also as a first call (which also lays out the grid's Hilbert order, cached
-after), and the placement kernel alone (inverse_cdf_sample on ready weights). The triangle sampler runs its release-default deterministic mode on the same depth. Every backend's
-cells and coordinates are checked against the torch reference (they must be identical).
+after), and the placement kernel alone (inverse_cdf_sample on ready weights). The triangle sampler
+runs its release-default deterministic mode on the same depth. Every backend's cells and
+coordinates are checked against the torch reference (they must be identical).
 """
 
 from __future__ import annotations
