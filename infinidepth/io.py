@@ -1,7 +1,7 @@
 """Files in and out: images, depth maps in the formats sensors and datasets use, point clouds.
 
-Every writer is atomic (a temporary file in the target folder, then a rename), so an interrupted
-run never leaves a half-written file and never clobbers a good one with a broken one.
+Every writer is atomic (a temporary file in the target folder, flushed to disk, then a rename), so
+an interrupted run never leaves a half-written file and never clobbers a good one with a broken one.
 """
 
 from __future__ import annotations
@@ -175,11 +175,14 @@ def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside ``path``; renamed onto it only if the block succeeds."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    # the stem shortened: a name near the file system's limit (255 bytes) is still one open() accepts,
+    # and the temporary's (prefix, random part and suffix around it) must fit too
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem[:40]}.", suffix=path.suffix)
     os.close(fd)
     try:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; give what open() would
+        _fsync(tmp)  # the data on disk before the name points at it: a crash then cannot leave an empty file there
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -195,6 +198,14 @@ def atomic_paths(paths):
     set, which no portable file system call avoids."""
     with ExitStack() as stack:
         yield [stack.enter_context(atomic_path(p)) for p in paths]
+
+
+def _fsync(path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _umask() -> int:

@@ -202,3 +202,150 @@ def test_colorize_depth_shared_scale():
     assert (far[..., 2] - far[..., 0]).mean() > (near[..., 2] - near[..., 0]).mean() + 20
     with pytest.raises(ValueError, match="reference"):
         colorize_depth(depth, reference=np.zeros(0))
+
+
+def test_read_image_applies_exif_orientation_and_gives_writable_rgb(tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 is read upright (turned 90 degrees
+    clockwise); alpha, palette and greyscale pictures all come back as RGB uint8 [H, W, 3] that can
+    be written to (Pillow's own arrays are read-only)."""
+    rgb = np.random.default_rng(0).integers(0, 256, (4, 6, 3), dtype=np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rgb).save(tmp_path / "sideways.png", exif=exif)
+    np.testing.assert_array_equal(read_image(tmp_path / "sideways.png"), np.rot90(rgb, -1))
+    grey = rgb[..., 0]
+    pictures = {"rgba.png": (Image.fromarray(np.dstack([rgb, np.full((4, 6), 7, np.uint8)])), rgb),
+                "grey.png": (Image.fromarray(grey), np.repeat(grey[..., None], 3, axis=2)),
+                "palette.png": (Image.fromarray(rgb).quantize(colors=256, method=Image.Quantize.MAXCOVERAGE), None)}
+    for name, (picture, want) in pictures.items():
+        picture.save(tmp_path / name)
+        got = read_image(tmp_path / name)
+        assert got.shape == (4, 6, 3) and got.dtype == np.uint8 and got.flags.writeable, name
+        if want is None:
+            want = np.asarray(picture.convert("RGB"))
+        np.testing.assert_array_equal(got, want, err_msg=name)
+
+
+def test_read_image_greyscale_range_bounds(tmp_path):
+    """The accepted ranges are closed at both ends: 0 and 65535 (white) are fine, anything below 0
+    is refused (not wrapped around into bright uint8 values)."""
+    edge = np.array([[0, 65535]], np.int32)
+    Image.fromarray(edge).save(tmp_path / "edge.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "edge.tif")[..., 0], [[0, 255]])
+    Image.fromarray(np.array([[0.0, 1.0]], np.float32)).save(tmp_path / "edge_f.tif")
+    np.testing.assert_array_equal(read_image(tmp_path / "edge_f.tif")[..., 0], [[0, 255]])
+    Image.fromarray(np.array([[-3, 100]], np.int32)).save(tmp_path / "negative.tif")
+    with pytest.raises(InputError, match=r"integer greyscale with values in \[-3, 100\]"):
+        read_image(tmp_path / "negative.tif")
+    Image.fromarray(np.array([[-0.25, 0.5]], np.float32)).save(tmp_path / "negative_f.tif")
+    with pytest.raises(InputError, match=r"floating-point greyscale with values in \[-0.25, 0.5\]"):
+        read_image(tmp_path / "negative_f.tif")
+
+
+def test_depth_arrays_are_found_by_name_and_squeezed(tmp_path, depth):
+    """.npz: the array named depth, else data, else the first saved; a [1, H, W] array is the map."""
+    np.savez(tmp_path / "both.npz", data=np.zeros_like(depth), depth=depth)
+    np.testing.assert_array_equal(read_depth(tmp_path / "both.npz"), depth)
+    np.savez(tmp_path / "data.npz", aaa=np.zeros(2), data=depth)
+    np.testing.assert_array_equal(read_depth(tmp_path / "data.npz"), depth)
+    np.savez(tmp_path / "unnamed.npz", depth, np.zeros_like(depth))       # arr_0, arr_1
+    np.testing.assert_array_equal(read_depth(tmp_path / "unnamed.npz"), depth)
+    np.save(tmp_path / "batched.npy", depth[None])
+    np.testing.assert_array_equal(read_depth(tmp_path / "batched.npy"), depth)
+    np.savez(tmp_path / "empty.npz")
+    with pytest.raises(InputError, match="empty .npz"):
+        read_depth(tmp_path / "empty.npz")
+
+
+def test_depth_reader_preferences_and_dtype(tmp_path, depth):
+    """EXR: Z before depth before Y before R; HDF5: the first dataset of the preferred name; every
+    reader's map comes back as float32 whatever the file holds."""
+    import h5py
+    import OpenEXR
+
+    grey = np.full_like(depth, 0.5)
+    header = {"compression": OpenEXR.ZIP_COMPRESSION, "type": OpenEXR.scanlineimage}
+    for name, channels in (("z.exr", {"R": grey, "Y": grey, "Z": depth}), ("d.exr", {"Y": grey, "depth": depth}),
+                           ("y.exr", {"R": grey, "Y": depth})):
+        OpenEXR.File(header, channels).write(str(tmp_path / name))
+        np.testing.assert_array_equal(read_depth(tmp_path / name), depth, err_msg=name)
+    with h5py.File(tmp_path / "two.h5", "w") as f:
+        f.create_dataset("a/depth", data=depth)
+        f.create_dataset("b/depth", data=np.zeros_like(depth))
+    np.testing.assert_array_equal(read_depth(tmp_path / "two.h5"), depth)
+    for dtype in (np.float64, np.uint16, np.int32):
+        np.save(tmp_path / "d.npy", (depth * 4).astype(dtype))
+        got = read_depth(tmp_path / "d.npy")
+        assert got.dtype == np.float32, dtype
+        np.testing.assert_array_equal(got, depth * 4)
+
+
+def test_png16_of_a_constant_relative_map_is_zero_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                 # no 0 / 0 (NaN cast to uint16)
+        rel, how = depth_to_png16(np.full((2, 3), 3.0, np.float32), metric=False)
+    np.testing.assert_array_equal(rel, np.zeros((2, 3), np.uint16))
+    assert how == "relative depth, 0..65535 spans [3, 3]"
+
+
+def test_colorize_depth_clips_the_outer_percentiles_and_blocks_cover_every_row():
+    # 0.1% of the map far away does not squeeze the rest into half the colours: the far end of the
+    # bulk (beyond the 2nd percentile of inverse depth) gets the same, last colour as the outlier
+    depth = np.linspace(1.0, 2.0, 100 * 100).reshape(100, 100)
+    depth[0, 0] = 1000.0
+    picture = colorize_depth(depth)
+    np.testing.assert_array_equal(picture[-1, -1], picture[0, 0])
+    np.testing.assert_array_equal(picture[0, 1], picture[0, 50])          # both nearer than the 98th percentile
+    # a map of several blocks of rows (1 M pixels each) is coloured in every row: row by row on the
+    # same scale gives the same picture
+    wide = np.random.default_rng(0).uniform(1, 5, (3, 400_000)).astype(np.float32)
+    rows = [colorize_depth(wide[i : i + 1], reference=wide) for i in range(3)]
+    np.testing.assert_array_equal(colorize_depth(wide), np.concatenate(rows))
+
+
+def test_read_image_names_a_decompression_bomb(tmp_path, monkeypatch):
+    """Pillow refuses an image of more than 2 * MAX_IMAGE_PIXELS pixels with its own exception type
+    (not an OSError): it is reported as bad input, with the way to read a genuine one."""
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10)
+    with pytest.raises(InputError, match=r"cannot read image .*big\.png.*raise PIL\.Image\.MAX_IMAGE_PIXELS"):
+        read_image(tmp_path / "big.png")
+
+
+def test_atomic_writes_reach_the_disk_before_the_rename(tmp_path, monkeypatch):
+    """The temporary is fsynced before it is renamed onto the target: without it a power cut (or a
+    kernel crash) soon after can leave the rename on disk but not the data (an empty or partial file
+    where the good one was), on file systems that do not order the two themselves (XFS, ext4
+    without auto_da_alloc)."""
+    import os
+
+    events = []
+    fsync, replace = os.fsync, os.replace
+
+    def recorded_fsync(fd):
+        events.append(("fsync", os.fstat(fd).st_ino))
+        return fsync(fd)
+
+    def recorded_replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        return replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", recorded_fsync)
+    monkeypatch.setattr(os, "replace", recorded_replace)
+    write_npy(tmp_path / "a.npy", np.ones(3))
+    assert [e[0] for e in events][-1] == "replace" and ("fsync", events[-1][1]) in events[:-1], events
+    np.testing.assert_array_equal(np.load(tmp_path / "a.npy"), np.ones(3))
+
+
+def test_atomic_write_to_a_name_near_the_length_limit(tmp_path):
+    """A file name open() accepts (5 bytes short of the file system's limit, 255 on most) is written:
+    the temporary beside it used to be named after the whole stem plus a prefix and a random part,
+    past the limit."""
+    import os
+
+    name = "d" * (os.pathconf(tmp_path, "PC_NAME_MAX") - 9) + ".npy"
+    write_npy(tmp_path / name, np.ones(2))
+    np.testing.assert_array_equal(np.load(tmp_path / name), np.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == [name]
