@@ -51,7 +51,8 @@ def test_non_finite_samples_are_named_not_fitted(where, value):
 
 @pytest.mark.parametrize("kwargs,match", [
     ({"threshold": 0.0}, "threshold"), ({"threshold": -1.0}, "threshold"), ({"threshold": float("nan")}, "threshold"),
-    ({"trials": 0}, "trials"), ({"trials": -5}, "trials"), ({"trials": 2.5}, "trials"),
+    ({"threshold": float("inf")}, "threshold"),
+    ({"trials": 0}, "trials"), ({"trials": -5}, "trials"), ({"trials": 2.5}, "trials"), ({"trials": True}, "trials"),
 ])
 def test_bad_ransac_settings_are_refused(kwargs, match):
     """A threshold <= 0 (or NaN) has no inliers: the result was a random pair's line, unrefined."""
@@ -74,3 +75,21 @@ def test_a_reference_mostly_one_value_still_fits_the_line_not_a_constant():
     ref[wall] = 2.0
     a, b = fit_affine_robust(pred, ref)
     assert abs(a - 2) < 0.05 and abs(b - 1) < 0.05, (a, b)
+
+
+def test_robust_fit_of_a_constant_prediction_and_of_a_threshold_nothing_meets():
+    """A constant prediction has no pair to draw a line through: the fit falls back to least
+    squares, whose line puts the prediction at the reference's mean (no NaN from 0 / 0). A
+    threshold no sample meets leaves the best hypothesis unrefined rather than failing."""
+    import warnings
+
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(1, 3, 500)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a, b = fit_affine_robust(np.full(500, 0.25), ref)
+    assert a * 0.25 + b == pytest.approx(ref.mean(), rel=1e-9)
+    for seed in range(5):
+        x = rng.random(50)
+        a, b = fit_affine_robust(x, 2 * x + 1 + rng.normal(0, 0.01, x.size), seed=seed, threshold=1e-300)
+        assert np.isfinite(a) and np.isfinite(b), seed

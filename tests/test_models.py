@@ -336,3 +336,77 @@ def test_inference_mode_callers_get_the_same_answers(models, name):
             p = model.sample_points(img, 16, k, seed=0, sparse_depth=s, backend=backend).points
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close((d, g, p), (want_d, want_g, want_p), rtol=1e-5, atol=1e-6)
+
+
+def test_predict_defaults_to_the_input_size_and_decode_checks_its_arguments(models):
+    """Without output_size the map has the image's (H, W), not (W, H); decode_depth decodes on the
+    backend it is given (a bad name is refused, not ignored), and a chunk of 0 queries is refused."""
+    model = models["tiny"]
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    assert model.predict(image, backend="cpp").shape == (1, 1, 32, 48)
+    feats = model.encode(image)
+    coords = torch.zeros(1, 4, 2)
+    with pytest.raises(ValueError, match="nope"):
+        model.decode_depth(feats, coords, backend="nope")
+    for chunk in (0, -1):
+        with pytest.raises(ValueError, match="chunk must be a positive"):
+            model.decode(feats, coords, chunk=chunk)
+
+
+def central_difference(model, feats, coords, eps=1e-3):
+    """d depth / d (y, x) ``[B, N, 2]`` by central differences of decode_depth (the reference)."""
+    fd = []
+    for k in range(2):
+        step = torch.zeros(2)
+        step[k] = eps
+        fd.append((model.decode_depth(feats, coords + step, backend="torch")
+                   - model.decode_depth(feats, coords - step, backend="torch")) / (2 * eps))
+    return torch.stack(fd, -1)
+
+
+def test_depth_derivative_is_the_chain_rule_through_to_depth():
+    """decode_depth's with_grad is d depth / d (y, x), not the raw output's derivative: checked
+    against central differences (the decoder is piecewise smooth: a few queries near a kink may differ)."""
+    model = from_preset("tiny")                       # depth = exp(raw): the factor is the depth itself
+    image = torch.rand(1, 3, 32, 48, generator=torch.Generator().manual_seed(0))
+    feats = model.encode(image)
+    coords = torch.rand(1, 30, 2, generator=torch.Generator().manual_seed(2)) * 1.6 - 0.8
+    depth, grad = model.decode_depth(feats, coords, backend="torch", with_grad=True)
+    fd = central_difference(model, feats, coords)
+    err = (grad - fd).norm(dim=-1) / fd.norm(dim=-1)
+    assert err.median() < 1e-2, err   # the raw output's derivative is ~5% off here (depth ~0.95)
+
+
+def test_sample_points_colours_and_normals_read_the_right_axes(monkeypatch):
+    """Colours are the image's, bilinear at each point with the border pixels repeated outward (a
+    ramp in x as red, one in y as green: exact); the normals are computed from d depth / d y in
+    channel 0 and d / d x in channel 1, as surface_normals takes them."""
+    import infinidepth.sampling as sampling
+
+    model = from_preset("tiny")
+    H, W = 32, 48
+    ys, xs = torch.meshgrid(torch.arange(H) / (H - 1), torch.arange(W) / (W - 1), indexing="ij")
+    image = torch.stack([xs, ys, torch.full_like(xs, 0.5)])[None]
+    K = torch.tensor([[40.0, 0, 24], [0, 40.0, 16], [0, 0, 1]])
+    seen = {}
+    original = sampling.surface_normals
+
+    def spy(depth, grad, intrinsics):
+        seen["grad"] = grad
+        return original(depth, grad, intrinsics)
+
+    monkeypatch.setattr(sampling, "surface_normals", spy)
+    sp = model.sample_points(image, 600, K, seed=0, backend="torch")
+    y_pix = ((sp.coords[0, :, 0] + 1) / 2 * H - 0.5).clamp(0, H - 1)
+    x_pix = ((sp.coords[0, :, 1] + 1) / 2 * W - 0.5).clamp(0, W - 1)
+    at_border = (x_pix == 0) | (x_pix == W - 1) | (y_pix == 0) | (y_pix == H - 1)
+    assert at_border.any()                            # within half a pixel of the edge: clamped
+    want = torch.stack([x_pix / (W - 1), y_pix / (H - 1), torch.full_like(x_pix, 0.5)], -1)
+    torch.testing.assert_close(sp.colors[0], want, rtol=0, atol=1e-5)
+    # the derivative map given to surface_normals, at some pixel centres, against central differences
+    pixels = torch.tensor([[3, 5], [10, 40], [20, 17], [28, 30], [15, 2], [7, 25]])
+    coords = torch.stack([(pixels[:, 0] + 0.5) / H * 2 - 1, (pixels[:, 1] + 0.5) / W * 2 - 1], -1)[None]
+    fd = central_difference(model, model.encode(image), coords)[0]
+    grad = seen["grad"][0, :, pixels[:, 0], pixels[:, 1]].T
+    err = (grad - fd).norm(dim=-1) / fd.norm(dim=-1)
+    assert err.median() < 1e-2, err

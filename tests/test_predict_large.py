@@ -76,6 +76,37 @@ def test_bad_regions_and_outputs_are_refused(model, image):
         model.predict(image, output_size=(8, 8), tile=2.5)
 
 
+
+def test_regions_outside_the_width_are_refused_and_out_is_checked_exactly(model, image):
+    """The region's x bounds are checked like its y bounds (they used to reach the grid as a slice:
+    a negative x0 or an x1 past the width gave a reshape error or the wrong columns); out= is refused
+    for each way it could not hold the answer, but an out with stride-0 size-1 dimensions is fine."""
+    for region in [(0, 0, 5, 54), (0, -1, 5, 5), (0, 5, 5, 5)]:
+        with pytest.raises(ValueError, match=r"region .* must satisfy .*0 <= x0 < x1 <= 53"):
+            model.predict(image, output_size=(37, 53), region=region)
+    for tile in (0, -3):
+        with pytest.raises(ValueError, match="tile must be positive"):
+            model.predict(image, output_size=(8, 8), tile=tile)
+    with pytest.raises(ValueError, match="float32 tensor"):
+        model.predict(image, output_size=(8, 8), out=torch.empty(1, 1, 8, 8, dtype=torch.float64))
+    read_only = np.zeros((8, 8), np.float32)
+    read_only.flags.writeable = False          # refused by name, not by NumPy's own error mid-decoding
+    with pytest.raises(ValueError, match=r"the NumPy out is read-only .*'r\+'"):
+        model.predict(image, output_size=(8, 8), out=read_only)
+    out = torch.empty(8, 8).as_strided((1, 1, 8, 8), (0, 0, 8, 1))   # stride 0 on size-1 dimensions: no overlap
+    assert model.predict(image, output_size=(8, 8), out=out, backend="cpp") is out
+    assert torch.equal(out, model.predict(image, output_size=(8, 8), backend="cpp"))
+
+
+def test_a_region_streams_into_a_numpy_out(model, image):
+    """A NumPy out (the CLI's memory map) holds only the region: tile rows are written at their offset
+    in the region, not at their row of the full grid."""
+    full = model.predict(image, output_size=(37, 53), backend="cpp")[0, 0].numpy()
+    out = np.full((19, 40), -1.0, np.float32)
+    assert model.predict(image, output_size=(37, 53), backend="cpp", region=(11, 7, 30, 47), tile=3 * 40, out=out) is out
+    np.testing.assert_array_equal(out, full[11:30, 7:47])
+
+
 def test_an_output_too_large_for_memory_is_refused_by_name(model, image):
     # 16M x 16M float32 is 1 PiB: more than a 64-bit process can map, whatever the overcommit policy
     with pytest.raises(MemoryError, match=r"\[1, 1, 16777216, 16777216\].*1048576\.0 GiB.*out=.*region="):
