@@ -17,13 +17,13 @@ import json
 import os
 import pickle
 import re
-import tempfile
 import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from infinidepth.io import atomic_path
 from infinidepth.models import ARCHS, PRESETS, ImplicitDepthModel, build_model, from_preset
 from infinidepth.models.official import RELEASED_INPUT, OfficialConfig
 from infinidepth.models.paper import PaperConfig
@@ -358,16 +358,6 @@ def save_model(model: ImplicitDepthModel, path: str | os.PathLike) -> Path:
     info = {"format": FORMAT, "version": FORMAT_VERSION, "arch": model.arch, "config": model.config_dict(),
             "input_size": model.input_size}
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(sd, tmp, metadata={"infinidepth": json.dumps(info)})
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # mkstemp makes 0600 files; give what open() would
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata={"infinidepth": json.dumps(info)})
     return path

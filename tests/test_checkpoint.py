@@ -407,3 +407,13 @@ def test_inert_loading_calls_no_torch_function_named_by_the_file(tmp_path):
     with pytest.raises(CheckpointError, match="evil.pt: not a readable PyTorch checkpoint"):
         infinidepth.load_model(tmp_path / "evil.pt")
     assert not made.exists()
+
+
+def test_save_model_writes_a_name_at_the_file_systems_limit(tmp_path):
+    """Its temporary (hidden, beside the target) once held the whole name and more, so a name that
+    open() accepts failed with 'File name too long'; save_model now goes through io.atomic_path."""
+    import os
+
+    name = "m" * (os.pathconf(tmp_path, "PC_NAME_MAX") - len(".safetensors")) + ".safetensors"
+    path = infinidepth.save_model(from_preset("tiny", seed=1), tmp_path / name)
+    assert [p.name for p in tmp_path.iterdir()] == [name] and infinidepth.load_model(path).arch == "InfiniDepthPaper"
