@@ -1321,8 +1321,8 @@ def test_ply_columns_by_hand_both_ways(tmp_path):
 def test_point_head_activations_by_hand():
     """Linear heads with zero weights output their biases: every activation of the module docstring is
     then a number worked out here (offset 2 tanh(.) footprints, colour clamp(rgb + 0.5 tanh(.)),
-    scale footprint exp(clamp(., -4, 4)), opacity sigmoid, rotation normalise(. + (1, 0, 0, 0))), with
-    the footprint the points' spacing on a grid."""
+    scale footprint exp(clamp(., log 0.75, 4)), opacity sigmoid, rotation normalise(. + (1, 0, 0, 0))),
+    with the footprint the points' spacing on a grid."""
     from infinidepth.gs.heads import PointHead
 
     head = PointHead(feature_dim=4).double()
@@ -1344,9 +1344,35 @@ def test_point_head_activations_by_hand():
     rgb = (colors + 0.5 * torch.tensor([math.tanh(2.0), math.tanh(-1.0), 0.0], dtype=torch.float64)).clamp(0, 1)
     assert rgb[1, 0] == 1.0                                                    # (0.9 + 0.48 clamped)
     torch.testing.assert_close(g.sh[:2][:, :, 0] * C0 + 0.5, rgb)
-    torch.testing.assert_close(g.scales[:2], fp * torch.tensor([math.exp(0.5), math.exp(-4.0), 1.0], dtype=torch.float64))
+    torch.testing.assert_close(g.scales[:2], fp * torch.tensor([math.exp(0.5), 0.75, 1.0], dtype=torch.float64))   # (-5: at least 0.75)
     torch.testing.assert_close(g.opacities[:2], torch.full((2,), 1 / (1 + math.exp(-1.0)), dtype=torch.float64))
     torch.testing.assert_close(g.rotations[:2], torch.tensor([[1.0, 0, 0.5, 0]] * 2, dtype=torch.float64) / math.sqrt(1.25))
+
+
+def test_point_head_gaussians_close_a_plane_rendered_finer_than_a_pixel_per_point():
+    """However small the head asks its Gaussians to be, they stay at least the plain splats' size, so a
+    plane of points closes on its own, rendered where the points are 4 pixels apart (the rasteriser's
+    0.3 px^2 anti-aliasing fills nothing there). Each grid cell's centre is 0.707 spacings from four
+    points: with scale 0.75 and opacity 0.95 each gives alpha 0.95 exp(-0.5 (0.707 / 0.75)^2) = 0.61,
+    together 1 - 0.39^4 = 0.98. With Gaussians of exp(-4) spacings (the head's earlier smallest) the
+    cell centres are empty."""
+    from infinidepth.gs.heads import PointHead
+
+    head = PointHead(feature_dim=4).double()
+    with torch.no_grad():
+        for name in ("offset", "color", "scale", "opacity", "rotation"):
+            getattr(head, name).weight.zero_()
+            getattr(head, name).bias.zero_()
+        head.scale.bias.fill_(-10.0)                                           # "as small as you can"
+        head.opacity.bias.fill_(math.log(0.95 / 0.05))
+    pts = _plane_grid(12, 0.01, 2.0, torch.float64)                           # 0.01 apart at 2 m
+    with torch.no_grad():
+        g = head(pts, torch.full((144, 3), 0.5, dtype=torch.float64), torch.zeros(144, 4, dtype=torch.float64))
+    f = 4 / 0.01 * 2.0                                                          # 4 px between neighbours
+    K = torch.tensor([[f, 0, 24.0], [0, f, 24.0], [0, 0, 1]], dtype=torch.float64)
+    alpha = render_torch(g, torch.eye(4, dtype=torch.float64), K, (48, 48))["alpha"]
+    inner = alpha[4:44, 4:44]                                                   # between the outer points
+    assert float(inner.min()) > 0.95, f"specks: alpha down to {float(inner.min()):.3f} inside the plane"
 
 
 def test_pixel_aligned_head_activations_by_hand():

@@ -4,13 +4,18 @@
   the encoder features bilinearly sampled there go through one shared MLP; separate linear heads give
   a position offset, a colour offset, the scale, the opacity and the rotation. Activations:
   offset = tanh(.) * 2 * footprint (at most two footprints), colour = clamp(rgb + 0.5 tanh(.), 0, 1),
-  scale = footprint * exp(clamp(., -4, 4)) per axis, opacity = sigmoid(.), rotation = normalise(. + (1, 0, 0, 0)).
+  scale = footprint * exp(clamp(., log 0.75, 4)) per axis, opacity = sigmoid(.), rotation = normalise(. + (1, 0, 0, 0)).
   ``footprint`` is the local spacing of the sampled points (mean distance to the 3 nearest, the size
   rule of the plain splats, :func:`~infinidepth.gs.splats.point_spacing`). It grows with depth as
   the scene does, so the head's outputs mean the same at 1 m and at 100 m; and unlike the size of a
   pixel at the point's depth it also follows the point count and the sampler's density (the
   surface-area sampler puts more points per pixel far away), so a head trained with a few thousand
   points makes neither blur nor holes with hundreds of thousands.
+  No axis is shorter than the plain splats' size, 0.75 footprints (:data:`~infinidepth.gs.splats.SPLAT_SIZE`):
+  narrower Gaussians leave gaps between neighbours that only the rasteriser's fixed 0.3 px²
+  anti-aliasing fills, and only where the points are a pixel or two apart on screen, as in training
+  (views rendered at the network input's size). Rendered finer (``infinidepth gs`` renders at the
+  picture's size, 4x the demo model's input) the gaps show as specks, whatever the point count.
 - :class:`PixelAlignedHead`: the released GS head (``GSPixelAlignPredictor``: convolutions over the
   image, the depth map and the ViT tokens, 37 channels per pixel), loadable from the released GS
   checkpoint (keys ``encoder.<name>``). Its per-pixel attributes are resampled bilinearly at the
@@ -22,6 +27,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,7 +38,7 @@ from infinidepth.ops.coords import clamp_to_pixel_centres
 from infinidepth.ops.gather import bilinear_gather_reference
 
 from .gaussians import Gaussians, rgb_to_sh0
-from .splats import point_spacing
+from .splats import SPLAT_SIZE, point_spacing
 
 
 def plucker(rays: torch.Tensor, origin: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,7 +74,8 @@ class PointHead(nn.Module):
         means = points + 2 * footprint * torch.tanh(self.offset(h))
         rgb = (colors + 0.5 * torch.tanh(self.color(h))).clamp(0, 1)
         rot = F.normalize(self.rotation(h) + torch.tensor([1.0, 0, 0, 0], device=h.device), dim=-1)
-        return Gaussians(means=means, scales=footprint * torch.exp(self.scale(h).clamp(-4, 4)), rotations=rot,
+        scales = footprint * torch.exp(self.scale(h).clamp(math.log(SPLAT_SIZE), 4))
+        return Gaussians(means=means, scales=scales, rotations=rot,
                          opacities=torch.sigmoid(self.opacity(h))[:, 0], sh=rgb_to_sh0(rgb)[:, :, None])
 
 

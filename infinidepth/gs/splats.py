@@ -15,6 +15,10 @@ import torch
 
 from .gaussians import Gaussians, rgb_to_sh0
 
+# a splat's standard deviation in point spacings: neighbouring splats overlap into a closed surface at any
+# render size (on the bundled picture rendered at 4x the network input, 0.6 leaves 0.4-2% specks, 0.75 under 0.03%)
+SPLAT_SIZE = 0.75
+
 
 def point_spacing(points: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
     """The local spacing of ``points [N, 3]``: each one's mean distance to its ``neighbours`` nearest
@@ -36,7 +40,7 @@ def point_spacing(points: torch.Tensor, neighbours: int = 3) -> torch.Tensor:
 
 
 def splats_from_points(points: torch.Tensor, colors: torch.Tensor, opacity: float = 0.95, neighbours: int = 3,
-                       size: float = 0.75) -> Gaussians:
+                       size: float = SPLAT_SIZE) -> Gaussians:
     """``points [N, 3]`` and float ``colors [N, 3]`` in [0, 1] -> Gaussians (see the module docstring;
     the spacing as :func:`point_spacing` measures it)."""
     if points.dim() != 2 or points.shape[1] != 3 or colors.shape != points.shape:
