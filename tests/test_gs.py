@@ -511,6 +511,21 @@ def test_pixel_aligned_head_has_the_released_layout_and_loads_it(tmp_path):
         PixelAlignedHead.from_checkpoint(tmp_path / "partial.ckpt")
 
 
+def test_gs_head_training_loss_charges_the_source_views_uncovered_pixels(tmp_path):
+    """The first step's loss with coverage weight w is the photometric loss plus w times the mean
+    transparency of the source view's surface pixels: positive, and proportional to w."""
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    def first_loss(w):
+        out = tmp_path / f"w{w}"
+        cfg = GSTrainConfig(depth_model="tiny", scenes=2, size=(32, 48), points=300, steps=1, coverage_weight=w, out=str(out))
+        return train_gs(cfg, progress=False)["losses"][0][1]
+
+    plain, one, two = first_loss(0.0), first_loss(1.0), first_loss(2.0)
+    assert one - plain > 1e-3
+    assert two - plain == pytest.approx(2 * (one - plain), rel=1e-4)
+
+
 def test_gs_head_training_resumes_exactly_and_feeds_the_gs_command(tmp_path):
     import os
     import signal
@@ -765,9 +780,10 @@ def test_gs_training_adds_lpips_when_given_weights_and_says_when_it_does_not(tmp
     assert with_lpips[0][1] > plain[0][1] + 1e-3          # the same first step, plus the LPIPS term
     args = ["train-gs", "--depth-model", "tiny", "--scenes", "2", "--size", "32x48", "--points", "300", "--steps", "1"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert "loss: L1 + 0.2 (1 - SSIM) (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth adds it)" in capsys.readouterr().out
+    assert ("loss: L1 + 0.2 (1 - SSIM) + 0.5 (1 - source-view opacity) (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth "
+            "adds it)") in capsys.readouterr().out
     assert main([*args, "--out", str(tmp_path / "b"), "--lpips", str(path)]) == 0
-    assert f"loss: L1 + 0.2 (1 - SSIM) + 0.05 LPIPS ({path})" in capsys.readouterr().out
+    assert f"loss: L1 + 0.2 (1 - SSIM) + 0.5 (1 - source-view opacity) + 0.05 LPIPS ({path})" in capsys.readouterr().out
 
 
 # -- input validation: bad input is refused naming the problem -----------------------------------------------------

@@ -6,7 +6,9 @@ relative depth is aligned to the source view's true depth (RANSAC in log-depth, 
 so the points live in the scene's metric frame); the head turns points, colours, Plücker rays and
 the encoder features sampled at the points into Gaussians; those are rendered (the differentiable
 PyTorch rasteriser) into every view and compared with the true images on their valid pixels:
-``L1 + ssim_weight * (1 - SSIM)``, plus ``lpips_weight * LPIPS`` when ``lpips`` names its network
+``L1 + ssim_weight * (1 - SSIM)``; plus ``coverage_weight * (1 - opacity)`` over the source view's
+surface pixels, all of which the points see (without it the head learnt to leave surfaces half
+transparent, specks when rendered finer); plus ``lpips_weight * LPIPS`` when ``lpips`` names its network
 weights (torchvision's VGG16 or AlexNet file, or a saved ``lpips.LPIPS``; ``gs.metrics.load_lpips``,
 the ``lpips`` package). They are not bundled, so by default there is no LPIPS term, and the command
 says so when it starts.
@@ -46,6 +48,7 @@ class GSTrainConfig:
     lr: float = 1e-3
     hidden: int = 64
     ssim_weight: float = 0.2
+    coverage_weight: float = 0.5  # times (1 - opacity) over the source view's surface pixels
     checkpoint_every: int = 100
     log_every: int = 10
     seed: int = 0
@@ -60,7 +63,7 @@ class GSTrainConfig:
     def loss_description(self) -> str:
         lpips = f" + {self.lpips_weight:g} LPIPS ({self.lpips})" if self.lpips else \
             " (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth adds it)"
-        return f"loss: L1 + {self.ssim_weight:g} (1 - SSIM){lpips}"
+        return f"loss: L1 + {self.ssim_weight:g} (1 - SSIM) + {self.coverage_weight:g} (1 - source-view opacity){lpips}"
 
     def validate(self) -> "GSTrainConfig":
         """Every field's type and range (the checks of infinidepth.train.config); one ValueError naming
@@ -82,6 +85,7 @@ class GSTrainConfig:
         check_number(problems, "baseline", self.baseline, 0, above=True)
         check_number(problems, "lr", self.lr, 0, above=True)
         check_number(problems, "ssim_weight", self.ssim_weight, 0)
+        check_number(problems, "coverage_weight", self.coverage_weight, 0)
         check_number(problems, "lpips_weight", self.lpips_weight, 0)
         check_text(problems, "depth_model", self.depth_model)
         check_text(problems, "out", self.out, what="a folder path")
@@ -227,6 +231,11 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
                 if perceptual is not None:
                     loss = loss + cfg.lpips_weight * lpips_distance(perceptual, pred, truth, mask)
             loss = loss / (cfg.views - 1)
+            # every surface pixel of the source view is seen by the points: where the Gaussians leave it
+            # half transparent the background shows through, as specks once rendered finer. The moved
+            # views alone rewarded that (lower opacity hedges depth errors: DEMO_MODEL.md)
+            alpha = render_torch(g, torch.eye(4), K, cfg.size)["alpha"]
+            loss = loss + cfg.coverage_weight * (1 - alpha)[views[0].valid].mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(head.parameters(), 1.0)
