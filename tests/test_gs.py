@@ -568,6 +568,7 @@ GS_BAD_VALUES = [  # (GSTrainConfig fields, what the error must say)
     (dict(steps=True), "steps must be a whole number, got True"),
     (dict(lpips_weight=float("nan")), "lpips_weight must be a finite number, got nan"),
     (dict(ssim_weight=-1.0), "ssim_weight must be 0 or more, got -1"),
+    (dict(coverage_weight=-0.5), "coverage_weight must be 0 or more, got -0.5"),
     (dict(lr=0.0), "lr must be greater than 0, got 0"),
     (dict(baseline=float("inf")), "baseline must be a finite number, got inf"),
     (dict(views=1), r"views must be at least 2 \(a source and a moved view\), got 1"),
