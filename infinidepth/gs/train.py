@@ -175,8 +175,9 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
             raise ValueError(f"--resume: {e}; it is damaged or not a train-gs checkpoint: restore a copy, or delete "
                              "it to start the run over") from None
         missing = [k for k in RESUME_KEYS if k not in state] if isinstance(state, dict) else list(RESUME_KEYS)
+        lacking = ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint (it lacks {', '.join(missing)})")
         if "config" in missing:
-            raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint (it lacks {', '.join(missing)})")
+            raise lacking
         saved = state["config"]
         # where the run folder is and how often it logs and saves change nothing the run computes: a
         # resume may change them (a folder moved, or spelt "runs/gs/" instead of "runs/gs")
@@ -186,7 +187,7 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
             changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
             raise ValueError(f"--resume: the config differs from the checkpoint's in {', '.join(changed)}")
         if missing:  # (after the config: a run's config that differs is the likelier news)
-            raise ValueError(f"--resume: {ckpt} is damaged or not a train-gs checkpoint (it lacks {', '.join(missing)})")
+            raise lacking
         try:
             head.load_state_dict(state["head"])
             opt.load_state_dict(state["optimizer"])
