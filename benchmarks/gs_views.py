@@ -136,6 +136,9 @@ def main() -> None:
         from infinidepth.gs.train import load_gs_head
 
         head, name = load_gs_head(args.gs_head)
+        if name is None:
+            ap.error("--gs-head: the released GS head reads a released InfiniDepth model's tokens; this benchmark "
+                     "scores heads trained by infinidepth train-gs on the procedural scenes")
         depth_model = load_model(name)
     perceptual = load_lpips(args.lpips) if args.lpips else None
     metrics = ("psnr", "ssim", "hole_fraction") + (("lpips",) if perceptual is not None else ())

@@ -794,6 +794,7 @@ MAX_VIDEO_FRAMES = 108_000
 
 def run_gs(args) -> dict:
     from infinidepth.gs.gaussians import write_ply as write_gaussians
+    from infinidepth.gs.heads import PixelAlignedHead
     from infinidepth.gs.render import render
     from infinidepth.gs.splats import camera_path, splats_from_points
 
@@ -830,13 +831,19 @@ def run_gs(args) -> dict:
             head, head_model = load_gs_head(args.gs_head)
         except ValueError as e:
             raise InputError(f"--gs-head: {e}") from None
-        if head_model != (args.checkpoint or DEFAULT_CHECKPOINT):
+        if head_model is not None and head_model != (args.checkpoint or DEFAULT_CHECKPOINT):
             print(f"note: the GS head was trained with depth model {head_model!r}, not {args.checkpoint or DEFAULT_CHECKPOINT!r}",
                   file=sys.stderr)
     model = open_model(args.checkpoint, device)
     if model.arch in ("InfiniDepth_DepthSensor", "GridBaseline"):
         raise InputError(f"infinidepth gs takes a monocular implicit model (its sampler needs the field's derivative "
                          f"and no sparse depth); this checkpoint is {model.arch}")
+    released = isinstance(head, PixelAlignedHead)   # the released GS head: it reads the ViT's tokens
+    if released and (model.arch != "InfiniDepth" or model.config.vit.embed_dim != head.token_dim):
+        width = f" {model.config.vit.embed_dim} wide" if model.arch == "InfiniDepth" else ""
+        raise InputError(f"--gs-head {args.gs_head} is the released GS head: it reads the {head.token_dim}-wide ViT tokens "
+                         f"of a released InfiniDepth model (pass its checkpoint with --checkpoint); this checkpoint is "
+                         f"{model.arch}{width}")
     input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
@@ -848,12 +855,21 @@ def run_gs(args) -> dict:
             from infinidepth.sampling import scale_intrinsics
 
             K_in = scale_intrinsics(K, (H0, W0), input_size).float()
-            p_in, _, feats, coords = head_inputs(model, image, K_in.to(device), args.points, args.seed)
+            if released:
+                sp = model.sample_points(image, args.points, K_in.to(device), seed=args.seed)
+                p_in, coords = sp.points[0].cpu(), sp.coords[0].cpu()
+            else:
+                p_in, _, feats, coords = head_inputs(model, image, K_in.to(device), args.points, args.seed)
             points, c_in = p_in.numpy(), torch.from_numpy(image_colors(rgb, coords[None])).float() / 255
     except ValueError as e:
         raise InputError(f"{args.image}: {e}; nothing was written (is the checkpoint sound?)") from None
     check_finite_output(points, args.image)
-    if head is not None:
+    if released:  # its per-pixel attributes from the network input, its depth and tokens, read at the points
+        with torch.no_grad():
+            head = head.to(device)
+            maps = head.attribute_maps(image, sp.depth_map, sp.features.maps[0])
+            g = head.at_points(maps, sp.coords[0], p_in.to(device), c_in.to(device))
+    elif head is not None:
         if feats.shape[-1] != head.feature_dim:
             raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feats.shape[-1]}: "
                              "train a head for this depth model with infinidepth train-gs --depth-model")
@@ -1033,8 +1049,9 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     gs.add_argument("--seed", type=int, default=0, help="seed of the surface-area sampler (default 0)")
-    gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs, or 'demo' (the one bundled with the demo "
-                                      "model); default: plain splats sized by point spacing")
+    gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs, 'demo' (the one bundled with the demo "
+                                      "model), or the released GS checkpoint (with a released InfiniDepth --checkpoint); "
+                                      "default: plain splats sized by point spacing")
     gs.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     tg = sub.add_parser("train-gs", help="train the paper's Gaussian head on multi-view procedural scenes (depth model frozen)")

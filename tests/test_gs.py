@@ -2,6 +2,7 @@
 the `infinidepth gs` command."""
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -1109,6 +1110,78 @@ def test_released_gs_head_file_loads_without_running_code_from_it(tmp_path):
     with pytest.raises(CheckpointError, match="no 'encoder.'-prefixed GS head keys"):
         PixelAlignedHead.from_checkpoint(tmp_path / "evil.ckpt")
     assert not marker.exists()
+
+
+def released_gs_head_file(path, token_dim, seed=5):
+    from infinidepth.gs.heads import PixelAlignedHead
+
+    torch.manual_seed(seed)
+    head = PixelAlignedHead(token_dim)
+    for p in head.parameters():   # large enough that every input moves every attribute
+        p.data.mul_(2)
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in head.state_dict().items()}}, path)
+    return head
+
+
+def test_gs_command_runs_the_released_gs_head_on_the_depth_and_tokens_of_the_image(tmp_path):
+    """``infinidepth gs --gs-head <released GS checkpoint>``: each Gaussian's attributes are the
+    released head's per-pixel maps of the network input, its dense depth (``model.predict``) and its
+    ViT tokens (``model.encode``), read where the Gaussian's centre projects; the token width is read
+    off the file (64 here, the official-tiny preset's)."""
+    from PIL import Image
+
+    from infinidepth import save_model
+    from infinidepth.cli import main
+    from infinidepth.models import from_preset
+
+    torch.manual_seed(0)
+    model = from_preset("official-tiny").eval()
+    last = model.depth_implicit_head.out_layer.layers[-2]
+    with torch.no_grad():   # disparity about 1 to 1.5, so depth varies (initialised, it is below the floor everywhere)
+        last.weight.mul_(5)
+        last.bias.add_(1.5)
+    save_model(model, tmp_path / "released.safetensors")
+    head = released_gs_head_file(tmp_path / "gs.ckpt", model.config.vit.embed_dim)
+    H, W, f = 64, 96, 80.0
+    rgb = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pic.png")
+    assert main(["gs", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "released.safetensors"), "--gs-head",
+                 str(tmp_path / "gs.ckpt"), "--input-size", f"{H}x{W}", "--fx", str(f), "--points", "400",
+                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    g = read_ply(tmp_path / "out" / "pic_gaussians.ply")
+    assert len(g) == 400
+    image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        maps = head.attribute_maps(image, model.predict(image), model.encode(image).maps[0])
+    x, y, z = g.means.unbind(-1)
+    coords = torch.stack([(f * y / z + H / 2) / H * 2 - 1, (f * x / z + W / 2) / W * 2 - 1], -1).clamp(-1, 1)
+    want = head.at_points(maps, coords, g.means, torch.full((400, 3), 0.5))
+    assert want.opacities.std() > 0.05 and want.scales.std() > 1e-3   # the attributes vary over the image
+    torch.testing.assert_close(g.opacities, want.opacities, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(g.scales, want.scales, atol=1e-5, rtol=1e-3)
+    torch.testing.assert_close(g.rotations.abs(), want.rotations.abs(), atol=1e-4, rtol=1e-4)   # q and -q alike
+    torch.testing.assert_close(g.sh[:, :, 1:], want.sh[:, :, 1:], atol=1e-4, rtol=1e-3)
+
+
+def test_gs_command_refuses_the_released_gs_head_without_a_released_depth_model(tmp_path, capsys):
+    from PIL import Image
+
+    from infinidepth import save_model
+    from infinidepth.cli import main
+    from infinidepth.models import InfiniDepth, OfficialConfig, ViTConfig
+
+    released_gs_head_file(tmp_path / "gs.ckpt", 1024)
+    save_model(InfiniDepth(OfficialConfig(vit=ViTConfig(embed_dim=64, depth=2, num_heads=2), cnn_dim=32, hidden=(16,))),
+               tmp_path / "narrow.safetensors")
+    Image.fromarray(np.zeros((32, 48, 3), np.uint8)).save(tmp_path / "pic.png")
+    for checkpoint, what in (("demo", "this checkpoint is InfiniDepthPaper$"), (str(tmp_path / "narrow.safetensors"),
+                                                                             "this checkpoint is InfiniDepth 64 wide$")):
+        assert main(["gs", str(tmp_path / "pic.png"), "--checkpoint", checkpoint, "--gs-head", str(tmp_path / "gs.ckpt"),
+                     "--out", str(tmp_path / "never"), "--quiet"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "is the released GS head: it reads the 1024-wide ViT tokens" in err[0], err
+        assert re.search(what, err[0]), err
+    assert not (tmp_path / "never").exists()
 
 
 def test_a_gaussian_exactly_at_the_near_plane_is_drawn_as_gsplat_draws_it():

@@ -99,14 +99,30 @@ class PixelAlignedHead(nn.Module):
     @classmethod
     def from_checkpoint(cls, path) -> "PixelAlignedHead":
         """The released GS checkpoint (``encoder.``-prefixed keys, in ``state_dict`` or at the top)."""
-        sd = read_torch_weights(path)   # runs no code named by the file
-        head = cls()
+        return cls.from_weights(read_torch_weights(path), path)   # runs no code named by the file
+
+    @classmethod
+    def from_weights(cls, sd: dict, path) -> "PixelAlignedHead":
+        """The head from the tensors of the released GS checkpoint ``path``; its token width (1024 for
+        the released ViT-L) is read off ``encoder.dino_projector.0.weight``."""
+        proj = sd.get("encoder.dino_projector.0.weight")
+        head = cls(proj.shape[1] if isinstance(proj, torch.Tensor) and proj.dim() == 4 else 1024)
         own = {k for k in head.state_dict()}
         sd = {k[len("encoder."):]: v for k, v in sd.items() if k.startswith("encoder.") and k[len("encoder."):] in own}
         if not sd:
             raise CheckpointError(f"{path}: no 'encoder.'-prefixed GS head keys (is this the InfiniDepth GS checkpoint?)")
         load_state_dict_strict(head, sd, source=f"GS head {path}")
         return head.eval()
+
+    @staticmethod
+    def holds(sd: dict) -> bool:
+        """Whether the tensors ``sd`` of a file are (or include) the released GS head's."""
+        return any(isinstance(k, str) and k.startswith("encoder.gaussian_head.") for k in sd)
+
+    @property
+    def token_dim(self) -> int:
+        """Width of the ViT tokens it reads."""
+        return self.dino_projector[0].in_channels
 
     @property
     def channels(self) -> int:
@@ -122,7 +138,7 @@ class PixelAlignedHead(nn.Module):
         if image.dim() != 4 or image.shape[1] != 3:
             raise ValueError(f"image must be [B, 3, H, W], got {tuple(image.shape)}")
         B, _, H, W = image.shape
-        token_dim = self.dino_projector[0].in_channels
+        token_dim = self.token_dim
         if depth.shape != (B, 1, H, W) or tokens.dim() != 4 or tokens.shape[:2] != (B, token_dim):
             raise ValueError(f"depth must be [{B}, 1, {H}, {W}] and tokens [{B}, {token_dim}, h, w], got "
                              f"{tuple(depth.shape)} and {tuple(tokens.shape)}")

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .heads import PointHead
+from .heads import PixelAlignedHead, PointHead
 from .metrics import load_lpips, lpips_distance, ssim_map
 from .render import render_torch
 
@@ -117,8 +117,7 @@ def head_inputs(depth_model, image, K, n, seed, true_depth=None):
     H, W = image.shape[-2:]
     with torch.no_grad():
         sp = depth_model.sample_points(image, n, K, seed=seed)
-        feats = depth_model.encode(image)
-        f = torch.cat([bilinear_gather_reference(m.float(), sp.coords) for m in feats.maps], -1)[0]
+        f = torch.cat([bilinear_gather_reference(m.float(), sp.coords) for m in sp.features.maps], -1)[0]
     depth = sp.depth[0].cpu().double()
     coords = sp.coords[0].cpu()
     if true_depth is not None:
@@ -265,9 +264,11 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
     return {"step": step, "interrupted": stop["signal"] is not None, "losses": losses}
 
 
-def load_gs_head(path) -> tuple[PointHead, str]:
+def load_gs_head(path) -> tuple[PointHead | PixelAlignedHead, str | None]:
     """A trained head and the depth model it was trained with; ``"demo"``: the head bundled with the
-    demo depth model (infinidepth/assets/DEMO_MODEL.md)."""
+    demo depth model (infinidepth/assets/DEMO_MODEL.md). The released GS checkpoint gives its
+    :class:`PixelAlignedHead` and None: it reads the tokens of a released ``InfiniDepth`` model,
+    whichever file that comes from."""
     if str(path) == "demo" and not Path("demo").is_file():  # (a folder named demo here does not hide it)
         from importlib import resources
 
@@ -282,6 +283,9 @@ def load_gs_head(path) -> tuple[PointHead, str]:
     what = f"{path}: not a GS head written by infinidepth train-gs"
     if not isinstance(obj, dict):
         raise ValueError(f"{what} (it holds a {type(obj).__name__}, not a dict)")
+    weights = obj["state_dict"] if isinstance(obj.get("state_dict"), dict) else obj
+    if PixelAlignedHead.holds(weights):
+        return PixelAlignedHead.from_weights({k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, path), None
     missing = sorted({"head", "feature_dim", "hidden", "depth_model"} - set(obj))
     if missing:
         held = sorted(map(str, obj))

@@ -34,6 +34,8 @@ class SampledPoints:
     points: torch.Tensor  # [B, n, 3] camera frame (x right, y down, z forward)
     points_world: torch.Tensor  # [B, n, 3] after camera_to_world (the camera frame when none was given)
     colors: torch.Tensor  # [B, n, 3] the image's RGB in [0, 1], bilinear at the query positions
+    depth_map: torch.Tensor  # [B, 1, H, W] depth at the image's pixel centres, which the sampler weighed
+    features: "Features"  # the encoding every query read (a GS head reads it too)
 
 
 @dataclass
@@ -334,7 +336,7 @@ class ImplicitDepthModel(nn.Module):
         points = backproject(depth, coords, K, (H, W))
         # the image's colours with its border pixels repeated outward (zero padding would darken the edges)
         colors = bilinear_gather_reference(image.to(self.device, torch.float32), clamp_to_pixel_centres(coords, H, W)).clamp(0, 1)
-        return SampledPoints(coords, depth, points, to_world(points, camera_to_world), colors)
+        return SampledPoints(coords, depth, points, to_world(points, camera_to_world), colors, depth_map, feats)
 
 
 def default_tile(device: torch.device) -> int:
