@@ -108,7 +108,7 @@ def one_scene(seed: int, size, head=None, depth_model=None, perceptual=None):
             image = src.rgb.permute(2, 0, 1)[None]
             for times, suffix in ((1, ""), (DENSE, f" x{DENSE}")):
                 n = times * int(src.valid.sum())
-                p_in, c_in, feats, _ = head_inputs(depth_model, image, K, n, seed, src.depth)
+                p_in, c_in, feats = head_inputs(depth_model, image, K, n, seed, src.depth)
                 with torch.no_grad():
                     for kind, g in (("model", splats_from_points(p_in, c_in)),
                                     ("model+head", head(p_in, c_in, feats))):

@@ -6,7 +6,7 @@
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
     infinidepth bench [--checkpoint PATH | --preset NAME] [--sizes 1k,4k,8k,16k] [--json OUT]
     infinidepth train --config FILE|PRESET [--out DIR] [--resume]
-    infinidepth gs IMAGE [--checkpoint PATH] [--points N] [--video orbit|swing] [--gs-head PATH] [--out DIR]
+    infinidepth gs IMAGE [--checkpoint PATH] [--points N] [--video orbit|swing] [--gs-head PATH] [--reference-depth FILE] [--out DIR]
     infinidepth train-gs [--depth-model PATH] [--steps N] [--out DIR] [--resume]
     infinidepth eval --dataset NAME --root DIR [--dataset NAME --root DIR ...] [--checkpoint PATH]
                      [--output-resolution native|input] [--json OUT]
@@ -204,6 +204,16 @@ ALIGNMENT_SPACES = {
 def apply_alignment(depth: np.ndarray, space: str, a: float, b: float) -> np.ndarray:
     forward, inverse = ALIGNMENT_SPACES[space]
     return inverse(a * forward(depth) + b).astype(np.float32)
+
+
+def check_reference(reference: np.ndarray, path: str, model, where: str = "") -> None:
+    """Before any decoding: a reference depth (0 = missing) the fit can use, for ``model``."""
+    if np.count_nonzero(reference > 0) < 2:  # the fit needs two samples
+        raise InputError(f"reference depth {path} has fewer than 2 valid samples{where}")
+    known = reference[reference > 0]
+    if model.alignment is not None and known.min() == known.max():  # no scale to fit: it would be rounding noise
+        raise InputError(f"reference depth {path} is {float(known[0]):.6g} at every valid sample{where}; aligning "
+                         "needs samples at two or more different depths")
 
 
 def align_to_reference(depth: np.ndarray, reference: np.ndarray, space: str, seed: int) -> tuple[np.ndarray, float, float]:
@@ -552,14 +562,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     if reference_file:
         reference = load_depth_input(reference_file, "reference depth", {**sizes, "output": out_size}, out_size)
         reference = reference[y0:y1, x0:x1]
-        if np.count_nonzero(reference > 0) < 2:  # before any decoding: the fit needs two samples
-            raise InputError(f"reference depth {reference_file} has fewer than 2 valid samples"
-                             + (" in the region" if map_size != out_size else ""))
-        known = reference[reference > 0]
-        if model.alignment is not None and known.min() == known.max():  # no scale to fit: it would be rounding noise
-            raise InputError(f"reference depth {reference_file} is {float(known[0]):.6g} at every valid sample"
-                             + (" in the region" if map_size != out_size else "")
-                             + "; aligning needs samples at two or more different depths")
+        check_reference(reference, reference_file, model, " in the region" if map_size != out_size else "")
 
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255)
     sparse_t = None if sparse is None else torch.from_numpy(sparse)[None, None]
@@ -797,6 +800,8 @@ def run_gs(args) -> dict:
     from infinidepth.gs.heads import PixelAlignedHead
     from infinidepth.gs.render import render
     from infinidepth.gs.splats import camera_path, splats_from_points
+    from infinidepth.gs.train import point_features
+    from infinidepth.sampling import scale_intrinsics
 
     rgb = read_image(args.image)
     H0, W0 = rgb.shape[:2]
@@ -845,38 +850,38 @@ def run_gs(args) -> dict:
                          f"of a released InfiniDepth model (pass its checkpoint with --checkpoint); this checkpoint is "
                          f"{model.arch}{width}")
     input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
+    reference = None
+    if args.reference_depth:
+        reference_file = depth_input_for(args.reference_depth, Path(args.image), False, "--reference-depth")
+        reference = load_depth_input(reference_file, "reference depth", {"image": (H0, W0), "network input": input_size},
+                                     input_size)
+        check_reference(reference, reference_file, model)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
-    try:  # one sampling either way (the sampler refuses a depth field of NaN or infinities: weights out of range, say)
-        if head is None:
-            points, colors = sampled_point_cloud(model, image, rgb, args.points, K, None, args.seed, None)
-        else:  # the same points, with the encoder features the head reads (colours: the original image's)
-            from infinidepth.gs.train import head_inputs
-            from infinidepth.sampling import scale_intrinsics
-
-            K_in = scale_intrinsics(K, (H0, W0), input_size).float()
-            if released:
-                sp = model.sample_points(image, args.points, K_in.to(device), seed=args.seed)
-                p_in, coords = sp.points[0].cpu(), sp.coords[0].cpu()
-            else:
-                p_in, _, feats, coords = head_inputs(model, image, K_in.to(device), args.points, args.seed)
-            points, c_in = p_in.numpy(), torch.from_numpy(image_colors(rgb, coords[None])).float() / 255
+    try:  # the sampler refuses a depth field of NaN or infinities (weights out of range, say)
+        sp = model.sample_points(image, args.points, scale_intrinsics(K, (H0, W0), input_size).to(device), seed=args.seed)
     except ValueError as e:
         raise InputError(f"{args.image}: {e}; nothing was written (is the checkpoint sound?)") from None
+    z, depth_map, note = sp.depth[0].cpu().numpy(), sp.depth_map, ""
+    if reference is not None:  # fitted on the dense depth the sampler weighed, at the network input's pixels
+        aligned, a, b = align_to_reference(depth_map[0, 0].cpu().numpy(), reference, model.alignment, args.seed)
+        z, depth_map = apply_alignment(z, model.alignment, a, b), torch.from_numpy(aligned).to(device)[None, None]
+        note = f", aligned to the reference depth in {model.alignment} space (a={a:.4g}, b={b:.4g})"
+    points, colors = camera_points(z, sp.coords.cpu(), K, (H0, W0)), image_colors(rgb, sp.coords.cpu())
     check_finite_output(points, args.image)
-    if released:  # its per-pixel attributes from the network input, its depth and tokens, read at the points
-        with torch.no_grad():
+    pts, cols = torch.from_numpy(points).to(device), torch.from_numpy(colors).to(device).float() / 255
+    with torch.no_grad():
+        if released:  # its per-pixel attributes from the network input, its depth and tokens, read at the points
             head = head.to(device)
-            maps = head.attribute_maps(image, sp.depth_map, sp.features.maps[0])
-            g = head.at_points(maps, sp.coords[0], p_in.to(device), c_in.to(device))
-    elif head is not None:
-        if feats.shape[-1] != head.feature_dim:
-            raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feats.shape[-1]}: "
-                             "train a head for this depth model with infinidepth train-gs --depth-model")
-        with torch.no_grad():
-            g = head.to(device)(p_in.to(device), c_in.to(device), feats.to(device))
-    else:
-        g = splats_from_points(torch.from_numpy(points).to(device), torch.from_numpy(colors).to(device).float() / 255)
+            g = head.at_points(head.attribute_maps(image, depth_map, sp.features.maps[0]), sp.coords[0], pts, cols)
+        elif head is not None:
+            feats = point_features(sp)[0]
+            if feats.shape[-1] != head.feature_dim:
+                raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feats.shape[-1]}: "
+                                 "train a head for this depth model with infinidepth train-gs --depth-model")
+            g = head.to(device)(pts, cols, feats)
+        else:
+            g = splats_from_points(pts, cols)
     depth = float(np.median(points[:, 2]))
     K_r = torch.tensor([[fx * rs[1] / W0, 0, rs[1] / 2], [0, fx * rs[0] / H0, rs[0] / 2], [0, 0, 1]])
 
@@ -911,7 +916,7 @@ def run_gs(args) -> dict:
         if p not in written and p.exists():   # kept (never deleted), but not of these Gaussians
             print(f"note: {p} is left from an earlier run, not from this one", file=sys.stderr)
     if not args.quiet:
-        print(f"{len(g)} Gaussians from {model.arch} on {device}; views rendered at {rs[0]}x{rs[1]}")
+        print(f"{len(g)} Gaussians from {model.arch} on {device}{note}; views rendered at {rs[0]}x{rs[1]}")
         for p in written:
             print(f"wrote {p}")
     return {"gaussians": g, "files": written}
@@ -1046,6 +1051,9 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--render-size", help="HxW of the rendered views (default: the image's, long side at most 512)")
     gs.add_argument("--input-size", help=INPUT_SIZE_HELP)
     gs.add_argument("--fx", type=float, help="focal length in pixels of the image (default: max(H, W))")
+    gs.add_argument("--reference-depth", help="metric depth of the image (0 = missing; at the image's or the network "
+                                              "input's size) to align the relative depth to (robust scale and shift): "
+                                              "Gaussians in metres")
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     gs.add_argument("--seed", type=int, default=0, help="seed of the surface-area sampler (default 0)")

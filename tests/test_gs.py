@@ -1145,22 +1145,60 @@ def test_gs_command_runs_the_released_gs_head_on_the_depth_and_tokens_of_the_ima
     H, W, f = 64, 96, 80.0
     rgb = np.random.default_rng(0).integers(0, 255, (H, W, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "pic.png")
-    assert main(["gs", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "released.safetensors"), "--gs-head",
-                 str(tmp_path / "gs.ckpt"), "--input-size", f"{H}x{W}", "--fx", str(f), "--points", "400",
-                 "--out", str(tmp_path / "out"), "--quiet"]) == 0
-    g = read_ply(tmp_path / "out" / "pic_gaussians.ply")
-    assert len(g) == 400
     image = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
-        maps = head.attribute_maps(image, model.predict(image), model.encode(image).maps[0])
-    x, y, z = g.means.unbind(-1)
-    coords = torch.stack([(f * y / z + H / 2) / H * 2 - 1, (f * x / z + W / 2) / W * 2 - 1], -1).clamp(-1, 1)
-    want = head.at_points(maps, coords, g.means, torch.full((400, 3), 0.5))
-    assert want.opacities.std() > 0.05 and want.scales.std() > 1e-3   # the attributes vary over the image
-    torch.testing.assert_close(g.opacities, want.opacities, atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(g.scales, want.scales, atol=1e-5, rtol=1e-3)
-    torch.testing.assert_close(g.rotations.abs(), want.rotations.abs(), atol=1e-4, rtol=1e-4)   # q and -q alike
-    torch.testing.assert_close(g.sh[:, :, 1:], want.sh[:, :, 1:], atol=1e-4, rtol=1e-3)
+        depth, tokens = model.predict(image), model.encode(image).maps[0]
+    np.save(tmp_path / "twice.npy", 2 * depth[0, 0].numpy())   # metric depth twice the model's: its disparity halved
+    for scale, extra in ((1, []), (2, ["--reference-depth", str(tmp_path / "twice.npy")])):
+        assert main(["gs", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "released.safetensors"), "--gs-head",
+                     str(tmp_path / "gs.ckpt"), "--input-size", f"{H}x{W}", "--fx", str(f), "--points", "400",
+                     "--out", str(tmp_path / "out"), "--quiet", *extra]) == 0
+        g = read_ply(tmp_path / "out" / "pic_gaussians.ply")
+        assert len(g) == 400
+        with torch.no_grad():
+            maps = head.attribute_maps(image, scale * depth, tokens)
+        x, y, z = g.means.unbind(-1)
+        coords = torch.stack([(f * y / z + H / 2) / H * 2 - 1, (f * x / z + W / 2) / W * 2 - 1], -1).clamp(-1, 1)
+        want = head.at_points(maps, coords, g.means, torch.full((400, 3), 0.5))
+        assert want.opacities.std() > 0.05 and want.scales.std() > 1e-3   # the attributes vary over the image
+        torch.testing.assert_close(g.opacities, want.opacities, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(g.scales, want.scales, atol=1e-5, rtol=1e-3)
+        torch.testing.assert_close(g.rotations.abs(), want.rotations.abs(), atol=1e-4, rtol=1e-4)   # q and -q alike
+        torch.testing.assert_close(g.sh[:, :, 1:], want.sh[:, :, 1:], atol=1e-4, rtol=1e-3)
+        if scale == 1:
+            plain_z = z
+    torch.testing.assert_close(z, 2 * plain_z, rtol=1e-4, atol=0)   # the same points, twice as far
+
+
+def test_gs_command_aligns_its_gaussians_to_a_reference_depth(tmp_path, capsys):
+    """--reference-depth (at the image's or the network input's size): the Gaussians in its units,
+    fitted in the model's alignment space (log-depth for demo: three times the model's depth is an
+    exact fit, scale 1, shift log 3); a reference it cannot use is one error line and no output."""
+    from PIL import Image
+
+    from infinidepth.checkpoint import load_model
+    from infinidepth.cli import main
+
+    rgb = np.random.default_rng(1).integers(0, 255, (96, 128, 3), dtype=np.uint8)   # demo's network input size
+    Image.fromarray(rgb).save(tmp_path / "pic.png")
+    depth = load_model("demo").predict(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)[0, 0].numpy()
+    np.save(tmp_path / "thrice.npy", 3 * depth)
+    run = ["gs", str(tmp_path / "pic.png"), "--points", "500", "--gs-head", "demo"]
+    assert main([*run, "--out", str(tmp_path / "plain"), "--quiet"]) == 0
+    assert main([*run, "--out", str(tmp_path / "metric"), "--reference-depth", str(tmp_path / "thrice.npy")]) == 0
+    assert "aligned to the reference depth in log_depth space (a=1, b=1.099)" in capsys.readouterr().out
+    plain, metric = (read_ply(tmp_path / d / "pic_gaussians.ply") for d in ("plain", "metric"))
+    torch.testing.assert_close(metric.means[:, 2], 3 * plain.means[:, 2], rtol=1e-4, atol=0)
+    np.save(tmp_path / "small.npy", np.ones((10, 10), np.float32))
+    flat = np.zeros((96, 128), np.float32)
+    flat[10:20, 10:20] = 2.5
+    np.save(tmp_path / "flat.npy", flat)
+    for name, what in (("small.npy", "is 10x10; expected 96x128 \\(image\\), 96x128 \\(network input\\)"),
+                       ("flat.npy", "is 2.5 at every valid sample; aligning needs samples at two or more different depths")):
+        assert main([*run, "--out", str(tmp_path / "never"), "--reference-depth", str(tmp_path / name)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and re.search(what, err[0]), err
+    assert not (tmp_path / "never").exists()
 
 
 def test_gs_command_refuses_the_released_gs_head_without_a_released_depth_model(tmp_path, capsys):

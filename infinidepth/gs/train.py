@@ -106,18 +106,24 @@ def feature_dim(depth_model) -> int:
     return sum(m.shape[1] for m in depth_model.encode(image).maps)
 
 
+def point_features(sp) -> torch.Tensor:
+    """The point head's features ``[B, n, C]``: every map of the encoding ``sp`` read, sampled
+    bilinearly at its points (``sp``: what ``model.sample_points`` returns)."""
+    from infinidepth.ops.gather import bilinear_gather_reference
+
+    return torch.cat([bilinear_gather_reference(m.float(), sp.coords) for m in sp.features.maps], -1)
+
+
 def head_inputs(depth_model, image, K, n, seed, true_depth=None):
-    """Points (camera frame), colours, sampled features and normalised ``(y, x)`` coordinates of
-    ``image`` ``[1, 3, H, W]``; with ``true_depth`` ``[H, W]`` the depth is first aligned to it
+    """Points (camera frame), colours and sampled features of ``image`` ``[1, 3, H, W]``; with ``true_depth`` ``[H, W]`` the depth is first aligned to it
     (log-depth RANSAC)."""
     from infinidepth.align import fit_affine_robust
-    from infinidepth.ops.gather import bilinear_gather_reference
     from infinidepth.sampling import backproject
 
     H, W = image.shape[-2:]
     with torch.no_grad():
         sp = depth_model.sample_points(image, n, K, seed=seed)
-        f = torch.cat([bilinear_gather_reference(m.float(), sp.coords) for m in sp.features.maps], -1)[0]
+        f = point_features(sp)[0]
     depth = sp.depth[0].cpu().double()
     coords = sp.coords[0].cpu()
     if true_depth is not None:
@@ -129,7 +135,7 @@ def head_inputs(depth_model, image, K, n, seed, true_depth=None):
             a, b = fit_affine_robust(depth[ok].log().numpy(), t[ok].log().numpy(), seed=seed)
             depth = torch.exp(a * depth.clamp_min(1e-9).log() + b)
     points = backproject(depth.float()[None], coords[None], K.float()[None].cpu(), (H, W))[0]
-    return points, sp.colors[0].cpu().float(), f.cpu(), coords
+    return points, sp.colors[0].cpu().float(), f.cpu()
 
 
 def _scene_views(cfg: GSTrainConfig, step: int):
@@ -218,7 +224,7 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
             scene, views = _scene_views(cfg, step)
             K = views[0].intrinsics.float()
             image = views[0].rgb.permute(2, 0, 1)[None].to(depth_model.device)
-            points, colors, feats, _ = head_inputs(depth_model, image, K.to(depth_model.device), cfg.points,
+            points, colors, feats = head_inputs(depth_model, image, K.to(depth_model.device), cfg.points,
                                                    cfg.seed + step, views[0].depth)
             g = head(points, colors, feats)
             loss = 0.0
