@@ -923,12 +923,18 @@ def run_gs(args) -> dict:
 
 
 def run_train_gs(args) -> dict:
+    from infinidepth.gs.metrics import load_lpips
     from infinidepth.gs.train import GSTrainConfig, train_gs
 
     try:
         cfg = GSTrainConfig(depth_model=args.depth_model, scenes=args.scenes, steps=args.steps, points=args.points,
                             size=parse_size(args.size, "--size"), views=args.views, lpips=args.lpips,
-                            lpips_weight=args.lpips_weight, out=args.out).validate()
+                            lpips_weight=args.lpips_weight, out=args.out).validate(lambda k: "--" + k.replace("_", "-"))
+        if cfg.lpips:  # read now, so that a file of other weights is named as the flag's (train_gs reads it again)
+            try:
+                load_lpips(cfg.lpips)
+            except (ValueError, OSError) as e:
+                raise ValueError(f"--lpips {e}") from None
         check_output_folder(Path(args.out))
         # the scenes' views are ray cast as infinidepth data render's are: ~570 bytes per pixel at 1024x768
         require_memory(600 * cfg.size[0] * cfg.size[1], f"--size {args.size}: rendering a view")

@@ -594,10 +594,13 @@ def test_gs_training_config_accepts_the_smallest_values_and_the_command_refuses_
     from infinidepth.gs.train import GSTrainConfig
 
     assert GSTrainConfig(points=4, views=2, size=[16, 16], ssim_weight=0, lpips_weight=0).validate().size == (16, 16)
-    assert main(["train-gs", "--depth-model", "tiny", "--points", "3", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "points must be in [4, 67108864], got 3" in capsys.readouterr().err
-    assert main(["train-gs", "--depth-model", "tiny", "--lpips-weight", "nan", "--out", str(tmp_path / "o"), "--quiet"]) == 2
-    assert "lpips_weight must be a finite number, got nan" in capsys.readouterr().err
+    (tmp_path / "notes.txt").write_text("not weights")
+    for flags, message in ((["--points", "3"], "\n  --points must be in [4, 67108864], got 3\n"),   # the flag, not the field
+                           (["--lpips-weight", "nan"], "\n  --lpips-weight must be a finite number, got nan\n"),
+                           (["--lpips", str(tmp_path / "notes.txt")], f"error: --lpips {tmp_path / 'notes.txt'}: not a "
+                                                                      "readable PyTorch checkpoint")):
+        assert main(["train-gs", "--depth-model", "tiny", *flags, "--out", str(tmp_path / "o"), "--quiet"]) == 2
+        assert message in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -65,33 +65,31 @@ class GSTrainConfig:
             " (no LPIPS: --lpips VGG16_OR_ALEXNET_WEIGHTS.pth adds it)"
         return f"loss: L1 + {self.ssim_weight:g} (1 - SSIM) + {self.coverage_weight:g} (1 - source-view opacity){lpips}"
 
-    def validate(self) -> "GSTrainConfig":
+    def validate(self, label=lambda field: field) -> "GSTrainConfig":
         """Every field's type and range (the checks of infinidepth.train.config); one ValueError naming
-        each bad field and what it must be."""
+        each bad field (as ``label(field)`` calls it: the command line's flags, say) and what it must be."""
         from infinidepth.train.config import check_int, check_number, check_size, check_text
 
         problems = []
         for k in ("steps", "checkpoint_every", "log_every", "hidden"):
-            check_int(problems, k, getattr(self, k), 1)
+            check_int(problems, label(k), getattr(self, k), 1)
         # scenes and views bounded as infinidepth data render's: every step draws from a permutation of
         # the scenes and renders all views of one
-        check_int(problems, "scenes", self.scenes, 1, 10**6)
-        check_int(problems, "points", self.points, 4, 2**26)           # as infinidepth gs --points
-        if check_int(problems, "views", self.views, 2, why=" (a source and a moved view)") and self.views > 1000:
-            problems.append(f"views must be at most 1000, got {self.views}")
-        check_int(problems, "seed_offset", self.seed_offset, 0)
-        check_int(problems, "seed", self.seed, 0, 2**32 - 1)
-        check_size(problems, "size", self.size, multiple=16)
-        check_number(problems, "baseline", self.baseline, 0, above=True)
-        check_number(problems, "lr", self.lr, 0, above=True)
-        check_number(problems, "ssim_weight", self.ssim_weight, 0)
-        check_number(problems, "coverage_weight", self.coverage_weight, 0)
-        check_number(problems, "lpips_weight", self.lpips_weight, 0)
-        check_text(problems, "depth_model", self.depth_model)
-        check_text(problems, "out", self.out, what="a folder path")
-        if self.lpips is not None and check_text(problems, "lpips", self.lpips, what="a weights file") \
+        check_int(problems, label("scenes"), self.scenes, 1, 10**6)
+        check_int(problems, label("points"), self.points, 4, 2**26)           # as infinidepth gs --points
+        if check_int(problems, label("views"), self.views, 2, why=" (a source and a moved view)") and self.views > 1000:
+            problems.append(f"{label('views')} must be at most 1000, got {self.views}")
+        check_int(problems, label("seed_offset"), self.seed_offset, 0)
+        check_int(problems, label("seed"), self.seed, 0, 2**32 - 1)
+        check_size(problems, label("size"), self.size, multiple=16)
+        for k, positive in (("baseline", True), ("lr", True), ("ssim_weight", False), ("coverage_weight", False),
+                            ("lpips_weight", False)):
+            check_number(problems, label(k), getattr(self, k), 0, above=positive)
+        check_text(problems, label("depth_model"), self.depth_model)
+        check_text(problems, label("out"), self.out, what="a folder path")
+        if self.lpips is not None and check_text(problems, label("lpips"), self.lpips, what="a weights file") \
                 and not Path(self.lpips).is_file():
-            problems.append(f"lpips: no weights file {self.lpips}")
+            problems.append(f"{label('lpips')}: no weights file {self.lpips}")
         if problems:
             raise ValueError("bad GS training config:\n  " + "\n  ".join(problems))
         return self
