@@ -1081,6 +1081,23 @@ def test_pixel_aligned_head_reads_border_points_from_the_border_pixels():
     torch.testing.assert_close(g.scales, torch.nn.functional.softplus(torch.tensor(1.0)).repeat(4, 3))
 
 
+def test_pixel_aligned_head_resamples_each_pixels_gaussian_not_its_raw_outputs():
+    """Halfway between a pixel of opacity logit -10 and raw scale 0 and one of logit 2 and raw scale 8,
+    the released code gives the mean of the two pixels' Gaussians: opacity (sigmoid(-10) + sigmoid(2)) / 2
+    = 0.44, not sigmoid(-4) = 0.018; scale (softplus(-4) + softplus(4)) / 2 = 2.02, not softplus(0) = 0.69;
+    rotations of opposite handedness average to their normalised sum."""
+    from infinidepth.gs.heads import PixelAlignedHead
+
+    maps = torch.zeros(1, 37, 1, 2)
+    maps[0, 0, 0], maps[0, 3:6, 0, 1] = torch.tensor([-10.0, 2.0]), 8.0
+    maps[0, 6, 0, 0], maps[0, 7, 0, 1] = 2.0, 0.5                       # quaternions (1, 0, 0, 0) and (0, 1, 0, 0)
+    g = PixelAlignedHead().at_points(maps, torch.tensor([[0.0, 0.0]]), torch.tensor([[0, 0, 1.0]]), torch.full((1, 3), 0.5))
+    sig, soft = (lambda x: 1 / (1 + math.exp(-x))), (lambda x: math.log1p(math.exp(x)))
+    torch.testing.assert_close(g.opacities, torch.tensor([(sig(-10) + sig(2)) / 2]))
+    torch.testing.assert_close(g.scales, torch.full((1, 3), (soft(-4) + soft(4)) / 2))
+    torch.testing.assert_close(g.rotations, torch.tensor([[0.5**0.5, 0.5**0.5, 0, 0]]))
+
+
 @pytest.mark.parametrize("backend", ["torch", "cpp"])
 def test_render_refuses_gaussians_changed_to_bad_values_after_construction(backend):
     from infinidepth.gs.render import render

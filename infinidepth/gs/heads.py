@@ -18,11 +18,12 @@
   picture's size, 4x the demo model's input) the gaps show as specks, whatever the point count.
 - :class:`PixelAlignedHead`: the released GS head (``GSPixelAlignPredictor``: convolutions over the
   image, the depth map and the ViT tokens, 37 channels per pixel), loadable from the released GS
-  checkpoint (keys ``encoder.<name>``). Its per-pixel attributes are resampled bilinearly at the
-  sampled points (border pixels repeated outward, as for the colours); the centres are the sampled
-  points themselves (its sub-pixel offsets are a pixel-grid device and are not used), as the released
-  activations otherwise: opacity sigmoid, scale clamp(softplus(x - 4), 1e-10, 5), unit quaternion,
-  degree-2 SH damped per band, plus the colour.
+  checkpoint (keys ``encoder.<name>``). It makes one Gaussian per pixel with the released activations
+  (opacity sigmoid, scale clamp(softplus(x - 4), 1e-10, 5), unit quaternion, degree-2 SH damped per
+  band); their attributes are resampled bilinearly at the sampled points, as the released code does,
+  except that border pixels are repeated outward (as for the colours) where it blends in zeros. The
+  centres are the sampled points themselves (its sub-pixel offsets are a pixel-grid device and are not
+  used); the SH DC term gets the point's colour.
 """
 
 from __future__ import annotations
@@ -169,10 +170,13 @@ class PixelAlignedHead(nn.Module):
         # read inside the outermost pixel centres: a point in the image's outer half-pixel gets its border
         # pixel's attributes, not ones blended with the zero padding (opacity logits and scales pulled to 0)
         inside = clamp_to_pixel_centres(coords, maps.shape[2], maps.shape[3])
-        raw = bilinear_gather_reference(maps[:1], inside[None])[0]                 # [N, 37]
         k = (self.SH_DEGREE + 1) ** 2
-        opacity, scales, rot, sh = raw[:, 0], raw[:, 3:6], raw[:, 6:10], raw[:, 10:10 + 3 * k]
-        sh = sh.reshape(-1, 3, k) * self.sh_damp
+        m = maps[:1]
+        # each pixel's Gaussian first, as the released head makes it; then those attributes are resampled
+        # (as the released code does: an opacity halfway between two pixels is the mean of theirs)
+        pixel = torch.cat([torch.sigmoid(m[:, :1]), F.softplus(m[:, 3:6] - 4).clamp(1e-10, 5.0), F.normalize(m[:, 6:10], dim=1),
+                           m[:, 10:10 + 3 * k]], 1)
+        at = bilinear_gather_reference(pixel, inside[None])[0]                      # [N, 1 + 3 + 4 + 3k]
+        sh = at[:, 8:].reshape(-1, 3, k) * self.sh_damp
         sh[:, :, 0] = sh[:, :, 0] + rgb_to_sh0(colors)
-        return Gaussians(means=points, scales=F.softplus(scales - 4).clamp(1e-10, 5.0), rotations=F.normalize(rot, dim=-1),
-                         opacities=torch.sigmoid(opacity), sh=sh)
+        return Gaussians(means=points, scales=at[:, 1:4], rotations=F.normalize(at[:, 4:8], dim=-1), opacities=at[:, 0], sh=sh)
