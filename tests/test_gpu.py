@@ -272,3 +272,40 @@ def test_inverse_cdf_samples_stay_inside_their_cell_on_gpu(backend):
     assert torch.equal(cells.cpu(), want[1]) and torch.equal(coords.cpu(), want[0])
     py = ((coords[0, :, 0].double() + 1) / 2 * H).floor().long()   # every sample floors back into its cell
     assert torch.equal(py.cpu(), want[1][0] // W)
+
+
+@pytest.mark.parametrize("head", ["splats", "demo", "released"])
+def test_gs_command_on_gpu(tmp_path, head):
+    # Every tensor of the gs command's three paths on one device (plain splats, the point head, the
+    # released head with a reference depth); the CPU run of the same command as the yardstick. The
+    # sampler's weights come from decodes that differ in the last bits between devices, so points may
+    # differ one by one: compared are their count and the scene's median depth.
+    import numpy as np
+    from PIL import Image
+
+    from infinidepth import save_model
+    from infinidepth.cli import main
+    from infinidepth.gs.gaussians import read_ply
+    from infinidepth.models import from_preset
+    from test_gs import released_gs_head_file
+
+    rgb = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pic.png")
+    args = ["gs", str(tmp_path / "pic.png"), "--points", "3000", "--quiet"]
+    if head == "demo":
+        args += ["--gs-head", "demo"]
+    elif head == "released":
+        torch.manual_seed(0)
+        model = from_preset("official-tiny")
+        save_model(model, tmp_path / "released.safetensors")
+        released_gs_head_file(tmp_path / "gs.ckpt", model.config.vit.embed_dim)
+        np.save(tmp_path / "ref.npy", np.linspace(1, 3, 96 * 128, dtype=np.float32).reshape(96, 128))
+        args += ["--checkpoint", str(tmp_path / "released.safetensors"), "--gs-head", str(tmp_path / "gs.ckpt"),
+                 "--input-size", "96x128", "--reference-depth", str(tmp_path / "ref.npy")]
+    runs = {}
+    for device in ("cuda", "cpu"):
+        assert main([*args, "--device", device, "--out", str(tmp_path / device)]) == 0
+        runs[device] = read_ply(tmp_path / device / "pic_gaussians.ply")
+    assert len(runs["cuda"]) == len(runs["cpu"]) == 3000
+    z = {d: float(g.means[:, 2].median()) for d, g in runs.items()}
+    assert abs(z["cuda"] - z["cpu"]) <= 1e-3 * z["cpu"], z
