@@ -6,7 +6,8 @@
     infinidepth data render --scenes N --size WxH --out DIR [--views V] [--seed S] [--baseline B]
     infinidepth bench [--checkpoint PATH | --preset NAME] [--sizes 1k,4k,8k,16k] [--json OUT]
     infinidepth train --config FILE|PRESET [--out DIR] [--resume]
-    infinidepth gs IMAGE [--checkpoint PATH] [--points N] [--video orbit|swing] [--gs-head PATH] [--reference-depth FILE] [--out DIR]
+    infinidepth gs IMAGE [--checkpoint PATH] [--points N] [--video orbit|swing] [--gs-head PATH] [--sparse-depth FILE | --reference-depth FILE]
+                         [--out DIR]
     infinidepth train-gs [--depth-model PATH] [--steps N] [--out DIR] [--resume]
     infinidepth eval --dataset NAME --root DIR [--dataset NAME --root DIR ...] [--checkpoint PATH]
                      [--output-resolution native|input] [--json OUT]
@@ -509,10 +510,7 @@ def predict(args) -> list[dict]:
     model = open_model(args.checkpoint, device)
     set_precision(model, args.precision)
     set_backend(model, args.backend)
-    if model.arch == "InfiniDepth_DepthSensor" and not args.sparse_depth:
-        raise InputError("this InfiniDepth_DepthSensor checkpoint needs --sparse-depth FILE")
-    if args.sparse_depth and model.arch != "InfiniDepth_DepthSensor":
-        raise InputError(f"--sparse-depth needs an InfiniDepth_DepthSensor checkpoint; this one is {model.arch}")
+    check_sparse_depth_given(model, args.sparse_depth)
     if args.points is not None and model.arch == "GridBaseline":
         raise InputError("--points needs the depth field's derivative, which the grid baseline lacks; use --ply alone")
     results = []
@@ -521,6 +519,14 @@ def predict(args) -> list[dict]:
         results.append(predict_one(model, device, image, sparse_file, reference_file, args,
                                    say=bar.write if several else print, progress=not (args.quiet or several)))
     return results
+
+
+def check_sparse_depth_given(model, sparse_depth: str | None) -> None:
+    """--sparse-depth given exactly when the model is the sensor one."""
+    if model.arch == "InfiniDepth_DepthSensor" and not sparse_depth:
+        raise InputError("this InfiniDepth_DepthSensor checkpoint needs --sparse-depth FILE")
+    if sparse_depth and model.arch != "InfiniDepth_DepthSensor":
+        raise InputError(f"--sparse-depth needs an InfiniDepth_DepthSensor checkpoint; this one is {model.arch}")
 
 
 def predict_one(model, device, path: Path, sparse_file: str | None, reference_file: str | None, args, say=print,
@@ -840,26 +846,37 @@ def run_gs(args) -> dict:
             print(f"note: the GS head was trained with depth model {head_model!r}, not {args.checkpoint or DEFAULT_CHECKPOINT!r}",
                   file=sys.stderr)
     model = open_model(args.checkpoint, device)
-    if model.arch in ("InfiniDepth_DepthSensor", "GridBaseline"):
-        raise InputError(f"infinidepth gs takes a monocular implicit model (its sampler needs the field's derivative "
-                         f"and no sparse depth); this checkpoint is {model.arch}")
-    released = isinstance(head, PixelAlignedHead)   # the released GS head: it reads the ViT's tokens
-    if released and (model.arch != "InfiniDepth" or model.config.vit.embed_dim != head.token_dim):
-        width = f" {model.config.vit.embed_dim} wide" if model.arch == "InfiniDepth" else ""
+    if model.arch == "GridBaseline":
+        raise InputError("infinidepth gs takes an implicit model (its sampler needs the field's derivative); this "
+                         "checkpoint is GridBaseline")
+    check_sparse_depth_given(model, args.sparse_depth)
+    if args.sparse_depth and args.reference_depth:
+        raise InputError("--reference-depth aligns a relative model's depth; InfiniDepth_DepthSensor's is metric "
+                         "already, from --sparse-depth: give only that")
+    released = isinstance(head, PixelAlignedHead)   # the released GS heads: they read the ViT's tokens
+    official = model.arch in ("InfiniDepth", "InfiniDepth_DepthSensor")
+    if released and not (official and model.config.vit.embed_dim == head.token_dim):
+        width = f" {model.config.vit.embed_dim} wide" if official else ""
         raise InputError(f"--gs-head {args.gs_head} is the released GS head: it reads the {head.token_dim}-wide ViT tokens "
                          f"of a released InfiniDepth model (pass its checkpoint with --checkpoint); this checkpoint is "
                          f"{model.arch}{width}")
     input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
+    sizes = {"image": (H0, W0), "network input": input_size}
+    sparse = None
+    if args.sparse_depth:  # sampled as predict samples it
+        sparse_file = depth_input_for(args.sparse_depth, Path(args.image), False, "--sparse-depth")
+        sparse = load_depth_input(sparse_file, "sparse depth", sizes, input_size)
+        sparse = torch.from_numpy(subsample_prompt(sparse, MAX_PROMPT_POINTS, args.seed))[None, None].to(device)
     reference = None
     if args.reference_depth:
         reference_file = depth_input_for(args.reference_depth, Path(args.image), False, "--reference-depth")
-        reference = load_depth_input(reference_file, "reference depth", {"image": (H0, W0), "network input": input_size},
-                                     input_size)
+        reference = load_depth_input(reference_file, "reference depth", sizes, input_size)
         check_reference(reference, reference_file, model)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
     try:  # the sampler refuses a depth field of NaN or infinities (weights out of range, say)
-        sp = model.sample_points(image, args.points, scale_intrinsics(K, (H0, W0), input_size).to(device), seed=args.seed)
+        sp = model.sample_points(image, args.points, scale_intrinsics(K, (H0, W0), input_size).to(device), seed=args.seed,
+                                 sparse_depth=sparse)
     except ValueError as e:
         raise InputError(f"{args.image}: {e}; nothing was written (is the checkpoint sound?)") from None
     z, depth_map, note = sp.depth[0].cpu().numpy(), sp.depth_map, ""
@@ -873,7 +890,7 @@ def run_gs(args) -> dict:
     with torch.no_grad():
         if released:  # its per-pixel attributes from the network input, its depth and tokens, read at the points
             head = head.to(device)
-            g = head.at_points(head.attribute_maps(image, depth_map, sp.features.maps[0]), sp.coords[0], pts, cols)
+            g = head.at_points(head.attribute_maps(image, depth_map, sp.features.tokens), sp.coords[0], pts, cols)
         elif head is not None:
             feats = point_features(sp)[0]
             if feats.shape[-1] != head.feature_dim:
@@ -1057,6 +1074,8 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--render-size", help="HxW of the rendered views (default: the image's, long side at most 512)")
     gs.add_argument("--input-size", help=INPUT_SIZE_HELP)
     gs.add_argument("--fx", type=float, help="focal length in pixels of the image (default: max(H, W))")
+    gs.add_argument("--sparse-depth", help=f"metric sparse depth for a DepthSensor checkpoint, 0 = missing, as for predict "
+                                           f"(at most {MAX_PROMPT_POINTS} of its samples are used, a seeded subset)")
     gs.add_argument("--reference-depth", help="metric depth of the image (0 = missing; at the image's or the network "
                                               "input's size) to align the relative depth to (robust scale and shift): "
                                               "Gaussians in metres")

@@ -146,6 +146,12 @@ def bad_cases(tmp_path, image):
         (["predict", img, "--seed=-1"], "--seed must be in"),
         (["predict", img, "--reference-depth", str(tmp_path / "one.npy")], "fewer than 2 valid samples"),
         (["gs", img, "--checkpoint", "grid-tiny"], "this checkpoint is GridBaseline"),
+        (["gs", img, "--checkpoint", "sensor-tiny"], "needs --sparse-depth"),
+        (["gs", img, "--sparse-depth", str(tmp_path / "neg.npy")], "needs an InfiniDepth_DepthSensor"),
+        (["gs", img, "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "nan.npy")], "NaN"),
+        (["gs", img, "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "small.npy")], "is 10x10; expected"),
+        (["gs", img, "--checkpoint", "sensor-tiny", "--sparse-depth", str(tmp_path / "one.npy"), "--reference-depth",
+          str(tmp_path / "one.npy")], "metric already, from --sparse-depth"),
         (["gs", img, "--move", "inf"], "--move in"),
         (["gs", img, "--video", "orbit", "--frames", "100000000"], "--frames must be at most 108,000"),
     ]

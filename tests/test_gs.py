@@ -1190,6 +1190,54 @@ def test_gs_command_runs_the_released_gs_head_on_the_depth_and_tokens_of_the_ima
     torch.testing.assert_close(z, 2 * plain_z, rtol=1e-4, atol=0)   # the same points, twice as far
 
 
+def test_gs_command_runs_the_released_gs_head_on_the_sensor_model_with_the_tokens_before_its_prompt(tmp_path):
+    """With InfiniDepth_DepthSensor and --sparse-depth: its metric depth, and (as the released
+    pipeline passes them) the ViT tokens from before the depth prompt, not the prompted ones."""
+    from PIL import Image
+
+    from infinidepth import save_model
+    from infinidepth.cli import main
+    from infinidepth.models import from_preset
+
+    torch.manual_seed(0)
+    model = from_preset("sensor-tiny").eval()
+    last = model.depth_implicit_head.out_layer.layers[-2]
+    with torch.no_grad():
+        last.weight.mul_(5)
+        last.bias.add_(1.5)
+        for p in model.prompt_model.parameters():   # a prompt that moves the tokens
+            p.add_(0.05 * torch.randn_like(p))
+    save_model(model, tmp_path / "sensor.safetensors")
+    head = released_gs_head_file(tmp_path / "gs.ckpt", model.config.vit.embed_dim)
+    H, W, f = 64, 96, 80.0
+    rgb = np.random.default_rng(2).integers(0, 255, (H, W, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pic.png")
+    sparse = np.zeros((H, W), np.float32)
+    rows, cols = np.random.default_rng(3).integers(0, H, 60), np.random.default_rng(4).integers(0, W, 60)
+    sparse[rows, cols] = np.random.default_rng(5).uniform(1, 4, 60)
+    np.save(tmp_path / "sparse.npy", sparse)
+    assert main(["gs", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "sensor.safetensors"), "--gs-head",
+                 str(tmp_path / "gs.ckpt"), "--sparse-depth", str(tmp_path / "sparse.npy"), "--input-size", f"{H}x{W}",
+                 "--fx", str(f), "--points", "400", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+    g = read_ply(tmp_path / "out" / "pic_gaussians.ply")
+    image, sparse_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, torch.from_numpy(sparse)[None, None]
+    with torch.no_grad():
+        depth = model.predict(image, sparse_depth=sparse_t)
+        vit = model.pretrained
+        before = vit.intermediate_layers((image - model._mean) / model._std, [model.layer])[0]
+        before = before.transpose(1, 2).reshape(1, -1, H // vit.patch_size, W // vit.patch_size)
+        prompted = model.encode(image, sparse_depth=sparse_t).maps[0]
+    assert (before - prompted).abs().max() > 0.1
+    x, y, z = g.means.unbind(-1)
+    coords = torch.stack([(f * y / z + H / 2) / H * 2 - 1, (f * x / z + W / 2) / W * 2 - 1], -1).clamp(-1, 1)
+    want = head.at_points(head.attribute_maps(image, depth, before), coords, g.means, torch.full((400, 3), 0.5))
+    torch.testing.assert_close(g.opacities, want.opacities, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(g.scales, want.scales, atol=1e-5, rtol=1e-3)
+    i = ((coords[:, 0] + 1) / 2 * H - 0.5).round().long().clamp(0, H - 1)   # the metric depth, near each point's pixel
+    j = ((coords[:, 1] + 1) / 2 * W - 0.5).round().long().clamp(0, W - 1)
+    assert float((z / depth[0, 0, i, j] - 1).abs().median()) < 0.05
+
+
 def test_gs_command_aligns_its_gaussians_to_a_reference_depth(tmp_path, capsys):
     """--reference-depth (at the image's or the network input's size): the Gaussians in its units,
     fitted in the model's alignment space (log-depth for demo: three times the model's depth is an

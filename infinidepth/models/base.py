@@ -45,6 +45,9 @@ class Features:
     maps: list[torch.Tensor]
     image_size: tuple[int, int]
     disparity_scale: torch.Tensor | None = None  # [B], the sensor model's median (prompt normalisation)
+    # [B, C, h, w] the released models' last-layer ViT tokens before any depth prompt: what the released
+    # GS heads read (the decoder reads maps[0], the same tensor when there is no prompt)
+    tokens: torch.Tensor | None = None
     extras: dict = field(default_factory=dict)
 
     @property
@@ -145,6 +148,7 @@ class ImplicitDepthModel(nn.Module):
         with torch.autocast(self.device.type, dtype=dtype):
             feats = self.features(image, sparse_depth)
         feats.maps = [m.float() for m in feats.maps]
+        feats.tokens = None if feats.tokens is None else feats.tokens.float()
         return feats
 
     def low_precision_dtype(self) -> torch.dtype | None:

@@ -112,10 +112,11 @@ class InfiniDepth(ImplicitDepthModel):
         B, _, H, W = image.shape
         h, w = H // self.pretrained.patch_size, W // self.pretrained.patch_size
         tokens = self.pretrained.intermediate_layers((image - self._mean) / self._std, [self.layer])[0]
-        tokens, scale = self._prompt(image, sparse_depth, tokens, h, w)
-        vit_map = tokens.transpose(1, 2).reshape(B, -1, h, w)
+        prompted, scale = self._prompt(image, sparse_depth, tokens, h, w)
+        vit_map = prompted.transpose(1, 2).reshape(B, -1, h, w)
+        before = vit_map if prompted is tokens else tokens.transpose(1, 2).reshape(B, -1, h, w)
         cnn_map = self.basic_encoder(2 * image - 1)
-        return Features(maps=[vit_map, cnn_map], image_size=(H, W), disparity_scale=scale)
+        return Features(maps=[vit_map, cnn_map], image_size=(H, W), disparity_scale=scale, tokens=before)
 
     def decoder_weights(self) -> ConcatDecoder:
         return ConcatDecoder(self.depth_implicit_head.out_layer.linears())
