@@ -806,7 +806,7 @@ def run_gs(args) -> dict:
     from infinidepth.gs.heads import PixelAlignedHead
     from infinidepth.gs.render import render
     from infinidepth.gs.splats import camera_path, splats_from_points
-    from infinidepth.gs.train import point_features
+    from infinidepth.gs.train import feature_dim, point_features
     from infinidepth.sampling import scale_intrinsics
 
     rgb = read_image(args.image)
@@ -860,6 +860,9 @@ def run_gs(args) -> dict:
         raise InputError(f"--gs-head {args.gs_head} is the released GS head: it reads the {head.token_dim}-wide ViT tokens "
                          f"of a released InfiniDepth model (pass its checkpoint with --checkpoint); this checkpoint is "
                          f"{model.arch}{width}")
+    if head is not None and not released and feature_dim(model) != head.feature_dim:
+        raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feature_dim(model)}: "
+                         "train a head for this depth model with infinidepth train-gs --depth-model")
     input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
     sizes = {"image": (H0, W0), "network input": input_size}
     sparse = None
@@ -892,11 +895,7 @@ def run_gs(args) -> dict:
             head = head.to(device)
             g = head.at_points(head.attribute_maps(image, depth_map, sp.features.tokens), sp.coords[0], pts, cols)
         elif head is not None:
-            feats = point_features(sp)[0]
-            if feats.shape[-1] != head.feature_dim:
-                raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feats.shape[-1]}: "
-                                 "train a head for this depth model with infinidepth train-gs --depth-model")
-            g = head.to(device)(pts, cols, feats)
+            g = head.to(device)(pts, cols, point_features(sp)[0])
         else:
             g = splats_from_points(pts, cols)
     depth = float(np.median(points[:, 2]))

@@ -286,8 +286,7 @@ def test_gs_command_on_gpu(tmp_path, head):
     from infinidepth import save_model
     from infinidepth.cli import main
     from infinidepth.gs.gaussians import read_ply
-    from infinidepth.models import from_preset
-    from test_gs import released_gs_head_file
+    from test_gs import released_depth_model, released_gs_head_file
 
     rgb = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "pic.png")
@@ -295,11 +294,12 @@ def test_gs_command_on_gpu(tmp_path, head):
     if head == "demo":
         args += ["--gs-head", "demo"]
     elif head == "released":
-        torch.manual_seed(0)
-        model = from_preset("official-tiny")
+        model = released_depth_model("official-tiny")
         save_model(model, tmp_path / "released.safetensors")
         released_gs_head_file(tmp_path / "gs.ckpt", model.config.vit.embed_dim)
-        np.save(tmp_path / "ref.npy", np.linspace(1, 3, 96 * 128, dtype=np.float32).reshape(96, 128))
+        with torch.no_grad():   # metric depth twice the model's
+            depth = model.predict(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255)[0, 0].numpy()
+        np.save(tmp_path / "ref.npy", 2 * depth)
         args += ["--checkpoint", str(tmp_path / "released.safetensors"), "--gs-head", str(tmp_path / "gs.ckpt"),
                  "--input-size", "96x128", "--reference-depth", str(tmp_path / "ref.npy")]
     runs = {}

@@ -1143,6 +1143,20 @@ def released_gs_head_file(path, token_dim, seed=5):
     return head
 
 
+def released_depth_model(preset):
+    """A random model of the released layout whose depth varies (about 0.65 to 1): initialised, its
+    disparity is below the floor everywhere, depth 200, beyond the sampler's far cut."""
+    from infinidepth.models import from_preset
+
+    torch.manual_seed(0)
+    model = from_preset(preset).eval()
+    last = model.depth_implicit_head.out_layer.layers[-2]
+    with torch.no_grad():
+        last.weight.mul_(5)
+        last.bias.add_(1.5)
+    return model
+
+
 def test_gs_command_runs_the_released_gs_head_on_the_depth_and_tokens_of_the_image(tmp_path):
     """``infinidepth gs --gs-head <released GS checkpoint>``: each Gaussian's attributes are the
     released head's per-pixel maps of the network input, its dense depth (``model.predict``) and its
@@ -1152,14 +1166,8 @@ def test_gs_command_runs_the_released_gs_head_on_the_depth_and_tokens_of_the_ima
 
     from infinidepth import save_model
     from infinidepth.cli import main
-    from infinidepth.models import from_preset
 
-    torch.manual_seed(0)
-    model = from_preset("official-tiny").eval()
-    last = model.depth_implicit_head.out_layer.layers[-2]
-    with torch.no_grad():   # disparity about 1 to 1.5, so depth varies (initialised, it is below the floor everywhere)
-        last.weight.mul_(5)
-        last.bias.add_(1.5)
+    model = released_depth_model("official-tiny")
     save_model(model, tmp_path / "released.safetensors")
     head = released_gs_head_file(tmp_path / "gs.ckpt", model.config.vit.embed_dim)
     H, W, f = 64, 96, 80.0
@@ -1197,14 +1205,9 @@ def test_gs_command_runs_the_released_gs_head_on_the_sensor_model_with_the_token
 
     from infinidepth import save_model
     from infinidepth.cli import main
-    from infinidepth.models import from_preset
 
-    torch.manual_seed(0)
-    model = from_preset("sensor-tiny").eval()
-    last = model.depth_implicit_head.out_layer.layers[-2]
+    model = released_depth_model("sensor-tiny")
     with torch.no_grad():
-        last.weight.mul_(5)
-        last.bias.add_(1.5)
         for p in model.prompt_model.parameters():   # a prompt that moves the tokens
             p.add_(0.05 * torch.randn_like(p))
     save_model(model, tmp_path / "sensor.safetensors")

@@ -326,14 +326,15 @@ def test_inference_mode_callers_get_the_same_answers(models, name):
     for backend in ("torch", "cpp"):
         want = model.predict(image, output_size=(19, 23), sparse_depth=sparse, backend=backend)
         want_d, want_g = model.decode_depth(model.encode(image, sparse_depth=sparse), coords, backend=backend, with_grad=True)
-        want_p = model.sample_points(image, 16, K, seed=0, sparse_depth=sparse, backend=backend).points
+        # (max_depth None: these random models answer depth at the disparity floor, beyond the far cut)
+        want_p = model.sample_points(image, 16, K, seed=0, sparse_depth=sparse, backend=backend, max_depth=None).points
         with torch.inference_mode():
             args = [t.clone() for t in (image, coords, K)] + [None if sparse is None else sparse.clone()]
             img, c, k, s = args                                     # inference tensors, as users make them there
             out = torch.empty(1, 1, 19, 23)
             assert model.predict(img, output_size=(19, 23), sparse_depth=s, backend=backend, out=out) is out
             d, g = model.decode_depth(model.encode(img, sparse_depth=s), c, backend=backend, with_grad=True)
-            p = model.sample_points(img, 16, k, seed=0, sparse_depth=s, backend=backend).points
+            p = model.sample_points(img, 16, k, seed=0, sparse_depth=s, backend=backend, max_depth=None).points
         torch.testing.assert_close(out, want, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close((d, g, p), (want_d, want_g, want_p), rtol=1e-5, atol=1e-6)
 

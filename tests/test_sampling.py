@@ -589,6 +589,57 @@ def test_surface_area_eps_must_be_finite_and_representable():
     assert torch.isfinite(surface_area_weights(depth.double(), normals.double(), K, 1e-50)).all()  # float64 holds it
 
 
+def test_a_sky_beyond_the_far_cut_takes_no_sample():
+    """A plane at depth 1.5 under a sky at the released models' disparity floor (depth 200, 30 of 96
+    rows): by area the sky would take 200**2 / 1.5**2 times a plane pixel's share, 99.98% of the
+    samples. With max_depth 90 (sample_points' default, the released sampler's cut) it takes none, and
+    the plane's rows get them evenly; a picture of sky alone is an error naming the cut."""
+    H, W = 96, 128
+    depth = torch.full((1, 1, H, W), 1.5)
+    depth[:, :, :30] = 200.0
+    normals = torch.zeros(1, 3, H, W)
+    normals[:, 2] = -1
+    K = K_of(128.0, H, W)
+    row = lambda c: ((c[0, :, 0] + 1) / 2 * H).floor().long()  # noqa: E731
+    assert (row(surface_area_sample(depth, normals, K, 10_000, seed=0)) < 30).float().mean() > 0.99
+    rows = row(surface_area_sample(depth, normals, K, 10_000, seed=0, max_depth=90))
+    assert rows.min() >= 30
+    per_row = torch.bincount(rows - 30, minlength=H - 30).double()   # a fronto-parallel plane: about even
+    assert per_row.min() > 0.8 * per_row.mean()
+    with pytest.raises(ValueError, match="no positive value below max_depth 90 .*not sampled"):
+        surface_area_sample(torch.full((1, 1, H, W), 200.0), normals, K, 100, seed=0, max_depth=90)
+    with pytest.raises(ValueError, match="max_depth must be positive"):
+        surface_area_sample(depth, normals, K, 100, seed=0, max_depth=0)
+
+
+def test_sample_points_cuts_at_the_released_far_plane_by_default():
+    """model.sample_points (both strategies) places no point in a pixel whose depth is 90 or more
+    (the released sampler's cut) unless told max_depth=None."""
+    from infinidepth.models import from_preset
+
+    torch.manual_seed(0)
+    model = from_preset("official-tiny").eval()
+    last = model.depth_implicit_head.out_layer.layers[-2]
+    with torch.no_grad():   # disparity at the floor (depth 200) on about half the image, up to 0.7 elsewhere
+        last.weight.mul_(10)
+        last.bias.add_(0.5)
+    image = torch.rand(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    K = K_of(80.0, 64, 96)
+    dense = model.predict(image)[0, 0]
+    assert 0.3 < float((dense >= 90).float().mean()) < 0.7
+
+    def depth_of_pixels(sp):
+        i = ((sp.coords[0, :, 0] + 1) / 2 * 64).floor().long().clamp(0, 63)
+        j = ((sp.coords[0, :, 1] + 1) / 2 * 96).floor().long().clamp(0, 95)
+        return dense[i, j]
+
+    for strategy in ("surface_area", "triangle"):
+        default = model.sample_points(image, 2000, K, strategy=strategy, seed=0)
+        assert (depth_of_pixels(default) < 90).all(), strategy
+        every = model.sample_points(image, 2000, K, strategy=strategy, seed=0, max_depth=None)
+        assert (depth_of_pixels(every) >= 90).float().mean() > 0.5, strategy
+
+
 def test_hole_fraction_checks_size_and_baseline():
     """A size of (0, 4) was reported as 'target_mask selects no pixel', (2.5, 4) as a NumPy
     TypeError, and a NaN baseline projected every point to NaN: 100% holes, no error."""

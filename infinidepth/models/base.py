@@ -12,6 +12,7 @@ from infinidepth.ops import PRECISIONS, pixel_centers
 from infinidepth.ops.gather import as_int, check_coords, require
 from infinidepth.ops.implicit_decode import check_cpu_precision, resolve_decoder_backend
 from infinidepth.sampling.camera import check_size
+from infinidepth.sampling.triangle import FAR_CUT
 
 # The image spans [-1, 1]. A query further out than +-2 lies more than a whole image outside it
 # (where the released decoder clamps to the edge and the paper's reads zero-padded maps): in
@@ -304,6 +305,7 @@ class ImplicitDepthModel(nn.Module):
         seed: int | None = None,
         sparse_depth: torch.Tensor | None = None,
         backend: str | None = None,
+        max_depth: float | None = FAR_CUT,
     ) -> SampledPoints:
         """``n`` points per image spread evenly over the visible surfaces, as the GS head needs.
 
@@ -312,6 +314,9 @@ class ImplicitDepthModel(nn.Module):
         ``intrinsics`` ``[3, 3]`` or ``[B, 3, 3]`` in pixels of ``image``; ``camera_to_world``
         ``[4, 4]`` or ``[B, 4, 4]`` (optional). ``strategy``: ``"surface_area"`` (ours) or
         ``"triangle"`` (the released triangle-area sampler, for comparison). Deterministic for a seed.
+        Pixels at depth ``max_depth`` or more (in the model's units) are not sampled: the released
+        sampler's far cut, 90, which keeps a sky at the released models' disparity floor (depth 200)
+        from taking nearly every point; None samples them too.
         """
         from infinidepth.ops import grid_coords
         from infinidepth.ops.coords import clamp_to_pixel_centres
@@ -332,10 +337,11 @@ class ImplicitDepthModel(nn.Module):
             depth, grad = self.decode_depth(feats, dense, backend=backend, with_grad=True)
             depth_map = depth.reshape(B, 1, H, W)
             normals = surface_normals(depth_map, grad.reshape(B, H, W, 2).permute(0, 3, 1, 2), K)
-            coords = surface_area_sample(depth_map, normals, K, n, seed=seed, backend=self.resolved_backend(backend))
+            coords = surface_area_sample(depth_map, normals, K, n, seed=seed, backend=self.resolved_backend(backend),
+                                         max_depth=max_depth)
         else:
             depth_map = self.decode_depth(feats, dense, backend=backend).reshape(B, 1, H, W)
-            coords = triangle_area_sample(depth_map, K, n, seed=seed)
+            coords = triangle_area_sample(depth_map, K, n, seed=seed, max_depth=max_depth)
         depth = self.decode_depth(feats, coords, backend=backend)
         points = backproject(depth, coords, K, (H, W))
         # the image's colours with its border pixels repeated outward (zero padding would darken the edges)

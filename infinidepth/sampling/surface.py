@@ -95,18 +95,27 @@ def surface_area_sample(
     jitter: bool = True,
     eps: float = DEFAULT_EPS,
     backend: str = "auto",
+    max_depth: float | None = None,
 ) -> torch.Tensor:
     """``n`` query coordinates per image ``[B, n, 2]`` (normalised y, x), spread so that the 3D points
     cover the surfaces of ``depth`` ``[B, 1, H, W]`` evenly. ``normals`` ``[B, 3, H, W]`` (e.g. from
     :func:`surface_normals`), ``intrinsics`` in pixels of this grid. Deterministic for a given
     ``seed`` (``None``: drawn from torch's generator), identical cells on every backend. ``jitter=False``
-    puts each sample at the centre of its pixel, or of its sub-pixel (module doc)."""
+    puts each sample at the centre of its pixel, or of its sub-pixel (module doc). Pixels at depth
+    ``max_depth`` or more get no sample (``model.sample_points`` cuts at 90, as the released sampler
+    does: a sky, at a disparity model's floor, would otherwise take nearly every sample, its area
+    growing with the square of its depth)."""
+    if max_depth is not None and not max_depth > 0:
+        raise ValueError(f"max_depth must be positive (or None), got {max_depth}")
     # in float64 and relative: the sampler quantises proportions anyway (ops/inverse_cdf.py), and so
     # the depth's scale, in any unit, changes no sample
     weights = _areas(depth, normals, intrinsics, eps, relative=True)
+    if max_depth is not None:
+        weights = torch.where(_as_map(depth, 1, "depth")[:, 0] < max_depth, weights, torch.zeros_like(weights))
     empty = (weights.reshape(weights.shape[0], -1) > 0).sum(dim=1) == 0
     if empty.any():
-        raise ValueError(f"depth of image {int(empty.nonzero()[0])} has no positive value: no surface to sample")
+        beyond = "" if max_depth is None else f" below max_depth {max_depth:g} (farther pixels, a sky's, are not sampled)"
+        raise ValueError(f"depth of image {int(empty.nonzero()[0])} has no positive value{beyond}: no surface to sample")
     B, H0, W0 = weights.shape
     r = subdivision(check_sample_count(n), H0 * W0)   # several samples per pixel: r x r sub-pixels each
     H, W = H0 * r, W0 * r

@@ -114,13 +114,17 @@ def _sample_one(depth: torch.Tensor, K: torch.Tensor, n: int, depth_ratio, depth
     return torch.stack([(i + 0.5) / H * 2 - 1, (j + 0.5) / W * 2 - 1], dim=-1).float()
 
 
+#: the released sampler's far-plane cut (its ``max_depth`` filter): nothing at this depth or beyond is sampled
+FAR_CUT = 90.0
+
+
 def triangle_area_sample(
     depth: torch.Tensor,
     intrinsics,
     n: int,
     depth_ratio: float = 1.05,
     depth_ratio_far: float = 1.10,
-    max_depth: float | None = 90.0,
+    max_depth: float | None = FAR_CUT,
     deterministic: bool = True,
     seed: int | None = None,
 ) -> torch.Tensor:
