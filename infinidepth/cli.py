@@ -251,18 +251,29 @@ def image_colors(rgb: np.ndarray, coords: torch.Tensor) -> np.ndarray:
     return bilinear_gather_reference(rgb_t, clamp_to_pixel_centres(coords, H0, W0))[0].clamp(0, 255).round().to(torch.uint8).numpy()
 
 
-def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse):
+def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse, name):
     """``n`` points spread evenly over the surfaces by the surface-area sampler, with the
     original image's colours."""
     from infinidepth.sampling import scale_intrinsics
 
     H0, W0 = rgb.shape[:2]
     sp = model.sample_points(image, n, scale_intrinsics(K, (H0, W0), tuple(image.shape[-2:])), seed=seed, sparse_depth=sparse)
+    note_far_pixels(sp, name)
     coords = sp.coords.cpu()
     depth = sp.depth[0].cpu().numpy()
     if alignment is not None:
         depth = apply_alignment(depth, *alignment)
     return camera_points(depth, coords, K, (H0, W0)), image_colors(rgb, coords)
+
+
+def note_far_pixels(sp, image_name) -> None:
+    """A note when the sampler left part of the picture out for being beyond its far cut (a sky)."""
+    from infinidepth.sampling.triangle import FAR_CUT
+
+    far = float((sp.depth_map >= FAR_CUT).float().mean())
+    if far >= 0.01:
+        print(f"note: {far:.0%} of {image_name} is at depth {FAR_CUT:g} or more (a sky, say) and holds no points",
+              file=sys.stderr)
 
 
 def check_finite_output(values: np.ndarray, what: str) -> None:
@@ -613,7 +624,7 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float64)
     if args.points is not None:
         points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, K, alignment, args.seed,
-                                             None if sparse_t is None else sparse_t.to(device))
+                                             None if sparse_t is None else sparse_t.to(device), path)
 
     if args.ply and args.points is None:   # the region's pixels only: the full grid may be far larger than memory
         from infinidepth.models.base import _grid
@@ -882,6 +893,7 @@ def run_gs(args) -> dict:
                                  sparse_depth=sparse)
     except ValueError as e:
         raise InputError(f"{args.image}: {e}; nothing was written (is the checkpoint sound?)") from None
+    note_far_pixels(sp, args.image)
     z, depth_map, note = sp.depth[0].cpu().numpy(), sp.depth_map, ""
     if reference is not None:  # fitted on the dense depth the sampler weighed, at the network input's pixels
         aligned, a, b = align_to_reference(depth_map[0, 0].cpu().numpy(), reference, model.alignment, args.seed)

@@ -1241,6 +1241,35 @@ def test_gs_command_runs_the_released_gs_head_on_the_sensor_model_with_the_token
     assert float((z / depth[0, 0, i, j] - 1).abs().median()) < 0.05
 
 
+def test_gs_and_predict_say_how_much_of_the_picture_is_beyond_the_far_cut(tmp_path, capsys):
+    """A model whose depth is at the disparity floor (200) on about half the picture: both commands
+    that sample points say which share holds none (the share of pixels at depth 90 or more)."""
+    from PIL import Image
+
+    from infinidepth import save_model
+    from infinidepth.cli import main
+    from infinidepth.models import from_preset
+
+    torch.manual_seed(0)
+    model = from_preset("official-tiny").eval()
+    last = model.depth_implicit_head.out_layer.layers[-2]
+    with torch.no_grad():
+        last.weight.mul_(10)
+        last.bias.add_(0.5)
+    save_model(model, tmp_path / "m.safetensors")
+    rgb = np.random.default_rng(0).integers(0, 255, (64, 96, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(tmp_path / "pic.png")
+    far = float((model.predict(torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255) >= 90).float().mean())
+    assert 0.2 < far < 0.9
+    common = [str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "m.safetensors"), "--input-size", "64x96", "--quiet"]
+    for argv in (["gs", *common, "--points", "500", "--out", str(tmp_path / "g")],
+                 ["predict", *common, "--ply", "--points", "500", "--out", str(tmp_path / "p")]):
+        assert main(argv) == 0
+        assert f"note: {far:.0%} of " in capsys.readouterr().err, argv
+    assert main(["gs", *common[:1], "--points", "500", "--out", str(tmp_path / "demo"), "--quiet"]) == 0
+    assert "holds no points" not in capsys.readouterr().err   # demo's depths, 1 to e: no note
+
+
 def test_gs_command_aligns_its_gaussians_to_a_reference_depth(tmp_path, capsys):
     """--reference-depth (at the image's or the network input's size): the Gaussians in its units,
     fitted in the model's alignment space (log-depth for demo: three times the model's depth is an
