@@ -11,11 +11,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from infinidepth.eval import NYUv2, align, clip_depth, depth_metrics, evaluate, format_table
+from infinidepth.eval import align, clip_depth, depth_metrics, evaluate, format_table
 from infinidepth.eval import high_frequency_map, high_frequency_mask
 from infinidepth.eval.evaluate import predict_depth
+from test_eval import Fixed, nyu_set as nyu
 
 # NYUv2's Eigen crop on a 48 x 64 frame: rows int(45 * 48 / 480) = 4 .. int(471 * 48 / 480) = 47,
 # columns int(41 * 64 / 640) = 4 .. int(601 * 64 / 640) = 60, i.e. 43 x 56 = 2408 scored pixels.
@@ -216,28 +216,7 @@ def test_hf_mask_with_n_above_the_support_is_the_support():
     assert np.array_equal(mask, support)
 
 
-# -- the evaluation loop --------------------------------------------------------------------------------------
-class Fixed(torch.nn.Module):
-    def __init__(self, fn, alignment=None):
-        super().__init__()
-        self.fn, self.alignment = fn, alignment
-        self.device = torch.device("cpu")
-        self.patch_size = 16
-
-    def predict(self, image, output_size=None):
-        H, W = output_size or image.shape[-2:]
-        return torch.as_tensor(np.asarray(self.fn(H, W), np.float32))[None, None]
-
-
-def nyu(root, depths):
-    for k, d in enumerate(depths):
-        p = root / "scene" / f"rgb_{k:04d}.png"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((*d.shape, 3), np.uint8)).save(p)
-        Image.fromarray(np.round(np.asarray(d) * 1000).astype(np.uint16)).save(root / "scene" / f"depth_{k:04d}.png")
-    return NYUv2(root)
-
-
+# -- the evaluation loop (test_eval's Fixed: a "model" answering fn(H, W); nyu: a NYUv2 folder of depth maps) ---
 def rough_gt(seed):
     return np.round(np.random.default_rng(seed).uniform(2, 4, (48, 64)), 3)   # millimetres, as stored
 
