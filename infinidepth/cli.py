@@ -871,8 +871,8 @@ def run_gs(args) -> dict:
         raise InputError(f"--gs-head {args.gs_head} is the released GS head: it reads the {head.token_dim}-wide ViT tokens "
                          f"of a released InfiniDepth model (pass its checkpoint with --checkpoint); this checkpoint is "
                          f"{model.arch}{width}")
-    if head is not None and not released and feature_dim(model) != head.feature_dim:
-        raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {feature_dim(model)}: "
+    if head is not None and not released and (width := feature_dim(model)) != head.feature_dim:
+        raise InputError(f"--gs-head reads {head.feature_dim} feature channels; {model.arch} gives {width}: "
                          "train a head for this depth model with infinidepth train-gs --depth-model")
     input_size = network_input_size(args.input_size, H0, W0, model.input_size, model.patch_size)
     sizes = {"image": (H0, W0), "network input": input_size}
