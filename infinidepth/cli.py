@@ -266,6 +266,22 @@ def sampled_point_cloud(model, image, rgb, n, K, alignment, seed, sparse, name):
     return camera_points(depth, coords, K, (H0, W0)), image_colors(rgb, coords)
 
 
+def drop_flying_points(points: np.ndarray, name, keep_all: bool, say=print, progress: bool = True) -> np.ndarray:
+    """The mask of the points to write: all of them with --keep-outliers, else the released pipeline's
+    statistical outlier filter (``infinidepth.sampling.outliers``), with a line (``say``; None: quiet)
+    saying what it took."""
+    from infinidepth.sampling.outliers import NEIGHBOURS, STD_RATIO, statistical_inliers
+
+    if keep_all:
+        return np.ones(len(points), dtype=bool)
+    keep = statistical_inliers(points, progress=progress and say is not None)
+    if say is not None:
+        gone = len(points) - int(keep.sum())
+        say(f"{name}: removed {gone:,} flying points of {len(points):,} ({gone / max(len(points), 1):.1%}: mean distance "
+            f"to their {NEIGHBOURS} nearest over mean + {STD_RATIO:g} std; --keep-outliers keeps them)")
+    return keep
+
+
 def note_far_pixels(sp, image_name) -> None:
     """A note when the sampler left part of the picture out for being beyond its far cut (a sky)."""
     from infinidepth.sampling.triangle import FAR_CUT
@@ -637,6 +653,8 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
             colors = image_colors(rgb, coords)
     if args.ply:
         check_finite_output(points, f"{path}, point cloud")
+        keep = drop_flying_points(points, path.name, args.keep_outliers, None if args.quiet else say, progress)
+        points, colors = points[keep], colors[keep]
 
     png16, encoding = depth_to_png16(depth, metric)
     if metric and (far := float((depth > 65.535).mean())):
@@ -910,6 +928,8 @@ def run_gs(args) -> dict:
             g = head.to(device)(pts, cols, point_features(sp)[0])
         else:
             g = splats_from_points(pts, cols)
+    g = g.subset(torch.from_numpy(drop_flying_points(g.means.cpu().numpy(), Path(args.image).name, args.keep_outliers,
+                                                     None if args.quiet else print)).to(g.means.device))
     depth = float(np.median(points[:, 2]))
     K_r = torch.tensor([[fx * rs[1] / W0, 0, rs[1] / 2], [0, fx * rs[0] / H0, rs[0] / 2], [0, 0, 1]])
 
@@ -986,6 +1006,10 @@ INPUT_SIZE_HELP = ("network input HxW, multiples of the model's ViT patch (16 fo
                    "record, 96x128 for demo), else the long side at most 1024")
 
 
+KEEP_OUTLIERS_HELP = ("write every point: without it, points far from their 30 nearest neighbours (flying points on "
+                      "depth edges) are removed, as the released pipeline does")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1015,6 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "Sapphire Rapids and later) and fp16 is refused")
     p.add_argument("--ply", action="store_true", help="also write a coloured point cloud (.ply): one point per output pixel")
     p.add_argument("--points", type=int, help="with --ply: N points spread evenly over the 3D surfaces (surface-area sampler) instead")
+    p.add_argument("--keep-outliers", action="store_true", help=KEEP_OUTLIERS_HELP)
     p.add_argument("--fx", type=float, help="focal length in pixels of the original image (default: max(H, W))")
     p.add_argument("--fy", type=float, help="default: fx")
     p.add_argument("--cx", type=float, help="principal point x in pixels (default: W/2)")
@@ -1090,6 +1115,7 @@ def build_parser() -> argparse.ArgumentParser:
     gs.add_argument("--reference-depth", help="metric depth of the image (0 = missing; at the image's or the network "
                                               "input's size) to align the relative depth to (robust scale and shift): "
                                               "Gaussians in metres")
+    gs.add_argument("--keep-outliers", action="store_true", help=KEEP_OUTLIERS_HELP)
     gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     gs.add_argument("--seed", type=int, default=0, help="seed of the surface-area sampler (default 0)")

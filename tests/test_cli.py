@@ -23,7 +23,8 @@ def run(argv, capsys):
 
 def test_predict_at_an_arbitrary_size_writes_all_outputs(tmp_path, image, capsys):
     out = tmp_path / "out"
-    code, stdout, _ = run(["predict", str(image), "--output-size", "1234x777", "--ply", "--out", str(out), "--input-size", "32x48"], capsys)
+    code, stdout, _ = run(["predict", str(image), "--output-size", "1234x777", "--ply", "--keep-outliers", "--out", str(out),
+                           "--input-size", "32x48"], capsys)
     assert code == 0, stdout
     depth = np.load(out / "scene_depth.npy")
     assert depth.shape == (1234, 777) and depth.dtype == np.float32 and np.isfinite(depth).all() and (depth > 0).all()
@@ -33,7 +34,7 @@ def test_predict_at_an_arbitrary_size_writes_all_outputs(tmp_path, image, capsys
     assert color.shape == (1234, 777, 3) and color.std() > 0
     from plyfile import PlyData
 
-    assert len(PlyData.read(str(out / "scene.ply"))["vertex"]) == 1234 * 777
+    assert len(PlyData.read(str(out / "scene.ply"))["vertex"]) == 1234 * 777    # --keep-outliers: every pixel
     assert "output 1234x777" in stdout
 
 
@@ -58,7 +59,8 @@ def test_point_cloud_from_the_surface_area_sampler(tmp_path, image, capsys):
     from plyfile import PlyData
 
     out = tmp_path / "p"
-    argv = ["predict", str(image), "--ply", "--points", "5000", "--out", str(out), "--quiet", "--input-size", "32x48"]
+    argv = ["predict", str(image), "--ply", "--points", "5000", "--keep-outliers", "--out", str(out), "--quiet",
+            "--input-size", "32x48"]
     assert run(argv, capsys)[0] == 0
     v = PlyData.read(str(out / "scene.ply"))["vertex"]
     assert len(v) == 5000
@@ -403,8 +405,9 @@ def test_a_region_point_cloud_builds_only_the_region(tmp_path, image, capsys, mo
     from infinidepth import cli
 
     full, part = tmp_path / "full", tmp_path / "part"
-    assert run(["predict", str(image), "--out", str(full), "--quiet", "--ply", "--scale", "2"], capsys)[0] == 0
-    argv = ["predict", str(image), "--out", str(part), "--quiet", "--ply", "--scale", "2", "--region", "10,20,50,90"]
+    assert run(["predict", str(image), "--out", str(full), "--quiet", "--ply", "--keep-outliers", "--scale", "2"], capsys)[0] == 0
+    argv = ["predict", str(image), "--out", str(part), "--quiet", "--ply", "--keep-outliers", "--scale", "2", "--region",
+            "10,20,50,90"]
     assert run(argv, capsys)[0] == 0
     whole = PlyData.read(str(full / "scene.ply"))["vertex"].data.reshape(80, 112)[10:50, 20:90].ravel()
     crop = PlyData.read(str(part / "scene.ply"))["vertex"].data
@@ -415,7 +418,7 @@ def test_a_region_point_cloud_builds_only_the_region(tmp_path, image, capsys, mo
     monkeypatch.setattr(cli, "grid_coords", lambda *a, **k: pytest.fail("the full grid was built"), raising=False)
     monkeypatch.setattr(cli, "resize_rgb", lambda rgb, size: pytest.fail("the picture was resized whole")
                         if tuple(size) == (8000, 11200) else rgb)
-    argv = ["predict", str(image), "--out", str(part), "--quiet", "--ply", "--output-size", "8000x11200",
+    argv = ["predict", str(image), "--out", str(part), "--quiet", "--ply", "--keep-outliers", "--output-size", "8000x11200",
             "--region", "4000,5000,4010,5020"]
     code, _, err = run(argv, capsys)
     assert code == 0, err

@@ -276,7 +276,8 @@ def test_gs_command_writes_ply_view_and_video(tmp_path, capsys):
     img = tmp_path / "pic.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(img)
     out = tmp_path / "out"
-    assert main(["gs", str(img), "--points", "2000", "--video", "swing", "--frames", "4", "--out", str(out), "--quiet"]) == 0
+    assert main(["gs", str(img), "--points", "2000", "--keep-outliers", "--video", "swing", "--frames", "4", "--out", str(out),
+                 "--quiet"]) == 0
     g = read_ply(out / "pic_gaussians.ply")
     assert len(g) == 2000 and (g.opacities > 0.9).all()
     view = np.asarray(Image.open(out / "pic_novel_view.png"))
@@ -369,7 +370,8 @@ def test_gs_command_with_a_head_samples_the_points_once(tmp_path, monkeypatch):
     monkeypatch.setattr(ImplicitDepthModel, "sample_points", counted)
     img = tmp_path / "pic.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(img)
-    assert main(["gs", str(img), "--gs-head", "demo", "--points", "500", "--out", str(tmp_path), "--quiet"]) == 0
+    assert main(["gs", str(img), "--gs-head", "demo", "--points", "500", "--keep-outliers", "--out", str(tmp_path),
+                 "--quiet"]) == 0
     assert len(calls) == 1 and len(read_ply(tmp_path / "pic_gaussians.ply")) == 500
 
 
@@ -558,7 +560,7 @@ def test_gs_head_training_resumes_exactly_and_feeds_the_gs_command(tmp_path):
     img = tmp_path / "pic.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(img)
     assert main(["gs", str(img), "--checkpoint", "tiny", "--points", "500", "--gs-head", str(tmp_path / "whole" / "gs_head.pt"),
-                 "--out", str(tmp_path / "o"), "--quiet"]) == 0
+                 "--keep-outliers", "--out", str(tmp_path / "o"), "--quiet"]) == 0
     g = read_ply(tmp_path / "o" / "pic_gaussians.ply")
     assert len(g) == 500 and not torch.allclose(g.opacities, torch.full((500,), 0.95))   # the head's, not the splat rule
 
@@ -1180,7 +1182,7 @@ def test_gs_command_runs_the_released_gs_head_on_the_depth_and_tokens_of_the_ima
     for scale, extra in ((1, []), (2, ["--reference-depth", str(tmp_path / "twice.npy")])):
         assert main(["gs", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "released.safetensors"), "--gs-head",
                      str(tmp_path / "gs.ckpt"), "--input-size", f"{H}x{W}", "--fx", str(f), "--points", "400",
-                     "--out", str(tmp_path / "out"), "--quiet", *extra]) == 0
+                     "--keep-outliers", "--out", str(tmp_path / "out"), "--quiet", *extra]) == 0
         g = read_ply(tmp_path / "out" / "pic_gaussians.ply")
         assert len(g) == 400
         with torch.no_grad():
@@ -1221,7 +1223,7 @@ def test_gs_command_runs_the_released_gs_head_on_the_sensor_model_with_the_token
     np.save(tmp_path / "sparse.npy", sparse)
     assert main(["gs", str(tmp_path / "pic.png"), "--checkpoint", str(tmp_path / "sensor.safetensors"), "--gs-head",
                  str(tmp_path / "gs.ckpt"), "--sparse-depth", str(tmp_path / "sparse.npy"), "--input-size", f"{H}x{W}",
-                 "--fx", str(f), "--points", "400", "--out", str(tmp_path / "out"), "--quiet"]) == 0
+                 "--fx", str(f), "--points", "400", "--keep-outliers", "--out", str(tmp_path / "out"), "--quiet"]) == 0
     g = read_ply(tmp_path / "out" / "pic_gaussians.ply")
     image, sparse_t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255, torch.from_numpy(sparse)[None, None]
     with torch.no_grad():

@@ -96,6 +96,12 @@ class Gaussians:
     def __len__(self) -> int:
         return self.means.shape[0]
 
+    def subset(self, keep: torch.Tensor) -> "Gaussians":
+        """The Gaussians where the boolean mask ``keep`` ``[N]`` is true, every field alike."""
+        if keep.dtype != torch.bool or tuple(keep.shape) != (len(self),):
+            raise ValueError(f"keep must be a boolean mask of shape [{len(self)}], got {keep.dtype} {list(keep.shape)}")
+        return Gaussians(**{name: getattr(self, name)[keep] for name in FIELDS})
+
 
 def write_ply(path, g: Gaussians) -> None:
     """The standard 3DGS PLY (see the module docstring), written atomically. The Gaussians are checked

@@ -7,6 +7,7 @@ ops in ``infinidepth.ops.inverse_cdf``.
 
 from .camera import backproject, check_camera_to_world, check_intrinsics, check_size, rays, scale_intrinsics, to_world
 from .normals import surface_normals
+from .outliers import statistical_inliers
 from .surface import surface_area_sample, surface_area_weights
 from .triangle import triangle_area_sample
 from .uniformity import hole_fraction, knn_spacing, uniformity
@@ -20,6 +21,7 @@ __all__ = [
     "knn_spacing",
     "rays",
     "scale_intrinsics",
+    "statistical_inliers",
     "surface_area_sample",
     "surface_area_weights",
     "surface_normals",

@@ -1,0 +1,59 @@
+"""Flying points: the statistical outlier filter the released pipeline applies before it writes a cloud.
+
+Depth predicted across an occlusion edge lands between the foreground and the background, so the
+points back-projected there float in mid-air, far from both surfaces and from each other. The released
+InfiniDepth code removes them from every point cloud and every set of Gaussians it writes, with
+Open3D's ``remove_statistical_outlier(nb_neighbors=30, std_ratio=2.0)``. This is that test, on
+scipy's k-d tree (no Open3D dependency):
+
+* each point's score is its mean distance to its ``neighbours`` nearest points, **itself included**
+  (Open3D counts the point as its own first neighbour, at distance 0);
+* the mean ``m`` and standard deviation ``s`` (Bessel-corrected) of the scores over the points whose
+  score is positive;
+* a point is kept when its score is at most ``m + std_ratio * s``.
+
+Two deliberate differences from Open3D, both only in degenerate clouds: a point with a score of 0
+(``neighbours`` copies of the same position) is kept, not dropped; and the comparison is ``<=``
+rather than ``<``, so a perfectly regular cloud (``s = 0``) keeps every point instead of an
+arbitrary share decided by rounding.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+NEIGHBOURS = 30   # the released pipeline's nb_neighbors
+STD_RATIO = 2.0   # and its std_ratio
+_CHUNK = 262_144  # points queried at a time: bounded memory, and a progress bar that moves
+
+
+def statistical_inliers(points, neighbours: int = NEIGHBOURS, std_ratio: float = STD_RATIO,
+                        progress: bool = False) -> np.ndarray:
+    """Boolean mask ``[N]`` of the points to keep (see the module docstring). ``points``: ``[N, 3]``,
+    finite (a numpy array or a tensor). Fewer than 3 points are all kept: there is no spread to judge by."""
+    from scipy.spatial import cKDTree
+    from tqdm import tqdm
+
+    from .uniformity import _points
+
+    if not (isinstance(neighbours, (int, np.integer)) and neighbours >= 2):
+        raise ValueError(f"neighbours must be an integer of at least 2 (the point itself and one other), got {neighbours!r}")
+    if not (np.isfinite(std_ratio) and std_ratio > 0):
+        raise ValueError(f"std_ratio must be positive and finite, got {std_ratio}")
+    p = _points(points)
+    n = len(p)
+    if n < 3:
+        return np.ones(n, dtype=bool)
+    k = min(int(neighbours), n)
+    tree = cKDTree(p)
+    score = np.empty(n)
+    with tqdm(total=n, desc="outlier filter", unit="pt", unit_scale=True, disable=not progress or n <= _CHUNK) as bar:
+        for start in range(0, n, _CHUNK):
+            dist, _ = tree.query(p[start : start + _CHUNK], k=k, workers=-1)
+            score[start : start + _CHUNK] = dist.mean(axis=1)
+            bar.update(len(dist))
+    positive = score[score > 0]
+    if len(positive) < 2:
+        return np.ones(n, dtype=bool)
+    threshold = positive.mean() + std_ratio * positive.std(ddof=1)
+    return score <= threshold
