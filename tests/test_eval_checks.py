@@ -253,6 +253,26 @@ def test_nonfinite_count_is_over_the_scored_pixels(tmp_path):
     assert r["images"][0]["nonfinite"] == 43 * 28               # crop rows 4..46, columns 4..31
 
 
+def test_pixels_the_alignment_leaves_without_depth_are_counted_and_logged(tmp_path, caplog):
+    """A predicted depth <= 0 has no disparity: after the fit it is NaN and scored as the range's maximum
+    (10 m). It used to be scored so without a word (only NaN in the raw prediction was counted)."""
+    def with_zeros(H, W):
+        p = np.full((H, W), 2.0)
+        p[:, :32] = np.where(np.arange(32) % 2, 0.0, -1.0)    # columns 0..31: zero or negative, finite
+        return p
+
+    with caplog.at_level(logging.WARNING, logger="infinidepth.eval"):
+        r = evaluate(Fixed(with_zeros, alignment="disparity"), nyu(tmp_path, [np.full((48, 64), 2.0)]),
+                     align_method="lsq", progress=False, hf_points=50)
+    row = r["images"][0]
+    assert row["nonfinite"] == 0 and row["lost_in_alignment"] == 43 * 28   # crop rows 4..46, columns 4..31
+    assert f"{43 * 28} of {43 * 56} scored pixels have no depth after the alignment" in caplog.text
+    assert row["full"]["abs_rel"] == pytest.approx(28 / 56 * (10.0 - 2.0) / 2.0, rel=1e-5)
+    r = evaluate(Fixed(with_zeros), nyu(tmp_path / "b", [np.full((48, 64), 2.0)]), align_method=None, progress=False,
+                 hf_points=50)
+    assert r["images"][0]["lost_in_alignment"] == 0            # not aligned: nothing to lose
+
+
 def test_a_log_depth_model_is_aligned_in_log_depth_space(tmp_path):
     gt = rough_gt(2)
     pred = math.exp(0.1) * gt**0.5                             # log g = 2 log p - 0.2: exact in log space only

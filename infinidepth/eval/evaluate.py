@@ -9,7 +9,8 @@ Two ways to reach the ground truth's resolution (``output_resolution``):
 Relative models (``model.alignment`` set) are aligned per image by scale and shift in the model's own
 space (disparity, or log-depth: scale and power); metric models are scored as they are unless
 an alignment is asked for. Every prediction, aligned or not, is then clipped to the benchmark's fixed
-range (``dataset.depth_range()``; NaN counts as its maximum, logged with the count). Metrics are
+range (``dataset.depth_range()``; NaN counts as its maximum, logged with the count, ``nonfinite``
+per image; so do the pixels the alignment leaves without a depth, ``lost_in_alignment``). Metrics are
 averaged over images; an image with fewer than ``min_pixels`` scored pixels is skipped (a scale and
 shift fit to a handful of pixels is exact and would weigh as much as a full image), and so is the
 high-frequency row of an image with fewer than ``min_pixels`` high-frequency pixels. Every skip
@@ -104,10 +105,17 @@ def evaluate(model, dataset, output_resolution: str = "native", input_size=None,
         if nonfinite:
             log.warning("%s: the prediction is NaN or infinite on %d of %d scored pixels; scored as %g m (NaN, +inf) "
                         "or %g m (-inf)", name, nonfinite, scored, depth_range[1], depth_range[0])
+        lost = 0
+        if a is not None:   # a depth <= 0 has no disparity or log; an aligned disparity <= 0 is beyond infinity
+            lost = int((np.isfinite(raw) & ~np.isfinite(pred))[mask].sum())
+            if lost:
+                log.warning("%s: %d of %d scored pixels have no depth after the alignment (a predicted depth <= 0, or an "
+                            "aligned disparity <= 0); scored as %g m", name, lost, scored, depth_range[1])
         pred = clip_depth(pred, depth_range)
         hf = mask & _hf_mask(dataset, i, gt, mask, hf_points, seed)
         n_hf = int(hf.sum())
-        row = {"name": name, "full": _score(pred, gt, mask, name), "hf": None, "nonfinite": nonfinite}
+        row = {"name": name, "full": _score(pred, gt, mask, name), "hf": None, "nonfinite": nonfinite,
+               "lost_in_alignment": lost}
         if n_hf >= min_pixels:
             row["hf"] = _score(pred, gt, hf, name)
         else:
