@@ -29,6 +29,7 @@ import os
 import random
 import signal
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -390,7 +391,12 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
                 else:
                     opt.step()
                 lr, lr_encoder = opt.param_groups[1]["lr"], opt.param_groups[0]["lr"]   # the rates this step used
-                sched.step()
+                with warnings.catch_warnings():
+                    # fp16: a step GradScaler skipped (gradients overflowed) still counts as a step of the schedule,
+                    # as intended (the rate is a function of the step, on resume too); torch warns about it when the
+                    # very first steps are skipped, as if the order of calls were wrong.
+                    warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step[(][)]` before")
+                    sched.step()
                 step += 1
                 seen += image.shape[0]
                 losses.append((step, value, lr))
