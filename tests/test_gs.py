@@ -1690,3 +1690,39 @@ def test_gs_command_with_a_gs_head_that_is_no_head_file_is_one_error_line_naming
         assert err.startswith(f"infinidepth: error: --gs-head: {tmp_path / name}: {says}"), err
         assert err.count("\n") == 1 and "weights_only" not in err
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_tile_lists_hold_every_reachable_gaussian_front_to_back(dtype):
+    """bin_tiles against a loop over tiles: round footprints (conic I / s^2, so a reach of s sqrt(2 ln 255)
+    pixels), depths with ties (broken by index), some Gaussians hidden or off-screen."""
+    from infinidepth.gs.render import bin_tiles
+
+    rng = np.random.default_rng(0)
+    n, H, W, tile = 300, 50, 70, 8
+    mean = rng.uniform(-20, [W + 20, H + 20], (n, 2))
+    s = rng.uniform(0.3, 6, n)
+    z = rng.choice([1.0, 2.0, 2.5, 3.0], n) if dtype == torch.float32 else rng.uniform(0.5, 4, n)
+    visible = rng.random(n) > 0.1
+    conic = torch.eye(2, dtype=dtype).repeat(n, 1, 1) / torch.tensor(s**2, dtype=dtype)[:, None, None]
+    g_of, per_tile, first = bin_tiles(torch.tensor(mean, dtype=dtype), conic, torch.tensor(z, dtype=dtype),
+                                      torch.from_numpy(visible), (H, W), tile)
+    reach = s * math.sqrt(2 * math.log(255))
+    TY, TX = math.ceil(H / tile), math.ceil(W / tile)
+    assert per_tile.shape == (TY * TX,)
+    for ty in range(TY):
+        for tx in range(TX):
+            hits = [i for i in range(n) if visible[i]
+                    and math.floor((mean[i, 0] - reach[i]) / tile) <= tx <= math.floor((mean[i, 0] + reach[i]) / tile)
+                    and math.floor((mean[i, 1] - reach[i]) / tile) <= ty <= math.floor((mean[i, 1] + reach[i]) / tile)]
+            want = sorted(hits, key=lambda i: (z[i], i))
+            t = ty * TX + tx
+            assert g_of[first[t] : first[t] + per_tile[t]].tolist() == want, (ty, tx)
+
+
+def test_depth_order_is_a_stable_argsort_for_any_depths():
+    from infinidepth.gs.render import depth_order
+
+    for z in (torch.tensor([2.0, 1.0, 2.0, 0.5, 1.0]), torch.tensor([2.0, -1.0, 0.0, -0.0, 1.0], dtype=torch.float64),
+              torch.tensor([3, 1, 2, 1]), torch.rand(1000, dtype=torch.float64) + 0.1):
+        assert depth_order(z).tolist() == torch.argsort(z, stable=True).tolist()

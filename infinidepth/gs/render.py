@@ -116,10 +116,13 @@ def project(g: Gaussians, world_to_camera, K, size):
     eye = torch.eye(2, device=dev, dtype=dt)
     cov2d = J @ cov_cam @ J.transpose(1, 2) + EPS2D * eye
     # Gaussians behind the near plane are never drawn: their footprint (which may not be invertible) is left out
-    conic, info = torch.linalg.inv_ex(torch.where(visible[:, None, None], cov2d, eye))
+    all_visible = bool(visible.all())
+    conic, info = torch.linalg.inv_ex(cov2d if all_visible else torch.where(visible[:, None, None], cov2d, eye))
     with torch.no_grad():
-        bad = visible & ((info != 0) | ~torch.isfinite(cov2d).all(2).all(1) | ~torch.isfinite(conic).all(2).all(1))
-        if bad.any():
+        fine = bool((info == 0).all() & torch.isfinite(cov2d).all() & torch.isfinite(conic).all())   # the usual case
+        bad = visible & ((info != 0) | ~torch.isfinite(cov2d).all(2).all(1) | ~torch.isfinite(conic).all(2).all(1)) \
+            if not fine else None
+        if bad is not None and bad.any():
             i = int(bad.nonzero()[0, 0])
             scales = ", ".join(f"{v:.3g}" for v in g.scales[i].tolist())
             raise ValueError(f"Gaussian {i} ({int(bad.sum())} in all) is too large to project in "
@@ -157,21 +160,34 @@ def bin_tiles(mean2d: torch.Tensor, conic: torch.Tensor, z: torch.Tensor, visibl
     y1 = ((mean2d[:, 1] + radius) / tile).floor().clamp(-1, TY - 1).long()
     keep = visible & (x1 >= x0) & (y1 >= y0) & torch.isfinite(mean2d).all(1)      # (a centre beyond float range: off-screen)
     idx = keep.nonzero()[:, 0]
-    nx, ny = (x1 - x0 + 1)[idx], (y1 - y0 + 1)[idx]
+    idx = idx.index_select(0, depth_order(z.detach().index_select(0, idx)))       # front to back
+    x0, y0 = x0.index_select(0, idx), y0.index_select(0, idx)
+    nx, ny = x1.index_select(0, idx) - x0 + 1, y1.index_select(0, idx) - y0 + 1
     count = nx * ny
-    # every (tile, Gaussian) pair, sorted by tile then depth
-    g_of = torch.repeat_interleave(idx, count)
-    k = torch.arange(int(count.sum()), device=dev) - torch.repeat_interleave(torch.cumsum(count, 0) - count, count)
-    nxr = torch.repeat_interleave(nx, count)
-    tiles = (y0[g_of] + k // nxr) * TX + (x0[g_of] + k % nxr)
-    # one sort of unique keys (tile, then depth rank; equal depths by index, as a stable sort has them)
-    rank = torch.empty_like(z, dtype=torch.long)
-    rank[torch.argsort(z, stable=True)] = torch.arange(len(z), device=dev)
-    order = torch.argsort(tiles * len(z) + rank[g_of])
-    tiles, g_of = tiles[order], g_of[order]
+    pairs = int(count.sum())
+    it = torch.int32 if max(pairs, TY * TX) <= torch.iinfo(torch.int32).max else torch.int64
+    # every (tile, Gaussian) pair, made front to back: pair p is idx[of[p]]'s k-th tile (row-major in its box),
+    # k = p - start[of[p]]; its tile is (y0 + k // nx) * TX + x0 + k % nx = p + (y0 * TX + x0 - start) + k // nx * (TX - nx)
+    start = torch.cumsum(count, 0) - count
+    of = torch.repeat_interleave(torch.arange(len(idx), device=dev, dtype=it), count, output_size=pairs)
+    p = torch.arange(pairs, device=dev, dtype=it)
+    dy = torch.div(p - start.to(it).index_select(0, of), nx.to(it).index_select(0, of), rounding_mode="floor")
+    tiles = p + (y0 * TX + x0 - start).to(it).index_select(0, of) + dy * (TX - nx).to(it).index_select(0, of)
+    # then one stable sort by tile: each tile's list stays front to back (equal depths by index)
+    tiles, order = torch.sort(tiles, stable=True)
+    g_of = idx.index_select(0, of.index_select(0, order))
     per_tile = torch.bincount(tiles, minlength=TY * TX)
     first = torch.cumsum(per_tile, 0) - per_tile
     return g_of, per_tile, first
+
+
+def depth_order(z: torch.Tensor) -> torch.Tensor:
+    """``torch.argsort(z, stable=True)``, faster where every depth is positive (as the visible ones are):
+    positive floats order as their bit patterns do, and integers sort by radix."""
+    bits = {torch.float32: torch.int32, torch.float64: torch.int64}.get(z.dtype)
+    if bits is None or not bool((z > 0).all()):
+        return torch.argsort(z, stable=True)
+    return torch.sort(z.contiguous().view(bits), stable=True)[1]
 
 
 def render_cpp(g: Gaussians, world_to_camera, K, size: tuple[int, int], background=(0.0, 0.0, 0.0),
