@@ -103,7 +103,9 @@ def read_depth(path: str | os.PathLike) -> np.ndarray:
         raise
     except Exception as e:  # each reader library raises its own types for a broken file
         raise InputError(f"cannot read depth file {path}: {e}") from e
-    depth = np.squeeze(np.asarray(depth))
+    depth = np.asarray(depth)
+    while depth.ndim > 2 and 1 in (depth.shape[0], depth.shape[-1]):  # [1, H, W], [H, W, 1]: the map; not
+        depth = depth[0] if depth.shape[0] == 1 else depth[..., 0]       # np.squeeze, which flattens a 1xW map
     if depth.ndim != 2:
         raise InputError(f"depth in {path} must be a single-channel 2-D map, got shape {depth.shape}")
     if not (np.issubdtype(depth.dtype, np.integer) or np.issubdtype(depth.dtype, np.floating)):
