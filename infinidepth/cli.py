@@ -292,6 +292,30 @@ def note_far_pixels(sp, image_name) -> None:
               file=sys.stderr)
 
 
+def check_camera(K: torch.Tensor, grids, what: str) -> None:
+    """Before any decoding: the camera ``K`` (pixels of the image, ``grids[0]``), rescaled to each of ``grids``
+    (``(name, (h, w))``: the image, the network input the sampler works on, the rendered views) as the
+    point cloud, the sampler and the renderer take it, in float32: a focal length in [1e-3, 1e9] pixels there
+    and finite entries, or one line naming the flags (those checks would stop the run later, with a traceback)."""
+    from infinidepth.sampling import check_intrinsics, scale_intrinsics
+
+    image_size = grids[0][1]
+    for name, size in grids:
+        try:
+            check_intrinsics(scale_intrinsics(K, image_size, size).float(), 1)
+        except ValueError as e:
+            on = "" if size == image_size else f", rescaled to the {size[0]}x{size[1]} {name}"
+            raise InputError(f"{what}: the camera (fx {K[0, 0]:g}, fy {K[1, 1]:g}, cx {K[0, 2]:g}, cy {K[1, 2]:g} pixels "
+                             f"of the {image_size[0]}x{image_size[1]} image{on}) is unusable: {e}") from None
+
+
+def check_prompt_values(depth: np.ndarray, what: str) -> None:
+    """A sparse depth the DepthSensor model takes: positive samples of at least 1e-30 m (a reciprocal in float32)."""
+    tiny = (depth > 0) & (depth < 1e-30)
+    if tiny.any():
+        raise InputError(f"{what} has {int(tiny.sum())} positive depths below 1e-30 (not metres); mark missing samples with 0")
+
+
 def check_finite_output(values: np.ndarray, what: str) -> None:
     """A model whose answer holds NaN or infinities (weights out of range, say) writes nothing."""
     bad = int(values.size - np.count_nonzero(np.isfinite(values)))
@@ -529,6 +553,9 @@ def predict(args) -> list[dict]:
             raise InputError("--points sets the size of the point cloud: give it with --ply")
         if not 0 < args.points <= 2**30:
             raise InputError(f"--points must be in [1, 2**30], got {args.points}")
+        if args.region is not None:   # the sampler spreads its points over the whole image, not the region
+            raise InputError("--points samples the whole image, --region only part of it: use --ply alone for the "
+                             "region's points (one per output pixel)")
         check_memory_for_points(args.points)
 
     check_output_folder(Path(args.out))
@@ -590,12 +617,17 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
     sparse = None
     if sparse_file:
         sparse = load_depth_input(sparse_file, "sparse depth", sizes, input_size)
+        check_prompt_values(sparse, f"sparse depth {sparse_file}")
         sparse = subsample_prompt(sparse, args.max_prompt_points, args.seed)
     reference = None
     if reference_file:
         reference = load_depth_input(reference_file, "reference depth", {**sizes, "output": out_size}, out_size)
         reference = reference[y0:y1, x0:x1]
         check_reference(reference, reference_file, model, " in the region" if map_size != out_size else "")
+    K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float64)
+    if args.ply:
+        check_camera(K, [("image", (H0, W0))] + ([("network input", input_size)] if args.points is not None else []),
+                     str(path))
 
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255)
     sparse_t = None if sparse is None else torch.from_numpy(sparse)[None, None]
@@ -637,7 +669,6 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
             alignment = (model.alignment, a, b)
             metric = True
             note = f", aligned to the reference in {model.alignment} space (a={a:.4g}, b={b:.4g})"
-    K = torch.tensor([[fx, 0, cx], [0, fy, cy], [0, 0, 1]], dtype=torch.float64)
     if args.points is not None:
         points, colors = sampled_point_cloud(model, image.to(device), rgb, args.points, K, alignment, args.seed,
                                              None if sparse_t is None else sparse_t.to(device), path)
@@ -898,6 +929,7 @@ def run_gs(args) -> dict:
     if args.sparse_depth:  # sampled as predict samples it
         sparse_file = depth_input_for(args.sparse_depth, Path(args.image), False, "--sparse-depth")
         sparse = load_depth_input(sparse_file, "sparse depth", sizes, input_size)
+        check_prompt_values(sparse, f"sparse depth {sparse_file}")
         sparse = torch.from_numpy(subsample_prompt(sparse, MAX_PROMPT_POINTS, args.seed))[None, None].to(device)
     reference = None
     if args.reference_depth:
@@ -906,6 +938,7 @@ def run_gs(args) -> dict:
         check_reference(reference, reference_file, model)
     image = torch.from_numpy(resize_rgb(rgb, input_size)).permute(2, 0, 1)[None].float().div(255).to(device)
     K = torch.tensor([[fx, 0, W0 / 2], [0, fx, H0 / 2], [0, 0, 1]], dtype=torch.float64)
+    check_camera(K, [("image", (H0, W0)), ("network input", input_size), ("rendered view", rs)], "--fx")
     try:  # the sampler refuses a depth field of NaN or infinities (weights out of range, say)
         sp = model.sample_points(image, args.points, scale_intrinsics(K, (H0, W0), input_size).to(device), seed=args.seed,
                                  sparse_depth=sparse)
