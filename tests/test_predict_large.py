@@ -139,8 +139,8 @@ def picture(tmp_path):
 def test_cli_region_writes_the_crop(picture, tmp_path, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
     assert main(["predict", str(picture), "--output-size", "90x130", "--out", str(full), "--quiet"]) == 0
-    assert main(["predict", str(picture), "--output-size", "90x130", "--region", "10,20,41,99", "--ply", "--out", str(part),
-                 "--quiet"]) == 0
+    assert main(["predict", str(picture), "--output-size", "90x130", "--region", "10,20,41,99", "--ply", "--keep-outliers",
+                 "--out", str(part), "--quiet"]) == 0
     crop = np.load(part / "pic_depth.npy")
     np.testing.assert_array_equal(crop, np.load(full / "pic_depth.npy")[10:41, 20:99])
     from plyfile import PlyData
