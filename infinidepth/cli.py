@@ -1043,8 +1043,17 @@ KEEP_OUTLIERS_HELP = ("write every point: without it, points far from their 30 n
                       "depth edges) are removed, as the released pipeline does")
 
 
+class Parser(argparse.ArgumentParser):
+    """No abbreviated flags: `eval --out X` (a flag eval lacks) was read as --output-resolution and refused
+    with a message about that flag's choices; a flag added later would change what an abbreviation means.
+    Subcommands are built with the same class."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="infinidepth", description="Monocular depth at any resolution.")
+    parser = Parser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("predict", help="depth maps (and point clouds) of images, one model load for all")

@@ -124,3 +124,14 @@ def test_python_dash_m_infinidepth_runs_the_command(tmp_path, image, monkeypatch
         runpy.run_module("infinidepth", run_name="__main__")
     assert stop.value.code == 0
     assert np.load(out / "pic_depth.npy").shape == (24, 32)
+
+
+def test_a_flag_a_command_lacks_is_named_not_read_as_an_abbreviation(tmp_path, capsys):
+    """eval has no --out: argparse used to expand it to --output-resolution and refuse "X" as its choice."""
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--dataset", "procedural", "--root", str(tmp_path), "--out", "X"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --out X" in err and "--output-resolution" not in err
+    with pytest.raises(SystemExit):   # and in a subcommand of a subcommand
+        main(["data", "render", "--scenes", "1", "--size", "8x8", "--out", str(tmp_path / "d"), "--view", "2"])
+    assert "unrecognized arguments: --view 2" in capsys.readouterr().err
