@@ -10,6 +10,7 @@ from PIL import Image
 
 from infinidepth.cli import main
 from infinidepth.io import read_depth
+from test_cli import run
 
 
 @pytest.fixture
@@ -18,12 +19,6 @@ def image(tmp_path):
     path = tmp_path / "pic.png"
     Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)).save(path)
     return path
-
-
-def run(argv, capsys):
-    code = main(argv)
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_refused(argv, capsys, *words):
