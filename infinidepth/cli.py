@@ -403,7 +403,7 @@ def available_memory() -> int:
 
 #: the pictures infinidepth writes (predict, gs); not taken as inputs when a folder is expanded
 OUR_PICTURES = ("_depth.png", "_depth_color.png", "_novel_view.png")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 
 def image_paths(items: list[str]) -> list[Path]:
@@ -1052,6 +1052,13 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, allow_abbrev=False, **kwargs)
 
 
+def folder(value: str) -> str:
+    """An --out value: ``--out ''`` (an unset shell variable) would write into the current folder unasked."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError("empty folder name (for the current folder, say .)")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="infinidepth", description="Monocular depth at any resolution.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -1071,7 +1078,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "for several images a folder, as for --sparse-depth")
     p.add_argument("--region", help="only output pixels y0,x0,y1,x1 (end exclusive) of the output grid: zoom into part of "
                                     "the image at very high resolution without computing the rest")
-    p.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
+    p.add_argument("--out", type=folder, default="outputs", help="output folder (default: ./outputs)")
     p.add_argument("--backend", default="auto", choices=("auto", *BACKENDS),
                    help="decoder backend (default auto: cpp on the CPU, torch on a GPU, where it beat the fused "
                         "cuda kernel on an H100; benchmarks/GPU.md)")
@@ -1096,7 +1103,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = data_sub.add_parser("render", help="render procedural scenes (RGB PNG, float32 EXR depth, normals, cameras) to a folder")
     r.add_argument("--scenes", type=int, required=True, help="number of scenes")
     r.add_argument("--size", required=True, help="WIDTHxHEIGHT as display resolutions are written, e.g. 3840x2160")
-    r.add_argument("--out", required=True, help="output folder (resumable: finished views are kept)")
+    r.add_argument("--out", type=folder, required=True, help="output folder (resumable: finished views are kept)")
     r.add_argument("--views", type=int, default=1, help="cameras per scene: the source view and moved copies (default 1)")
     r.add_argument("--baseline", type=float, default=0.3, help="largest sideways move of the extra views, metres (default 0.3)")
     r.add_argument("--seed", type=int, default=0, help="scene k has seed SEED + k")
@@ -1136,7 +1143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model (YAML config or preset; torchrun -m infinidepth.train for several processes)")
     t.add_argument("--config", required=True, help="a YAML file or a preset: paper, official, demo")
-    t.add_argument("--out", help="run folder (checkpoint.pt, model.safetensors, log.jsonl); overrides the config's")
+    t.add_argument("--out", type=folder, help="run folder (checkpoint.pt, model.safetensors, log.jsonl); overrides the config's")
     t.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     t.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
@@ -1158,7 +1165,7 @@ def build_parser() -> argparse.ArgumentParser:
                                               "input's size) to align the relative depth to (robust scale and shift): "
                                               "Gaussians in metres")
     gs.add_argument("--keep-outliers", action="store_true", help=KEEP_OUTLIERS_HELP)
-    gs.add_argument("--out", default="outputs", help="output folder (default: ./outputs)")
+    gs.add_argument("--out", type=folder, default="outputs", help="output folder (default: ./outputs)")
     gs.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     gs.add_argument("--seed", type=int, default=0, help="seed of the surface-area sampler (default 0)")
     gs.add_argument("--gs-head", help="a head trained by infinidepth train-gs, 'demo' (the one bundled with the demo "
@@ -1177,12 +1184,12 @@ def build_parser() -> argparse.ArgumentParser:
                                     "~/.cache/torch/hub/checkpoints/vgg16-397923af.pth) or a saved lpips.LPIPS state "
                                     "dict; adds --lpips-weight x LPIPS to L1 + SSIM (needs pip install lpips)")
     tg.add_argument("--lpips-weight", type=float, default=0.05, help="weight of the LPIPS term (default 0.05)")
-    tg.add_argument("--out", default="runs/gs", help="run folder (gs_head.pt, gs_checkpoint.pt, gs_log.jsonl; default runs/gs)")
+    tg.add_argument("--out", type=folder, default="runs/gs", help="run folder (gs_head.pt, gs_checkpoint.pt, gs_log.jsonl; default runs/gs)")
     tg.add_argument("--resume", action="store_true", help="continue from OUT/gs_checkpoint.pt (same options)")
     tg.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
     d = sub.add_parser("demo", help="run predict on the bundled picture, at twice its size, with a point cloud")
-    d.add_argument("--out", default="infinidepth_demo", help="output folder (default: ./infinidepth_demo)")
+    d.add_argument("--out", type=folder, default="infinidepth_demo", help="output folder (default: ./infinidepth_demo)")
     d.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     return parser
 

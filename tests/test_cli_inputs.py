@@ -130,3 +130,24 @@ def test_a_flag_a_command_lacks_is_named_not_read_as_an_abbreviation(tmp_path, c
     with pytest.raises(SystemExit):   # and in a subcommand of a subcommand
         main(["data", "render", "--scenes", "1", "--size", "8x8", "--out", str(tmp_path / "d"), "--view", "2"])
     assert "unrecognized arguments: --view 2" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["predict", "IMG"], ["demo"], ["gs", "IMG"], ["train", "--config", "tiny"],
+                                     ["train-gs"], ["data", "render", "--scenes", "1", "--size", "8x8"]])
+def test_an_empty_out_is_refused_not_read_as_the_current_folder(tmp_path, image, capsys, monkeypatch, command):
+    # Path("") is Path("."): `--out "$DIR"` with DIR unset wrote into the current folder without a word
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.iterdir())
+    with pytest.raises(SystemExit) as e:
+        main([str(image) if a == "IMG" else a for a in command] + ["--out", " "])
+    assert e.value.code == 2 and "argument --out: empty folder name" in capsys.readouterr().err
+    assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_folder_of_gifs_is_read(tmp_path, capsys):
+    # a GIF named on the command line worked; in a folder it was skipped ("no images in folder")
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(np.random.default_rng(2).integers(0, 255, (12, 16), dtype=np.uint8)).save(folder / "anim.gif")
+    assert run(["predict", str(folder), "--out", str(tmp_path / "o"), "--quiet"], capsys)[0] == 0
+    assert np.load(tmp_path / "o" / "anim_depth.npy").shape == (12, 16)
