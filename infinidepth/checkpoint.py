@@ -218,8 +218,10 @@ def _vit_config(sd: dict[str, torch.Tensor], prefix: str) -> ViTConfig:
         hidden = sd[f"{prefix}blocks.0.mlp.fc1.weight"].shape[0]
         storage = sd[f"{prefix}storage_tokens"].shape[1]
         rope_freqs = sd[f"{prefix}rope_embed.periods"].shape[0]  # head_dim / 4
-    except (KeyError, ValueError) as e:
-        raise CheckpointError(f"cannot read the ViT shape from keys under {prefix!r}: missing {e}") from e
+    except (KeyError, ValueError, IndexError) as e:  # IndexError: a tensor of fewer dimensions than the layout's
+        what = (f"missing {e}" if isinstance(e, KeyError) else f"no {prefix}blocks.* keys" if isinstance(e, ValueError)
+                else f"{type(e).__name__}: {e}")
+        raise CheckpointError(f"cannot read the ViT shape from keys under {prefix!r}: {what}") from e
     return ViTConfig(
         embed_dim=dim,
         depth=depth,
@@ -244,11 +246,15 @@ def infer_architecture(sd: dict[str, torch.Tensor]) -> tuple[str, object]:
             raise CheckpointError("checkpoint has a depth_implicit_head but no basic_encoder.conv3.weight")
         return arch, OfficialConfig(vit=_vit_config(sd, "pretrained."), cnn_dim=cnn.shape[0], hidden=tuple(n for _, n in linears[:-1]))
     if any(k.startswith("decoder.stages.") for k in sd):
-        channels = tuple(sd[f"reassemble.{i}.project.weight"].shape[0] for i in range(3))
-        heads = sorted(
-            (int(m.group(1)), v.shape[0]) for k, v in sd.items() if (m := re.match(r"decoder\.mlp\.(\d+)\.weight", k))
-        )
-        ratio = sd["decoder.stages.0.ffn_in.weight"].shape[0] // channels[1]
+        try:
+            channels = tuple(sd[f"reassemble.{i}.project.weight"].shape[0] for i in range(3))
+            heads = sorted(
+                (int(m.group(1)), v.shape[0]) for k, v in sd.items() if (m := re.match(r"decoder\.mlp\.(\d+)\.weight", k))
+            )
+            ratio = sd["decoder.stages.0.ffn_in.weight"].shape[0] // channels[1]
+        except (KeyError, IndexError) as e:
+            what = f"missing {e}" if isinstance(e, KeyError) else f"{type(e).__name__}: {e}"
+            raise CheckpointError(f"cannot read the paper model's shape from its keys (decoder.stages.*): {what}") from e
         return "InfiniDepthPaper", PaperConfig(
             vit=_vit_config(sd, "encoder."), channels=channels, head=tuple(n for _, n in heads[:-1]), ffn_ratio=ratio
         )
@@ -333,7 +339,7 @@ def _load_file(path: Path, device) -> ImplicitDepthModel:
             model = build_model(info["arch"], info["config"])
             size = info.get("input_size")
             if size is not None and not (isinstance(size, list) and len(size) == 2
-                                         and all(isinstance(v, int) and v > 0 for v in size)):
+                                         and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
                 raise CheckpointError(f"input_size must be [H, W], got {size!r}")
             model.input_size = tuple(size) if size else None
         else:

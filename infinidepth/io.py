@@ -172,6 +172,13 @@ def check_depth_values(depth: np.ndarray, what: str, allow_missing: bool = True)
 
 
 # -- writing ------------------------------------------------------------------------------------
+def _as_array(values) -> np.ndarray:
+    """A NumPy array of a tensor (detached, on the CPU) or anything ``np.asarray`` takes."""
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yields a temporary path beside ``path``; renamed onto it only if the block succeeds."""
@@ -230,8 +237,11 @@ def write_png(path, array: np.ndarray) -> None:
 
 def depth_to_png16(depth: np.ndarray, metric: bool) -> tuple[np.ndarray, str]:
     """16-bit encoding: millimetres for metric depth; for relative depth, its range over 0..65535."""
+    depth = _as_array(depth)
     if metric:
         return np.clip(np.round(depth * 1000.0), 0, 65535).astype(np.uint16), "millimetres"
+    if depth.size and not np.isfinite(depth).all():  # a NaN or inf range would map every pixel to 0
+        raise ValueError("depth_to_png16: relative depth contains NaN or infinite values")
     lo, hi = float(depth.min()), float(depth.max())
     scaled = (depth - lo) / max(hi - lo, 1e-12) * 65535.0
     return np.round(scaled).astype(np.uint16), f"relative depth, 0..65535 spans [{lo:.6g}, {hi:.6g}]"
@@ -245,10 +255,12 @@ def colorize_depth(depth: np.ndarray, cmap: str = "Spectral", reference: np.ndar
     percentiles from at most ~4 M evenly spaced samples, so a 16K map costs little beyond its picture."""
     from matplotlib import colormaps
 
-    depth = np.asarray(depth)
-    ref = np.asarray(depth if reference is None else reference).reshape(-1)
+    depth = _as_array(depth)
+    ref = _as_array(depth if reference is None else reference).reshape(-1)
     if ref.size == 0:
         raise ValueError("colorize_depth: the reference holds no depth to take the colour scale from")
+    if np.isnan(depth).any() or np.isnan(ref).any():  # no colour to give, and NaN percentiles spoil every pixel
+        raise ValueError("colorize_depth: depth contains NaN" + ("" if reference is None else " (or the reference does)"))
     step = max(1, ref.size // 4_000_000)
     lo, hi = np.percentile(1.0 / np.maximum(ref[::step], 1e-6), [2, 98])
     table = (colormaps[cmap](np.linspace(0, 1, 256))[:, :3] * 255).astype(np.uint8)
@@ -261,9 +273,26 @@ def colorize_depth(depth: np.ndarray, cmap: str = "Spectral", reference: np.ndar
 
 
 def write_ply(path, points: np.ndarray, colors: np.ndarray) -> None:
-    """Binary PLY point cloud: float32 x, y, z and uint8 red, green, blue."""
+    """Binary PLY point cloud: float32 x, y, z and uint8 red, green, blue. ``points`` ``[N, 3]`` finite;
+    ``colors`` ``[N, 3]`` integers in 0..255, or floats in [0, 1] (as ``model.sample_points`` gives them),
+    scaled to 0..255. Arrays or tensors."""
     from plyfile import PlyData, PlyElement
 
+    points, colors = _as_array(points), _as_array(colors)
+    if points.ndim != 2 or points.shape[1] != 3 or colors.shape != points.shape:
+        raise ValueError(f"{path}: not written: points and colors must both be [N, 3], got {points.shape} and {colors.shape}")
+    if not np.isfinite(points.astype(np.float32)).all():
+        raise ValueError(f"{path}: not written: points contain NaN or infinite values (in float32)")
+    if colors.dtype.kind == "f":
+        if colors.size and not (np.isfinite(colors).all() and colors.min() >= 0 and colors.max() <= 1):
+            raise ValueError(f"{path}: not written: float colors must be in [0, 1], got range "
+                             f"[{colors.min():.4g}, {colors.max():.4g}] (pass uint8 for 0..255)")
+        colors = np.rint(colors * 255.0)
+    elif colors.dtype.kind in "iub":
+        if colors.size and not (colors.min() >= 0 and colors.max() <= 255):
+            raise ValueError(f"{path}: not written: integer colors must be in 0..255, got {colors.min()}..{colors.max()}")
+    else:
+        raise TypeError(f"{path}: not written: colors must be numbers, got dtype {colors.dtype}")
     vertex = np.empty(len(points), dtype=[("x", "f4"), ("y", "f4"), ("z", "f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
     for i, k in enumerate("xyz"):
         vertex[k] = points[:, i]

@@ -144,10 +144,11 @@ class ImplicitDepthModel(nn.Module):
             raise TypeError(f"the model's weights are {weights}; encode runs on float32 weights (model.float()), "
                             "with model.precision = 'bf16' for 16-bit arithmetic")
         dtype = self.low_precision_dtype()
-        if dtype is None:
-            return self.features(image, sparse_depth)
-        with torch.autocast(self.device.type, dtype=dtype):
+        if dtype is None:  # (a caller's own torch.autocast may still run the encoder in 16 bits)
             feats = self.features(image, sparse_depth)
+        else:
+            with torch.autocast(self.device.type, dtype=dtype):
+                feats = self.features(image, sparse_depth)
         feats.maps = [m.float() for m in feats.maps]
         feats.tokens = None if feats.tokens is None else feats.tokens.float()
         return feats

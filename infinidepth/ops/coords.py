@@ -23,8 +23,13 @@ def pixel_centers(n: int, device=None, dtype=torch.float32) -> torch.Tensor:
 def grid_coords(height: int, width: int, batch: int = 1, device=None) -> torch.Tensor:
     """Dense query coordinates of an ``height x width`` output grid, ``[batch, height*width, 2]`` in (y, x).
     (``model.predict(..., region=...)`` queries part of a grid without building the rest.)"""
+    from .gather import as_int
+
+    height, width, batch = as_int(height, "height"), as_int(width, "width"), as_int(batch, "batch")
     if height <= 0 or width <= 0:
         raise ValueError(f"output size must be positive, got {height}x{width}")
+    if batch < 0:
+        raise ValueError(f"batch must be non-negative, got {batch}")
     ys = pixel_centers(height, device)
     xs = pixel_centers(width, device)
     gy, gx = torch.meshgrid(ys, xs, indexing="ij")

@@ -17,6 +17,7 @@ stored channels-last (``[B, H, W, C]``), the layout every kernel gathers from.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import torch
@@ -53,7 +54,11 @@ def project(weight: torch.Tensor, fmap: torch.Tensor) -> torch.Tensor:
 
 
 def fold_decoder(maps: list[torch.Tensor], decoder: ConcatDecoder | HierarchicalDecoder) -> FoldedDecoder:
-    with torch.no_grad():
+    # outside any autocast of the caller's: under one the products would come out 16-bit, which the
+    # kernels refuse (and the fold is exact arithmetic on the weights, done once)
+    device = maps[0].device.type if maps else "cpu"
+    off = torch.autocast(device, enabled=False) if device in ("cpu", "cuda") else contextlib.nullcontext()
+    with torch.no_grad(), off:
         if isinstance(decoder, ConcatDecoder):
             layers = _fold_concat(maps, decoder)
         elif isinstance(decoder, HierarchicalDecoder):

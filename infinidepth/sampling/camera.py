@@ -13,9 +13,23 @@ import operator
 import torch
 
 
+def _real_tensor(values, expected: str) -> torch.Tensor:
+    """``values`` (a tensor, array or nested lists of real numbers) as a float64 tensor; a TypeError
+    saying what was ``expected`` for anything else (None, strings, ragged lists, booleans, complex numbers,
+    whose imaginary part torch.as_tensor would drop)."""
+    try:
+        t = torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError):
+        t = None
+    if t is None or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{expected} real numbers, got {type(values).__name__}"
+                        + (f" of {t.dtype}" if t is not None else ""))
+    return t.to(torch.float64)
+
+
 def check_intrinsics(intrinsics, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """``[3, 3]`` or ``[B, 3, 3]`` (tensor or nested lists) -> ``[B, 3, 3]``, or a clear error."""
-    K = torch.as_tensor(intrinsics, dtype=torch.float64)
+    K = _real_tensor(intrinsics, "intrinsics must be [3, 3] or [B, 3, 3]")
     if K.dim() == 2:
         K = K.expand(batch, 3, 3) if K.shape == (3, 3) else K
     if K.dim() != 3 or K.shape[1:] != (3, 3):
@@ -90,7 +104,7 @@ def backproject(depth: torch.Tensor, coords: torch.Tensor, K: torch.Tensor, size
 
 def check_camera_to_world(camera_to_world, batch: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """``[4, 4]`` or ``[B, 4, 4]`` finite transforms -> ``[B, 4, 4]``, or a clear error."""
-    T = torch.as_tensor(camera_to_world, dtype=dtype, device=device)
+    T = _real_tensor(camera_to_world, f"camera_to_world must be finite [{batch}, 4, 4] or [4, 4]").to(device, dtype)
     if T.shape == (4, 4):
         T = T.expand(batch, 4, 4)
     if T.shape != (batch, 4, 4) or not torch.isfinite(T).all():
