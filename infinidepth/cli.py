@@ -112,6 +112,33 @@ def check_json_target(path: str | None, flag: str = "--json") -> None:
             raise InputError(f"{flag} {path}: cannot create a file in {parent} ({e.strerror})") from None
 
 
+def check_report_spares_inputs(path: str | None, checkpoint: str | None, roots=(), flag: str = "--json") -> None:
+    """Before any work: the report ``path`` replaces none of the run's inputs: the ``checkpoint`` file, or a
+    file in a dataset root (an image, a depth map, an index), unless that is an earlier report."""
+    if path is None:
+        return
+    target = Path(path).resolve()
+    if checkpoint is not None and Path(checkpoint).is_file() and Path(checkpoint).resolve() == target:
+        raise InputError(f"{flag} {path} is the checkpoint this run reads; name another file for the report")
+    if not target.is_file():
+        return
+    for root in roots:
+        if target.is_relative_to(Path(root).resolve()) and not is_eval_report(target):
+            raise InputError(f"{flag} {path} is a file in the dataset root {root}, an input of this run; "
+                             "write the report outside it")
+
+
+def is_eval_report(path: Path) -> bool:
+    """``path`` holds a report of ``infinidepth eval`` (replacing it loses no input)."""
+    import json
+
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and set(report) == {"checkpoint", "results"}
+
+
 def require_memory(need: int, what: str, device: torch.device | str = "cpu", share: float = 1.0) -> None:
     """Before any work: ``what`` needs ``need`` bytes, at most ``share`` of the memory free on ``device``."""
     free = torch.cuda.mem_get_info(device)[0] if torch.device(device).type == "cuda" else available_memory()
@@ -751,6 +778,7 @@ def run_eval(args) -> list[dict]:
         network_input_size(args.input_size)
     check_seed(args.seed)
     check_json_target(args.json)
+    check_report_spares_inputs(args.json, args.checkpoint, args.root)
     device = pick_device(args.device)
     datasets = [BENCHMARKS[name](root) for name, root in zip(args.dataset, args.root)]  # all checked before any work
     model = open_model(args.checkpoint, device)
@@ -816,6 +844,7 @@ def run_bench(args) -> dict:
     if args.input_size:
         network_input_size(args.input_size)
     check_json_target(args.json)
+    check_report_spares_inputs(args.json, args.checkpoint or args.preset)
     for name, (h, w) in sizes:  # bench holds each map in memory
         require_memory(4 * h * w, f"--sizes {name}: its {h}x{w} float32 map", device, share=0.5)
     model = open_model(args.checkpoint or args.preset, device)

@@ -157,6 +157,11 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
     ckpt = out / "gs_checkpoint.pt"
     if ckpt.exists() and not resume:
         raise FileExistsError(f"{ckpt} exists: pass resume=True (--resume) or choose another out folder")
+    if (out / "gs_head.pt").exists() and not resume:   # a finished run whose checkpoint was deleted
+        raise FileExistsError(f"{out / 'gs_head.pt'} exists (a finished run's head): choose another out folder, "
+                              "or move it away to train again here")
+    if resume and ckpt.is_dir():
+        raise ValueError(f"--resume: {ckpt} is a folder, not a checkpoint file; move it away")
     if resume and not ckpt.is_file():
         raise ValueError(f"--resume: no checkpoint at {ckpt} (nothing to continue: run without --resume to start)")
     torch.manual_seed(cfg.seed)

@@ -91,7 +91,11 @@ class TrainConfig:
                 and self.precision == "fp16" and not torch.cuda.is_available():
             problems.append("precision fp16 needs a CUDA device, and there is none here; on the CPU use fp32 "
                             "(or bf16, on CPUs with AVX512_BF16)")
-        for name in ("lr_encoder", "lr_decoder", "weight_decay", "grad_clip"):
+        rates = [check_number(problems, name, getattr(self, name), 0) for name in ("lr_encoder", "lr_decoder")]
+        if all(rates) and self.lr_encoder == 0 and self.lr_decoder == 0:
+            problems.append("lr_encoder and lr_decoder are both 0: nothing would be trained (lr_encoder 0 alone "
+                            "freezes the encoder)")
+        for name in ("weight_decay", "grad_clip"):
             check_number(problems, name, getattr(self, name), 0)
         check_number(problems, "augment_color", self.augment_color, 0, 1)
         check_bool(problems, "augment_flip", self.augment_flip)

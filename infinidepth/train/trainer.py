@@ -202,6 +202,8 @@ FREE_ON_RESUME = ("out", "num_workers", "log_every", "checkpoint_every")
 def read_resume_checkpoint(path: Path, cfg: TrainConfig) -> dict:
     """The state in ``path`` to continue ``cfg`` from; a ValueError naming the problem when the file is
     missing, damaged, not a training checkpoint, or was written for another config."""
+    if path.is_dir():   # (without --resume it is "a checkpoint that exists": name what it is)
+        raise ValueError(f"--resume: {path} is a folder, not a checkpoint file; move it away")
     if not path.is_file():
         raise ValueError(f"--resume: no checkpoint at {path} (nothing to continue: run without --resume to start)")
     try:
@@ -295,6 +297,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
     if rank == 0:
         if not resume and ckpt_path.exists():
             raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another out folder")
+        if not resume and (out / "model.safetensors").exists():   # a finished run whose checkpoint was deleted
+            raise FileExistsError(f"{out / 'model.safetensors'} exists (a finished run's model): choose another out "
+                                  "folder, or move it away to train again here")
     state = read_resume_checkpoint(ckpt_path, cfg) if resume else None
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed)
