@@ -15,7 +15,8 @@
 Bad input (a missing or unreadable file, a depth map of the wrong size, NaN or negative depth, a
 zero focal length, an input size that is not a multiple of the model's ViT patch, a --device or
 --out this machine cannot use) gets one line on stderr, exit code 2, and no output files. Ctrl-C and
-SIGTERM exit with 130 and 143 after removing the temporary files being written.
+SIGTERM exit with 130 and 143 after removing the temporary files being written; train and train-gs
+first save their checkpoint, and exit with the same codes.
 """
 
 from __future__ import annotations
@@ -1268,7 +1269,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 predict(args)
         else:
-            COMMANDS[args.command](args)
+            result = COMMANDS[args.command](args)
+            if isinstance(result, dict) and result.get("interrupted"):
+                # train / train-gs stopped by a signal: checkpointed, not finished. Exit as a killed
+                # process does, so that `train && eval` stops and a batch system sees the run unfinished.
+                return 128 + int(result.get("signal") or signal.SIGTERM)
     except (InputError, CheckpointError, DataError, OSError) as e:  # OSError: a full disk, a folder we may not write
         print(f"infinidepth: error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ the `infinidepth gs` command."""
 
 import math
 import re
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -643,12 +644,16 @@ def test_gs_resume_after_a_crash_logs_each_step_once(tmp_path):
     assert steps == [1, 2, 3, 4]
 
 
-def test_gs_training_stopped_early_names_its_checkpoint_not_a_head_it_did_not_write(tmp_path, capsys, monkeypatch):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (None, 143)])
+def test_gs_training_stopped_early_names_its_checkpoint_not_a_head_it_did_not_write(tmp_path, capsys, monkeypatch,
+                                                                                  sig, code):
+    """...and exits as the signal's kill would (None: the signal went to another rank), not 0."""
     import infinidepth.gs.train as gs_train
     from infinidepth.cli import main
 
-    monkeypatch.setattr(gs_train, "train_gs", lambda cfg, resume, progress: {"step": 2, "interrupted": True, "losses": []})
-    assert main(["train-gs", "--out", str(tmp_path)]) == 0
+    monkeypatch.setattr(gs_train, "train_gs", lambda cfg, resume, progress: {"step": 2, "interrupted": True,
+                                                                             "signal": sig, "losses": []})
+    assert main(["train-gs", "--out", str(tmp_path)]) == code
     last = capsys.readouterr().out.splitlines()[-1]
     assert last == f"stopped (continue with --resume) at step 2; checkpoint in {tmp_path / 'gs_checkpoint.pt'}"
 

@@ -270,7 +270,8 @@ def train_gs(cfg: GSTrainConfig, resume: bool = False, progress: bool = True, on
         bar.close()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return {"step": step, "interrupted": stop["signal"] is not None, "losses": losses}
+    return {"step": step, "interrupted": stop["signal"] is not None and step < cfg.steps, "signal": stop["signal"],
+            "losses": losses}
 
 
 def load_gs_head(path) -> tuple[PointHead | PixelAlignedHead, str | None]:

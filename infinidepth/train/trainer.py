@@ -450,7 +450,9 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, on_step
         else:
             log.warning("stopped by signal %s at step %d; checkpoint saved to %s (continue with --resume)",
                         stop["signal"] or "to another rank", step, ckpt_path)
-    return {"step": step, "interrupted": stopping, "losses": losses, "target": kind, "world_size": world}
+    # interrupted: stopped by a signal before the last step ("signal": which, None when it went to another rank)
+    return {"step": step, "interrupted": stopping and step < cfg.steps, "signal": stop["signal"], "losses": losses,
+            "target": kind, "world_size": world}
 
 
 def _scaler_state(scaler) -> dict | None:
