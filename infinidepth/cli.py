@@ -1136,7 +1136,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", type=folder, required=True, help="output folder (resumable: finished views are kept)")
     r.add_argument("--views", type=int, default=1, help="cameras per scene: the source view and moved copies (default 1)")
     r.add_argument("--baseline", type=float, default=0.3, help="largest sideways move of the extra views, metres (default 0.3)")
-    r.add_argument("--seed", type=int, default=0, help="scene k has seed SEED + k")
+    r.add_argument("--seed", type=int, default=0, help="scene k has seed SEED + k (default 0)")
     r.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
     r.add_argument("--quiet", action="store_true", help=QUIET_HELP)
 
