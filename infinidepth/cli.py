@@ -1037,10 +1037,13 @@ def run_train_gs(args) -> dict:
     from infinidepth.gs.metrics import load_lpips
     from infinidepth.gs.train import GSTrainConfig, train_gs
 
+    if args.lpips_weight is not None and not args.lpips:
+        raise InputError("--lpips-weight without --lpips: there is no LPIPS term to weigh (--lpips FILE adds it)")
+    weight = {} if args.lpips_weight is None else {"lpips_weight": args.lpips_weight}
     try:
         cfg = GSTrainConfig(depth_model=args.depth_model, scenes=args.scenes, steps=args.steps, points=args.points,
-                            size=parse_size(args.size, "--size"), views=args.views, lpips=args.lpips,
-                            lpips_weight=args.lpips_weight, out=args.out).validate(lambda k: "--" + k.replace("_", "-"))
+                            size=parse_size(args.size, "--size"), views=args.views, lpips=args.lpips, **weight,
+                            out=args.out).validate(lambda k: "--" + k.replace("_", "-"))
         if cfg.lpips:  # read now, so that a file of other weights is named as the flag's (train_gs reads it again)
             try:
                 load_lpips(cfg.lpips)
@@ -1213,7 +1216,7 @@ def build_parser() -> argparse.ArgumentParser:
     tg.add_argument("--lpips", help="LPIPS network weights: torchvision's VGG16 or AlexNet file (e.g. "
                                     "~/.cache/torch/hub/checkpoints/vgg16-397923af.pth) or a saved lpips.LPIPS state "
                                     "dict; adds --lpips-weight x LPIPS to L1 + SSIM (needs pip install lpips)")
-    tg.add_argument("--lpips-weight", type=float, default=0.05, help="weight of the LPIPS term (default 0.05)")
+    tg.add_argument("--lpips-weight", type=float, help="with --lpips: weight of the LPIPS term (default 0.05)")
     tg.add_argument("--out", type=folder, default="runs/gs", help="run folder (gs_head.pt, gs_checkpoint.pt, gs_log.jsonl; default runs/gs)")
     tg.add_argument("--resume", action="store_true", help="continue from OUT/gs_checkpoint.pt (same options)")
     tg.add_argument("--quiet", action="store_true", help=QUIET_HELP)

@@ -99,3 +99,10 @@ def test_resume_names_a_folder_in_the_checkpoints_place(tmp_path, scenes, capsys
     (tmp_path / "gs" / "gs_checkpoint.pt").mkdir(parents=True)
     refused(["train-gs", "--depth-model", "tiny", "--out", str(tmp_path / "gs"), "--resume", "--quiet"], capsys,
             "gs_checkpoint.pt is a folder, not a checkpoint file")
+
+
+def test_an_lpips_weight_without_lpips_is_refused_not_ignored(tmp_path, capsys):
+    # it used to train on L1 + SSIM alone, as if the weight had not been given
+    refused(["train-gs", "--lpips-weight", "0.2", "--steps", "1", "--out", str(tmp_path / "never")], capsys,
+            "--lpips-weight", "--lpips")
+    assert not (tmp_path / "never").exists()

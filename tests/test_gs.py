@@ -599,7 +599,8 @@ def test_gs_training_config_accepts_the_smallest_values_and_the_command_refuses_
     assert GSTrainConfig(points=4, views=2, size=[16, 16], ssim_weight=0, lpips_weight=0).validate().size == (16, 16)
     (tmp_path / "notes.txt").write_text("not weights")
     for flags, message in ((["--points", "3"], "\n  --points must be in [4, 67108864], got 3\n"),   # the flag, not the field
-                           (["--lpips-weight", "nan"], "\n  --lpips-weight must be a finite number, got nan\n"),
+                           (["--lpips", str(tmp_path / "notes.txt"), "--lpips-weight", "nan"],
+                            "\n  --lpips-weight must be a finite number, got nan\n"),
                            (["--lpips", str(tmp_path / "notes.txt")], f"error: --lpips {tmp_path / 'notes.txt'}: not a "
                                                                       "readable PyTorch checkpoint")):
         assert main(["train-gs", "--depth-model", "tiny", *flags, "--out", str(tmp_path / "o"), "--quiet"]) == 2
