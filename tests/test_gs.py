@@ -530,6 +530,19 @@ def test_gs_head_training_loss_charges_the_source_views_uncovered_pixels(tmp_pat
     assert two - plain == pytest.approx(2 * (one - plain), rel=1e-4)
 
 
+def test_gs_training_signalled_in_its_last_step_is_finished(tmp_path):
+    """The head is written, so the run is complete: not 'interrupted' (the command exits 0, and
+    --resume would have nothing to continue)."""
+    import os
+
+    from infinidepth.gs.train import GSTrainConfig, train_gs
+
+    cfg = GSTrainConfig(depth_model="tiny", scenes=1, size=(32, 48), points=100, steps=1, out=str(tmp_path))
+    result = train_gs(cfg, progress=False, on_step=lambda step, loss: os.kill(os.getpid(), signal.SIGTERM))
+    assert result["step"] == 1 and result["signal"] == signal.SIGTERM and not result["interrupted"]
+    assert (tmp_path / "gs_head.pt").is_file()
+
+
 def test_gs_head_training_resumes_exactly_and_feeds_the_gs_command(tmp_path):
     import os
     import signal
