@@ -281,7 +281,7 @@ def write_ply(path, points: np.ndarray, colors: np.ndarray) -> None:
     points, colors = _as_array(points), _as_array(colors)
     if points.ndim != 2 or points.shape[1] != 3 or colors.shape != points.shape:
         raise ValueError(f"{path}: not written: points and colors must both be [N, 3], got {points.shape} and {colors.shape}")
-    if not np.isfinite(points.astype(np.float32)).all():
+    if not np.isfinite(points.astype(np.float32, copy=False)).all():
         raise ValueError(f"{path}: not written: points contain NaN or infinite values (in float32)")
     if colors.dtype.kind == "f":
         if colors.size and not (np.isfinite(colors).all() and colors.min() >= 0 and colors.max() <= 1):
