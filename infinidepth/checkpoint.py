@@ -2,7 +2,8 @@
 
 Accepted files:
 * the released Lightning checkpoints (``.ckpt``: ``state_dict`` with keys prefixed ``pipeline.``);
-* plain state dicts (``.pt``/``.pth``/``.bin``) and ``.safetensors`` files of the same keys;
+* plain state dicts (``.pt``/``.pth``/``.bin``) and ``.safetensors`` files of the same keys, also
+  when a wrapper prefixed them all (``module.`` from DataParallel, ``_orig_mod.`` from torch.compile);
 * our own format: ``.safetensors`` whose metadata carries the architecture and its config (no
   pickle, exact round trip). ``save_model`` writes it atomically.
 
@@ -175,7 +176,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
             raise CheckpointError(f"{path}: its infinidepth metadata is not valid JSON ({e})") from e
         if info is not None and not isinstance(info, dict):
             raise CheckpointError(f"{path}: its infinidepth metadata is not a JSON object")
-        return _strip_lightning_prefix(sd), info
+        return _strip_wrapper_prefixes(sd), info
     obj = torch_load_inert(path)
     if not isinstance(obj, dict):
         raise CheckpointError(f"{path}: expected a dict of tensors or a Lightning checkpoint, got {type(obj).__name__}")
@@ -186,7 +187,7 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict | None]:
     sd = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     if not sd:
         raise CheckpointError(f"{path}: holds no tensors")
-    return _strip_lightning_prefix(sd), info
+    return _strip_wrapper_prefixes(sd), info
 
 
 def _training_description(obj: dict) -> dict | None:
@@ -202,11 +203,18 @@ def _training_description(obj: dict) -> dict | None:
     return {"arch": arch, "config": config, "input_size": list(size) if isinstance(size, (list, tuple)) else None}
 
 
-def _strip_lightning_prefix(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """The released Lightning keys without their ``pipeline.`` prefix, whatever file format holds them
-    (a ``.safetensors`` converted from a ``.ckpt`` keeps the prefix as well as a ``.pt`` does)."""
-    if sd and all(k.startswith("pipeline.") for k in sd):
-        return {k[len("pipeline.") :]: v for k, v in sd.items()}
+#: prefixes that wrappers put before every key: Lightning (the released ``.ckpt``), DataParallel and
+#: DistributedDataParallel (``module.``), torch.compile (``_orig_mod.``)
+WRAPPER_PREFIXES = ("pipeline.", "module.", "_orig_mod.")
+
+
+def _strip_wrapper_prefixes(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The keys without the prefixes of :data:`WRAPPER_PREFIXES`, stripped while every key has one
+    (``module._orig_mod.encoder...`` too), whatever file format holds them (a ``.safetensors``
+    converted from a ``.ckpt`` keeps the prefix as well as a ``.pt`` does). A prefix on only some keys
+    is left for the strict load to report."""
+    while sd and (prefix := next((p for p in WRAPPER_PREFIXES if all(k.startswith(p) for k in sd)), None)):
+        sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 

@@ -66,11 +66,19 @@ def test_save_and_reload_without_loss(tmp_path, preset):
 
 
 @pytest.mark.parametrize("preset", ["official-tiny", "sensor-tiny", "tiny"])
-@pytest.mark.parametrize("layout", ["lightning", "plain_pt", "plain_safetensors", "lightning_keys_safetensors"])
+@pytest.mark.parametrize("layout", ["lightning", "plain_pt", "plain_safetensors", "lightning_keys_safetensors", "ddp_pt",
+                                    "ddp_compiled_pt"])
 def test_foreign_files_load_by_their_keys(tmp_path, preset, layout):
     model = from_preset(preset, seed=5)
     sd = model.state_dict()
-    if layout == "lightning":
+    if layout.startswith("ddp"):
+        # saved from inside DistributedDataParallel (and torch.compile): its own state_dict() prefixes every key
+        wrapped = torch.compile(model) if layout == "ddp_compiled_pt" else model
+        path = tmp_path / "m.pt"
+        torch.save(torch.nn.DataParallel(wrapped).state_dict(), path)
+        assert all(k.startswith("module._orig_mod." if layout == "ddp_compiled_pt" else "module.")
+                   for k in torch.load(path))
+    elif layout == "lightning":
         path = tmp_path / "m.ckpt"
         torch.save({"state_dict": {f"pipeline.{k}": v for k, v in sd.items()}, "epoch": 1, "global_step": 10}, path)
     elif layout == "plain_pt":
@@ -322,6 +330,9 @@ def test_a_file_with_only_an_extra_key_or_only_a_reshaped_weight_is_refused_nami
     torch.save({**sd, "pipeline.extra": torch.zeros(2)}, tmp_path / "extra.pt")   # the prefix on one key only
     with pytest.raises(CheckpointError, match="extra.pt does not fit InfiniDepth:\n  1 unexpected keys: pipeline.extra$"):
         infinidepth.load_model(tmp_path / "extra.pt")
+    torch.save({**{f"module.{k}": v for k, v in sd.items()}, "extra": torch.zeros(2)}, tmp_path / "ddp.pt")
+    with pytest.raises(CheckpointError, match="ddp.pt: unrecognised checkpoint layout \\(first keys: extra, module"):
+        infinidepth.load_model(tmp_path / "ddp.pt")
     key = "pretrained.blocks.1.mlp.fc2.weight"   # (no key the architecture is read from)
     rows, cols = sd[key].shape
     assert rows != cols
