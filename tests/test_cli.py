@@ -321,6 +321,8 @@ def test_json_reports_are_checked_before_any_work(tmp_path, image, capsys):
             assert code == 2 and match in err and stdout == "", (argv, err)
     code, _, err = run(["bench", "--preset", "tiny", "--sizes", "100000x100000"], capsys)
     assert code == 2 and "more than half" in err
+    code, stdout, err = run(["bench", "--preset", "tiny", "--sizes", "1k,4k,2160X3840"], capsys)
+    assert code == 2 and stdout == "" and "--sizes: '2160x3840' is 2160x3840, given already as '4k'" in err, err
 
 
 def test_atomic_paths_replace_a_set_together_or_not_at_all(tmp_path):
