@@ -721,8 +721,8 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
               f"saturates; {stem}_depth.npy holds the exact values", file=sys.stderr)
     written = output_files(out, stem, args.ply)
     with atomic_paths(written) as tmps:  # the set is replaced together, or not at all
-        write_npy(tmps[0], depth.astype(np.float32))
-        write_png(tmps[1], png16)
+        write_npy(tmps[0], depth.astype(np.float32, copy=False))
+        write_png(tmps[1], png16, compress_level=1)   # a data file beside the .npy: speed over size
         write_png(tmps[2], colorize_depth(depth))
         if args.ply:
             write_ply(tmps[3], points, colors)

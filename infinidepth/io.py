@@ -228,11 +228,13 @@ def write_npy(path, array: np.ndarray) -> None:
         np.save(f, array)
 
 
-def write_png(path, array: np.ndarray) -> None:
+def write_png(path, array: np.ndarray, compress_level: int = 6) -> None:
+    """``compress_level`` is zlib's, 0-9 (6: Pillow's default); 1 writes an 8K 16-bit depth map
+    about three times faster, a third larger."""
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
+        Image.fromarray(array).save(tmp, format="PNG", compress_level=compress_level)
 
 
 def depth_to_png16(depth: np.ndarray, metric: bool) -> tuple[np.ndarray, str]:
