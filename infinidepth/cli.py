@@ -268,6 +268,25 @@ def camera_points(depth: np.ndarray, coords: torch.Tensor, K: torch.Tensor, imag
     return backproject(z, coords.float(), K[None].float(), image_size)[0].numpy()
 
 
+def pixel_points(depth: np.ndarray, out_size, region, K: torch.Tensor, image_size) -> np.ndarray:
+    """Camera-frame points ``[h * w, 3]`` of the depth ``[h, w]`` of output pixels ``region`` = (y0, x0, y1, x1)
+    of an ``out_size`` grid, ``K`` in pixels of the original image. A pinhole's rays are separable (x by
+    column, y by row), so they are computed for one row and one column, not per pixel: the same values
+    as :func:`camera_points` on the pixels' coordinates, some twenty times faster at 8K."""
+    from infinidepth.models.base import _grid
+    from infinidepth.sampling import rays
+
+    (y0, x0, y1, x1), (H, W) = region, out_size
+    across = rays(_grid(H, W, y0, y0 + 1, x0, x1, 1, None), K[None].float(), image_size)[0, :, 0].numpy()
+    down = rays(_grid(H, W, y0, y1, x0, x0 + 1, 1, None), K[None].float(), image_size)[0, :, 1].numpy()
+    depth = np.asarray(depth, np.float32).reshape(y1 - y0, x1 - x0)
+    points = np.empty((y1 - y0, x1 - x0, 3), np.float32)
+    np.multiply(depth, across[None, :], out=points[..., 0])
+    np.multiply(depth, down[:, None], out=points[..., 1])
+    points[..., 2] = depth
+    return points.reshape(-1, 3)
+
+
 def image_colors(rgb: np.ndarray, coords: torch.Tensor) -> np.ndarray:
     """``uint8 [N, 3]``: the image read bilinearly at normalised ``coords`` ``[1, N, 2]`` (its border
     pixels repeated outside their centres)."""
@@ -702,14 +721,13 @@ def predict_one(model, device, path: Path, sparse_file: str | None, reference_fi
                                              None if sparse_t is None else sparse_t.to(device), path)
 
     if args.ply and args.points is None:   # the region's pixels only: the full grid may be far larger than memory
-        from infinidepth.models.base import _grid
-
-        coords = _grid(*out_size, y0, y1, x0, x1, 1, None)
-        points = camera_points(depth, coords, K, (H0, W0))
+        points = pixel_points(depth, out_size, (y0, x0, y1, x1), K, (H0, W0))
         if 8 * out_size[0] * out_size[1] <= available_memory() // 4:   # the picture resized whole (bicubic), then cropped
             colors = resize_rgb(rgb, out_size)[y0:y1, x0:x1].reshape(-1, 3)
         else:   # too large to resize whole: the original read bilinearly at the region's pixel centres, as for --points
-            colors = image_colors(rgb, coords)
+            from infinidepth.models.base import _grid
+
+            colors = image_colors(rgb, _grid(*out_size, y0, y1, x0, x1, 1, None))
     if args.ply:
         check_finite_output(points, f"{path}, point cloud")
         keep = drop_flying_points(points, path.name, args.keep_outliers, None if args.quiet else say, progress)

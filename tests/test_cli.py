@@ -401,6 +401,28 @@ def test_a_folder_named_like_an_output_is_refused_before_any_work(tmp_path, imag
     assert not (out / "scene_gaussians.ply").exists()
 
 
+def test_the_per_pixel_cloud_is_the_pinhole_back_projection_of_the_depth(tmp_path, image, capsys):
+    """Each output pixel (i, j) of an h x w map of a W0 x H0 image sits at u = (j + 0.5) W0 / w, v = (i + 0.5) H0 / h
+    in the image's pixels; its point is z ((u - cx) / fx, (v - cy) / fy, 1). Whole and for a region."""
+    from plyfile import PlyData
+
+    H0, W0 = np.asarray(Image.open(image)).shape[:2]
+    fx, fy, cx, cy = 37.0, 41.0, 30.5, 17.25
+    for extra, (y0, x0, y1, x1) in (([], (0, 0, 2 * H0, 2 * W0)), (["--region", "3,5,61,100"], (3, 5, 61, 100))):
+        out = tmp_path / str(y0)
+        argv = ["predict", str(image), "--out", str(out), "--quiet", "--ply", "--keep-outliers", "--scale", "2",
+                "--fx", str(fx), "--fy", str(fy), "--cx", str(cx), "--cy", str(cy), *extra]
+        assert run(argv, capsys)[0] == 0
+        z = np.load(out / "scene_depth.npy").astype(np.float64)
+        assert z.shape == (y1 - y0, x1 - x0)
+        u = (np.arange(x0, x1) + 0.5) * W0 / (2 * W0)
+        v = (np.arange(y0, y1) + 0.5) * H0 / (2 * H0)
+        want = np.stack([z * ((u[None, :] - cx) / fx), z * ((v[:, None] - cy) / fy), z], -1).reshape(-1, 3)
+        vert = PlyData.read(str(out / "scene.ply"))["vertex"]
+        got = np.stack([vert["x"], vert["y"], vert["z"]], -1).astype(np.float64)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-6)
+
+
 def test_a_region_point_cloud_builds_only_the_region(tmp_path, image, capsys, monkeypatch):
     from plyfile import PlyData
 
