@@ -41,38 +41,11 @@ import numpy as np
 import torch
 
 from infinidepth.models.base import default_tile
-from infinidepth.ops.coords import MAX_SIDE
 
 SIZES = {"1k": (768, 1024), "2k": (1080, 1920), "4k": (2160, 3840), "8k": (4320, 7680), "16k": (8640, 15360)}
 INPUT = (768, 1024)
 BASELINE = "released-style"
 BASELINE_CHUNK = 10_000
-
-
-def parse_sizes(text: str) -> list[tuple[str, tuple[int, int]]]:
-    """(name, (H, W)) for each comma-separated size; a size given twice, by any name, is refused
-    (it would be timed twice)."""
-    out = []
-    for item in text.split(","):
-        item = item.strip().lower()
-        size = SIZES.get(item) or parse_hw(item)
-        twin = next((name for name, hw in out if hw == size), None)
-        if twin is not None:
-            raise ValueError(f"{item!r} is {size[0]}x{size[1]}, given already as {twin!r}")
-        out.append((item, size))
-    return out
-
-
-def parse_hw(item: str) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in item.split("x"))
-    except ValueError:
-        raise ValueError(f"unknown size {item!r}: use {', '.join(SIZES)} or HxW") from None
-    if h <= 0 or w <= 0:
-        raise ValueError(f"size must be positive, got {item!r}")
-    if max(h, w) > MAX_SIDE:
-        raise ValueError(f"sides of at most {MAX_SIDE} (2**24) pixels, got {item!r}")
-    return h, w
 
 
 def paths(device: torch.device) -> list[str]:

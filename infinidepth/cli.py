@@ -91,6 +91,22 @@ def parse_output_size(text: str) -> tuple[int, int]:
                                                          f"{', '.join(SIZES)}")
 
 
+def parse_sizes(text: str) -> list[tuple[str, tuple[int, int]]]:
+    """``--sizes`` of ``infinidepth bench``: (name, (H, W)) for each comma-separated size; a size given
+    twice, by any name, is refused (it would be timed twice)."""
+    from infinidepth.bench import SIZES
+
+    out = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        size = SIZES.get(item) or parse_size(item, "--sizes", f"HxW or one of {', '.join(SIZES)}, comma-separated")
+        twin = next((name for name, hw in out if hw == size), None)
+        if twin is not None:
+            raise InputError(f"--sizes: {item!r} is {size[0]}x{size[1]}, given already as {twin!r}")
+        out.append((item, size))
+    return out
+
+
 def check_seed(seed: int, flag: str = "--seed") -> None:
     if not 0 <= seed < 2**32:
         raise InputError(f"{flag} must be in [0, 2**32), got {seed}")
@@ -848,10 +864,7 @@ def run_bench(args) -> dict:
 
     if args.checkpoint and args.preset:
         raise InputError("give either --checkpoint or --preset, not both")
-    try:
-        sizes = bench.parse_sizes(args.sizes)
-    except ValueError as e:
-        raise InputError(f"--sizes: {e}") from None
+    sizes = parse_sizes(args.sizes)
     device = pick_device(args.device)
     known = bench.paths(device)
     chosen = args.paths.split(",") if args.paths else None
