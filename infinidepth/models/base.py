@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils import _pytree as pytree
 
 from infinidepth.ops import PRECISIONS, pixel_centers
 from infinidepth.ops.gather import as_int, check_coords, require
@@ -54,6 +56,38 @@ class Features:
     @property
     def batch(self) -> int:
         return self.maps[0].shape[0]
+
+
+# Features is a pytree node, so that it crosses a program's boundary: an exported ``encode`` returns
+# it and an exported ``decode`` takes it (README, "Deploying with torch.export"). Its tensors are the
+# node's children; ``image_size`` is static, part of the node's spec (as the maps' shapes are); and
+# ``extras``, the eager fold cache, is left out: it holds no input of the program, and with it the
+# spec would change once an eager decode has filled it (the program would refuse those features).
+def _features_children(f: Features) -> tuple[list, tuple[int, int]]:
+    return [f.maps, f.disparity_scale, f.tokens], tuple(f.image_size)
+
+
+def _features_children_with_keys(f: Features):
+    children, context = _features_children(f)
+    keys = [pytree.GetAttrKey(name) for name in ("maps", "disparity_scale", "tokens")]
+    return list(zip(keys, children)), context
+
+
+def _features_from_children(children, image_size) -> Features:
+    maps, disparity_scale, tokens = children
+    return Features(list(maps), tuple(image_size), disparity_scale, tokens)
+
+
+pytree.register_pytree_node(
+    Features,
+    _features_children,
+    _features_from_children,
+    serialized_type_name=f"{Features.__module__}.{Features.__qualname__}",
+    # a saved program's spec keeps image_size through JSON, which has no tuples
+    to_dumpable_context=lambda size: json.dumps(list(size)),
+    from_dumpable_context=lambda text: tuple(json.loads(text)),
+    flatten_with_keys_fn=_features_children_with_keys,
+)
 
 
 def check_image(image: torch.Tensor, multiple: int) -> None:

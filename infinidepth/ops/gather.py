@@ -116,8 +116,11 @@ def check_coords(coords: torch.Tensor, batch: int | None = None, limit: float | 
 
     def too_far(eager):
         value = f" of magnitude {float(largest):.4g}," if eager else ""
+        # not f"{limit:g}": traced by torch.compile(dynamic=True) the float is symbolic, and dynamo
+        # formats it only without a format spec
+        bound = f"{limit}".removesuffix(".0")
         return (f"coords must be normalised (y, x), the image spanning [-1, 1] edge to edge; got a value{value} "
-                f"more than {limit:g} (pixel coordinates? infinidepth.ops.coords.pixel_to_normalized converts them)")
+                f"more than {bound} (pixel coordinates? infinidepth.ops.coords.pixel_to_normalized converts them)")
 
     require(largest <= limit, too_far)
 
