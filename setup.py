@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension  # noqa: E402
 
 ROOT = Path(__file__).parent
-CPU_SOURCES = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/bilinear_gather_cpu.cpp", "csrc/fused_decode_cpu.cpp", "csrc/cpu_math.cpp", "csrc/inverse_cdf_cpu.cpp", "csrc/gs_composite_cpu.cpp"]
+CPU_SOURCES = ["csrc/module.cpp", "csrc/ops.cpp", "csrc/bilinear_gather_cpu.cpp", "csrc/fused_decode_cpu.cpp", "csrc/cpu_math.cpp", "csrc/inverse_cdf_cpu.cpp", "csrc/gs_composite_cpu.cpp", "csrc/outliers_cpu.cpp"]
 CUDA_SOURCES = ["csrc/ops_cuda.cpp", "csrc/bilinear_gather_cuda.cu", "csrc/fused_decode_cuda.cu", "csrc/inverse_cdf_cuda.cu"]
 
 

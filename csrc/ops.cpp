@@ -109,6 +109,10 @@ FusedProgram make_program(const at::Tensor& coords, const std::vector<at::Tensor
   return p;
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> knn_tree_cpu(const at::Tensor& points, int64_t leaf);
+at::Tensor knn_mean_distance_cpu(const at::Tensor& coords, const at::Tensor& boxes, int64_t leaf, int64_t k,
+                                 int64_t begin, int64_t end);
+
 namespace {
 
 at::Tensor fused_decode_cpu_run(const at::Tensor& coords, at::TensorList maps, at::IntArrayRef map_layer,
@@ -239,11 +243,16 @@ TORCH_LIBRARY(infinidepth, m) {
   m.def("fused_decode_limits() -> int[]", &fused_decode_limits_op);
   m.def("bilinear_gather(Tensor feat, Tensor coords) -> Tensor");
   m.def("fused_decode(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
-  // The same program carrying the forward-mode tangents: [B, N, 3] = (value, d/dy, d/dx) per query.
   // Stratified inverse-CDF samples of integer cell weights: (coords [B, n, 2] float32, cells [B, n] int64);
   // with order, the weights are laid out in it (cell order[p]'s weight at position p).
   m.def("inverse_cdf_sample(Tensor weights, int height, int width, int n, int seed, bool jitter, Tensor? order=None) -> (Tensor, Tensor)");
+  // The same program carrying the forward-mode tangents: [B, N, 3] = (value, d/dy, d/dx) per query.
   m.def("fused_decode_with_grad(Tensor coords, Tensor[] maps, int[] map_layer, Tensor?[] weights, Tensor[] biases, int[] acts, str precision=\"fp32\") -> Tensor");
+  // Exact k-nearest-neighbour mean distances (csrc/outliers_cpu.cpp): a k-d tree of float64 points [N, 3] with
+  // `leaf` points or fewer per leaf, (coords [3, N] in tree order, order [N]: input index of each, boxes [M, 6]),
+  // and the mean distance of tree points begin..end-1 to their k nearest (themselves included).
+  m.def("knn_tree(Tensor points, int leaf) -> (Tensor, Tensor, Tensor)");
+  m.def("knn_mean_distance(Tensor coords, Tensor boxes, int leaf, int k, int begin, int end) -> Tensor");
   // Front-to-back compositing of projected, tile-binned Gaussians: (rgb [H, W, 3], depth [H, W], alpha [H, W]).
   m.def("gs_composite(Tensor mean2d, Tensor conic, Tensor opacity, Tensor color, Tensor depth, Tensor tile_first, Tensor tile_count, Tensor order, int height, int width, int tile, Tensor background) -> (Tensor, Tensor, Tensor)");
 }
@@ -254,6 +263,8 @@ TORCH_LIBRARY_IMPL(infinidepth, CPU, m) {
   m.impl("fused_decode_with_grad", &fused_decode_with_grad_cpu_impl);
   m.impl("inverse_cdf_sample", &inverse_cdf_sample_cpu_impl);
   m.impl("gs_composite", &gs_composite_cpu_impl);
+  m.impl("knn_tree", &knn_tree_cpu);
+  m.impl("knn_mean_distance", &knn_mean_distance_cpu);
 }
 
 }  // namespace infinidepth

@@ -414,6 +414,8 @@ def test_splat_render_script_records_a_command_a_shell_can_rerun(scripts, tmp_pa
     ("gs_views", ["--scenes", "0", "--size", "16x16"], "argument --scenes: must be positive, got 0"),
     ("splat_render", ["--sizes", "0x0"], "argument --sizes: the size must be positive"),
     ("gs_agreement", ["--size", "240"], "argument --size: the size must look like HxW"),
+    ("outliers", ["--sizes", "4k,2160x3840"], "argument --sizes: '2160x3840' is 2160x3840, given already as '4k'"),
+    ("outliers", ["--sizes", "8"], "argument --sizes: --sizes must look like HxW"),
 ])
 def test_script_refuses_bad_sizes_and_counts_with_a_usage_error(scripts, monkeypatch, capsys, name, args, message):
     """A size that is not HxW (WIDTHxHEIGHT for render.py), or a count of 0, stops the script at once
@@ -429,3 +431,18 @@ def test_script_refuses_bad_sizes_and_counts_with_a_usage_error(scripts, monkeyp
         module.main(args) if inspect.signature(module.main).parameters else module.main()
     assert e.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_outliers_script_reports_the_kernel_agreeing_with_ckdtree_and_brute_force(scripts, tmp_path, capsys):
+    """On the demo picture's per-pixel clouds at small sizes: the report says the kernel's scores are
+    cKDTree's, the masks are the same, and random points' scores match all their distances."""
+    import outliers
+
+    out = tmp_path / "o.json"
+    outliers.main(["--sizes", "24x32,40x56", "--repeats", "1", "--brute", "5", "--threads", "1", "--json", str(out)])
+    report = json.loads(out.read_text())
+    assert [(r["size"], r["points"]) for r in report["rows"]] == [("24x32", 768), ("40x56", 2240)]
+    for row in report["rows"]:
+        assert row["max_rel_score_diff_vs_ckdtree"] < 1e-12 and row["max_rel_err_vs_brute_force"] < 1e-12
+        assert row["mask_differences"] == 0 and row["speedup"] > 0 and len(row["kernel_runs_s"]) == 1
+    assert report["device"] and report["neighbours"] == 30

@@ -3,8 +3,9 @@
 Depth predicted across an occlusion edge lands between the foreground and the background, so the
 points back-projected there float in mid-air, far from both surfaces and from each other. The released
 InfiniDepth code removes them from every point cloud and every set of Gaussians it writes, with
-Open3D's ``remove_statistical_outlier(nb_neighbors=30, std_ratio=2.0)``. This is that test, on
-scipy's k-d tree (no Open3D dependency):
+Open3D's ``remove_statistical_outlier(nb_neighbors=30, std_ratio=2.0)``. This is that test, on an
+exact k-nearest-neighbour search of our own (``csrc/outliers_cpu.cpp``, in the compiled extension; scipy's
+k-d tree where the extension was never built), with no Open3D dependency:
 
 * each point's score is its mean distance to its ``neighbours`` nearest points, **itself included**
   (Open3D counts the point as its own first neighbour, at distance 0);
@@ -21,19 +22,49 @@ arbitrary share decided by rounding.
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 NEIGHBOURS = 30   # the released pipeline's nb_neighbors
 STD_RATIO = 2.0   # and its std_ratio
 _CHUNK = 262_144  # points queried at a time: bounded memory, and a progress bar that moves
+_LEAF = 32        # points per leaf of the extension's k-d tree, at most
+
+
+def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
+    """``[N]`` float64: each point's mean Euclidean distance to its ``k`` nearest points of ``p``
+    (float64 ``[N, 3]``, finite, ``1 <= k <= N``), itself included. Exact: the ``k`` distances are the
+    ones scipy's ``cKDTree.query`` returns."""
+    from tqdm import tqdm
+
+    from infinidepth.ops.gather import HAS_EXTENSION
+
+    n = len(p)
+    bar = tqdm(total=n, desc="outlier filter", unit="pt", unit_scale=True, disable=not progress or n <= _CHUNK)
+    score = np.empty(n)
+    with bar:
+        if not HAS_EXTENSION:  # pragma: no cover - a source checkout that was never built
+            from scipy.spatial import cKDTree
+
+            tree = cKDTree(p)
+            for start in range(0, n, _CHUNK):
+                dist, _ = tree.query(p[start : start + _CHUNK], k=k, workers=-1)
+                score[start : start + _CHUNK] = dist.mean(axis=1)
+                bar.update(len(dist))
+            return score
+        coords, order, boxes = torch.ops.infinidepth.knn_tree(torch.from_numpy(p), _LEAF)
+        in_tree_order = np.empty(n)  # queried in the tree's order: consecutive queries are close
+        for start in range(0, n, _CHUNK):
+            end = min(n, start + _CHUNK)
+            in_tree_order[start:end] = torch.ops.infinidepth.knn_mean_distance(coords, boxes, _LEAF, k, start, end).numpy()
+            bar.update(end - start)
+        score[order.numpy()] = in_tree_order
+    return score
 
 
 def statistical_inliers(points, neighbours: int = NEIGHBOURS, std_ratio: float = STD_RATIO,
                         progress: bool = False) -> np.ndarray:
     """Boolean mask ``[N]`` of the points to keep (see the module docstring). ``points``: ``[N, 3]``,
     finite (a numpy array or a tensor). Fewer than 3 points are all kept: there is no spread to judge by."""
-    from scipy.spatial import cKDTree
-    from tqdm import tqdm
-
     from .uniformity import _points
 
     if not (isinstance(neighbours, (int, np.integer)) and neighbours >= 2):
@@ -44,14 +75,7 @@ def statistical_inliers(points, neighbours: int = NEIGHBOURS, std_ratio: float =
     n = len(p)
     if n < 3:
         return np.ones(n, dtype=bool)
-    k = min(int(neighbours), n)
-    tree = cKDTree(p)
-    score = np.empty(n)
-    with tqdm(total=n, desc="outlier filter", unit="pt", unit_scale=True, disable=not progress or n <= _CHUNK) as bar:
-        for start in range(0, n, _CHUNK):
-            dist, _ = tree.query(p[start : start + _CHUNK], k=k, workers=-1)
-            score[start : start + _CHUNK] = dist.mean(axis=1)
-            bar.update(len(dist))
+    score = mean_neighbour_distances(p, min(int(neighbours), n), progress)
     positive = score[score > 0]
     if len(positive) < 2:
         return np.ones(n, dtype=bool)
