@@ -230,7 +230,7 @@ def test_bench_reports_every_path_with_ratios(tmp_path, capsys):
         assert r["total_speedup_vs_released"] > 0 and r["output_mb"] > 0
     assert all(r["decode_speedup_vs_released"] == 1.0 for r in rows if r["path"] == "released-style")
     assert main(["bench", "--sizes", "3k"]) == 2
-    assert "unknown size" in capsys.readouterr().err
+    assert "--sizes must look like HxW or one of 1k, 2k, 4k, 8k, 16k" in capsys.readouterr().err
     assert main(["bench", "--sizes", "1x17000000"]) == 2   # pixel centres no longer distinct in float32
     assert "--sizes: sides of at most 16777216 (2**24) pixels, got '1x17000000'" in capsys.readouterr().err
     assert main(["bench", "--paths", "cuda", "--device", "cpu"]) == 2
