@@ -161,3 +161,13 @@ def test_the_mask_of_clouds_smaller_than_the_neighbourhood():
             p = np.random.default_rng(100 * n + seed).standard_t(2, (n, 3))
             want, close = reference_mask(p)
             np.testing.assert_array_equal(statistical_inliers(p)[~close], want[~close])
+
+
+def test_coordinates_whose_squared_distances_overflow_are_refused_by_name():
+    """Beyond 1e150 a squared distance can overflow float64 (the search would find no neighbours); up to it, exact."""
+    p = rng_cloud("uniform", 8, 300)
+    for bad in (p * 1e200, np.r_[p, [[0.0, -2e150, 0.0]]]):
+        with pytest.raises(ValueError, match="beyond 1e\\+150, where squared distances overflow float64"):
+            statistical_inliers(bad)
+    edge = p * 1e150 / np.abs(p).max()
+    np.testing.assert_allclose(mean_neighbour_distances(edge, 30), brute_scores(edge, 30), rtol=1e-12, atol=0)

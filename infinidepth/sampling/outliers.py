@@ -28,6 +28,7 @@ NEIGHBOURS = 30   # the released pipeline's nb_neighbors
 STD_RATIO = 2.0   # and its std_ratio
 _CHUNK = 262_144  # points queried at a time: bounded memory, and a progress bar that moves
 _LEAF = 32        # points per leaf of the extension's k-d tree, at most
+MAX_COORD = 1e150  # coordinates beyond it: a squared distance (up to 12 x its square) overflows float64
 
 
 def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> np.ndarray:
@@ -38,6 +39,9 @@ def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> n
 
     from infinidepth.ops.gather import HAS_EXTENSION
 
+    if len(p) and (largest := float(np.abs(p).max())) > MAX_COORD:
+        raise ValueError(f"points of magnitude {largest:.3g} are beyond {MAX_COORD:g}, where squared distances "
+                         "overflow float64; rescale the cloud")
     n = len(p)
     bar = tqdm(total=n, desc="outlier filter", unit="pt", unit_scale=True, disable=not progress or n <= _CHUNK)
     score = np.empty(n)
