@@ -55,7 +55,9 @@ def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> n
                 score[start : start + _CHUNK] = dist.mean(axis=1)
                 bar.update(len(dist))
             return score
+        bar.set_postfix_str("building the k-d tree")   # seconds at 8K, before the first chunk
         coords, order, boxes = torch.ops.infinidepth.knn_tree(torch.from_numpy(p), _LEAF)
+        bar.set_postfix_str("")
         in_tree_order = np.empty(n)  # queried in the tree's order: consecutive queries are close
         for start in range(0, n, _CHUNK):
             end = min(n, start + _CHUNK)
