@@ -171,3 +171,30 @@ def test_coordinates_whose_squared_distances_overflow_are_refused_by_name():
             statistical_inliers(bad)
     edge = p * 1e150 / np.abs(p).max()
     np.testing.assert_allclose(mean_neighbour_distances(edge, 30), brute_scores(edge, 30), rtol=1e-12, atol=0)
+
+
+def test_flipped_and_read_only_arrays_are_accepted():
+    """A reversed view (negative strides) and a read-only array are points like any other: the mask of
+    the reversed cloud is the reversed mask, and no warning about writability escapes."""
+    import warnings
+
+    from infinidepth.sampling.outliers import statistical_inliers
+
+    rng = np.random.default_rng(7)
+    p = np.concatenate([rng.normal(size=(300, 3)), [[40.0, 40.0, 40.0]]])   # one far outlier, last
+    frozen = p.copy()
+    frozen.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert not statistical_inliers(p[::-1])[0]              # the outlier, first once reversed
+        assert not statistical_inliers(p[:, ::-1])[-1]
+        assert not statistical_inliers(frozen)[-1]
+    np.testing.assert_array_equal(statistical_inliers(p[::-1])[::-1], statistical_inliers(p))
+
+
+def test_nan_points_are_refused_by_name():
+    """mean_neighbour_distances is public: a NaN is refused in words, not met by the kernel's internal error."""
+    p = np.random.default_rng(8).normal(size=(200, 3))
+    p[5, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        mean_neighbour_distances(p, 30)

@@ -39,7 +39,9 @@ def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> n
 
     from infinidepth.ops.gather import HAS_EXTENSION
 
-    if len(p) and (largest := float(np.abs(p).max())) > MAX_COORD:
+    if len(p) and np.isnan(largest := float(np.abs(p).max())):   # NaN propagates through max: no second pass
+        raise ValueError("points contain NaN values")
+    if len(p) and largest > MAX_COORD:
         raise ValueError(f"points of magnitude {largest:.3g} are beyond {MAX_COORD:g}, where squared distances "
                          "overflow float64; rescale the cloud")
     n = len(p)
@@ -56,7 +58,10 @@ def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> n
                 bar.update(len(dist))
             return score
         bar.set_postfix_str("building the k-d tree")   # seconds at 8K, before the first chunk
-        coords, order, boxes = torch.ops.infinidepth.knn_tree(torch.from_numpy(p), _LEAF)
+        # from_numpy refuses negative strides (p[::-1], np.flip) and warns on a read-only array (np.load with
+        # mmap_mode="r"): a writable C-ordered copy then, none otherwise
+        src = torch.from_numpy(np.require(p, np.float64, ("C_CONTIGUOUS", "WRITEABLE")))
+        coords, order, boxes = torch.ops.infinidepth.knn_tree(src, _LEAF)
         bar.set_postfix_str("")
         in_tree_order = np.empty(n)  # queried in the tree's order: consecutive queries are close
         for start in range(0, n, _CHUNK):
