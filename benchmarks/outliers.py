@@ -22,19 +22,7 @@ import torch
 
 from common import device_name, positive_int, write_report
 
-from infinidepth.sampling.outliers import NEIGHBOURS, STD_RATIO, mean_neighbour_distances
-
-
-def ckdtree_scores(p: np.ndarray, k: int, workers: int) -> np.ndarray:
-    """The previous implementation's scores: cKDTree queries in chunks of 262,144 points."""
-    from scipy.spatial import cKDTree
-
-    tree = cKDTree(p)
-    score = np.empty(len(p))
-    for start in range(0, len(p), 262_144):
-        dist, _ = tree.query(p[start : start + 262_144], k=k, workers=workers)
-        score[start : start + 262_144] = dist.mean(axis=1)
-    return score
+from infinidepth.sampling.outliers import NEIGHBOURS, STD_RATIO, ckdtree_mean_distances, mean_neighbour_distances
 
 
 def mask_of(score: np.ndarray) -> tuple[np.ndarray, float]:
@@ -109,7 +97,7 @@ def main(argv=None) -> None:
         old_s, new_s = [], []
         for r in range(args.repeats):   # interleaved, so that a disturbance hits both alike
             t = time.perf_counter()
-            ref = ckdtree_scores(p, k, args.threads)
+            ref = ckdtree_mean_distances(p, k, workers=args.threads)
             old_s.append(time.perf_counter() - t)
             t = time.perf_counter()
             score = mean_neighbour_distances(p, k)

@@ -46,17 +46,9 @@ def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> n
                          "overflow float64; rescale the cloud")
     n = len(p)
     bar = tqdm(total=n, desc="outlier filter", unit="pt", unit_scale=True, disable=not progress or n <= _CHUNK)
-    score = np.empty(n)
     with bar:
-        if not HAS_EXTENSION:  # pragma: no cover - a source checkout that was never built
-            from scipy.spatial import cKDTree
-
-            tree = cKDTree(p)
-            for start in range(0, n, _CHUNK):
-                dist, _ = tree.query(p[start : start + _CHUNK], k=k, workers=-1)
-                score[start : start + _CHUNK] = dist.mean(axis=1)
-                bar.update(len(dist))
-            return score
+        if not HAS_EXTENSION:  # a source checkout that was never built
+            return ckdtree_mean_distances(p, k, bar=bar)
         bar.set_postfix_str("building the k-d tree")   # seconds at 8K, before the first chunk
         # from_numpy refuses negative strides (p[::-1], np.flip) and warns on a read-only array (np.load with
         # mmap_mode="r"): a writable C-ordered copy then, none otherwise
@@ -68,7 +60,24 @@ def mean_neighbour_distances(p: np.ndarray, k: int, progress: bool = False) -> n
             end = min(n, start + _CHUNK)
             in_tree_order[start:end] = torch.ops.infinidepth.knn_mean_distance(coords, boxes, _LEAF, k, start, end).numpy()
             bar.update(end - start)
+        score = np.empty(n)
         score[order.numpy()] = in_tree_order
+    return score
+
+
+def ckdtree_mean_distances(p: np.ndarray, k: int, workers: int = -1, bar=None) -> np.ndarray:
+    """The scores of :func:`mean_neighbour_distances` from scipy's cKDTree, ``_CHUNK`` points at a time
+    (``bar``: a tqdm to advance): the path of a checkout without the extension, and the previous
+    implementation that ``benchmarks/outliers.py`` times the kernel against."""
+    from scipy.spatial import cKDTree
+
+    tree = cKDTree(p)
+    score = np.empty(len(p))
+    for start in range(0, len(p), _CHUNK):
+        dist, _ = tree.query(p[start : start + _CHUNK], k=k, workers=workers)
+        score[start : start + _CHUNK] = dist.reshape(len(dist), -1).mean(axis=1)
+        if bar is not None:
+            bar.update(len(dist))
     return score
 
 
